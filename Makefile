@@ -1,0 +1,66 @@
+# modelops-dask — the two commands: `make run` (the main job) and `make test` (everything).
+# Each installs what it needs on first use (.venv, .tools/bin) and reuses it afterwards.
+
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+TOOLS   := .tools/bin
+HELM3   := $(TOOLS)/helm
+HELM4   := $(TOOLS)/helm4
+CT      := $(TOOLS)/ct
+PRESETS := $(sort $(basename $(notdir $(wildcard values-examples/*.yaml))))
+PRESET  ?= prod-warm
+SIMS    ?= 300
+PYTEST_ARGS ?=
+export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test lint lint-helm3 lint-helm4 ct-lint pytest tools venv bench clean help
+
+help:
+	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
+	@echo "make test                          chart lint (helm 3, helm 4, ct) + the pytest suite"
+	@echo "make bench                         benchmarks (ratios) into bench/results.md"
+
+## ---- installation (idempotent) -------------------------------------------------
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: runtime/pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e 'runtime[test]'
+	@touch $@
+
+tools:
+	@bash ci/install-tools.sh $(TOOLS)
+
+## ---- the main job ----------------------------------------------------------------
+
+run: venv tools
+	$(VENV)/bin/modelops-runtime local -f values-examples/$(PRESET).yaml \
+	  --study runtime/examples/sir --sims $(SIMS)
+
+## ---- tests -------------------------------------------------------------------------
+
+test: venv tools lint pytest
+
+lint: lint-helm3 lint-helm4 ct-lint
+
+lint-helm3 lint-helm4: lint-helm%:
+	@helm=$(if $(filter 3,$*),$(HELM3),$(HELM4)); \
+	echo "== helm lint --strict with $$($$helm version --template '{{.Version}}') on every preset"; \
+	$$helm lint --strict chart; \
+	for p in $(PRESETS); do $$helm lint --strict chart -f values-examples/$$p.yaml --quiet || exit 1; done
+
+ct-lint:
+	@echo "== $$($(CT) version | head -1) lint (helm $$(helm version --template '{{.Version}}'))"
+	$(CT) lint --config ci/ct.yaml --lint-conf ci/lintconf.yaml --chart-yaml-schema ci/chart_schema.yaml
+
+pytest: venv tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv tools
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .state

@@ -1,0 +1,212 @@
+"""RuntimeConfig: the runtime's whole configuration, read from MODELOPS_* variables.
+
+Nothing else configures the runtime. Invalid values raise :class:`ConfigError` naming the
+variable, the value given and what is allowed; unknown MODELOPS_* variables are reported
+with the closest known name (typo guard).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigError
+
+log = logging.getLogger("modelops_runtime")
+
+PREFIX = "MODELOPS_"
+
+
+class ExecutorType(str, enum.Enum):
+    isolated_warm = "isolated_warm"
+    direct = "direct"
+
+
+class LogLevel(str, enum.Enum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+_UNITS = {
+    "": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+}
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+BYTES_ALLOWED = "a positive byte count: a plain integer or a quantity such as 500M, 2Gi, 512Mi"
+
+
+def parse_bytes(value: Any) -> int | None:
+    """Parse a Kubernetes-style memory quantity ('2Gi', '500M', '1048576') to bytes."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(BYTES_ALLOWED)
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        m = _QUANTITY.match(str(value))
+        if not m or m.group(2) not in _UNITS:
+            raise ValueError(BYTES_ALLOWED)
+        number, unit = float(m.group(1)), m.group(2)
+    result = int(number * _UNITS[unit])
+    if result <= 0:
+        raise ValueError(BYTES_ALLOWED)
+    return result
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+ByteCount = Annotated[int | None, BeforeValidator(parse_bytes)]
+NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+_TMP = Path(tempfile.gettempdir()) / "modelops"
+
+
+class RuntimeConfig(BaseSettings):
+    """Effective runtime configuration; every field is one MODELOPS_<FIELD> variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, case_sensitive=False, extra="ignore", frozen=True,
+        use_enum_values=False,
+    )
+
+    executor_type: ExecutorType = Field(
+        ExecutorType.isolated_warm, description="`isolated_warm` or `direct`")
+    max_warm_processes: int = Field(
+        128, ge=1, description="warm processes per Dask worker process")
+    force_fresh_venv: bool = Field(
+        False, description="build a new venv for every task and remove it after")
+    validate_deps: bool = Field(
+        True, description="verify a cached venv's fingerprint before reuse")
+    max_process_reuse: int = Field(
+        1000, ge=1, description="tasks a warm process runs before retirement (1 = fresh process per task)")
+    process_ttl: float = Field(
+        3600, gt=0, description="seconds a warm process lives before retirement")
+    mem_limit_bytes: ByteCount = Field(
+        None, description="per warm process tree; exceeding it kills the process and fails the task")
+    pool_memory_bytes: ByteCount = Field(
+        None, description="total RSS budget of one worker process's warm pool; idle processes are evicted LRU above it")
+    task_timeout: float | None = Field(
+        None, gt=0, description="seconds a task may run before its process is killed (unset: no limit)")
+    bundle_repo: str | None = Field(
+        None, description="bundle repository: a path or an fsspec URL")
+    bundle_cache_dir: Path = Field(
+        _TMP / "bundles", description="where fetched bundles are unpacked (one per pod)")
+    venvs_dir: Path = Field(
+        _TMP / "venvs", description="where cached venvs live (one per dependency set)")
+    env_passthrough: NameList = Field(
+        default_factory=list,
+        description="extra environment variables passed to warm processes (comma-separated)")
+    log_level: LogLevel = Field(LogLevel.INFO, description="runtime log level")
+
+    @field_validator("bundle_repo")
+    @classmethod
+    def _repo_not_blank(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "RuntimeConfig":
+        """Read and validate the configuration; raise ConfigError on the first bad value."""
+        env = dict(os.environ if environ is None else environ)
+        warn_unknown(env)
+        values = {k[len(PREFIX):].lower(): v for k, v in env.items()
+                  if k.upper().startswith(PREFIX) and k[len(PREFIX):].lower() in cls.model_fields}
+        try:
+            # init kwargs only: the environment was already read above (and may be a copy)
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise _config_error(exc, values) from None
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        return [PREFIX + name.upper() for name in cls.model_fields]
+
+    def summary(self) -> str:
+        """One line of the settings that decide behaviour (for the startup log)."""
+        keys = ["executor_type", "max_warm_processes", "max_process_reuse", "process_ttl",
+                "force_fresh_venv", "validate_deps", "mem_limit_bytes", "pool_memory_bytes",
+                "task_timeout"]
+        parts = []
+        for key in keys:
+            value = getattr(self, key)
+            parts.append(f"{'executor' if key == 'executor_type' else key}="
+                         f"{value.value if isinstance(value, enum.Enum) else value}")
+        return " ".join(parts)
+
+    def as_env(self) -> dict[str, str]:
+        """The effective configuration as MODELOPS_* variables (for `modelops-runtime config`)."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, list):
+                value = ",".join(value)
+            out[PREFIX + name.upper()] = "" if value is None else str(value)
+        return out
+
+
+
+def _allowed(field: str) -> str:
+    info = RuntimeConfig.model_fields[field]
+    ann = info.annotation
+    if field == "executor_type":
+        return "one of: " + ", ".join(e.value for e in ExecutorType)
+    if field == "log_level":
+        return "one of: " + ", ".join(e.value for e in LogLevel)
+    if field in ("mem_limit_bytes", "pool_memory_bytes"):
+        return BYTES_ALLOWED
+    if ann is bool:
+        return "true or false"
+    for meta in info.metadata:
+        if getattr(meta, "ge", None) is not None:
+            return f"an integer >= {meta.ge}"
+        if getattr(meta, "gt", None) is not None:
+            return f"a number > {meta.gt} (seconds)"
+    if field == "env_passthrough":
+        return "a comma-separated list of environment variable names"
+    return f"a value of type {getattr(ann, '__name__', ann)}"
+
+
+def _config_error(exc: ValidationError, values: Mapping[str, Any]) -> ConfigError:
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    variable = PREFIX + field.upper()
+    given = values.get(field, err.get("input"))
+    allowed = _allowed(field) if field in RuntimeConfig.model_fields else err["msg"]
+    return ConfigError(
+        f"invalid configuration: {variable}={given!r} is not allowed; expected {allowed}. "
+        f"Fix the value (chart: worker.executor.* in your values file) and restart the worker.",
+        variable=variable, value=given, allowed=allowed,
+    )
+
+
+def warn_unknown(environ: Mapping[str, str]) -> list[str]:
+    """Log a warning for every MODELOPS_* variable that is not a known setting."""
+    known = RuntimeConfig.env_names()
+    unknown = sorted(k for k in environ if k.upper().startswith(PREFIX) and k.upper() not in known)
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; known variables: {', '.join(known)}"
+        log.warning("unknown environment variable %s is ignored%s", name, hint)
+    return unknown

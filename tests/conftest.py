@@ -1,0 +1,45 @@
+"""Shared fixtures: real local Dask clusters that are always torn down."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from support.cluster import LocalCluster, base_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """Factory: ``start(env={...}, nworkers=2, nthreads=2, workers=1)`` → (cluster, client).
+
+    Starts a real ``dask scheduler`` and ``workers`` × ``dask worker --nworkers N
+    --nthreads T --preload modelops_runtime.preload`` processes on 127.0.0.1 and waits
+    until all worker processes are connected. Everything is stopped at teardown, also when
+    the test fails.
+    """
+    started: list[tuple[LocalCluster, object]] = []
+
+    def start(env=None, *, nworkers=1, nthreads=1, workers=1, wait=True, **worker_kwargs):
+        root = tmp_path / f"cluster-{len(started)}"
+        root.mkdir()
+        cluster = LocalCluster(root=root, env=base_env(root, env))
+        started.append((cluster, None))
+        cluster.start_scheduler()
+        for _ in range(workers):
+            cluster.start_worker(nworkers=nworkers, nthreads=nthreads, **worker_kwargs)
+        client = cluster.client()
+        started[-1] = (cluster, client)
+        if wait:
+            cluster.wait_for_workers(client, workers * nworkers)
+        return cluster, client
+
+    yield start
+    for cluster, client in reversed(started):
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close(timeout=10)
+        cluster.stop()

@@ -1,0 +1,192 @@
+"""Real local Dask clusters for tests: `dask scheduler` + `dask worker --preload
+modelops_runtime.preload` processes on 127.0.0.1, torn down completely afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+BIN = Path(sys.executable).parent
+DASK = str(BIN / "dask")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.05, on_fail: Callable[[], str] | None = None):
+    """Poll ``predicate`` until truthy; fail with a clear message after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = ("\n" + on_fail()) if on_fail else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+def tail(path: Path, n: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class LocalCluster:
+    """Handle on a running test cluster. Always used through :func:`cluster` (a context
+    manager) or the ``dask_cluster`` fixture so that it is torn down."""
+
+    root: Path
+    env: dict[str, str]
+    scheduler: Proc | None = None
+    address: str = ""
+    workers: list[Proc] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)  # every pid ever seen in our process trees
+
+    # -- start -------------------------------------------------------------------
+    def start_scheduler(self) -> str:
+        sched_file = self.root / "scheduler.json"
+        log = self.root / "scheduler.log"
+        popen = subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file),
+             "--no-show"],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True)
+        self.scheduler = Proc("scheduler", popen, log)
+        wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0
+                 or popen.poll() is not None, 60, "the scheduler to write its address",
+                 on_fail=lambda: tail(log))
+        if popen.poll() is not None:
+            raise AssertionError(f"dask scheduler exited with {popen.returncode}:\n{tail(log)}")
+        self.address = json.loads(sched_file.read_text())["address"]
+        return self.address
+
+    def start_worker(self, *, nworkers: int = 1, nthreads: int = 1,
+                     env: Mapping[str, str] | None = None,
+                     resources: str = "aggregation=1", extra_args: Iterable[str] = (),
+                     preload: bool = True, name: str | None = None) -> Proc:
+        """Start one `dask worker` command (``nworkers`` processes under a nanny)."""
+        idx = len(self.workers)
+        log = self.root / f"worker-{idx}.log"
+        args = [DASK, "worker", self.address, "--nworkers", str(nworkers),
+                "--nthreads", str(nthreads), "--memory-limit", "0",
+                "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+                "--local-directory", str(self.root / f"dask-worker-space-{idx}"),
+                "--name", name or f"w{idx}", "--death-timeout", "60"]
+        if resources:
+            args += ["--resources", resources]
+        if preload:
+            args += ["--preload", "modelops_runtime.preload"]
+        args += list(extra_args)
+        full_env = {**self.env, **(env or {})}
+        popen = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                 env=full_env, start_new_session=True)
+        proc = Proc(f"worker-{idx}", popen, log)
+        self.workers.append(proc)
+        return proc
+
+    def client(self, **kwargs):
+        from distributed import Client
+
+        return Client(self.address, timeout=30, **kwargs)
+
+    def wait_for_workers(self, client, n: int, timeout: float = 90) -> None:
+        wait_for(lambda: len(client.scheduler_info(n_workers=-1)["workers"]) >= n
+                 or any(w.popen.poll() is not None for w in self.workers),
+                 timeout, f"{n} worker processes to connect", interval=0.1,
+                 on_fail=self.logs)
+        dead = [w for w in self.workers if w.popen.poll() is not None]
+        if dead:
+            raise AssertionError(f"{dead[0].name} exited with {dead[0].popen.returncode}:\n"
+                                 + tail(dead[0].log))
+
+    # -- inspection ----------------------------------------------------------------
+    def logs(self) -> str:
+        parts = []
+        for p in ([self.scheduler] if self.scheduler else []) + self.workers:
+            parts.append(f"--- {p.name} ({p.log}) ---\n{tail(p.log)}")
+        return "\n".join(parts)
+
+    def tree_pids(self) -> set[int]:
+        """All live pids in our process trees (nannies, worker processes, warm processes)."""
+        pids: set[int] = set()
+        for p in ([self.scheduler] if self.scheduler else []) + self.workers:
+            try:
+                root = psutil.Process(p.popen.pid)
+                pids.add(root.pid)
+                pids.update(c.pid for c in root.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        self.seen |= pids
+        return pids
+
+    # -- stop --------------------------------------------------------------------
+    def stop(self, grace: float = 15) -> list[int]:
+        """Stop every process we started, and everything they started. Returns pids that
+        were still alive and needed SIGKILL after the grace period (for diagnostics)."""
+        self.tree_pids()
+        procs = self.workers + ([self.scheduler] if self.scheduler else [])
+        for p in procs:
+            _signal_group(p.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        killed = []
+        for pid in sorted(self.seen):
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    proc.kill()
+                    killed.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        for p in procs:
+            _signal_group(p.popen.pid, signal.SIGKILL)
+            try:
+                p.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        return killed
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def base_env(root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for cluster processes: ours minus MODELOPS_*, caches under ``root``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELOPS_")}
+    env.update({
+        "MODELOPS_BUNDLE_CACHE_DIR": str(root / "bundles"),
+        "MODELOPS_VENVS_DIR": str(root / "venvs"),
+        "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra or {})
+    return env
