@@ -210,3 +210,22 @@ def warn_unknown(environ: Mapping[str, str]) -> list[str]:
         hint = f"; did you mean {close[0]}?" if close else f"; known variables: {', '.join(known)}"
         log.warning("unknown environment variable %s is ignored%s", name, hint)
     return unknown
+
+
+def env_table() -> str:
+    """The README's MODELOPS_* table, generated from the fields above (kept in sync by a test)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in RuntimeConfig.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, enum.Enum):
+            default = default.value
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        elif isinstance(default, Path):
+            default = str(default).replace(tempfile.gettempdir(), "$TMPDIR")
+        elif default is None or default == []:
+            default = "unset"
+        elif isinstance(default, float) and default.is_integer():
+            default = int(default)
+        rows.append(f"| {PREFIX}{name.upper()} | {default} | {info.description} |")
+    return "\n".join(rows)

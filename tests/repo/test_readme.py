@@ -1,0 +1,37 @@
+"""The README is the user's manual: what it says must be what the code does."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from modelops_runtime.config import RuntimeConfig, env_table
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+
+
+def _section(marker: str) -> str:
+    m = re.search(rf"<!-- {marker}:start -->\n(.*?)<!-- {marker}:end -->", README, re.S)
+    assert m, f"README.md lacks the <!-- {marker}:start/end --> markers"
+    return m.group(1).strip()
+
+
+def test_readme_opens_with_the_two_commands():
+    head = README[:1500]
+    assert "make run" in head and "make test" in head
+
+
+def test_env_table_matches_runtime_config():
+    assert _section("env-table") == env_table(), (
+        "README's MODELOPS_* table is out of date; regenerate it from "
+        "modelops_runtime.config.env_table()")
+    for name in RuntimeConfig.env_names():
+        assert name in README
+
+
+def test_tool_and_venv_dirs_are_ignored():
+    out = subprocess.run(["git", "check-ignore", ".venv/x", ".tools/bin/helm", ".state/x"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.split() == [".venv/x", ".tools/bin/helm", ".state/x"], out
