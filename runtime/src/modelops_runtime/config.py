@@ -117,6 +117,16 @@ class RuntimeConfig(BaseSettings):
         description="extra environment variables passed to warm processes (comma-separated)")
     log_level: LogLevel = Field(LogLevel.INFO, description="runtime log level")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("executor_type", mode="before")
+    @classmethod
+    def _executor_lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
     @field_validator("bundle_repo")
     @classmethod
     def _repo_not_blank(cls, v: str | None) -> str | None:

@@ -1,0 +1,154 @@
+"""DirectExecEnv: run bundle code inside the Dask worker process (debug mode).
+
+Python's import system is process-global: ``sys.path`` and ``sys.modules`` are shared by
+all threads, so two threads importing same-named bundle modules at once would share module
+state. Calls are therefore serialised per worker process by one lock, whatever
+``--nthreads`` is: direct is a debugging mode and trades speed for correctness. Around
+every call the bundle directory is put on ``sys.path`` and, afterwards, every module
+imported from the bundle is dropped from ``sys.modules`` so the next call starts from
+fresh module state. State outside the bundle (third-party modules, threads, environment,
+working directory) is *not* reset.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import ClassVar
+
+from ..bundles import read_dependencies
+from ..errors import (EntrypointError, MissingDependencyError, ModelOpsError,
+                      SimulationError)
+from ..models import Call, SimResult, check_entrypoint
+from .base import ExecEnv
+
+# one per process: the import system it protects is one per process
+_PROCESS_LOCK = threading.Lock()
+
+
+def _is_under(path: str | None, root: str) -> bool:
+    # bundle modules are imported through ``root`` itself, so their paths start with it
+    return isinstance(path, str) and path.startswith(root + os.sep)
+
+
+def _bundle_modules(root: str) -> list[str]:
+    """Names of loaded modules whose code comes from ``root``."""
+    names = []
+    for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        origin = getattr(spec, "origin", None) or getattr(module, "__file__", None)
+        search = list(getattr(spec, "submodule_search_locations", None) or [])
+        if _is_under(origin, root) or any(_is_under(p, root) for p in search):
+            names.append(name)
+    return names
+
+
+class DirectExecEnv(ExecEnv):
+    """Runs calls in this process, one at a time, with bundle module state reset per call."""
+
+    name: ClassVar[str] = "direct"
+
+    def __init__(self, config, bundles) -> None:
+        super().__init__(config, bundles)
+        self._tasks = 0
+
+    def run(self, call: Call) -> SimResult:
+        try:
+            check_entrypoint(call.entrypoint)
+        except ValueError as exc:
+            raise EntrypointError(str(exc), entrypoint=call.entrypoint) from None
+        bundle_dir = self.bundles.path(call.bundle)
+        with _PROCESS_LOCK:
+            self._tasks += 1
+            count = self._tasks
+            start = time.perf_counter()
+            outputs = self._run_locked(call, bundle_dir)
+            duration = time.perf_counter() - start
+        return SimResult(outputs=outputs, executor=self.name, pid=os.getpid(),
+                         process_task_count=count, venv_cache_hit=None, duration_s=duration)
+
+    def shutdown(self) -> None:
+        """Nothing to release: direct starts no processes."""
+
+    def stats(self) -> dict:
+        return {"executor": self.name, "tasks": self._tasks}
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _run_locked(self, call: Call, bundle_dir: Path) -> object:
+        root = os.path.realpath(bundle_dir)
+        module_name, func_name = call.entrypoint.split(":", 1)
+        sys.path.insert(0, root)
+        importlib.invalidate_caches()
+        try:
+            func = self._load(call, module_name, func_name, root)
+            try:
+                return func(*call.args)
+            except ModuleNotFoundError as exc:
+                raise self._missing(exc, call, bundle_dir) from None
+            except ModelOpsError:
+                raise
+            except (Exception, SystemExit) as exc:
+                raise SimulationError(
+                    f"{call.kind} {call.entrypoint} of bundle {call.bundle} raised "
+                    f"{type(exc).__name__}: {exc}",
+                    remote_type=type(exc).__name__, remote_message=str(exc),
+                    remote_traceback="".join(traceback.format_exception(exc)),
+                ) from None
+        finally:
+            while root in sys.path:
+                sys.path.remove(root)
+            sys.path_importer_cache.pop(root, None)
+            for name in _bundle_modules(root):
+                sys.modules.pop(name, None)
+
+    def _load(self, call: Call, module_name: str, func_name: str, root: str):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            # the entrypoint module itself (or its package) is not in the bundle
+            if module_name == missing or module_name.startswith(missing + "."):
+                raise EntrypointError(
+                    f"entrypoint {call.entrypoint}: module {module_name!r} is not in bundle "
+                    f"{call.bundle}; check the module path (relative to the bundle root)",
+                    entrypoint=call.entrypoint, bundle=call.bundle) from None
+            raise self._missing(exc, call, Path(root)) from None
+        except Exception as exc:
+            raise SimulationError(
+                f"importing {module_name} from bundle {call.bundle} raised "
+                f"{type(exc).__name__}: {exc}",
+                remote_type=type(exc).__name__, remote_message=str(exc),
+                remote_traceback="".join(traceback.format_exception(exc))) from None
+        if not _is_under(getattr(module, "__file__", None), root):
+            raise EntrypointError(
+                f"entrypoint {call.entrypoint}: module {module_name!r} resolved to "
+                f"{getattr(module, '__file__', module)!r}, outside bundle {call.bundle}; "
+                "rename the bundle module so it does not shadow an installed one",
+                entrypoint=call.entrypoint, bundle=call.bundle)
+        func = getattr(module, func_name, None)
+        if not callable(func):
+            raise EntrypointError(
+                f"entrypoint {call.entrypoint}: module {module_name!r} of bundle "
+                f"{call.bundle} has no function {func_name!r}",
+                entrypoint=call.entrypoint, bundle=call.bundle)
+        return func
+
+    @staticmethod
+    def _missing(exc: ModuleNotFoundError, call: Call, bundle_dir: Path) -> MissingDependencyError:
+        try:
+            declared = read_dependencies(bundle_dir)
+        except ModelOpsError:
+            declared = []
+        return MissingDependencyError(
+            f"bundle {call.bundle} imports module {exc.name!r}, which is not installed in "
+            f"the Dask worker's own environment (the bundle declares: "
+            f"{', '.join(declared) or 'no dependencies'}). executor=direct runs in the "
+            "worker's environment and installs nothing: use executor isolated_warm, or "
+            "install the dependency into the worker image",
+            module=exc.name, declared=declared, bundle=call.bundle)

@@ -1,0 +1,257 @@
+"""Bundles: deterministic packing, verified fetch, safe once-per-pod unpacking."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from modelops_runtime.bundles import BundleStore, pack
+from modelops_runtime.config import RuntimeConfig
+from modelops_runtime.errors import (BundleDigestMismatch, BundleError, BundleNotFound,
+                                     ConfigError, UnsafeBundle)
+from support.bundles import SIM_MODEL, archive_path, store_raw_archive, write_bundle
+
+FILES = {"model.py": SIM_MODEL, "pkg/__init__.py": "", "pkg/util.py": "X = 1\n",
+         "requirements.txt": "numpy>=1.26\n"}
+
+
+def _store(tmp_path: Path, repo: Path) -> BundleStore:
+    return BundleStore(RuntimeConfig(bundle_repo=str(repo), bundle_cache_dir=tmp_path / "cache"))
+
+
+def _cache_entries(store: BundleStore) -> list[str]:
+    """What a user would find in the cache dir (lock files are bookkeeping)."""
+    if not store.cache_dir.exists():
+        return []
+    return sorted(p.name for p in store.cache_dir.iterdir() if p.name != ".locks")
+
+
+# -- packing ---------------------------------------------------------------------------
+
+
+def test_same_files_give_same_digest_whatever_mtimes_order_or_owner(tmp_path):
+    repo = tmp_path / "repo"
+    a = write_bundle(tmp_path / "a", FILES)
+    # b: the same files written in reverse order, other mtimes, owner and permissions
+    b = tmp_path / "b"
+    for rel in reversed(list(FILES)):
+        write_bundle(b, {rel: FILES[rel]})
+    for path in b.rglob("*"):
+        os.utime(path, (1_000_000, 1_000_000))
+        if os.geteuid() == 0:
+            os.chown(path, 1234, 5678)
+    (b / "model.py").chmod(0o600)
+    # byte-code caches are never part of a bundle
+    (b / "__pycache__").mkdir()
+    (b / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"junk")
+
+    ref_a, ref_b = pack(a, str(repo)), pack(b, str(repo))
+    assert ref_a == ref_b
+    assert ref_a.startswith("sha256:") and len(ref_a) == 7 + 64
+    assert [p.name for p in repo.iterdir()] == [f"{ref_a[7:]}.tar.gz"]
+
+    (b / "model.py").write_text(SIM_MODEL + "\n# changed\n")
+    assert pack(b, str(repo)) != ref_a
+
+
+def test_pack_accepts_fsspec_urls(tmp_path):
+    src = write_bundle(tmp_path / "src", FILES)
+    ref = pack(src, f"file://{tmp_path / 'repo'}")
+    assert pack(src, str(tmp_path / "repo")) == ref
+    assert archive_path(tmp_path / "repo", ref).is_file()
+    # an in-memory fsspec filesystem works as repository end to end
+    mem_ref = pack(src, "memory://modelops-test-repo")
+    assert mem_ref == ref
+    store = BundleStore(RuntimeConfig(bundle_repo="memory://modelops-test-repo",
+                                      bundle_cache_dir=tmp_path / "cache"))
+    assert (store.path(ref) / "pkg" / "util.py").read_text() == "X = 1\n"
+
+
+def test_pack_refuses_what_cannot_be_a_bundle(tmp_path):
+    repo = tmp_path / "repo"
+    with pytest.raises(BundleError, match="does not exist or is not a directory"):
+        pack(tmp_path / "missing", str(repo))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="holds no files"):
+        pack(tmp_path / "empty", str(repo))
+
+    escaping = write_bundle(tmp_path / "escaping", FILES)
+    (escaping / "secrets").symlink_to("/etc/passwd")
+    with pytest.raises(UnsafeBundle, match="points outside the bundle"):
+        pack(escaping, str(repo))
+
+    fifo = write_bundle(tmp_path / "fifo", FILES)
+    os.mkfifo(fifo / "pipe")
+    with pytest.raises(UnsafeBundle, match="only regular files, directories and symbolic links"):
+        pack(fifo, str(repo))
+    assert not repo.exists() or list(repo.iterdir()) == []  # nothing half-written
+
+
+def test_links_inside_the_bundle_survive_the_round_trip(tmp_path):
+    src = write_bundle(tmp_path / "src", FILES)
+    (src / "alias.py").symlink_to("model.py")
+    ref = pack(src, str(tmp_path / "repo"))
+    out = _store(tmp_path, tmp_path / "repo").path(ref)
+    assert (out / "alias.py").is_symlink()
+    assert (out / "alias.py").read_text() == SIM_MODEL.lstrip("\n")
+
+
+# -- fetching and unpacking ------------------------------------------------------------
+
+
+def test_fetch_verifies_and_unpacks_once(tmp_path):
+    repo = tmp_path / "repo"
+    ref = pack(write_bundle(tmp_path / "src", FILES), str(repo))
+    store = _store(tmp_path, repo)
+    first = store.path(ref)
+    assert first == store.cache_dir / ref[7:]
+    assert sorted(p.relative_to(first).as_posix() for p in first.rglob("*")) == [
+        "model.py", "pkg", "pkg/__init__.py", "pkg/util.py", "requirements.txt"]
+    # once per pod: later calls (any process) use the unpacked copy, even if the repo is gone
+    archive_path(repo, ref).unlink()
+    assert _store(tmp_path, repo).path(ref) == first
+    assert _cache_entries(store) == [ref[7:]]
+
+
+def test_unknown_digest(tmp_path):
+    repo = tmp_path / "repo"
+    pack(write_bundle(tmp_path / "src", FILES), str(repo))
+    store = _store(tmp_path, repo)
+    ref = "sha256:" + "0" * 64
+    with pytest.raises(BundleNotFound, match="is not in repository") as info:
+        store.path(ref)
+    assert "modelops-runtime bundle pack" in str(info.value)
+    assert _cache_entries(store) == []
+
+
+def test_malformed_reference_and_missing_repository(tmp_path):
+    store = _store(tmp_path, tmp_path / "repo")
+    with pytest.raises(BundleError, match="not of the form 'sha256:<64 lowercase hex>'"):
+        store.path("sha256:abc")
+    no_repo = BundleStore(RuntimeConfig(bundle_cache_dir=tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="MODELOPS_BUNDLE_REPO is not set") as info:
+        no_repo.path("sha256:" + "1" * 64)
+    assert info.value.variable == "MODELOPS_BUNDLE_REPO"
+
+
+def test_digest_mismatch_leaves_nothing_behind(tmp_path):
+    repo = tmp_path / "repo"
+    ref_a = pack(write_bundle(tmp_path / "a", FILES), str(repo))
+    ref_b = pack(write_bundle(tmp_path / "b", {"other.py": "Y = 2\n"}), str(repo))
+    archive_path(repo, ref_a).write_bytes(archive_path(repo, ref_b).read_bytes())
+    store = _store(tmp_path, repo)
+    with pytest.raises(BundleDigestMismatch, match="failed verification") as info:
+        store.path(ref_a)
+    assert info.value.actual == ref_b
+    assert _cache_entries(store) == []
+
+
+def test_truncated_archive_leaves_nothing_behind(tmp_path):
+    repo = tmp_path / "repo"
+    ref = pack(write_bundle(tmp_path / "src", {**FILES, "data.txt": "x" * 200_000}), str(repo))
+    path = archive_path(repo, ref)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    store = _store(tmp_path, repo)
+    with pytest.raises(BundleError, match="truncated or corrupt"):
+        store.path(ref)
+    assert _cache_entries(store) == []
+    # the advice in the message works: packing again repairs the repository copy
+    assert pack(tmp_path / "src", str(repo)) == ref
+    assert (store.path(ref) / "data.txt").stat().st_size == 200_000
+
+
+def _member(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, 0o644
+    return info
+
+
+@pytest.mark.parametrize("bad, why", [
+    (_member("../evil.py"), "contains '..'"),
+    (_member("pkg/../../evil.py"), "contains '..'"),
+    (_member("/tmp/evil.py"), "is an absolute path"),
+    (_member("dev", tarfile.CHRTYPE), "is a device or FIFO"),
+    (_member("fifo", tarfile.FIFOTYPE), "is a device or FIFO"),
+    (_member("link", tarfile.SYMTYPE, "../../outside"), "outside the bundle"),
+    (_member("pkg/link", tarfile.SYMTYPE, "/etc/passwd"), "outside the bundle"),
+    (_member("hard", tarfile.LNKTYPE, "../x"), "outside the bundle"),
+])
+def test_unsafe_entries_are_rejected(tmp_path, bad, why):
+    repo = tmp_path / "repo"
+    data = None if bad.type in (tarfile.CHRTYPE, tarfile.FIFOTYPE, tarfile.SYMTYPE,
+                                tarfile.LNKTYPE) else b"print('pwned')\n"
+    ref = store_raw_archive(repo, [(_member("model.py"), b"X = 1\n"), (bad, data)])
+    store = _store(tmp_path, repo)
+    with pytest.raises(UnsafeBundle, match=why) as info:
+        store.path(ref)
+    assert info.value.entry == bad.name
+    assert "it was not unpacked" in str(info.value)
+    assert _cache_entries(store) == []
+    assert not (tmp_path / "evil.py").exists() and not Path("/tmp/evil.py").exists()
+
+
+_UNPACK = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from modelops_runtime import bundles
+    from modelops_runtime.config import RuntimeConfig
+
+    store = bundles.BundleStore(RuntimeConfig(bundle_repo=sys.argv[1], bundle_cache_dir=sys.argv[2]))
+    if sys.argv[4] == "crash":
+        # die by a real SIGKILL after extracting, just before the atomic rename
+        real_rename = os.rename
+        def rename(src, dst):
+            if Path(dst).name == sys.argv[3][7:]:
+                print("extracted", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_rename(src, dst)
+        bundles.os.rename = rename
+    print(store.path(sys.argv[3]), flush=True)
+""")
+
+
+def _unpack_proc(repo: Path, cache: Path, ref: str, mode: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _UNPACK, str(repo), str(cache), ref, mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_crash_mid_unpack_never_leaves_a_half_bundle(tmp_path):
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    ref = pack(write_bundle(tmp_path / "src", FILES), str(repo))
+    crashed = _unpack_proc(repo, cache, ref, "crash")
+    out, err = crashed.communicate(timeout=120)
+    assert crashed.returncode == -signal.SIGKILL, err
+    assert "extracted" in out
+    assert not (cache / ref[7:]).exists()  # the half-done work is not under the final name
+
+    # the next fetch (another process) gets a complete bundle and clears the leftovers
+    ok = _unpack_proc(repo, cache, ref, "normal")
+    out, err = ok.communicate(timeout=120)
+    assert ok.returncode == 0, err
+    final = Path(out.strip())
+    assert (final / "pkg" / "util.py").read_text() == "X = 1\n"
+    assert sorted(p.name for p in cache.iterdir() if p.name != ".locks") == [ref[7:]]
+
+
+def test_concurrent_processes_share_one_unpack(tmp_path):
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    ref = pack(write_bundle(tmp_path / "src", {**FILES, "data.txt": "y" * 500_000}), str(repo))
+    procs = [_unpack_proc(repo, cache, ref, "normal") for _ in range(4)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outs]
+    assert {o.strip() for o, _ in outs} == {str(cache / ref[7:])}
+    assert (cache / ref[7:] / "data.txt").stat().st_size == 500_000
+    assert sorted(p.name for p in cache.iterdir() if p.name != ".locks") == [ref[7:]]
