@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""The README's chart-values table, generated from chart/values.yaml and its schema.
+
+A key is documented by a `# -- text` comment block right above it in values.yaml (further
+`# ` lines continue the text). Its default comes from values.yaml, its type from
+chart/values.schema.json, so the table cannot drift from what helm accepts.
+
+    python ci/values_table.py           print the table
+    python ci/values_table.py --write   rewrite README.md between the values-table markers
+    python ci/values_table.py --check   exit 1 if README.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VALUES = REPO / "chart" / "values.yaml"
+SCHEMA = REPO / "chart" / "values.schema.json"
+README = REPO / "README.md"
+START, END = "<!-- values-table:start -->", "<!-- values-table:end -->"
+
+_KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.-]+):(?:\s|$)")
+_DOC = re.compile(r"^ *# -- ?(?P<text>.*)$")
+_MORE = re.compile(r"^ *#(?: (?P<text>.*))?$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str          # dotted path, e.g. worker.executor.type
+    type: str
+    default: str
+    description: str
+
+
+def documented_keys(text: str) -> dict[str, str]:
+    """Dotted key → description, for every key preceded by a `# --` block."""
+    docs: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []   # (indent, key) of the enclosing maps
+    pending: list[str] | None = None
+    for line in text.splitlines():
+        if m := _DOC.match(line):
+            pending = [m.group("text").strip()]
+            continue
+        if pending is not None and (m := _MORE.match(line)):
+            pending.append((m.group("text") or "").strip())
+            continue
+        m = _KEY.match(line)
+        if not m:
+            if not line.lstrip().startswith("-"):
+                pending = None
+            continue
+        indent = len(m.group("indent"))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [m.group("key")])
+        stack.append((indent, m.group("key")))
+        if pending is not None:
+            docs[path] = " ".join(p for p in pending if p)
+        pending = None
+    return docs
+
+
+def lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def leaf_paths(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every non-map value (empty maps count as leaves)."""
+    if isinstance(tree, dict) and tree:
+        out: list[str] = []
+        for key, value in tree.items():
+            out += leaf_paths(value, f"{prefix}{key}.")
+        return out
+    return [prefix.rstrip(".")]
+
+
+def schema_node(schema: dict, dotted: str) -> dict:
+    """The schema node of a dotted key (its own $ref unresolved); KeyError if absent."""
+    node = schema
+    for part in dotted.split("."):
+        node = _resolve(schema, node)["properties"][part]
+    return node
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    while "$ref" in node:
+        node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+# Names for the schema's patterns, so the table says what a pattern means.
+_PATTERNS = {
+    "^[1-9][0-9]*(Mi|Gi)$": "memory (`<n>Mi` or `<n>Gi`)",
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$": "DNS label",
+    "^[0-9]+(ms|s|m|h)$": "duration (`30s`, `1m`)",
+    "^[0-9]+%$": "percentage",
+}
+
+
+_REFS = {"quantity": "quantity", "cpu": "cpu quantity"}
+
+
+def describe_type(schema: dict, node: dict) -> str:
+    ref = node.get("$ref", "").rsplit("/", 1)[-1]
+    if ref in _REFS:
+        return _REFS[ref]
+    node = _resolve(schema, node)
+    if node.get("pattern") in _PATTERNS:
+        return _PATTERNS[node["pattern"]]
+    if "anyOf" in node:
+        return " or ".join(describe_type(schema, n) for n in node["anyOf"])
+    if "enum" in node:
+        return " \\| ".join(f"`{v}`" for v in node["enum"])
+    kind = node.get("type", "any")
+    text = {"array": "list", "object": "map", "boolean": "bool"}.get(kind, kind)
+    if "minimum" in node:
+        text += f" ≥ {node['minimum']}"
+    if "exclusiveMinimum" in node:
+        text += f" > {node['exclusiveMinimum']}"
+    if kind == "string" and "pattern" in node:
+        text += " (pattern)"
+    return text
+
+
+def entries() -> list[Entry]:
+    text = VALUES.read_text()
+    values = yaml.safe_load(text)
+    schema = json.loads(SCHEMA.read_text())
+    out = []
+    for key, description in documented_keys(text).items():
+        default = json.dumps(lookup(values, key), ensure_ascii=False, separators=(", ", ": "))
+        out.append(Entry(key, describe_type(schema, schema_node(schema, key)),
+                         default, description))
+    return out
+
+
+def _cell(text: str) -> str:
+    return re.sub(r"(?<!\\)\|", r"\\|", text)
+
+
+def table() -> str:
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    for e in entries():
+        rows.append(f"| `{e.key}` | {_cell(e.type)} "
+                    f"| `{_cell(e.default)}` | {_cell(e.description)} |")
+    return "\n".join(rows)
+
+
+def readme_with_table(readme: str) -> str:
+    if START not in readme or END not in readme:
+        raise SystemExit(f"README.md lacks the {START} / {END} markers")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table()}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", action="store_true", help="rewrite README.md")
+    group.add_argument("--check", action="store_true", help="fail if README.md is stale")
+    args = parser.parse_args(argv)
+    if not (args.write or args.check):
+        print(table())
+        return 0
+    current = README.read_text()
+    wanted = readme_with_table(current)
+    if args.check:
+        if current != wanted:
+            print("README.md's values table is out of date: run python ci/values_table.py --write",
+                  file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Rendering the real chart with the real helm binaries (helm 3 and helm 4).
+
+Every (helm, values, --set) combination is rendered once per test session: helm template
+costs 0.1–0.3 s and the suites ask for the same renders many times.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "chart"
+PRESETS_DIR = REPO / "values-examples"
+RELEASE = "mo"
+NAMESPACE = "sims"
+
+HELMS = {
+    "helm3": REPO / ".tools" / "bin" / "helm",
+    "helm4": REPO / ".tools" / "bin" / "helm4",
+}
+PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def helm_binary(name: str) -> Path:
+    path = HELMS[name]
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise AssertionError(
+            f"{name} is not installed at {path}: run `make tools` (ci/install-tools.sh) first")
+    return path
+
+
+@dataclass(frozen=True)
+class Render:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @functools.cached_property
+    def objects(self) -> list[dict]:
+        assert self.returncode == 0, f"helm failed:\n{self.stderr}"
+        return [d for d in yaml.safe_load_all(self.stdout) if d]
+
+    def one(self, kind: str, component: str | None = None) -> dict:
+        found = [o for o in self.objects if o["kind"] == kind and (
+            component is None
+            or o["metadata"]["labels"].get("app.kubernetes.io/component") == component)]
+        assert len(found) == 1, f"expected one {kind} {component or ''}, got {len(found)}"
+        return found[0]
+
+    def container(self, component: str) -> dict:
+        pod = self.one("Deployment", component)["spec"]["template"]["spec"]
+        (container,) = [c for c in pod["containers"] if c["name"] == component]
+        return container
+
+
+@functools.cache
+def _run(cmd: tuple[str, ...], input_text: str | None) -> Render:
+    proc = subprocess.run(list(cmd), input=input_text, capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env={**os.environ, "HELM_DEBUG": "false"})
+    return Render(proc.returncode, proc.stdout, proc.stderr)
+
+
+def render(helm: str, *files: str, values: str | None = None, sets: tuple[str, ...] = (),
+           extra: tuple[str, ...] = ()) -> Render:
+    """`helm template` of the chart with values files (paths or preset names), an inline
+    values document (YAML text, passed on stdin) and --set pairs."""
+    cmd = [str(helm_binary(helm)), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    for f in files:
+        path = PRESETS_DIR / f"{f}.yaml" if f in PRESETS else Path(f)
+        cmd += ["-f", str(path)]
+    if values is not None:
+        cmd += ["-f", "-"]
+    for s in sets:
+        cmd += ["--set", s]
+    return _run(tuple(cmd) + tuple(extra), values)
+
+
+def notes(helm: str, *files: str, values: str | None = None) -> Render:
+    """NOTES.txt as `helm install --dry-run=client` prints it (helm template omits NOTES)."""
+    cmd = [str(helm_binary(helm)), "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
+           "--dry-run=client"]
+    for f in files:
+        cmd += ["-f", str(PRESETS_DIR / f"{f}.yaml" if f in PRESETS else f)]
+    if values is not None:
+        cmd += ["-f", "-"]
+    return _run(tuple(cmd), values)
