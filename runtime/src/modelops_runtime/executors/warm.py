@@ -1,0 +1,158 @@
+"""IsolatedWarmExecEnv: bundle code runs in warm processes inside cached uv venvs.
+
+The production mode. Each task is sent to a long-lived process (pool.py) that runs in a
+venv built for the bundle's dependencies (venvs.py) and imports the bundle once; replies
+come back as plain data, failures as the typed errors of errors.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..bundles import read_dependencies
+from ..errors import EntrypointError, MissingDependencyError, ModelOpsError, SimulationError
+from ..models import Call, SimResult
+from ..pool import Lost, WarmPool, WarmProcess, warm_env
+from ..stats import StatsRecorder
+from ..venvs import VenvCache, venv_key
+from .base import ExecEnv
+
+
+@dataclass(frozen=True)
+class _Bundle:
+    ref: str
+    path: Path
+    requirements: tuple[str, ...]
+    venv_key: str
+
+    @property
+    def pool_key(self) -> tuple[str, str]:
+        # one process serves one bundle: module names and module state never mix
+        return (self.ref, self.venv_key)
+
+
+class IsolatedWarmExecEnv(ExecEnv):
+    name = "isolated_warm"
+
+    def __init__(self, config, bundles) -> None:
+        super().__init__(config, bundles)
+        self._stats = StatsRecorder()
+        self.venvs = VenvCache(config.venvs_dir, validate=config.validate_deps,
+                               stats=self._stats)
+        self.pool = WarmPool(max_processes=config.max_warm_processes,
+                             max_reuse=config.max_process_reuse, ttl=config.process_ttl,
+                             memory_budget=config.pool_memory_bytes, stats=self._stats)
+        self._bundles: dict[str, _Bundle] = {}
+        self._lock = threading.Lock()
+
+    # -- ExecEnv -----------------------------------------------------------------------
+
+    def run(self, call: Call) -> SimResult:
+        started = time.perf_counter()
+        bundle = self._bundle(call.bundle)
+        if self.config.force_fresh_venv:
+            return self._run_fresh(call, bundle, started)
+        proc, reused = self.pool.acquire(bundle.pool_key, lambda: self._spawn(bundle))
+        try:
+            outputs = self._send(proc, call, bundle)
+        finally:
+            self.pool.release(proc)
+        return self._result(outputs, proc, True if reused else proc.venv.cache_hit, started)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+
+    def stats(self) -> dict[str, Any]:
+        return self.pool.snapshot().model_dump(mode="json")
+
+    def warm_pids(self) -> list[int]:
+        """Pids of the warm processes alive now (for diagnostics and tests)."""
+        return self.pool.pids()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _bundle(self, ref: str) -> _Bundle:
+        # refs are content digests: a bundle's directory and dependencies never change
+        with self._lock:
+            known = self._bundles.get(ref)
+        if known is not None:
+            return known
+        path = Path(self.bundles.path(ref))
+        requirements = tuple(read_dependencies(path))
+        bundle = _Bundle(ref, path, requirements, venv_key(requirements))
+        with self._lock:
+            return self._bundles.setdefault(ref, bundle)
+
+    def _spawn(self, bundle: _Bundle, *, fresh: bool = False) -> WarmProcess:
+        venv = (self.venvs.fresh if fresh else self.venvs.get)(bundle.requirements)
+        try:
+            return self.pool.spawn(key=bundle.pool_key, venv=venv, bundle_dir=bundle.path,
+                                   env=warm_env(venv, self.config.env_passthrough),
+                                   single_use=fresh)
+        except BaseException:
+            if fresh:
+                self.venvs.remove(venv)
+            raise
+
+    def _run_fresh(self, call: Call, bundle: _Bundle, started: float) -> SimResult:
+        """FORCE_FRESH_VENV: a new venv and process for this task, both removed after it."""
+        proc = self._spawn(bundle, fresh=True)
+        self.pool.track_unpooled(proc)
+        try:
+            outputs = self._send(proc, call, bundle)
+        finally:
+            self.pool.drop_unpooled(proc)
+            self.venvs.remove(proc.venv)
+        return self._result(outputs, proc, False, started)
+
+    def _send(self, proc: WarmProcess, call: Call, bundle: _Bundle) -> Any:
+        label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"
+        request = {"op": "run", "entrypoint": call.entrypoint, "args": tuple(call.args)}
+        self._stats.incr("tasks")
+        try:
+            reply, mark = proc.run(request, timeout=self.config.task_timeout,
+                                   mem_limit=self.config.mem_limit_bytes, label=label)
+        except Lost as lost:
+            proc.lost = lost.reason
+            raise lost.error from None
+        if reply.get("ok"):
+            return reply["result"]
+        raise _user_error(reply, call, bundle, proc.log.tail(mark))
+
+    def _result(self, outputs: Any, proc: WarmProcess, venv_hit: bool,
+                started: float) -> SimResult:
+        return SimResult(outputs=outputs, executor=self.name, pid=proc.pid,
+                         process_task_count=proc.task_count, venv_cache_hit=venv_hit,
+                         duration_s=time.perf_counter() - started)
+
+
+def _user_error(reply: dict, call: Call, bundle: _Bundle, log_tail: str) -> ModelOpsError:
+    """The typed error for a failure reported by the runner (the process stays warm)."""
+    kind = reply.get("kind")
+    remote = {"remote_type": reply.get("type", ""), "remote_message": reply.get("message", ""),
+              "remote_traceback": reply.get("traceback", ""), "log_tail": log_tail}
+    what = f"{reply.get('type')}: {reply.get('message')}"
+    if kind == "entrypoint":
+        return EntrypointError(
+            f"entrypoint {call.entrypoint!r} cannot be loaded from bundle {call.bundle} "
+            f"({what}). The entrypoint must be 'module:function' naming a module inside the "
+            "bundle directory and a function in it; fix the name or repack the bundle.",
+            entrypoint=call.entrypoint, **remote)
+    if kind == "missing_dependency":
+        deps = ", ".join(bundle.requirements) or "none"
+        return MissingDependencyError(
+            f"{call.entrypoint}: bundle code imports {reply.get('missing')!r}, which its "
+            f"environment does not have (declared dependencies: {deps}). Add the package "
+            "that provides it to the bundle's requirements.txt or pyproject.toml and repack.",
+            missing=reply.get("missing"), requirements=list(bundle.requirements), **remote)
+    if kind in ("result", "unreadable"):
+        return SimulationError(
+            f"{call.entrypoint} returned outputs that cannot travel back to the worker "
+            f"({what}). Return plain data: dicts, lists, numbers, strings, bytes.", **remote)
+    return SimulationError(
+        f"{call.entrypoint} raised {what}\n\nRemote traceback:\n{reply.get('traceback', '')}",
+        **remote)

@@ -1,0 +1,126 @@
+"""Counters of the warm pool and venv cache: one typed model per Dask worker process,
+summed over a cluster by :func:`cluster_stats`.
+
+The worker side keeps a :class:`StatsRecorder` (thread-safe increments); snapshots are
+:class:`WarmStats` models, read on a worker with ``executor.stats()`` and from a client
+with ``cluster_stats(client)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class RemovalReason(str, enum.Enum):
+    """Why a warm process left the pool."""
+
+    lru = "lru"                      # evicted: MAX_WARM_PROCESSES reached, another bundle needed the slot
+    memory_budget = "memory_budget"  # evicted: the pool's total RSS passed POOL_MEMORY_BYTES
+    reuse = "reuse"                  # retired: ran MAX_PROCESS_REUSE tasks
+    ttl = "ttl"                      # retired: older than PROCESS_TTL
+    mem_limit = "mem_limit"          # killed during a task: over MEM_LIMIT_BYTES
+    crash = "crash"                  # died by itself (signal, os._exit), during a task or idle
+    timeout = "timeout"              # killed during a task: over TASK_TIMEOUT
+    unhealthy = "unhealthy"          # idle but stopped answering the checkout health check
+    fresh_venv = "fresh_venv"        # FORCE_FRESH_VENV: the single-use process ended with its task
+
+
+class Removals(BaseModel):
+    """Evictions and retirements by reason."""
+
+    lru: int = 0
+    memory_budget: int = 0
+    reuse: int = 0
+    ttl: int = 0
+    mem_limit: int = 0
+    crash: int = 0
+    timeout: int = 0
+    unhealthy: int = 0
+    fresh_venv: int = 0
+
+    def __add__(self, other: "Removals") -> "Removals":
+        return Removals(**{k: getattr(self, k) + getattr(other, k) for k in Removals.model_fields})
+
+
+class WarmStats(BaseModel):
+    """Counters since the executor started, plus the pool's current size and memory."""
+
+    workers: int = Field(1, description="worker processes summed into this snapshot")
+    tasks: int = 0
+    spawns: int = 0
+    reuses: int = 0
+    venv_hits: int = 0
+    venv_misses: int = 0
+    venv_builds: int = 0
+    venv_build_seconds: float = 0.0
+    removals: Removals = Field(default_factory=Removals)
+    size: int = Field(0, description="warm processes alive now (idle + busy)")
+    busy: int = 0
+    rss_bytes: int = Field(0, description="resident memory of all warm process trees now")
+
+    def __add__(self, other: "WarmStats") -> "WarmStats":
+        values = {k: getattr(self, k) + getattr(other, k) for k in WarmStats.model_fields}
+        return WarmStats(**values)
+
+
+class ClusterStats(BaseModel):
+    """``total`` summed over ``workers`` (worker address → that process's stats)."""
+
+    total: WarmStats
+    workers: dict[str, WarmStats]
+
+
+_COUNTERS = ("tasks", "spawns", "reuses", "venv_hits", "venv_misses", "venv_builds")
+
+
+class StatsRecorder:
+    """Thread-safe counters shared by the pool and the venv cache of one worker process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._build_seconds = 0.0
+        self._removals = dict.fromkeys((r.value for r in RemovalReason), 0)
+
+    def incr(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def venv_built(self, seconds: float) -> None:
+        with self._lock:
+            self._counts["venv_builds"] += 1
+            self._build_seconds += seconds
+
+    def removed(self, reason: RemovalReason) -> None:
+        with self._lock:
+            self._removals[reason.value] += 1
+
+    def snapshot(self, *, size: int = 0, busy: int = 0, rss_bytes: int = 0) -> WarmStats:
+        with self._lock:
+            return WarmStats(**self._counts, venv_build_seconds=round(self._build_seconds, 3),
+                             removals=Removals(**self._removals), size=size, busy=busy,
+                             rss_bytes=rss_bytes)
+
+
+def _worker_stats(dask_worker=None) -> dict[str, Any]:
+    """Run on a worker by ``client.run``: the modelops executor's stats (empty if none)."""
+    plugin = (getattr(dask_worker, "plugins", None) or {}).get("modelops")
+    executor = getattr(plugin, "executor", None)
+    return executor.stats() if executor is not None else {}
+
+
+def cluster_stats(client) -> ClusterStats:
+    """Stats of every worker process of the cluster ``client`` is connected to, and their sum.
+
+    Workers whose executor keeps no stats (e.g. ``direct``) are left out.
+    """
+    per_worker = {addr: WarmStats.model_validate(raw)
+                  for addr, raw in client.run(_worker_stats).items() if raw}
+    total = WarmStats(workers=0)
+    for stats in per_worker.values():
+        total = total + stats
+    return ClusterStats(total=total, workers=per_worker)

@@ -1,0 +1,286 @@
+"""Venv cache: one virtualenv per dependency set, built with uv, shared by a pod's workers.
+
+Key = hash of the bundle's normalised requirements + Python version/ABI + platform, so
+bundles with equal dependencies share a venv. A build goes into a temporary directory,
+writes its fingerprint last and is renamed into place, under a cross-process lock (one
+build per key per pod). Anything without a valid fingerprint is a build that died
+half-way: it is removed and rebuilt. uv's link mode is hardlink with one uv cache on the
+same filesystem, so a venv costs links, not copies. Indexes, offline mode and find-links
+are uv's own ``UV_*`` variables, passed through untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .errors import EnvironmentBuildError
+from .stats import StatsRecorder
+
+log = logging.getLogger("modelops_runtime.venvs")
+
+FINGERPRINT = "modelops-venv.json"
+FORMAT = 1  # bump when the venv layout or fingerprint changes: old venvs are rebuilt
+_TMP_PREFIX = ".tmp-"
+_FRESH_PREFIX = ".fresh-"
+_TRASH_PREFIX = ".trash-"
+_UV_MESSAGE_CHARS = 4000
+
+
+def python_identity() -> dict[str, str]:
+    """What a venv built on this interpreter is only valid for."""
+    return {
+        "implementation": sys.implementation.name,
+        "version": ".".join(map(str, sys.version_info[:3])),
+        "abi": sysconfig.get_config_var("SOABI") or "",
+        "platform": sysconfig.get_platform(),
+    }
+
+
+def venv_key(requirements: Sequence[str]) -> str:
+    """Cache key of a dependency set (already normalised and sorted by read_dependencies)."""
+    blob = json.dumps({"format": FORMAT, "requirements": sorted(requirements),
+                       "python": python_identity()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Venv:
+    """A ready venv. ``cache_hit``: it existed (or another process built it) — we did not build."""
+
+    path: Path
+    key: str
+    cache_hit: bool
+    fresh: bool = False
+
+    @property
+    def python(self) -> Path:
+        return venv_python(self.path)
+
+
+def _uv_bin() -> str:
+    from uv import find_uv_bin
+
+    return find_uv_bin()
+
+
+class VenvCache:
+    """Builds and hands out venvs under ``root`` (MODELOPS_VENVS_DIR). Thread-safe, and safe
+    across the worker processes of a pod sharing ``root``."""
+
+    def __init__(self, root: Path, *, validate: bool = True,
+                 stats: StatsRecorder | None = None, build_timeout: float = 1800) -> None:
+        self.root = Path(root)
+        self.validate = validate
+        self.stats = stats or StatsRecorder()
+        self.build_timeout = build_timeout
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".locks").mkdir(exist_ok=True)
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._checked: dict[Path, tuple] = {}  # venv → fingerprint stat that passed validation
+        self._remove_dead_leftovers()
+
+    # -- public ---------------------------------------------------------------------
+
+    def get(self, requirements: Sequence[str]) -> Venv:
+        """The cached venv for ``requirements``, building it if needed (one build per key)."""
+        key = venv_key(requirements)
+        dest = self.root / key
+        if self._usable(dest, key, requirements):
+            self.stats.incr("venv_hits")
+            return Venv(dest, key, cache_hit=True)
+        with self._locked(key):
+            # another thread or worker process may have built it while we waited
+            if self._usable(dest, key, requirements, log_reason=True):
+                self.stats.incr("venv_hits")
+                return Venv(dest, key, cache_hit=True)
+            self.stats.incr("venv_misses")
+            self._remove_stale_builds(key)
+            tmp = self.root / f"{_TMP_PREFIX}{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                self._build(tmp, key, requirements)
+                trash = None
+                if dest.exists():  # swap, then delete: the path is never missing for long
+                    trash = self.root / f"{_TRASH_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
+                    os.rename(dest, trash)
+                os.rename(tmp, dest)
+                if trash is not None:
+                    shutil.rmtree(trash, ignore_errors=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return Venv(dest, key, cache_hit=False)
+
+    def fresh(self, requirements: Sequence[str]) -> Venv:
+        """A new venv for one task (FORCE_FRESH_VENV); the caller removes it with :meth:`remove`."""
+        key = venv_key(requirements)
+        path = self.root / f"{_FRESH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.stats.incr("venv_misses")
+        try:
+            self._build(path, key, requirements)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return Venv(path, key, cache_hit=False, fresh=True)
+
+    def remove(self, venv: Venv) -> None:
+        shutil.rmtree(venv.path, ignore_errors=True)
+
+    # -- validation -----------------------------------------------------------------
+
+    def _usable(self, dest: Path, key: str, requirements: Sequence[str],
+                log_reason: bool = False) -> bool:
+        problem = self._problem(dest, key, requirements)
+        if problem and log_reason and dest.exists():
+            log.warning("cached venv %s is not reused: %s; rebuilding it", dest, problem)
+        return problem is None
+
+    def _problem(self, dest: Path, key: str, requirements: Sequence[str]) -> str | None:
+        """Why ``dest`` cannot be reused, or None if it can."""
+        fp_path = dest / FINGERPRINT
+        try:
+            stat = fp_path.stat()
+            fingerprint = json.loads(fp_path.read_text())
+        except FileNotFoundError:
+            return "it has no fingerprint (a build that did not finish)"
+        except (OSError, ValueError) as exc:
+            return f"its fingerprint is unreadable ({exc})"
+        if not isinstance(fingerprint, dict) or fingerprint.get("key") != key:
+            return "its fingerprint belongs to another dependency set"
+        if not self.validate:
+            return None
+        expected = {"requirements": sorted(requirements), "python": python_identity(),
+                    "format": FORMAT}
+        for field, value in expected.items():
+            if fingerprint.get(field) != value:
+                return (f"its fingerprint's {field} is {fingerprint.get(field)!r}, "
+                        f"expected {value!r}")
+        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._checked.get(dest) == identity:
+            return None  # the interpreter already started since this fingerprint was written
+        if problem := self._interpreter_problem(dest):
+            return problem
+        self._checked[dest] = identity
+        return None
+
+    @staticmethod
+    def _interpreter_problem(venv: Path) -> str | None:
+        try:
+            proc = subprocess.run([str(venv_python(venv)), "-I", "-c", "pass"],
+                                  capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"its interpreter does not start ({exc})"
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()[-500:]
+            return f"its interpreter exits with {proc.returncode} ({err})"
+        return None
+
+    # -- building -------------------------------------------------------------------
+
+    def _build(self, path: Path, key: str, requirements: Sequence[str]) -> None:
+        started = time.monotonic()
+        log.info("building venv %s for [%s] with uv", key,
+                 ", ".join(requirements) or "no dependencies")
+        self._uv(["venv", "--relocatable", "--no-project", "--python", sys.executable,
+                  str(path)], requirements)
+        if requirements:
+            req_file = path / "modelops-requirements.txt"
+            req_file.write_text("\n".join(requirements) + "\n")
+            self._uv(["pip", "install", "--python", str(venv_python(path)), "-r",
+                      str(req_file)], requirements)
+        fingerprint = {"key": key, "format": FORMAT, "requirements": sorted(requirements),
+                       "python": python_identity(), "built_at": time.time()}
+        tmp_fp = path / (FINGERPRINT + ".tmp")
+        tmp_fp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+        os.replace(tmp_fp, path / FINGERPRINT)  # written last: its presence means "complete"
+        seconds = time.monotonic() - started
+        self.stats.venv_built(seconds)
+        log.info("built venv %s in %.1fs", key, seconds)
+
+    def _uv_env(self) -> dict[str, str]:
+        env = dict(os.environ)  # uv is our tool, not model code: it gets the worker's UV_*
+        for name in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONHOME", "PYTHONPATH"):
+            env.pop(name, None)
+        env.setdefault("UV_CACHE_DIR", str(self.root.parent / "uv-cache"))
+        env.setdefault("UV_LINK_MODE", "hardlink")
+        env.setdefault("UV_PYTHON_DOWNLOADS", "never")
+        env["UV_NO_PROGRESS"] = "1"
+        return env
+
+    def _uv(self, args: list[str], requirements: Sequence[str]) -> None:
+        cmd = [_uv_bin(), *args]
+        try:
+            proc = subprocess.run(cmd, env=self._uv_env(), cwd=self.root, capture_output=True,
+                                  stdin=subprocess.DEVNULL, timeout=self.build_timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise EnvironmentBuildError(
+                f"building the bundle's environment timed out after {self.build_timeout:.0f}s "
+                f"(uv {args[0]}); check that the package index configured with UV_* variables "
+                "is reachable", requirements=list(requirements), uv_output="") from exc
+        if proc.returncode != 0:
+            output = (proc.stderr or proc.stdout).decode(errors="replace").strip()
+            output = output[-_UV_MESSAGE_CHARS:]
+            how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                   else f"exit code {proc.returncode}")
+            raise EnvironmentBuildError(
+                f"could not build the bundle's environment for "
+                f"[{', '.join(requirements) or 'no dependencies'}]: `uv {' '.join(args[:2])}` "
+                f"failed ({how}):\n{output}\n"
+                "Fix the bundle's requirements (names and versions must exist on the "
+                "configured index) or the UV_* index settings of the worker.",
+                requirements=list(requirements), uv_output=output)
+
+    # -- locking and leftovers ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """One builder per key: a thread lock in this process, flock across processes."""
+        with self._guard:
+            thread_lock = self._key_locks.setdefault(key, threading.Lock())
+        with thread_lock, open(self.root / ".locks" / f"{key}.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released by the kernel if this process dies
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _remove_stale_builds(self, key: str) -> None:
+        # we hold the key's lock: any temporary build of this key is from a dead builder
+        for tmp in self.root.glob(f"{_TMP_PREFIX}{key}-*"):
+            log.warning("removing %s, a venv build that did not finish", tmp.name)
+            shutil.rmtree(tmp, ignore_errors=True)
+        for trash in self.root.glob(f"{_TRASH_PREFIX}{key}-*"):
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _remove_dead_leftovers(self) -> None:
+        """Fresh venvs and temporary builds of worker processes that no longer exist."""
+        for entry in self.root.iterdir():
+            if entry.name.startswith(_FRESH_PREFIX):
+                pid = entry.name[len(_FRESH_PREFIX):].split("-", 1)[0]
+            elif entry.name.startswith(_TMP_PREFIX):
+                pid = entry.name[len(_TMP_PREFIX):].split("-")[1:2] or [""]
+                pid = pid[0]
+            else:
+                continue
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
