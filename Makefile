@@ -36,9 +36,17 @@ tools:
 
 ## ---- the main job ----------------------------------------------------------------
 
+# The example study (runtime/examples/sir) on a real local Dask cluster started from the
+# chart rendered with the preset: `modelops-runtime local` (embedded local mode). Presets
+# with executor `direct` run the bundle in the worker's own environment (locally: .venv,
+# the stand-in for the worker image), so the example's requirements are installed there first.
+EXAMPLE := runtime/examples/sir
 run: venv tools
+	@if grep -Eq '^[[:space:]]+type:[[:space:]]*direct' values-examples/$(PRESET).yaml 2>/dev/null; then \
+	  echo "== $(PRESET) runs bundles in the worker's environment: installing $(EXAMPLE)/bundle/requirements.txt into $(VENV)"; \
+	  $(PY) -m pip install --quiet -r $(EXAMPLE)/bundle/requirements.txt; fi
 	$(VENV)/bin/modelops-runtime local -f values-examples/$(PRESET).yaml \
-	  --study runtime/examples/sir --sims $(SIMS)
+	  --study $(EXAMPLE) --sims $(SIMS)
 
 ## ---- tests -------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Test bundle: a small seeded SIR model whose daily step comes from the `sirsteps` wheel."""

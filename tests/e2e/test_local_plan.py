@@ -1,0 +1,166 @@
+"""From the rendered chart to local processes: what is kept, what is rewritten, and every
+bad input stopping before any process starts (real helm, real chart, real CLI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from e2e_support import CHART, PRESETS, STUDY, preset
+from modelops_runtime import localmode
+from modelops_runtime.errors import ModelOpsError
+
+POD_PATHS = ("/var/cache/modelops", "/var/lib/modelops")
+# options the local mode owns (addresses, ports, scratch); everything else stays as rendered
+REWRITTEN = {"--host", "--port", "--dashboard-address", "--scheduler-file", "--local-directory",
+             "--listen-address", "--contact-address", "--interface", "--worker-port",
+             "--nanny-port", "--pid-file"}
+
+
+def _strip(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a in REWRITTEN:
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_plan_keeps_the_rendered_spec_and_moves_pod_paths_under_the_state_dir(name, tmp_path):
+    rendered = localmode.render_cluster([preset(name).file], chart=CHART)
+    plan = localmode.plan(rendered, tmp_path / "state", base_env={"PATH": os.environ["PATH"]})
+    p = preset(name)
+    assert (rendered.replicas, rendered.nworkers, rendered.nthreads) == \
+        (p.replicas, p.processes, p.threads)
+    assert len(plan.workers) == p.replicas
+    assert plan.expected_workers == p.worker_processes
+
+    worker = plan.workers[0]
+    # command and args as rendered, except the scheduler address and the local-only options
+    assert Path(worker.argv[0]).name == "dask"
+    rendered_args = [localmode.SCHEDULER_TOKEN if a.startswith("tcp://") else a
+                     for a in rendered.worker.args]
+    assert _strip(worker.argv[1:]) == _strip(rendered_args)
+    assert localmode.get_opt(worker.argv, "--host") == "127.0.0.1"
+    assert localmode.get_opt(worker.argv, "--dashboard-address") == "127.0.0.1:0"
+    assert localmode.get_opt(plan.scheduler.argv, "--port") == "0"
+
+    # env as rendered; pod volume paths now under the state dir; bundle repo is local
+    state = str((tmp_path / "state").resolve())
+    for key, value in rendered.worker.env.items():
+        local = worker.env[key]
+        if key == "MODELOPS_BUNDLE_REPO":
+            assert local == str(plan.bundle_repo)
+        elif value.startswith(POD_PATHS):
+            assert local.startswith(state + "/volumes/"), (key, local)
+        else:
+            assert local == value, key
+    assert not [v for v in worker.env.values() if v.startswith(POD_PATHS)]
+    assert worker.env["TMPDIR"].startswith(state)
+    assert plan.config.executor_type.value == p.executor
+
+
+def test_shell_modelops_variables_never_reach_the_workers(tmp_path):
+    """Only the values files configure the runtime, as in a pod."""
+    rendered = localmode.render_cluster([preset("prod-warm").file], chart=CHART)
+    plan = localmode.plan(rendered, tmp_path, base_env={
+        "PATH": os.environ["PATH"], "MODELOPS_EXECUTOR_TYPE": "direct",
+        "MODELOPS_MAX_PROCES_REUSE": "1"})
+    assert plan.config.executor_type.value == "isolated_warm"
+    assert "MODELOPS_MAX_PROCES_REUSE" not in plan.workers[0].env
+    assert any("MODELOPS_EXECUTOR_TYPE" in n and "values files" in n for n in plan.notices)
+
+
+def test_memory_limit_beyond_this_machine_is_lifted_with_a_notice(tmp_path):
+    rendered = localmode.render_cluster([preset("prod-warm").file], chart=CHART,
+                                        sets=["worker.memoryPerProcess=4096Gi"])
+    plan = localmode.plan(rendered, tmp_path)
+    assert localmode.get_opt(plan.workers[0].argv, "--memory-limit") == "0"
+    assert any("--memory-limit 4096Gi" in n for n in plan.notices)
+    kept = localmode.plan(localmode.render_cluster([preset("prod-warm").file], chart=CHART),
+                          tmp_path)
+    assert localmode.get_opt(kept.workers[0].argv, "--memory-limit") == \
+        localmode.get_opt(kept.rendered.worker.args, "--memory-limit")
+
+
+def test_later_values_files_and_sets_win_like_helm(tmp_path):
+    rendered = localmode.render_cluster(
+        [preset("prod-warm").file, preset("debug-isolated").file], chart=CHART,
+        sets=["worker.replicas=2"])
+    plan = localmode.plan(rendered, tmp_path)
+    assert plan.config.executor_type.value == "direct"
+    assert plan.expected_workers == 2 * preset("debug-isolated").processes
+    names = {w.log.name for w in plan.workers}
+    assert names == {"worker-0.log", "worker-1.log"}
+
+
+# -- bad input: a clear error, nothing started ------------------------------------------------
+
+def _nothing_started(run, state: Path) -> None:
+    assert run.popen.returncode == 1, run.output
+    assert "scheduler:" not in run.stdout, "a cluster was started"
+    assert not (state / "runs").exists(), "processes were started (their logs exist)"
+
+
+def test_bad_values_stop_with_helms_schema_message(local_cli, local_env, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("worker:\n  executor:\n    type: warm\n")
+    state = tmp_path / "state"
+    run = local_cli.run(["-f", bad, "--study", STUDY, "--state-dir", state], local_env(),
+                        timeout=120)
+    _nothing_started(run, state)
+    assert "/worker/executor/type" in run.stderr and "isolated_warm" in run.stderr, run.output
+    assert "nothing was started" in run.stderr
+
+
+@pytest.mark.parametrize("case", ["missing-values", "bad-study", "no-helm", "nothing-to-do",
+                                  "direct-lacks-dependency", "bad-compare"])
+def test_bad_input_is_reported_before_anything_starts(case, local_cli, local_env, tmp_path):
+    state = tmp_path / "state"
+    env = local_env()
+    args = ["-f", preset("prod-warm").file, "--study", STUDY, "--state-dir", state]
+    expected = {
+        "missing-values": "values file",
+        "bad-study": "study file",
+        "no-helm": "MODELOPS_HELM",
+        "nothing-to-do": "nothing to do",
+        "direct-lacks-dependency": "lacks sirsteps==1.0",
+        "bad-compare": "not a results file",
+    }[case]
+    if case == "missing-values":
+        args[1] = tmp_path / "nope.yaml"
+    elif case == "bad-study":
+        (tmp_path / "study.yaml").write_text(
+            f"bundle: {STUDY / 'bundle'}\nentrypoint: sirtest.model:simulate\nseeds: 3\n")
+        args[3] = tmp_path / "study.yaml"
+    elif case == "no-helm":
+        env["MODELOPS_HELM"] = str(tmp_path / "no-such-helm")
+    elif case == "nothing-to-do":
+        args = args[:2]
+    elif case == "direct-lacks-dependency":
+        args[1] = preset("debug-isolated").file
+    elif case == "bad-compare":
+        (tmp_path / "old.json").write_text('{"sims": 3}')
+        args += ["--compare", tmp_path / "old.json"]
+    run = local_cli.run(args, env, timeout=120)
+    if case == "nothing-to-do":
+        assert run.popen.returncode == 2, run.output
+    else:
+        _nothing_started(run, state)
+    assert expected in run.stderr, run.output
+    assert "Traceback" not in run.stderr
+
+
+def test_errors_are_typed(tmp_path):
+    with pytest.raises(localmode.ChartRenderError) as err:
+        localmode.render_cluster(sets=["worker.executor.type=warm"], chart=CHART)
+    assert isinstance(err.value, ModelOpsError) and "isolated_warm" in err.value.helm_output
+    with pytest.raises(localmode.LocalModeError, match="--chart"):
+        localmode.find_chart(tmp_path)
