@@ -15,6 +15,9 @@ from . import __version__
 
 # module (relative to this package) → registers one or more sub-commands
 COMMANDS = [
+    "cmd_config",
+    "cmd_bundle",
+    "localmode",
 ]
 
 
