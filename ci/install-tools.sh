@@ -9,6 +9,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${1:-$root/.tools/bin}
 mkdir -p "$bin"
+bin=$(cd "$bin" && pwd)  # absolute: the builds run from ci/tools/<tool>
 
 # name | module dir | package | version variable for -X | pinned version
 tools=(
