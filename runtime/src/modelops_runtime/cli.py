@@ -18,6 +18,7 @@ COMMANDS = [
     "cmd_config",
     "cmd_bundle",
     "localmode",
+    "cmd_stats",
 ]
 
 

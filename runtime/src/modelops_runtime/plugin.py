@@ -102,6 +102,8 @@ class ModelOpsPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         global _runtime
+        from .metrics import install as install_metrics
+        install_metrics(worker)  # modelops_* series on /metrics (idempotent)
         with _lock:
             if _runtime is not None:
                 # registered again (e.g. by a client): keep the running executor

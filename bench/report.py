@@ -1,0 +1,249 @@
+"""bench/results.md from one run's results: the machine, the targets (met or not, with
+the cause of a miss in numbers), and one table per benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from common import mib, ms
+
+R = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    section: str
+    goal: str
+    measure: Callable[[R], tuple[float, str]]   # (value, how it was computed)
+    met: Callable[[float], bool]
+    note: Callable[[R], str] | None = None       # why, when missed
+
+
+def _median(r: R, section: str, case: str) -> float:
+    return r[section][case]["median_s"]
+
+
+def _warm_vs_ppe(r: R) -> tuple[float, str]:
+    warm, ppe = _median(r, "overhead", "warm hit"), _median(r, "overhead", "ProcessPoolExecutor(1)")
+    return warm / ppe, f"{ms(warm)} / {ms(ppe)}"
+
+
+def _fresh_vs_pass(r: R) -> tuple[float, str]:
+    fresh = _median(r, "overhead", "fresh process")
+    bare = _median(r, "overhead", "bare python -c pass")
+    return fresh / bare, f"{ms(fresh)} / {ms(bare)}"
+
+
+def _fresh_note(r: R) -> str:
+    o = r["overhead"]
+    bare = _median(r, "overhead", "bare python -c pass")
+    parts = o.get("fresh process breakdown", {})
+    if "spawn_s" not in parts:
+        return f"no breakdown ({parts.get('error', 'not measured')})"
+    text = (f"A fresh process's task = spawn until the runner's hello {ms(parts['spawn_s'])} + "
+            f"task {ms(parts['task_s'])} + retirement {ms(parts['retire_s'])}, against "
+            f"{ms(bare)} for a bare interpreter's whole life.")
+    extra = (r.get("memory") or {}).get("runner_extra_modules") or []
+    heavy = [m for m in extra if m in {"argparse", "traceback", "ctypes", "threading", "re",
+                                        "shutil", "gettext", "tokenize", "pickle", "struct"}]
+    if parts["spawn_s"] > 1.2 * bare and heavy:
+        text += (f" Startup: runner.py imports {', '.join(extra)} beyond an interpreter's "
+                 "startup (argparse alone pulls in re, gettext, locale, shutil, bz2, lzma); "
+                 "parsing its five options from sys.argv, importing traceback only when "
+                 "reporting an error, _thread instead of threading, int.to_bytes instead "
+                 "of struct, _pickle instead of pickle and the PR_SET_PDEATHSIG ctypes call "
+                 "inside the lifeline thread cut the spawn to about a bare interpreter's "
+                 "start plus the _pickle import.")
+    if parts["retire_s"] > 0.15 * bare:
+        text += (" Retirement: the task's thread waits for the retiring process's graceful "
+                 "exit (and a psutil scan of its children) before the result is returned; "
+                 "handing reuse/TTL retirements to a background reaper takes "
+                 f"{ms(parts['retire_s'])} off every fresh-process task.")
+    return text
+
+
+def _uv_vs_pip(r: R) -> tuple[float, str]:
+    uv, pip = _median(r, "venv", "uv (warm cache)"), _median(r, "venv", "venv + pip")
+    return pip / uv, f"{ms(pip)} / {ms(uv)}"
+
+
+def _cache_hit(r: R) -> tuple[float, str]:
+    hit = _median(r, "venv", "cache hit")
+    return hit * 1e3, ms(hit)
+
+
+def _e2e(r: R) -> tuple[float, str]:
+    e = r["e2e"]
+    warm = e["prod-warm (modelops submit)"]["median_s"]
+    plain = e["plain client.map"]["median_s"]
+    return plain / warm, f"plain {ms(plain)} / prod-warm {ms(warm)} wall time"
+
+
+def _e2e_note(r: R) -> str:
+    e = r["e2e"]
+    warm = e["prod-warm (modelops submit)"]["per_task_s"]
+    plain = e["plain client.map"]["per_task_s"]
+    return (f"per task {ms(warm)} through the runtime vs {ms(plain)} plain: the difference "
+            f"({ms(warm - plain)}) is the runtime's share per task (SimTask/SimResult models, "
+            "the warm-process round trip); on this machine the scheduler, "
+            f"{e['worker_processes']} worker processes and their warm processes share the cores.")
+
+
+def _rss(r: R) -> tuple[float, str]:
+    m = r["memory"]
+    extra = m["warm_rss_bytes"] - m["bare_rss_bytes"]
+    return extra / 1e6, f"{mib(m['warm_rss_bytes'])} − {mib(m['bare_rss_bytes'])}"
+
+
+TARGETS = [
+    Target("warm hit ≤ 1.0× ProcessPoolExecutor(1) round trip", "overhead", "≤ 1.0×",
+           _warm_vs_ppe, lambda v: v <= 1.0),
+    Target("fresh process ≤ 1.5× bare `python -c pass` in the venv", "overhead", "≤ 1.5×",
+           _fresh_vs_pass, lambda v: v <= 1.5, _fresh_note),
+    Target("uv from a warm cache ≥ 15× faster than venv + pip", "venv", "≥ 15×",
+           _uv_vs_pip, lambda v: v >= 15),
+    Target("venv cache hit ≤ 5 ms", "venv", "≤ 5 ms", _cache_hit, lambda v: v <= 5),
+    Target("prod-warm end to end ≥ 0.5× plain client.map", "e2e", "≥ 0.5×", _e2e,
+           lambda v: v >= 0.5, _e2e_note),
+    Target("idle warm process RSS ≤ bare interpreter + 10 MB", "memory", "≤ +10 MB", _rss,
+           lambda v: v <= 10),
+]
+
+
+def _fmt_value(target: Target, value: float) -> str:
+    if target.section == "memory":
+        return f"+{value:.1f} MB"
+    if "ms" in target.goal:
+        return f"{value:.3f} ms"
+    return f"{value:.2f}×"
+
+
+def evaluate(results: R) -> list[dict[str, Any]]:
+    rows = []
+    for t in TARGETS:
+        if t.section not in results:
+            continue
+        value, how = t.measure(results)
+        met = t.met(value)
+        rows.append({"target": t.name, "goal": t.goal, "value": value,
+                     "shown": _fmt_value(t, value), "how": how, "met": met,
+                     "note": None if met or t.note is None else t.note(results)})
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def build(machine: dict[str, str], results: R, *, smoke: bool, elapsed_s: float) -> str:
+    """The whole page: summary (machine, targets) then one table per benchmark."""
+    return ("# modelops-dask benchmarks\n\n"
+            + summary(machine, results, smoke=smoke, elapsed_s=elapsed_s, level=2)
+            + "\n" + details(results))
+
+
+def summary(machine: dict[str, str], results: R, *, smoke: bool, elapsed_s: float,
+            level: int = 2) -> str:
+    """The machine and the targets, met or not (what the README shows)."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines: list[str] = []
+    if smoke:
+        lines += ["**Smoke run** (`bench/run.py --smoke`): reduced sizes, checks that every "
+                  "benchmark works; the numbers are not measurements.", ""]
+    lines += [f"`make bench` (bench/run.py) on {now}, {elapsed_s:.0f} s. Every ratio compares "
+              "two measurements taken side by side in this one run (cases interleaved "
+              "round by round), so load from elsewhere on the machine hits both sides.", ""]
+    lines += _table(["machine", ""], [[k, v] for k, v in machine.items()]) + [""]
+
+    targets = evaluate(results)
+    lines += ["#" * level + " Targets", ""]
+    lines += _table(["target", "measured", "computed as", "met"],
+                    [[t["target"], t["shown"], t["how"], "met" if t["met"] else "**not met**"]
+                     for t in targets]) + [""]
+    for t in targets:
+        if t["note"]:
+            lines += [f"- **{t['target']}: not met.** {t['note']}"]
+    if any(t["note"] for t in targets):
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def details(results: R) -> str:
+    """One table per benchmark."""
+    lines: list[str] = []
+    if "overhead" in results:
+        o = results["overhead"]
+        ppe = o["ProcessPoolExecutor(1)"]["median_s"]
+        order = ["raw pipe", "warm hit", "ProcessPoolExecutor(1)", "direct",
+                 "bare python -c pass", "fresh process", "fresh venv"]
+        what = {
+            "raw pipe": "floor: one framed pickle request/reply over two pipes",
+            "warm hit": "`isolated_warm`, warm process ready (prod-warm)",
+            "ProcessPoolExecutor(1)": "stdlib round trip to one worker process",
+            "direct": "`direct`: in the worker process, bundle modules re-imported",
+            "bare python -c pass": "a bare interpreter's whole life, in the bundle's venv",
+            "fresh process": "`MAX_PROCESS_REUSE=1`: a new warm process per task",
+            "fresh venv": "`FORCE_FRESH_VENV`: a new uv venv and process per task",
+        }
+        lines += ["## Per-task overhead of a no-op entrypoint", ""]
+        lines += _table(["how the task runs", "median", "p90", "× ProcessPoolExecutor(1)", "n"],
+                        [[f"{name} — {what[name]}", ms(o[name]["median_s"]),
+                          ms(o[name]["p90_s"]), f"{o[name]['median_s'] / ppe:.2f}×",
+                          str(o[name]["n"])] for name in order]) + [""]
+        parts = o.get("fresh process breakdown", {})
+        if "spawn_s" in parts:
+            lines += [f"Fresh process, step by step (medians): spawn until the runner's hello "
+                      f"{ms(parts['spawn_s'])}, task {ms(parts['task_s'])}, retirement "
+                      f"(graceful exit) {ms(parts['retire_s'])}.", ""]
+
+    if "venv" in results:
+        v = results["venv"]
+        pip = v["venv + pip"]["median_s"]
+        lines += ["## Venv for a bundle with real dependencies", "",
+                  f"Requirements `{' '.join(v['requirements'])}`: {len(v['wheels'])} wheel(s) "
+                  f"({v['wheel_bytes'] / 1e6:.1f} MB, repacked from the installed "
+                  "distributions) installed offline from `--find-links`.", ""]
+        rows = []
+        for name in ("venv + pip", "uv (cold cache)", "uv (warm cache)",
+                     "first hit in a new worker process", "cache hit"):
+            med = v[name]["median_s"]
+            rows.append([name, ms(med), "—" if name == "venv + pip" else f"{pip / med:,.0f}× faster",
+                         str(v[name]["n"])])
+        lines += _table(["venv", "median", "vs venv + pip", "n"], rows) + [""]
+        lines += ["`venv + pip` is `python -m venv` + `pip install --no-index --find-links` "
+                  "(pip also byte-compiles). `uv` is the runtime's own build (VenvCache: "
+                  "`uv venv` + `uv pip install`, hard links from the uv cache). A cache hit "
+                  "in a running worker process reads the venv's fingerprint; the first hit "
+                  "in a new worker process also starts the venv's interpreter once "
+                  "(MODELOPS_VALIDATE_DEPS).", ""]
+
+    if "e2e" in results:
+        e = results["e2e"]
+        lines += ["## End to end", "",
+                  f"{e['sims']:,} no-op sims on a local cluster from `{e['preset']}`"
+                  + (f" with `--set {' '.join(e['sets'])}`" if e["sets"] else "")
+                  + f" ({e['worker_processes']} worker processes × {e['threads']} thread, "
+                  "started by the embedded local mode from the rendered chart), after a "
+                  "warm-up; median of the rounds.", ""]
+        plain = e["plain client.map"]["median_s"]
+        lines += _table(["how", "wall time", "per task", "throughput vs plain", "rounds"],
+                        [[name, ms(e[name]["median_s"]), ms(e[name]["per_task_s"]),
+                          f"{plain / e[name]['median_s']:.2f}×", str(e[name]["n"])]
+                         for name in ("prod-warm (modelops submit)", "plain client.map")])
+        lines.append("")
+
+    if "memory" in results:
+        m = results["memory"]
+        lines += ["## Idle memory", ""]
+        lines += _table(["process", "RSS"], [
+            ["idle warm process (after 20 tasks)", mib(m["warm_rss_bytes"])],
+            [f"bare interpreter of the same venv importing the same {m['modules']} modules",
+             mib(m["bare_rss_bytes"])],
+            ["difference", f"{(m['warm_rss_bytes'] - m['bare_rss_bytes']) / 1e6:+.1f} MB"],
+        ]) + [""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,106 @@
+"""`make bench`: every benchmark, side by side, into bench/results.md (+ raw JSON).
+
+    .venv/bin/python bench/run.py            # full run (a few minutes)
+    .venv/bin/python bench/run.py --smoke    # reduced sizes: checks it all works (< 1 min)
+
+Benchmarks are not tests: nothing here fails on a slow number. Each target is reported
+as met or not met, with the cause of a miss in numbers. Everything is built under one
+temporary directory, removed at the end; every process started is stopped, also on
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import endtoend  # noqa: E402
+import machine  # noqa: E402
+import memory  # noqa: E402
+import overhead  # noqa: E402
+import report  # noqa: E402
+import venvbuild  # noqa: E402
+from common import Workspace  # noqa: E402
+
+SECTIONS = {"overhead": overhead, "venv": venvbuild, "e2e": endtoend, "memory": memory}
+README = HERE.parent / "README.md"
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through every cleanup below
+
+
+def update_readme(markdown: str, readme: Path = README) -> bool:
+    """Put ``markdown`` between the README's bench markers, if it has them."""
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{markdown.strip()}\n{README_END}{tail}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="reduced sizes (the test suite runs this); numbers are not measurements")
+    parser.add_argument("--out", type=Path, default=HERE,
+                        help="where results.md and results/*.json go (default: bench/)")
+    parser.add_argument("--only", action="append", choices=sorted(SECTIONS),
+                        help="run only this benchmark (repeatable)")
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    about = machine.describe()
+    work = Path(tempfile.mkdtemp(prefix="modelops-bench-"))
+    results: dict[str, object] = {}
+    started = time.perf_counter()
+    try:
+        for name, module in SECTIONS.items():
+            if args.only and name not in args.only:
+                continue
+            print(f"== {name}: {module.__doc__.strip().splitlines()[0]}", flush=True)
+            t0 = time.perf_counter()
+            section_dir = work / name
+            section_dir.mkdir()
+            results[name] = module.run(Workspace(section_dir), smoke=args.smoke)
+            print(f"   done in {time.perf_counter() - t0:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+
+    markdown = report.build(about, results, smoke=args.smoke, elapsed_s=elapsed)
+    out = args.out
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    raw = out / "results" / f"{stamp}{'-smoke' if args.smoke else ''}.json"
+    raw.write_text(json.dumps({"machine": about, "smoke": args.smoke, "elapsed_s": elapsed,
+                               "results": results,
+                               "targets": report.evaluate(results)}, indent=1, default=str))
+    print(f"\nwrote {out / 'results.md'} and {raw}")
+    for t in report.evaluate(results):
+        print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['target']}: {t['shown']}")
+    in_readme = (report.summary(about, results, smoke=False, elapsed_s=elapsed, level=3)
+                 + "\nEvery benchmark's own table: [bench/results.md](bench/results.md).\n")
+    if not args.smoke and args.out == HERE and not args.only and update_readme(in_readme):
+        print(f"updated the benchmark section of {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""`modelops-runtime stats --scheduler ADDR`: the executor figures of every worker process.
+
+The same figures as the ``modelops_*`` series on each worker's /metrics, read through the
+scheduler (``client.run``), so one reachable scheduler port is enough: a local cluster, or
+a cluster in Kubernetes behind the ``kubectl port-forward`` the chart's NOTES print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import ModelOpsError
+from .metrics import WorkerFigures, worker_figures
+from .stats import RemovalReason, Removals, WarmStats
+
+
+class StatsError(ModelOpsError):
+    """The cluster's figures could not be read. Fields: scheduler."""
+
+
+class WorkerRow(BaseModel):
+    address: str
+    name: str
+    figures: WorkerFigures
+
+
+class ClusterFigures(BaseModel):
+    """Every worker process's figures (sorted by name, then address) and their sum."""
+
+    scheduler: str
+    workers: list[WorkerRow]
+    total: WarmStats
+    total_reported: list[str]
+
+
+# -- reading ---------------------------------------------------------------------------
+
+async def _read(address: str, timeout: float) -> ClusterFigures:
+    from distributed import Client
+
+    async with Client(address, timeout=timeout, asynchronous=True,
+                      set_as_default=False) as client:
+        identity = await client.scheduler.identity(n_workers=-1)
+        names = {addr: str(info.get("name", addr))
+                 for addr, info in identity.get("workers", {}).items()}
+        raw = await client.run(worker_figures, on_error="return") if names else {}
+    rows = []
+    for addr, value in raw.items():
+        if isinstance(value, BaseException):  # the worker answered with an error
+            figures = WorkerFigures(executor=None, pid=0,
+                                    error=f"{type(value).__name__}: {value}")
+        else:
+            figures = WorkerFigures.model_validate(value)
+        rows.append(WorkerRow(address=addr, name=names.get(addr, addr), figures=figures))
+    rows.sort(key=lambda r: (r.name, r.address))
+    return summarize(address, rows)
+
+
+def summarize(scheduler: str, rows: list[WorkerRow]) -> ClusterFigures:
+    """Sum every figure over the workers that report it."""
+    total: dict[str, Any] = {"workers": 0, "removals": Removals()}
+    reported: list[str] = []
+    for row in rows:
+        fig = row.figures
+        if fig.executor is None:
+            continue
+        total["workers"] += 1
+        for field in fig.reported:
+            if field not in reported:
+                reported.append(field)
+            value = getattr(fig.stats, field)
+            total[field] = total[field] + value if field in total else value
+    return ClusterFigures(scheduler=scheduler, workers=rows,
+                          total=WarmStats.model_validate(total), total_reported=reported)
+
+
+def read_cluster(address: str, timeout: float = 10) -> ClusterFigures:
+    """Connect to the scheduler at ``address`` and read every worker's figures."""
+    try:
+        return asyncio.run(_read(address, timeout))
+    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        raise StatsError(
+            f"cannot read the cluster's figures from the Dask scheduler at {address!r}: "
+            f"{exc}. Give the scheduler's address as tcp://HOST:PORT (the chart's scheduler "
+            "Service listens on 8786; from outside Kubernetes run the `kubectl port-forward` "
+            "line that `helm status <release>` prints and use tcp://127.0.0.1:8786), or raise "
+            "--timeout if the scheduler is slow to answer.", scheduler=address) from None
+
+
+# -- rendering -------------------------------------------------------------------------
+
+COLUMNS = ["worker", "address", "pid", "executor", "tasks", "spawns", "reuses", "venv hits",
+           "venv misses", "venv builds", "build s", "removals", "procs", "busy", "pool RSS"]
+_RIGHT = {"pid", "tasks", "spawns", "reuses", "venv hits", "venv misses", "venv builds",
+          "build s", "procs", "busy", "pool RSS"}
+
+
+def _removals(removals: Removals) -> str:
+    parts = [f"{r.value}={getattr(removals, r.value)}" for r in RemovalReason
+             if getattr(removals, r.value)]
+    return ",".join(parts) or "0"
+
+
+def _cells(stats: WarmStats, reported: list[str]) -> list[str]:
+    def show(field: str, text: str) -> str:
+        return text if field in reported else "-"
+
+    return [
+        show("tasks", str(stats.tasks)),
+        show("spawns", str(stats.spawns)),
+        show("reuses", str(stats.reuses)),
+        show("venv_hits", str(stats.venv_hits)),
+        show("venv_misses", str(stats.venv_misses)),
+        show("venv_builds", str(stats.venv_builds)),
+        show("venv_build_seconds", f"{stats.venv_build_seconds:.1f}"),
+        show("removals", _removals(stats.removals)),
+        show("size", str(stats.size)),
+        show("busy", str(stats.busy)),
+        show("rss_bytes", f"{stats.rss_bytes / 2**20:.0f} MiB"),
+    ]
+
+
+def format_table(cluster: ClusterFigures) -> str:
+    """One row per worker process, a total row, and notes on rows that lack figures."""
+    body: list[list[str]] = []
+    notes: list[str] = []
+    for row in cluster.workers:
+        fig = row.figures
+        if fig.executor is None:
+            body.append([row.name, row.address, str(fig.pid or "-"),
+                         "error" if fig.error else "none", *["-"] * 11])
+            notes.append(
+                f"{row.address}: cannot read its figures ({fig.error})" if fig.error else
+                f"{row.address}: no modelops runtime in this worker process; start workers "
+                "with `dask worker ... --preload modelops_runtime.preload` (the chart does this)")
+            continue
+        body.append([row.name, row.address, str(fig.pid), fig.executor,
+                     *_cells(fig.stats, fig.reported)])
+        if fig.error:
+            notes.append(f"{row.address}: cannot read its figures ({fig.error})")
+    executors = sorted({r.figures.executor for r in cluster.workers if r.figures.executor})
+    body.append([f"total ({cluster.total.workers} of {len(cluster.workers)})", "", "",
+                 ",".join(executors) or "-", *_cells(cluster.total, cluster.total_reported)])
+    if "direct" in executors:
+        notes.append("executor=direct counts tasks only: it has no warm processes and no "
+                     "venvs ('-')")
+    widths = [max(len(COLUMNS[i]), *(len(r[i]) for r in body)) for i in range(len(COLUMNS))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if COLUMNS[i] in _RIGHT else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [f"scheduler {cluster.scheduler}: {len(cluster.workers)} worker process(es)",
+           line([c.upper() for c in COLUMNS]), *map(line, body[:-1]),
+           line(["-" * w for w in widths]), line(body[-1])]
+    out += [f"note: {n}" for n in notes]
+    return "\n".join(out)
+
+
+# -- command ---------------------------------------------------------------------------
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "stats", help="per-worker table of the warm pool and venv cache figures",
+        description="Read the executor figures of every Dask worker process (tasks, warm "
+                    "process spawns and reuses, venv cache hits/misses/builds and build "
+                    "time, evictions and retirements by reason, pool size and memory) "
+                    "through the scheduler and print one row per worker process plus a "
+                    "total. The same figures are the modelops_* series on each worker's "
+                    "/metrics.")
+    p.add_argument("--scheduler", required=True, metavar="ADDR",
+                   help="scheduler address, e.g. tcp://127.0.0.1:8786 (port-forwarded "
+                        "from the chart's scheduler Service)")
+    p.add_argument("--timeout", type=float, default=10, metavar="S",
+                   help="seconds to wait for the scheduler (default 10)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.timeout <= 0:
+        print("error: --timeout must be > 0 seconds", file=sys.stderr)
+        return 2
+    try:
+        cluster = read_cluster(args.scheduler, args.timeout)
+    except StatsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not cluster.workers:
+        print(f"error: no worker processes are connected to the scheduler at "
+              f"{args.scheduler}; start workers (or wait for them) and retry",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(cluster.model_dump(mode="json"), indent=1) if args.json
+          else format_table(cluster))
+    return 0
