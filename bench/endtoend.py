@@ -14,9 +14,10 @@ from typing import Any
 
 from modelops_runtime.bundles import pack
 from modelops_runtime.client import submit
-from modelops_runtime.localmode import LocalCluster, plan, render_cluster
+from modelops_runtime.localmode import LocalCluster, plan
 from modelops_runtime.metrics import worker_figures
 from modelops_runtime.models import SimTask
+from modelops_runtime.render import render_cluster
 
 from common import NOOP_MODEL, Samples, Workspace, write_bundle
 

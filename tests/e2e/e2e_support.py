@@ -17,6 +17,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from modelops_runtime.localmode import ProcessRecord
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "chart"
 PRESET_DIR = REPO / "values-examples"
@@ -89,7 +91,7 @@ class LocalRun:
     popen: subprocess.Popen
     stdout_lines: list[str] = field(default_factory=list)
     stderr_lines: list[str] = field(default_factory=list)
-    seen: dict[int, float] = field(default_factory=dict)   # pid → create_time
+    record: ProcessRecord = field(default_factory=ProcessRecord)   # the CLI's descendants
     readers: list[threading.Thread] = field(default_factory=list)
     _done: threading.Event = field(default_factory=threading.Event)
 
@@ -105,15 +107,9 @@ class LocalRun:
     def output(self) -> str:
         return f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr[-6000:]}"
 
-    def _sample(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            for p in psutil.Process(self.popen.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    self.seen.setdefault(p.pid, p.create_time())
-
     def watch(self) -> None:
         while not self._done.is_set():
-            self._sample()
+            self.record.add_tree(self.popen.pid, include_root=False)
             time.sleep(0.05)
 
     def wait_for_line(self, text: str, timeout: float) -> None:
@@ -136,13 +132,7 @@ class LocalRun:
 
     def alive(self) -> list[psutil.Process]:
         """Recorded processes that still run (same pid *and* start time, not a zombie)."""
-        out = []
-        for pid, created in self.seen.items():
-            with contextlib.suppress(psutil.Error):
-                p = psutil.Process(pid)
-                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-        return out
+        return self.record.alive()
 
     def cleanup(self) -> None:
         """Test teardown: whatever happened, nothing of ours survives."""
@@ -163,7 +153,7 @@ def assert_nothing_left(run: LocalRun) -> None:
     deadline = time.monotonic() + 10   # reaping by init after the CLI exited is asynchronous
     while (left := run.alive()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(run.seen) >= 2, f"no cluster processes were ever seen:\n{run.output}"
+    assert len(run.record.seen()) >= 2, f"no cluster processes were ever seen:\n{run.output}"
     assert not left, "processes left behind: " + ", ".join(
         f"{p.pid} {' '.join(p.cmdline()[:4])}" for p in left)
 

@@ -13,23 +13,25 @@ import pytest
 from e2e_support import CHART, STUDY, assert_nothing_left, preset
 from modelops_runtime import localmode
 from modelops_runtime.client import gather_study, submit
+from modelops_runtime.render import render_cluster
+from modelops_runtime.study import Study, pack_study
 from support.cluster import wait_for
 
 
-def _slow_study(sleep_s: float = 0.2) -> localmode.Study:
-    study = localmode.Study.load(STUDY)
+def _slow_study(sleep_s: float = 0.2) -> Study:
+    study = Study.load(STUDY)
     return study.model_copy(update={"params": {**study.params, "sleep_s": sleep_s}})
 
 
 def test_worker_process_killed_mid_study_still_gives_every_result(local_env, reference,
                                                                   tmp_path):
     p = preset("prod-warm")
-    plan = localmode.plan(localmode.render_cluster([p.file], chart=CHART), tmp_path / "state",
+    plan = localmode.plan(render_cluster([p.file], chart=CHART), tmp_path / "state",
                           base_env=local_env())
     study = _slow_study()
     with localmode.LocalCluster(plan, echo=lambda msg: None) as cluster:
         client = cluster.client()
-        tasks = study.tasks(localmode.pack_study(study, plan.bundle_repo), 60)
+        tasks = study.tasks(pack_study(study, plan.bundle_repo), 60)
         futures = submit(client, tasks, study="kill")
         wait_for(lambda: sum(f.done() for f in futures) >= 8, 180, "the first results")
         busy = wait_for(lambda: [a for a, keys in client.processing().items() if keys], 60,
@@ -66,7 +68,7 @@ def test_interrupting_a_kept_cluster_mid_study_stops_everything(sig, code, local
     with Client(address, timeout=60) as client:
         study = _slow_study(0.3)
         # the bundle repo of a kept cluster is <state>/bundle-repo (printed in the docs)
-        tasks = study.tasks(localmode.pack_study(study, state / "bundle-repo"), 40)
+        tasks = study.tasks(pack_study(study, state / "bundle-repo"), 40)
         futures = submit(client, tasks, study="interrupt")
         wait_for(lambda: sum(f.done() for f in futures) >= 4, 180, "the first results")
         worker_pids = set(client.run(os.getpid).values())

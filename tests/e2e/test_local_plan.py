@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from e2e_support import CHART, PRESETS, STUDY, preset
-from modelops_runtime import localmode
-from modelops_runtime.errors import ModelOpsError
+from modelops_runtime import localmode, render
+from modelops_runtime.errors import ChartRenderError, LocalModeError, ModelOpsError
 
 POD_PATHS = ("/var/cache/modelops", "/var/lib/modelops")
 # options the local mode owns (addresses, ports, scratch); everything else stays as rendered
@@ -34,7 +34,7 @@ def _strip(args: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_plan_keeps_the_rendered_spec_and_moves_pod_paths_under_the_state_dir(name, tmp_path):
-    rendered = localmode.render_cluster([preset(name).file], chart=CHART)
+    rendered = render.render_cluster([preset(name).file], chart=CHART)
     plan = localmode.plan(rendered, tmp_path / "state", base_env={"PATH": os.environ["PATH"]})
     p = preset(name)
     assert (rendered.replicas, rendered.nworkers, rendered.nthreads) == \
@@ -48,9 +48,9 @@ def test_plan_keeps_the_rendered_spec_and_moves_pod_paths_under_the_state_dir(na
     rendered_args = [localmode.SCHEDULER_TOKEN if a.startswith("tcp://") else a
                      for a in rendered.worker.args]
     assert _strip(worker.argv[1:]) == _strip(rendered_args)
-    assert localmode.get_opt(worker.argv, "--host") == "127.0.0.1"
-    assert localmode.get_opt(worker.argv, "--dashboard-address") == "127.0.0.1:0"
-    assert localmode.get_opt(plan.scheduler.argv, "--port") == "0"
+    assert render.get_opt(worker.argv, "--host") == "127.0.0.1"
+    assert render.get_opt(worker.argv, "--dashboard-address") == "127.0.0.1:0"
+    assert render.get_opt(plan.scheduler.argv, "--port") == "0"
 
     # env as rendered; pod volume paths now under the state dir; bundle repo is local
     state = str((tmp_path / "state").resolve())
@@ -69,7 +69,7 @@ def test_plan_keeps_the_rendered_spec_and_moves_pod_paths_under_the_state_dir(na
 
 def test_shell_modelops_variables_never_reach_the_workers(tmp_path):
     """Only the values files configure the runtime, as in a pod."""
-    rendered = localmode.render_cluster([preset("prod-warm").file], chart=CHART)
+    rendered = render.render_cluster([preset("prod-warm").file], chart=CHART)
     plan = localmode.plan(rendered, tmp_path, base_env={
         "PATH": os.environ["PATH"], "MODELOPS_EXECUTOR_TYPE": "direct",
         "MODELOPS_MAX_PROCES_REUSE": "1"})
@@ -79,19 +79,19 @@ def test_shell_modelops_variables_never_reach_the_workers(tmp_path):
 
 
 def test_memory_limit_beyond_this_machine_is_lifted_with_a_notice(tmp_path):
-    rendered = localmode.render_cluster([preset("prod-warm").file], chart=CHART,
+    rendered = render.render_cluster([preset("prod-warm").file], chart=CHART,
                                         sets=["worker.memoryPerProcess=4096Gi"])
     plan = localmode.plan(rendered, tmp_path)
-    assert localmode.get_opt(plan.workers[0].argv, "--memory-limit") == "0"
+    assert render.get_opt(plan.workers[0].argv, "--memory-limit") == "0"
     assert any("--memory-limit 4096Gi" in n for n in plan.notices)
-    kept = localmode.plan(localmode.render_cluster([preset("prod-warm").file], chart=CHART),
+    kept = localmode.plan(render.render_cluster([preset("prod-warm").file], chart=CHART),
                           tmp_path)
-    assert localmode.get_opt(kept.workers[0].argv, "--memory-limit") == \
-        localmode.get_opt(kept.rendered.worker.args, "--memory-limit")
+    assert render.get_opt(kept.workers[0].argv, "--memory-limit") == \
+        render.get_opt(kept.rendered.worker.args, "--memory-limit")
 
 
 def test_later_values_files_and_sets_win_like_helm(tmp_path):
-    rendered = localmode.render_cluster(
+    rendered = render.render_cluster(
         [preset("prod-warm").file, preset("debug-isolated").file], chart=CHART,
         sets=["worker.replicas=2"])
     plan = localmode.plan(rendered, tmp_path)
@@ -159,8 +159,8 @@ def test_bad_input_is_reported_before_anything_starts(case, local_cli, local_env
 
 
 def test_errors_are_typed(tmp_path):
-    with pytest.raises(localmode.ChartRenderError) as err:
-        localmode.render_cluster(sets=["worker.executor.type=warm"], chart=CHART)
+    with pytest.raises(ChartRenderError) as err:
+        render.render_cluster(sets=["worker.executor.type=warm"], chart=CHART)
     assert isinstance(err.value, ModelOpsError) and "isolated_warm" in err.value.helm_output
-    with pytest.raises(localmode.LocalModeError, match="--chart"):
-        localmode.find_chart(tmp_path)
+    with pytest.raises(LocalModeError, match="--chart"):
+        render.find_chart(tmp_path)

@@ -77,3 +77,11 @@ class MemoryLimitExceeded(ModelOpsError):
 
 class TaskTimeout(ModelOpsError):
     """A task ran longer than MODELOPS_TASK_TIMEOUT. Fields: timeout_s."""
+
+
+class LocalModeError(ModelOpsError):
+    """The local cluster could not be prepared, started or run."""
+
+
+class ChartRenderError(LocalModeError):
+    """``helm template`` rejected the chart with these values. Fields: helm_output."""

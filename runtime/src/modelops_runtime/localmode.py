@@ -18,8 +18,9 @@ Every other arg and env value is kept exactly as rendered. Processes are started
 own sessions and tracked by pid (with their descendants) so that success, failure, Ctrl-C
 and SIGTERM all end with no process left behind.
 
-Also here: the ``modelops-runtime local`` sub-command and the small study description
-(``--study``, see runtime/examples/sir/README.md) it runs on the local cluster.
+The chart is rendered by ``render.py``; the study a run executes is ``study.py``'s. Here:
+the launch plan, the supervision of the local processes, and the ``modelops-runtime local``
+sub-command that ties the three together.
 """
 
 from __future__ import annotations
@@ -41,29 +42,20 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from .config import PREFIX, RuntimeConfig, parse_bytes
-from .errors import ModelOpsError
-from .models import SimResult, SimTask, check_entrypoint
+from .errors import LocalModeError, ModelOpsError
+from .render import (DEFAULT_RELEASE, HELM_ENV, Container, RenderedCluster, drop_opt,
+                     find_chart, get_opt, render_cluster, set_opt)
+from .study import (EXIT_DIFFERS, STUDY_FILE, Study, check_direct_dependencies,
+                    load_baseline, run_and_report)
 
-HELM_ENV = "MODELOPS_HELM"   # CLI setting (which helm binary), not a runtime setting
-DEFAULT_RELEASE = "modelops-dask"
 LOCALHOST = "127.0.0.1"
 SCHEDULER_TOKEN = "{scheduler_address}"   # replaced by the local scheduler's address at start
 KEEP_RUNS = 5                             # run dirs (logs) kept under <state>/runs
-EXIT_DIFFERS = 3                          # --compare found seeds with different outputs
 
 Echo = Callable[[str], None]
-
-
-class LocalModeError(ModelOpsError):
-    """The local cluster could not be prepared, started or run."""
-
-
-class ChartRenderError(LocalModeError):
-    """``helm template`` rejected the chart with these values. Fields: helm_output."""
 
 
 def _echo(msg: str) -> None:
@@ -71,208 +63,8 @@ def _echo(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------
-# helm: find the chart and the binary, render
+# launch plan: the rendered containers rewritten for this machine
 # ---------------------------------------------------------------------------------
-
-def find_chart(start: Path | None = None) -> Path:
-    """The repository's ``chart/``: searched upwards from ``start``; without ``start``, from
-    the current directory and then next to this package's source tree (editable installs)."""
-    here = Path.cwd() if start is None else Path(start)
-    candidates = [p / "chart" for p in (here, *here.resolve().parents)]
-    if start is None:
-        candidates.append(Path(__file__).resolve().parents[3] / "chart")
-    for cand in candidates:
-        if (cand / "Chart.yaml").is_file():
-            return cand
-    raise LocalModeError(
-        f"no Helm chart found: looked for chart/Chart.yaml in {here} and its parents; "
-        "run from the modelops-dask repository or pass --chart PATH")
-
-
-def find_helm(chart: Path) -> str:
-    """$MODELOPS_HELM, else the repository's pinned ``.tools/bin/helm``, else ``helm`` on PATH."""
-    override = os.environ.get(HELM_ENV)
-    if override:
-        found = shutil.which(override)
-        if not found:
-            raise LocalModeError(
-                f"{HELM_ENV}={override!r} is not an executable; point it at a helm 3 or 4 "
-                "binary or unset it")
-        return found
-    pinned = Path(chart).resolve().parent / ".tools" / "bin" / "helm"
-    if os.access(pinned, os.X_OK):
-        return str(pinned)
-    on_path = shutil.which("helm")
-    if on_path:
-        return on_path
-    raise LocalModeError(
-        "helm not found: the local mode renders the chart with helm. Run `make tools` "
-        f"(installs the pinned helm into .tools/bin), put helm on PATH, or set {HELM_ENV}")
-
-
-def render(chart: Path, values: Sequence[Path | str] = (), sets: Sequence[str] = (),
-           release: str = DEFAULT_RELEASE) -> list[dict]:
-    """``helm template`` → the rendered manifests. A values file the chart's schema rejects
-    raises :class:`ChartRenderError` carrying helm's own message."""
-    for v in values:
-        if not Path(v).is_file():
-            raise LocalModeError(
-                f"values file {v} does not exist; pass an existing file with -f "
-                "(the presets are in values-examples/)")
-    argv = [find_helm(chart), "template", release, str(chart)]
-    for v in values:
-        argv += ["-f", str(v)]
-    for s in sets:
-        argv += ["--set", s]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        output = (proc.stderr.strip() or proc.stdout.strip())
-        raise ChartRenderError(
-            f"the chart rejected these values (helm template exited {proc.returncode}); "
-            f"nothing was started. Fix the values and try again. helm said:\n{output}",
-            helm_output=output)
-    return [d for d in yaml.safe_load_all(proc.stdout) if isinstance(d, dict)]
-
-
-# ---------------------------------------------------------------------------------
-# the rendered containers (typed view of what the chart promises)
-# ---------------------------------------------------------------------------------
-
-class Container(BaseModel):
-    """One rendered container: what a pod would run."""
-
-    model_config = ConfigDict(frozen=True)
-
-    command: list[str]
-    args: list[str]
-    env: dict[str, str]
-    field_env: dict[str, str] = Field(
-        default_factory=dict, description="env from the downward API: name → fieldPath")
-    mounts: dict[str, str] = Field(
-        default_factory=dict, description="volume mount path → volume name")
-
-
-class RenderedCluster(BaseModel):
-    """The scheduler and worker containers of one ``helm template``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    scheduler: Container
-    worker: Container
-    replicas: int = Field(ge=0)
-
-    @property
-    def nworkers(self) -> int:
-        """Dask worker processes per worker pod (``--nworkers``)."""
-        raw = get_opt(self.worker.args, "--nworkers") or "1"
-        try:
-            n = int(raw)
-        except ValueError:
-            raise LocalModeError(
-                f"the rendered worker has --nworkers {raw!r}; the local mode needs a fixed "
-                "number of processes per pod (an integer >= 1) in the values") from None
-        if n < 1:
-            raise LocalModeError(f"the rendered worker has --nworkers {n}; expected >= 1")
-        return n
-
-    @property
-    def nthreads(self) -> int:
-        return int(get_opt(self.worker.args, "--nthreads") or 1)
-
-
-def _component(doc: dict) -> str | None:
-    labels = (doc.get("metadata") or {}).get("labels") or {}
-    return labels.get("app.kubernetes.io/component")
-
-
-def _container(doc: dict, name: str) -> Container:
-    spec = doc["spec"]["template"]["spec"]
-    for c in spec.get("containers", []):
-        if c.get("name") == name:
-            break
-    else:
-        raise LocalModeError(
-            f"the rendered {name} Deployment has no container named {name!r}; the chart "
-            "breaks the local-mode render contract (see chart/ README)")
-    env, field_env = {}, {}
-    for item in c.get("env") or []:
-        if "value" in item:
-            env[item["name"]] = "" if item["value"] is None else str(item["value"])
-        elif (item.get("valueFrom") or {}).get("fieldRef"):
-            field_env[item["name"]] = item["valueFrom"]["fieldRef"].get("fieldPath", "")
-        else:
-            raise LocalModeError(
-                f"the {name} container's env {item['name']} comes from "
-                f"{sorted((item.get('valueFrom') or {}))}, which the local mode cannot "
-                "resolve; the chart must render plain `value:` strings for local use")
-    mounts = {m["mountPath"].rstrip("/") or "/": m["name"] for m in c.get("volumeMounts") or []}
-    return Container(command=[str(x) for x in c.get("command") or []],
-                     args=[str(x) for x in c.get("args") or []],
-                     env=env, field_env=field_env, mounts=mounts)
-
-
-def parse_rendered(docs: Sequence[dict]) -> RenderedCluster:
-    """Pick the scheduler and worker Deployments out of the rendered manifests."""
-    deployments = {}
-    for doc in docs:
-        if doc.get("kind") == "Deployment" and _component(doc) in ("scheduler", "worker"):
-            deployments[_component(doc)] = doc
-    missing = sorted({"scheduler", "worker"} - set(deployments))
-    if missing:
-        raise LocalModeError(
-            f"the rendered chart has no {' and no '.join(missing)} Deployment (label "
-            "app.kubernetes.io/component); is this the modelops-dask chart?")
-    worker = deployments["worker"]
-    replicas = worker["spec"].get("replicas", 1)
-    return RenderedCluster(scheduler=_container(deployments["scheduler"], "scheduler"),
-                           worker=_container(worker, "worker"),
-                           replicas=1 if replicas is None else int(replicas))
-
-
-def render_cluster(values: Sequence[Path | str] = (), sets: Sequence[str] = (), *,
-                   chart: Path | None = None, release: str = DEFAULT_RELEASE) -> RenderedCluster:
-    chart = find_chart() if chart is None else Path(chart)
-    return parse_rendered(render(chart, values, sets, release))
-
-
-# ---------------------------------------------------------------------------------
-# argv helpers (both `--opt value` and `--opt=value` forms, as click accepts them)
-# ---------------------------------------------------------------------------------
-
-def _find(args: Sequence[str], opt: str) -> tuple[int, bool] | None:
-    for i, a in enumerate(args):
-        if a == opt and i + 1 < len(args):
-            return i, False
-        if a.startswith(opt + "="):
-            return i, True
-    return None
-
-
-def get_opt(args: Sequence[str], opt: str) -> str | None:
-    hit = _find(args, opt)
-    if hit is None:
-        return None
-    i, joined = hit
-    return args[i].split("=", 1)[1] if joined else args[i + 1]
-
-
-def set_opt(args: list[str], opt: str, value: str) -> list[str]:
-    """Replace the option's value in place (or append it), keeping the rest of argv."""
-    out = drop_opt(list(args), opt)
-    hit = _find(args, opt)
-    if hit is None:
-        return out + [opt, value]
-    i = hit[0]
-    return out[:i] + [opt, value] + out[i:]
-
-
-def drop_opt(args: list[str], opt: str) -> list[str]:
-    hit = _find(args, opt)
-    if hit is None:
-        return list(args)
-    i, joined = hit
-    return list(args[:i]) + list(args[i + (1 if joined else 2):])
-
 
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
@@ -286,9 +78,6 @@ def expand_refs(text: str, env: Mapping[str, str]) -> str:
     return _VAR_REF.sub(sub, text)
 
 
-# ---------------------------------------------------------------------------------
-# launch plan: the rendered containers rewritten for this machine
-# ---------------------------------------------------------------------------------
 
 class ProcessSpec(BaseModel):
     """One local process to start: argv, full environment and where its output goes."""
@@ -498,6 +287,53 @@ def _tail(path: Path, n: int = 40) -> str:
     return "\n".join(lines[-n:])
 
 
+class ProcessRecord:
+    """Every process ever seen in some process trees, by pid *and* start time (pids are
+    reused): a descendant whose parent was killed is in no tree any more, but is still
+    found here. Thread-safe: a sampling thread records while another one stops."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, float] = {}   # pid → create_time
+        self._lock = threading.Lock()
+
+    def add_tree(self, pid: int, *, include_root: bool = True) -> None:
+        """Record the live descendants of ``pid`` (and ``pid`` itself, by default)."""
+        try:
+            top = psutil.Process(pid)
+            procs = [top] if include_root else []
+            procs += top.children(recursive=True)
+        except psutil.Error:
+            return
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                created = proc.create_time()
+                with self._lock:
+                    self._seen.setdefault(proc.pid, created)
+
+    def seen(self) -> dict[int, float]:
+        with self._lock:
+            return dict(self._seen)
+
+    def alive(self) -> list[psutil.Process]:
+        """Recorded processes that still run (same pid and start time, not a zombie)."""
+        out = []
+        for pid, created in self.seen().items():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                    out.append(proc)
+        return out
+
+    def wait_gone(self, timeout: float) -> None:
+        """Until every recorded process has exited and been reaped, for at most ``timeout``."""
+        deadline = time.monotonic() + timeout
+        for pid, created in self.seen().items():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.create_time() == created:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+
+
 class _Started:
     def __init__(self, spec: ProcessSpec, popen: subprocess.Popen) -> None:
         self.spec = spec
@@ -516,8 +352,7 @@ class LocalCluster:
         self.address = ""
         self.scheduler: _Started | None = None
         self.workers: list[_Started] = []
-        self._seen: dict[int, float] = {}   # pid → create_time: every process of our trees
-        self._lock = threading.Lock()
+        self._procs = ProcessRecord()         # every process of our trees
         self._stop_tracking = threading.Event()
         self._tracker: threading.Thread | None = None
         self._clients: list[Any] = []
@@ -540,9 +375,8 @@ class LocalCluster:
         with spec.log.open("wb") as log:
             popen = subprocess.Popen(argv, env=spec.env, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        started = _Started(spec, popen)
-        self._track()
-        return started
+        self._procs.add_tree(popen.pid)
+        return _Started(spec, popen)
 
     def start(self, timeout: float | None = None) -> None:
         timeout = self.start_timeout if timeout is None else timeout
@@ -558,7 +392,7 @@ class LocalCluster:
         self.scheduler = self._spawn(p.scheduler, p.scheduler.argv)
         deadline = time.monotonic() + timeout
         while not (p.scheduler_file.exists() and p.scheduler_file.stat().st_size > 0):
-            self._check_alive([self.scheduler])
+            self._check_exited([self.scheduler], " during startup")
             if time.monotonic() > deadline:
                 raise LocalModeError(
                     f"the scheduler did not start within {timeout:.0f}s; its log "
@@ -579,14 +413,6 @@ class LocalCluster:
                 raise LocalModeError(f"unreadable scheduler file {self.plan.scheduler_file}")
             time.sleep(0.1)
 
-    def _check_alive(self, procs: Sequence[_Started]) -> None:
-        for s in procs:
-            code = s.popen.poll()
-            if code is not None:
-                raise LocalModeError(
-                    f"the local {s.spec.name} exited with code {code} during startup; "
-                    f"its log ({s.spec.log}):\n{_tail(s.spec.log)}")
-
     def client(self, **kwargs: Any):
         """A new :class:`distributed.Client` on the local scheduler (closed at stop)."""
         from distributed import Client
@@ -605,7 +431,7 @@ class LocalCluster:
                 connected = len(client.scheduler_info(n_workers=-1)["workers"])
                 if connected >= n:
                     return
-                self._check_alive([self.scheduler, *self.workers])
+                self._check_exited([self.scheduler, *self.workers], " during startup")
                 if time.monotonic() > deadline:
                     logs = "\n".join(f"--- {w.spec.name} ({w.spec.log}) ---\n{_tail(w.spec.log, 20)}"
                                      for w in self.workers)
@@ -631,15 +457,7 @@ class LocalCluster:
     def _track(self) -> None:
         """Record every live process of our trees (so orphans can still be found)."""
         for s in self.started:
-            try:
-                root = psutil.Process(s.popen.pid)
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                continue
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    with self._lock:
-                        self._seen.setdefault(proc.pid, proc.create_time())
+            self._procs.add_tree(s.popen.pid)
 
     def _track_loop(self) -> None:
         while not self._stop_tracking.wait(0.25):
@@ -650,29 +468,24 @@ class LocalCluster:
         """Every pid our processes have had so far (scheduler, nannies, worker processes,
         warm processes)."""
         self._track()
-        with self._lock:
-            return set(self._seen)
+        return set(self._procs.seen())
 
     def alive(self) -> list[psutil.Process]:
         """Processes we started (directly or not) that are still running."""
         self._track()
-        out = []
-        with self._lock:
-            seen = dict(self._seen)
-        for pid, created in seen.items():
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
-                    out.append(proc)
-        return out
+        return self._procs.alive()
 
     def check_running(self) -> None:
         """Raise if the scheduler or a worker command has exited."""
-        for s in self.started:
+        self._check_exited(self.started)
+
+    @staticmethod
+    def _check_exited(procs: Sequence[_Started], when: str = "") -> None:
+        for s in procs:
             code = s.popen.poll()
             if code is not None:
                 raise LocalModeError(
-                    f"the local {s.spec.name} exited with code {code}; its log "
+                    f"the local {s.spec.name} exited with code {code}{when}; its log "
                     f"({s.spec.log}):\n{_tail(s.spec.log)}")
 
     # -- stop ------------------------------------------------------------------------
@@ -702,14 +515,7 @@ class LocalCluster:
         if forced or orphans:
             self.echo(f"notice: killed {', '.join(forced) or 'no local command'} after "
                       f"{grace:.0f}s without stopping, and {len(orphans)} orphaned process(es)")
-        with self._lock:
-            seen = dict(self._seen)
-        gone_deadline = time.monotonic() + 10
-        for pid, created in seen.items():
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                if proc.create_time() == created:
-                    proc.wait(max(0.1, gone_deadline - time.monotonic()))
+        self._procs.wait_gone(10)
         for d in (self.plan.run_dir / "tmp", self.plan.run_dir / "dask"):
             shutil.rmtree(d, ignore_errors=True)
         _prune_runs(self.plan.state_dir / "runs", keep=KEEP_RUNS)
@@ -765,228 +571,6 @@ def _prune_runs(runs: Path, keep: int) -> None:
         if owner.isdigit() and psutil.pid_exists(int(owner)):
             continue
         shutil.rmtree(d, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------
-# the study: a small description `local --study` reads (see runtime/examples/sir/README.md)
-# ---------------------------------------------------------------------------------
-
-STUDY_FILE = "study.yaml"
-
-
-class Study(BaseModel):
-    """``sims`` seeded runs of one entrypoint with the same params, then one aggregation."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
-    bundle: Path                       # bundle directory, relative to the study file
-    entrypoint: str                    # "module:function", called as function(params, seed)
-    aggregate: str | None = None       # "module:function", called with the list of outputs
-    params: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-    sims: int = Field(100, ge=1)
-    first_seed: int = 0
-
-    _entry = field_validator("entrypoint")(classmethod(lambda cls, v: check_entrypoint(v)))
-
-    @field_validator("aggregate")
-    @classmethod
-    def _agg(cls, v: str | None) -> str | None:
-        return None if v is None else check_entrypoint(v)
-
-    @classmethod
-    def load(cls, path: Path | str) -> "Study":
-        """Read ``path`` (a study file, or a directory holding ``study.yaml``)."""
-        path = Path(path)
-        file = path / STUDY_FILE if path.is_dir() else path
-        if not file.is_file():
-            raise LocalModeError(
-                f"no study at {path}: expected a study file or a directory with {STUDY_FILE} "
-                "(see runtime/examples/sir for the format)")
-        try:
-            data = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as exc:
-            raise LocalModeError(f"study file {file} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise LocalModeError(f"study file {file} must hold a mapping of study fields")
-        try:
-            study = cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'study'}: {e['msg']}"
-                                 for e in exc.errors())
-            raise LocalModeError(
-                f"study file {file} is invalid: {problems}. Allowed fields: "
-                f"{', '.join(cls.model_fields)} (see runtime/examples/sir/study.yaml)") from None
-        bundle = (file.parent / study.bundle).resolve()
-        if not bundle.is_dir():
-            raise LocalModeError(
-                f"study file {file}: bundle directory {bundle} does not exist; `bundle:` is "
-                "the model directory, relative to the study file")
-        return study.model_copy(update={"bundle": bundle})
-
-    def tasks(self, bundle_ref: str, sims: int | None = None) -> list[SimTask]:
-        n = self.sims if sims is None else sims
-        return [SimTask(bundle=bundle_ref, entrypoint=self.entrypoint, params=dict(self.params),
-                        seed=self.first_seed + i) for i in range(n)]
-
-    @property
-    def key_name(self) -> str:
-        """The study name as a Dask key part (letters, digits, '_' and '.')."""
-        return re.sub(r"[^A-Za-z0-9_.]", "_", self.name)
-
-
-class SimRecord(BaseModel):
-    """One simulation's seed and result, as written to ``--results``."""
-
-    seed: int
-    result: SimResult
-
-
-class FailureRecord(BaseModel):
-    seed: int
-    error_type: str
-    message: str
-
-
-class StudyRun(BaseModel):
-    """What one study run produced (and how it was executed)."""
-
-    study: str
-    bundle: str
-    sims: list[SimRecord]
-    failures: list[FailureRecord]
-    aggregate: SimResult | None
-    aggregate_error: str | None = None
-    nthreads: dict[str, int]        # client.nthreads(): Dask worker address → threads
-    worker_pids: dict[str, int]     # Dask worker address → pid of that worker process
-    pool_stats: dict[str, Any]
-    elapsed_s: float
-
-
-def pack_study(study: Study, repo: Path) -> str:
-    from .bundles import pack
-
-    return pack(study.bundle, str(repo))
-
-
-def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = None,
-              progress: bool = True) -> StudyRun:
-    """Pack the study's bundle, run its sims with a progress bar, then its aggregation
-    (over the successful sims only: failures are reported apart, never hidden)."""
-    from .client import aggregate, gather_study, submit
-
-    started = time.perf_counter()
-    ref = pack_study(study, bundle_repo)
-    tasks = study.tasks(ref, sims)
-    futures = submit(client, tasks, study=study.key_name)
-    outcome = gather_study(client, futures, progress=progress, desc=study.name)
-    records = [SimRecord(seed=tasks[i].seed, result=r)
-               for i, r in zip(outcome.indices, outcome.results)]
-    failures = [FailureRecord(seed=tasks[f.index].seed, error_type=f.error_type,
-                              message=f.message) for f in outcome.failures]
-    agg, agg_error = None, None
-    if study.aggregate and records:
-        ok_futures = [futures[i] for i in outcome.indices]
-        try:
-            agg = aggregate(client, ok_futures, ref, study.aggregate).result()
-        except ModelOpsError as exc:   # reported next to the sims, which stay valid
-            agg_error = f"{type(exc).__name__}: {exc}"
-    nthreads = dict(client.nthreads())
-    worker_pids = dict(client.run(os.getpid))
-    elapsed = time.perf_counter() - started
-    return StudyRun(study=study.name, bundle=ref, sims=records, failures=failures,
-                    aggregate=agg, aggregate_error=agg_error, nthreads=nthreads,
-                    worker_pids=worker_pids,
-                    pool_stats=pool_stats(client, [r.result for r in records]),
-                    elapsed_s=elapsed)
-
-
-def pool_stats(client, results: Sequence[SimResult]) -> dict[str, Any]:
-    """How the sims were executed: processes used and their reuse, venv cache hits (from
-    the results' metadata), plus the warm pools' own counters summed over the cluster."""
-    per_pid: dict[int, int] = {}
-    for r in results:
-        per_pid[r.pid] = max(per_pid.get(r.pid, 0), r.process_task_count)
-    hits = [r.venv_cache_hit for r in results if r.venv_cache_hit is not None]
-    out: dict[str, Any] = {
-        "executor": ",".join(sorted({r.executor for r in results})) or "-",
-        "processes_used": len(per_pid),
-        "max_tasks_in_one_process": max(per_pid.values(), default=0),
-    }
-    if hits:
-        out["venv_cache_hits"] = sum(hits)
-        out["venv_cache_misses"] = len(hits) - sum(hits)
-    if any(r.executor == "isolated_warm" for r in results):
-        from .stats import cluster_stats
-
-        out["pool"] = cluster_stats(client).total.model_dump()
-    return out
-
-
-def format_pool_stats(stats: Mapping[str, Any]) -> str:
-    line = (f"executor={stats['executor']}, {stats['processes_used']} process(es) ran the "
-            f"sims, at most {stats['max_tasks_in_one_process']} in one")
-    if "venv_cache_hits" in stats:
-        line += (f"; venv cache hits {stats['venv_cache_hits']}, "
-                 f"misses {stats['venv_cache_misses']}")
-    pool = stats.get("pool")
-    if pool:
-        removals = ", ".join(f"{k}={v}" for k, v in pool["removals"].items() if v) or "none"
-        line += (f"\n  warm pool (all workers): tasks={pool['tasks']} spawns={pool['spawns']} "
-                 f"reuses={pool['reuses']} venv builds={pool['venv_builds']} "
-                 f"({pool['venv_build_seconds']:.1f} s) alive={pool['size']} "
-                 f"rss={pool['rss_bytes'] / 2**20:.0f} MiB; removals: {removals}")
-    return line
-
-
-# ---------------------------------------------------------------------------------
-# executor=direct runs bundle code in the worker's own environment
-# ---------------------------------------------------------------------------------
-
-_CHECK_DEPS = """
-import json, sys
-from importlib.metadata import PackageNotFoundError, version
-from packaging.requirements import Requirement
-missing = []
-for line in json.loads(sys.argv[1]):
-    req = Requirement(line)
-    try:
-        have = version(req.name)
-    except PackageNotFoundError:
-        missing.append(line); continue
-    if req.specifier and not req.specifier.contains(have, prereleases=True):
-        missing.append(f"{line} (have {have})")
-print(json.dumps(missing))
-"""
-
-
-def check_direct_dependencies(study: Study, launch: LaunchPlan) -> None:
-    """With executor=direct the bundle's dependencies must already be installed where the
-    worker runs (its image; locally: this environment). Checked with the workers' own
-    interpreter and environment before anything starts, so the user gets one clear line
-    instead of 300 failed sims."""
-    from .bundles import read_dependencies
-    from .config import ExecutorType
-
-    if launch.config.executor_type is not ExecutorType.direct or not launch.workers:
-        return
-    deps = read_dependencies(study.bundle)
-    if not deps:
-        return
-    proc = subprocess.run([sys.executable, "-c", _CHECK_DEPS, json.dumps(deps)],
-                          env=launch.workers[0].env, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise LocalModeError(f"cannot check the bundle's dependencies: {proc.stderr.strip()}")
-    missing = json.loads(proc.stdout)
-    if missing:
-        req = study.bundle / "requirements.txt"
-        how = (f"{Path(sys.executable).parent / 'pip'} install -r {req}" if req.is_file()
-               else f"{Path(sys.executable).parent / 'pip'} install {' '.join(missing)}")
-        raise LocalModeError(
-            f"executor=direct runs the bundle inside the Dask worker process, whose "
-            f"environment lacks {', '.join(missing)}; nothing was started. Install them "
-            f"there (`{how}`; on Kubernetes: into the worker image) or use a preset with "
-            "executor isolated_warm, which builds the bundle's own venv")
 
 
 # ---------------------------------------------------------------------------------
@@ -1071,7 +655,10 @@ def main(args: argparse.Namespace) -> int:
             echo(f"logs: {launch.run_dir / 'logs'}")
             code = 0
             if study is not None:
-                code = _run_and_report(client, study, launch, args, echo, baseline)
+                code = run_and_report(
+                    client, study, launch, echo, sims=args.sims,
+                    progress=not args.no_progress, results=args.results, values=args.values,
+                    sets=args.set, compare=args.compare, baseline=baseline)
             if args.keep:
                 echo(f"cluster is up: Client({cluster.address!r}) or --scheduler-file "
                      f"{launch.scheduler_file}; workers fetch bundles from "
@@ -1095,66 +682,3 @@ def main(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-
-def _run_and_report(client, study: Study, launch: LaunchPlan, args, echo: Echo,
-                    baseline: dict[int, Any] | None = None) -> int:
-    n = args.sims or study.sims
-    echo(f"study {study.name}: {n} seeded sims of {study.entrypoint} "
-         f"(seeds {study.first_seed}..{study.first_seed + n - 1})"
-         + (f", then {study.aggregate}" if study.aggregate else ""))
-    run = run_study(client, study, launch.bundle_repo, sims=n, progress=not args.no_progress)
-    echo(f"bundle: {run.bundle}")
-    if run.aggregate_error:
-        echo(f"aggregate ({study.aggregate}) failed: {run.aggregate_error}")
-    if run.aggregate is not None:
-        echo(f"aggregate ({study.aggregate}):")
-        out = run.aggregate.outputs
-        if isinstance(out, dict):
-            width = max((len(str(k)) for k in out), default=0)
-            for k, v in out.items():
-                echo(f"  {str(k):<{width}}  {v}")
-        else:
-            echo(f"  {out!r}")
-    echo(f"pool stats: {format_pool_stats(run.pool_stats)}")
-    echo(f"sims: {len(run.sims)} ok, {len(run.failures)} failed; elapsed {run.elapsed_s:.1f} s")
-    for f in run.failures[:5]:
-        echo(f"  seed {f.seed} failed: {f.error_type}: {f.message.splitlines()[0] if f.message else ''}")
-    if args.results:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps({
-            "values": [str(v) for v in args.values], "sets": list(args.set),
-            "mode": launch.config.summary(), "config": launch.config.as_env(),
-            "expected_workers": launch.expected_workers,
-            "expected_threads": launch.expected_threads,
-            **run.model_dump(mode="json"),
-        }, indent=1))
-        echo(f"results: {args.results}")
-    code = 0 if not run.failures and (run.aggregate is not None or not study.aggregate) else 1
-    if baseline is not None:
-        differ, common = compare_outputs(run, baseline)
-        if differ:
-            shown = ", ".join(map(str, differ[:10])) + (" ..." if len(differ) > 10 else "")
-            echo(f"compare: {len(differ)} of {common} seeds give different outputs than "
-                 f"{args.compare} (seeds {shown}): this mode changes the results")
-            code = code or EXIT_DIFFERS
-        else:
-            echo(f"compare: all {common} common seeds give the same outputs as {args.compare}")
-    return code
-
-
-def load_baseline(path: Path) -> dict[int, Any]:
-    """Outputs by seed from an earlier ``--results`` file."""
-    try:
-        data = json.loads(Path(path).read_text())
-        return {int(s["seed"]): s["result"]["outputs"] for s in data["sims"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LocalModeError(
-            f"--compare {path}: not a results file ({type(exc).__name__}: {exc}); pass a "
-            "file written by an earlier run with --results") from None
-
-
-def compare_outputs(run: StudyRun, baseline: Mapping[int, Any]) -> tuple[list[int], int]:
-    """Seeds (present in both) whose outputs differ; compared as JSON, as stored."""
-    now = {r.seed: json.loads(json.dumps(r.result.outputs, default=str)) for r in run.sims}
-    common = sorted(set(now) & set(baseline))
-    return [s for s in common if now[s] != baseline[s]], len(common)
