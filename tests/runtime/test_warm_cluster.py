@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
@@ -125,11 +126,12 @@ def _alive(pid: int) -> bool:
 
 
 def _warm_pids(cluster) -> set[int]:
-    """Warm processes (runner.py) alive in the cluster's process trees."""
+    """Warm processes (the runner) alive in the cluster's process trees."""
     out = set()
     for pid in cluster.tree_pids():
         try:
-            if any(arg.endswith("modelops_runtime/runner.py")
+            if any(arg.endswith("modelops_runtime/runner.py")  # or its compiled copy
+                   or Path(arg).name.startswith("modelops-runner-")
                    for arg in psutil.Process(pid).cmdline()) and _alive(pid):
                 out.add(pid)
         except psutil.Error:

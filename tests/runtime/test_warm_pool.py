@@ -5,8 +5,12 @@ to reach through a scheduler."""
 
 from __future__ import annotations
 
+import array
+import collections
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import psutil
@@ -19,7 +23,7 @@ from modelops_runtime.errors import (EntrypointError, EnvironmentBuildError,
                                      SimulationError)
 from modelops_runtime.executors.warm import IsolatedWarmExecEnv
 from modelops_runtime.models import Call
-from modelops_runtime.pool import jittered_reuse, jittered_ttl
+from modelops_runtime.pool import RUNNER, jittered_reuse, jittered_ttl
 from modelops_runtime.venvs import FINGERPRINT, venv_key
 from support.bundles import make_bundle
 from support.cluster import wait_for
@@ -76,6 +80,47 @@ def fail_loud(params, seed):
 def imports_runtime(params, seed):
     import modelops_runtime
     return {}
+
+def death_signal(params, seed):
+    import ctypes
+    sig = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return {"signal": sig.value}
+
+def kinds(params, seed):
+    import array, collections
+    return {"bytearray": bytearray(b"ab"), "array": array.array("d", [1.5]),
+            "ordered": collections.OrderedDict(a=1), "big": list(range(5000)),
+            "plain": {"t": (1, 2.5, None, True, b"x", "s"), "l": [-0.0]}, "echo": params}
+
+def view(params, seed):
+    return {"view": memoryview(b"ab")}
+'''
+
+# a runner that imports this (and nothing else) shows what the runner itself loads
+LEAN = '''
+import sys
+
+def loaded(params, seed):
+    return {"modules": sorted(sys.modules)}
+'''
+
+# leaves a child behind and exits slowly: at exit it waits for params["flag"]
+SLOW_EXIT = '''
+import atexit, os, signal, subprocess, sys, time
+from pathlib import Path
+
+def _linger(flag):
+    deadline = time.monotonic() + 120
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+def lingers(params, seed):
+    if params.get("ignore_term"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    atexit.register(_linger, Path(params["flag"]))
+    return {"child": child.pid}
 '''
 
 
@@ -217,7 +262,8 @@ def test_validate_deps_rebuilds_a_venv_whose_interpreter_does_not_start(tmp_path
     with pytest.raises(ProcessCrashed, match="could not start") as err:
         trusting.run(_call(ref, "imports_tinylib"))
     assert err.value.exit_code == 7 and "broken interpreter" in err.value.log_tail
-    assert trusting.warm_pids() == []
+    # nothing kept of the failed start; the first task's process retires in the background
+    wait_for(lambda: trusting.warm_pids() == [], 60, "the retired process to be reaped")
 
     validating = warm(max_process_reuse=1)
     result = validating.run(_call(ref, "imports_tinylib"))
@@ -280,7 +326,8 @@ def test_reuse_limit_and_ttl_retire_between_tasks(tmp_path, warm):
     first = ttl.run(_call(ref))
     wait_for(lambda: ttl.stats()["removals"]["ttl"] == 1, 30,
              "the idle process to be retired after its TTL")
-    assert not _alive(first.pid) and ttl.stats()["size"] == 0
+    assert ttl.stats()["size"] == 0
+    wait_for(lambda: not _alive(first.pid), 30, "the retired process to exit")
     again = ttl.run(_call(ref))
     assert again.pid != first.pid and again.outputs["count"] == 1
 
@@ -345,3 +392,127 @@ def test_50mb_each_way_with_user_output_and_log_tail(tmp_path, warm):
     # the tail holds this task's output, not the megabytes printed before
     assert err.value.log_tail.strip() == "last words of the model"
     assert ex.run(_call(ref, "sim")).pid == result.pid
+
+
+# -- retirement in the background (the reaper) -------------------------------------------
+
+
+def _lingering(ref, flag, ignore_term=True):
+    return Call(bundle=ref, entrypoint="slowexit:lingers",
+                args=({"flag": str(flag), "ignore_term": ignore_term}, 0))
+
+
+def test_retirement_does_not_hold_the_result_and_leaves_nothing(tmp_path, warm, wait_gone):
+    ex = warm(max_process_reuse=1)
+    ex.pool.stop_grace = 60.0  # the slow exit is ended by the flag here, not by signals
+    ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
+    flag = tmp_path / "flag"
+    first = ex.run(_lingering(ref, flag))
+    # the result is back while its process is still exiting (in its atexit handler)
+    assert _alive(first.pid) and first.pid in ex.warm_pids()
+    stats = ex.stats()
+    assert stats["removals"]["reuse"] == 1 and stats["size"] == 0  # counted when retired
+    second = ex.run(_call(ref))
+    assert second.pid != first.pid and second.outputs["count"] == 1
+    flag.touch()
+    # the retired processes and the child one left behind are gone, and nothing else runs
+    wait_gone([first.pid, first.outputs["child"], second.pid])
+    wait_for(lambda: ex.warm_pids() == [], 60, "the reaper to finish")
+    stats = ex.stats()
+    assert stats["spawns"] == 2 and stats["removals"]["reuse"] == 2
+    assert sum(stats["removals"].values()) == 2
+
+
+def test_a_retiring_process_keeps_its_slot_until_it_is_gone(tmp_path, warm):
+    ex = warm(max_process_reuse=1, max_warm_processes=1)
+    ex.pool.stop_grace = 60.0
+    ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
+    flag = tmp_path / "flag"
+    first = ex.run(_lingering(ref, flag))
+    results, live = {}, []
+    waiter = threading.Thread(target=lambda: results.__setitem__("next", ex.run(_call(ref))))
+    waiter.start()
+    for _ in range(20):  # MAX_WARM_PROCESSES=1: no second process while the first exits
+        live.append(len(ex.warm_pids()))
+        waiter.join(0.02)
+    assert "next" not in results and _alive(first.pid)
+    flag.touch()
+    waiter.join(60)
+    assert results["next"].pid != first.pid and not _alive(first.pid)
+    assert max(live) == 1
+
+
+def test_shutdown_waits_for_the_reaper_and_kills_stubborn_retirees(tmp_path, warm):
+    ex = warm(max_process_reuse=1)
+    ex.pool.stop_grace = 1.0
+    ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
+    # ignores SIGTERM and waits at exit for a flag that never comes
+    retiree = ex.run(_lingering(ref, tmp_path / "never"))
+    pids = [retiree.pid, retiree.outputs["child"]]
+    assert _alive(retiree.pid) and ex.warm_pids() == [retiree.pid]
+    ex.shutdown()
+    assert not [p for p in pids if _alive(p)]
+    assert not ex.pool._reaper.is_alive() and ex.warm_pids() == []
+    assert ex.stats()["removals"]["reuse"] == 1
+
+
+# -- the runner: a lean start, its wire format, its arguments ------------------------------
+
+
+def test_fresh_process_starts_lean_and_armed_against_parent_death(tmp_path, warm):
+    """MAX_PROCESS_REUSE=1 pays the runner's start on every task: it must not load what it
+    does not need (argparse, threading, pickle... cost milliseconds each)."""
+    ex = warm(max_process_reuse=1)
+    ref = _bundle(tmp_path, extra={"lean.py": LEAN})
+    loaded = set(ex.run(Call(bundle=ref, entrypoint="lean:loaded", args=({}, 0)))
+                 .outputs["modules"])
+    heavy = {"argparse", "threading", "pickle", "_pickle", "traceback", "re", "enum",
+             "signal", "tokenize", "importlib.util"}
+    assert not heavy & loaded, sorted(heavy & loaded)
+    # the kernel kills it with its parent, armed on the main thread before any user code
+    assert ex.run(_call(ref, "death_signal")).outputs == {"signal": signal.SIGKILL}
+
+
+def test_outputs_keep_their_types_on_the_wire(tmp_path, warm):
+    ex = warm()
+    ref = _bundle(tmp_path)
+    params = {"numbers": list(range(3000)), "pairs": [(1, "a")],
+              "ordered": collections.OrderedDict(b=2)}
+    out = ex.run(Call(bundle=ref, entrypoint="model:kinds", args=(params, 0))).outputs
+    assert type(out["bytearray"]) is bytearray and out["bytearray"] == b"ab"
+    assert out["array"] == array.array("d", [1.5])
+    assert type(out["ordered"]) is collections.OrderedDict
+    assert out["big"] == list(range(5000))
+    assert out["plain"] == {"t": (1, 2.5, None, True, b"x", "s"), "l": [-0.0]}
+    assert out["echo"] == params and type(out["echo"]["ordered"]) is collections.OrderedDict
+    # a memoryview cannot be pickled: a clear error, never silently turned into bytes
+    with pytest.raises(SimulationError, match="cannot travel back"):
+        ex.run(_call(ref, "view"))
+    assert ex.run(_call(ref)).outputs["count"] == 1  # the same process goes on
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--request-fd", "3"],
+    ["--request-fd", "3", "--response-fd", "4", "--lifeline-fd", "5", "--parent-pid", "1",
+     "--bundel-dir", "/x"],
+    ["--request-fd", "3", "--response-fd", "4", "--lifeline-fd", "five", "--parent-pid", "1",
+     "--bundle-dir", "/x"]], ids=["none", "missing", "misspelt", "not-a-number"])
+def test_runner_rejects_bad_arguments_with_its_usage(args):
+    proc = subprocess.run([sys.executable, "-I", str(RUNNER), *args], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: runner --request-fd N --response-fd N")
+    assert "the warm pool starts this program" in proc.stderr
+
+
+def test_damaged_compiled_runner_is_replaced(tmp_path, warm):
+    ex = warm(max_process_reuse=1)
+    ref = _bundle(tmp_path)
+    first = ex.run(_call(ref))
+    venv = tmp_path / "venvs" / venv_key([])
+    (program,) = venv.glob("modelops-runner-*.pyc")
+    program.write_bytes(program.read_bytes()[:40])  # truncated, e.g. by a full disk
+    again = ex.run(_call(ref))
+    assert again.pid != first.pid and again.outputs["count"] == 1
+    assert [p.name for p in venv.glob("*modelops-runner-*")] == [program.name]  # no leftovers
+    assert len(program.read_bytes()) > 40

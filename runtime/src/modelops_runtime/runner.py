@@ -1,8 +1,11 @@
-"""The program a warm process runs, with its venv's interpreter (``python -I -u runner.py``).
+"""The program a warm process runs, with its venv's interpreter (``python -I -u runner``).
 
 Stdlib only: the venv holds the bundle's dependencies, never modelops_runtime. Talks to
 the pool over two dedicated pipes (fds passed at spawn), never stdout, so user prints
-cannot corrupt a frame. A frame is an 8-byte big-endian length + a pickle (protocol 5).
+cannot corrupt a frame. A frame is a 9-byte header (codec byte, 8-byte big-endian length)
+and a body: marshal (``M``) for small plain data (:func:`is_plain`: no import needed on
+either side), pickle protocol 5 (``P``) for anything else. The pool imports the codec
+from here, so both ends always agree.
 
 Requests: ``{"op": "run", "entrypoint": "mod:fn", "args": (...)}`` and ``{"op": "ping"}``.
 Replies: ``{"op": "hello", ...}`` once at start, ``{"op": "pong"}``, and for runs
@@ -13,23 +16,29 @@ unpickle in the worker).
 The process ends by itself when its parent goes away: EOF on the request pipe (idle),
 EOF on a lifeline pipe watched by a thread (busy), and PR_SET_PDEATHSIG as a last line.
 It is a session leader, so ending takes its own children with it.
+
+Start-up time is part of every task when processes are not reused (MAX_PROCESS_REUSE=1),
+so this module imports only what an interpreter has already loaded at start (os, sys,
+_thread, _signal, marshal) plus faulthandler and ctypes (for PR_SET_PDEATHSIG). Each of
+argparse, threading, signal, pickle, traceback costs 2-6 ms per start: options are parsed
+by hand, pickle is imported only for a value marshal cannot carry, traceback only for an
+error.
 """
 
-from __future__ import annotations
-
-import argparse
+import _thread
 import faulthandler
-import importlib
+import marshal
 import os
-import pickle
-import signal
-import struct
 import sys
-import threading
-import traceback
+from _signal import SIGKILL  # the C half of `signal`, already loaded; `signal` adds enum
 
-HEADER = struct.Struct(">Q")
+MARSHAL = b"M"   # small plain data: no import needed on either side
+PICKLE = b"P"    # anything else
+HEADER_SIZE = 9  # codec byte + 8-byte big-endian body length
+PLAIN = frozenset({str, int, float, bool, bytes, type(None)})  # + dict, list, tuple
+PLAIN_ITEMS = 1000   # objects in a message beyond which pickle is used (bounds the walk)
 PROTOCOL = 5
+OPTIONS = ("--request-fd", "--response-fd", "--lifeline-fd", "--parent-pid", "--bundle-dir")
 
 
 def read_exact(fd: int, n: int) -> bytearray | None:
@@ -38,10 +47,7 @@ def read_exact(fd: int, n: int) -> bytearray | None:
     view = memoryview(buf)
     pos = 0
     while pos < n:
-        try:
-            got = os.readv(fd, [view[pos:]])
-        except InterruptedError:  # pragma: no cover - PEP 475 retries already
-            continue
+        got = os.readv(fd, [view[pos:]])
         if got == 0:
             return None
         pos += got
@@ -49,23 +55,66 @@ def read_exact(fd: int, n: int) -> bytearray | None:
 
 
 def read_frame(fd: int):
-    header = read_exact(fd, HEADER.size)
+    header = read_exact(fd, HEADER_SIZE)
     if header is None:
         return None
-    (length,) = HEADER.unpack(header)
-    body = read_exact(fd, length)
+    body = read_exact(fd, int.from_bytes(header[1:], "big"))
     if body is None:
         return None
-    return pickle.loads(body)
+    return decode(header[:1], body)
+
+
+def is_plain(obj, limit: int = PLAIN_ITEMS) -> bool:
+    """True if ``obj`` is at most ``limit`` objects of exactly the PLAIN types. marshal
+    must see nothing else: it would turn any buffer (a numpy array, a bytearray) into bytes
+    and refuses subclasses only. Big payloads go to pickle: they pay its import anyway."""
+    stack = [obj]
+    while stack:
+        limit -= 1
+        if limit < 0:
+            return False
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif kind not in PLAIN:
+            return False
+    return True
+
+
+def encode(obj) -> tuple[bytes, bytes]:
+    """(codec, body) of one message."""
+    if is_plain(obj):
+        return MARSHAL, marshal.dumps(obj)
+    import _pickle  # pickle's C core: the `pickle` module also imports re, struct, ...
+
+    return PICKLE, _pickle.dumps(obj, protocol=PROTOCOL)
+
+
+def decode(codec: bytes, body):
+    if codec == MARSHAL:
+        return marshal.loads(body)
+    if codec == PICKLE:
+        import _pickle
+
+        return _pickle.loads(body)
+    raise ValueError(f"unknown frame codec {bytes(codec)!r}")
+
+
+def header(codec: bytes, length: int) -> bytes:
+    return codec + length.to_bytes(8, "big")
+
+
+def send_body(fd: int, codec: bytes, body: bytes) -> None:
+    _write_all(fd, memoryview(header(codec, len(body))))
+    _write_all(fd, memoryview(body))
 
 
 def write_frame(fd: int, obj) -> None:
-    send_body(fd, pickle.dumps(obj, protocol=PROTOCOL))
-
-
-def send_body(fd: int, body: bytes) -> None:
-    _write_all(fd, memoryview(HEADER.pack(len(body))))
-    _write_all(fd, memoryview(body))
+    send_body(fd, *encode(obj))
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -75,37 +124,44 @@ def _write_all(fd: int, view: memoryview) -> None:
 
 def _die_with_group() -> None:
     try:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.killpg(os.getpgrp(), SIGKILL)
     finally:
         os._exit(1)
 
 
-def _watch_lifeline(fd: int) -> None:
-    """Block on the lifeline pipe; EOF means the worker process is gone."""
-    try:
-        while os.read(fd, 1):
-            pass
-    except OSError:
-        pass
-    _die_with_group()
-
-
 def _set_parent_death_signal(parent_pid: int) -> None:
+    """PR_SET_PDEATHSIG: the kernel kills us when the parent dies, even while user code
+    holds the GIL (the lifeline thread needs it). Armed before any user code runs; ctypes
+    is the one import here that is not free (~1.5 ms), and the only stdlib way to it."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            libc.prctl(1, SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
         except Exception:  # noqa: BLE001 - best effort: the lifeline pipe is the main watch
             pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
         _die_with_group()
 
 
+def _watch_lifeline(fd: int) -> None:
+    """The lifeline thread: block on the lifeline pipe; EOF means the worker process is
+    gone (even if we missed it until now)."""
+    try:
+        while os.read(fd, 1):
+            pass
+    except BaseException:  # noqa: BLE001 - whatever went wrong, the watch must not vanish
+        pass
+    _die_with_group()
+
+
 def _error(kind: str, exc: BaseException, **extra) -> dict:
+    import traceback  # only on errors: it imports tokenize, linecache, re (~6 ms)
+
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    own = _error.__code__.co_filename  # runner.py, also when run from its compiled .pyc
+    while tb is not None and tb.tb_frame.f_code.co_filename == own:
         tb = tb.tb_next  # show the user's frames, not the runner's
     return {
         "ok": False, "kind": kind,
@@ -122,7 +178,8 @@ def _resolve(entrypoint: str, cache: dict):
         return cache[entrypoint], None
     module_name, _, attr = entrypoint.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        __import__(module_name)  # absolute names only: what importlib.import_module does
+        module = sys.modules[module_name]
     except ModuleNotFoundError as exc:
         parts = module_name.split(".")
         own = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
@@ -152,28 +209,36 @@ def _run(request: dict, cache: dict) -> dict:
     return {"ok": True, "result": result}
 
 
+def parse_options(argv: list[str]) -> tuple[int, int, int, int, str]:
+    """The values of OPTIONS, each given once as ``--name value``, all but the last a
+    number (by hand: argparse costs ~6 ms per start)."""
+    opts = dict(zip(argv[0::2], argv[1::2], strict=False))  # odd lengths: rejected below
+    if (len(argv) != 2 * len(OPTIONS) or sorted(opts) != sorted(OPTIONS)
+            or not all(opts[name].isdigit() for name in OPTIONS[:4])):
+        usage = " ".join(f"{name} {'PATH' if name == '--bundle-dir' else 'N'}"
+                         for name in OPTIONS)
+        sys.stderr.write(f"usage: runner {usage}\n(the warm pool starts this program; got: "
+                         f"{' '.join(argv) or 'no arguments'})\n")
+        raise SystemExit(2)
+    return (*(int(opts[name]) for name in OPTIONS[:4]), opts["--bundle-dir"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--request-fd", type=int, required=True)
-    parser.add_argument("--response-fd", type=int, required=True)
-    parser.add_argument("--lifeline-fd", type=int, required=True)
-    parser.add_argument("--parent-pid", type=int, required=True)
-    parser.add_argument("--bundle-dir", required=True)
-    args = parser.parse_args(argv)
+    request_fd, response_fd, lifeline_fd, parent_pid, bundle_dir = parse_options(
+        sys.argv[1:] if argv is None else argv)
 
-    for fd in (args.request_fd, args.response_fd, args.lifeline_fd):
+    for fd in (request_fd, response_fd, lifeline_fd):
         os.set_inheritable(fd, False)  # user subprocesses must not hold our pipes open
-    _set_parent_death_signal(args.parent_pid)
-    threading.Thread(target=_watch_lifeline, args=(args.lifeline_fd,), daemon=True,
-                     name="modelops-lifeline").start()
+    _set_parent_death_signal(parent_pid)
+    _thread.start_new_thread(_watch_lifeline, (lifeline_fd,))
     faulthandler.enable()  # a segfault's Python stack lands in the log tail
-    sys.path.insert(0, args.bundle_dir)
+    sys.path.insert(0, bundle_dir)
 
-    write_frame(args.response_fd, {"op": "hello", "pid": os.getpid(),
-                                   "python": sys.version.split()[0], "prefix": sys.prefix})
+    write_frame(response_fd, {"op": "hello", "pid": os.getpid(),
+                              "python": sys.version.split()[0], "prefix": sys.prefix})
     cache: dict = {}
     while True:
-        request = read_frame(args.request_fd)
+        request = read_frame(request_fd)
         if request is None or request.get("op") == "exit":
             return 0
         if request.get("op") == "ping":
@@ -186,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # noqa: BLE001 - user code may have replaced/closed it
                 pass
         try:
-            body = pickle.dumps(reply, protocol=PROTOCOL)
+            codec, body = encode(reply)
         except Exception as exc:  # noqa: BLE001 - outputs are not plain data
-            body = pickle.dumps(_error("result", exc), protocol=PROTOCOL)
+            codec, body = encode(_error("result", exc))
         del reply
         try:
-            send_body(args.response_fd, body)
+            send_body(response_fd, codec, body)
         except BrokenPipeError:
             return 0
         del request, body  # do not hold a large payload while idle
