@@ -185,7 +185,6 @@ def base_env(root: Path, extra: Mapping[str, str] | None = None) -> dict[str, st
     env.update({
         "MODELOPS_BUNDLE_CACHE_DIR": str(root / "bundles"),
         "MODELOPS_VENVS_DIR": str(root / "venvs"),
-        "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra or {})
