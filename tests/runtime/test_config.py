@@ -73,3 +73,22 @@ def test_unknown_variable_warns_with_the_closest_known_name(caplog):
     assert cfg.executor_type is ExecutorType.isolated_warm  # the typo is not applied
     assert ("unknown environment variable MODELOPS_EXECUTER_TYPE is ignored; did you mean "
             "MODELOPS_EXECUTOR_TYPE?") in caplog.text
+
+
+def test_every_bad_variable_is_named_in_one_line():
+    with pytest.raises(ConfigError) as info:
+        RuntimeConfig.from_env({"MODELOPS_EXECUTOR_TYPE": "warm", "MODELOPS_PROCESS_TTL": "-1",
+                                "MODELOPS_MAX_PROCESS_REUSE": "5"})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "MODELOPS_EXECUTOR_TYPE='warm'" in message
+    assert "MODELOPS_PROCESS_TTL='-1'" in message
+    assert "MAX_PROCESS_REUSE" not in message
+    assert info.value.variable == "MODELOPS_EXECUTOR_TYPE"
+
+
+def test_names_and_levels_are_case_insensitive():
+    config = RuntimeConfig.from_env({"MODELOPS_EXECUTOR_TYPE": "Direct",
+                                     "MODELOPS_LOG_LEVEL": "debug"})
+    assert config.executor_type is ExecutorType.direct
+    assert config.log_level.value == "DEBUG"

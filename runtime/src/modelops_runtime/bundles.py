@@ -22,6 +22,7 @@ import stat
 import tarfile
 import tempfile
 import threading
+import re
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ ARCHIVE_SUFFIX = ".tar.gz"
 EXCLUDED_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".venv"}
 EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 _CHUNK = 1 << 20
+_COMMENT = re.compile(r"(?:^|\s)#")
 
 
 def read_dependencies(bundle_dir: Path) -> list[str]:
@@ -56,7 +58,9 @@ def read_dependencies(bundle_dir: Path) -> list[str]:
     req_file = bundle_dir / "requirements.txt"
     pyproject = bundle_dir / "pyproject.toml"
     if req_file.is_file():
-        lines = [ln.split("#", 1)[0].strip() for ln in req_file.read_text().splitlines()]
+        # a comment starts a line or follows white space (as pip reads it): a '#' inside
+        # a URL (`pkg @ https://…/x.whl#sha256=…`) is part of the requirement
+        lines = [_COMMENT.split(ln, 1)[0].strip() for ln in req_file.read_text().splitlines()]
         source, raw = req_file.name, [ln for ln in lines if ln]
     elif pyproject.is_file():
         try:

@@ -199,13 +199,18 @@ def _allowed(field: str) -> str:
 
 
 def _config_error(exc: ValidationError, values: Mapping[str, Any]) -> ConfigError:
-    err = exc.errors()[0]
-    field = str(err["loc"][0]) if err["loc"] else "?"
-    variable = PREFIX + field.upper()
-    given = values.get(field, err.get("input"))
-    allowed = _allowed(field) if field in RuntimeConfig.model_fields else err["msg"]
+    """One ConfigError naming every bad variable (one restart finds them all); its fields
+    describe the first."""
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        allowed = _allowed(field) if field in RuntimeConfig.model_fields else err["msg"]
+        problems.append((PREFIX + field.upper(), values.get(field, err.get("input")), allowed))
+    text = "; ".join(f"{var}={given!r} is not allowed; expected {allowed}"
+                     for var, given, allowed in problems)
+    variable, given, allowed = problems[0]
     return ConfigError(
-        f"invalid configuration: {variable}={given!r} is not allowed; expected {allowed}. "
+        f"invalid configuration: {text}. "
         f"Fix the value (chart: worker.executor.* in your values file) and restart the worker.",
         variable=variable, value=given, allowed=allowed,
     )
