@@ -1,5 +1,5 @@
 {{/*
-Named templates are kept to names and labels, plus the two memory helpers at the end
+Named templates are kept to names and labels, plus the quantity helpers at the end
 (the only arithmetic shared by the worker Deployment and NOTES.txt).
 */}}
 
@@ -60,6 +60,16 @@ values that enter the pod-memory formula, so this is exact integer arithmetic.
 {{- mul (trimSuffix "Gi" . | atoi) 1024 -}}
 {{- else -}}
 {{- trimSuffix "Mi" . | atoi -}}
+{{- end -}}
+{{- end -}}
+
+{{/* CPU quantity (2, 0.5, "2", "500m": the schema's forms) → whole millicores. */}}
+{{- define "modelops-dask.millicores" -}}
+{{- $s := toString . -}}
+{{- if hasSuffix "m" $s -}}
+{{- trimSuffix "m" $s | atoi -}}
+{{- else -}}
+{{- round (mulf (float64 $s) 1000) 0 | int64 -}}
 {{- end -}}
 {{- end -}}
 

@@ -25,6 +25,9 @@ HELMS = {
     "helm4": REPO / ".tools" / "bin" / "helm4",
 }
 PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+# The user's own values file every install starts with (the chart needs bundles.repo).
+MY_VALUES = Path(__file__).with_name("my-values.yaml")
+MY_REPO = yaml.safe_load(MY_VALUES.read_text())["bundles"]["repo"]
 
 
 def helm_binary(name: str) -> Path:
@@ -66,11 +69,17 @@ def _run(cmd: tuple[str, ...], input_text: str | None) -> Render:
     return Render(proc.returncode, proc.stdout, proc.stderr)
 
 
+def _user_values(mine: bool) -> list[str]:
+    return ["-f", str(MY_VALUES)] if mine else []
+
+
 def render(helm: str, *files: str, values: str | None = None, sets: tuple[str, ...] = (),
-           extra: tuple[str, ...] = ()) -> Render:
-    """`helm template` of the chart with values files (paths or preset names), an inline
-    values document (YAML text, passed on stdin) and --set pairs."""
-    cmd = [str(helm_binary(helm)), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+           extra: tuple[str, ...] = (), mine: bool = True) -> Render:
+    """`helm template` of the chart with my-values.yaml first (unless ``mine=False``), then
+    values files (paths or preset names), an inline values document (YAML text, passed on
+    stdin) and --set pairs."""
+    cmd = [str(helm_binary(helm)), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+           *_user_values(mine)]
     for f in files:
         path = PRESETS_DIR / f"{f}.yaml" if f in PRESETS else Path(f)
         cmd += ["-f", str(path)]
@@ -81,10 +90,10 @@ def render(helm: str, *files: str, values: str | None = None, sets: tuple[str, .
     return _run(tuple(cmd) + tuple(extra), values)
 
 
-def notes(helm: str, *files: str, values: str | None = None) -> Render:
+def notes(helm: str, *files: str, values: str | None = None, mine: bool = True) -> Render:
     """NOTES.txt as `helm install --dry-run=client` prints it (helm template omits NOTES)."""
     cmd = [str(helm_binary(helm)), "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
-           "--dry-run=client"]
+           "--dry-run=client", *_user_values(mine)]
     for f in files:
         cmd += ["-f", str(PRESETS_DIR / f"{f}.yaml" if f in PRESETS else f)]
     if values is not None:

@@ -95,7 +95,36 @@ CASES = {
          "worker.executor.poolMemoryPerProcess=2Gi (2048Mi)"]),
     "bundle volume with a URL repository": (
         "bundles: {repo: 's3://b/bundles', volume: {persistentVolumeClaim: {claimName: x}}}", (),
-        ['bundles.volume is set but bundles.repo="s3://b/bundles" is not an absolute path']),
+        ['bundles.volume is set but bundles.repo="s3://b/bundles" is a URL, not an absolute '
+         "path: the volume is mounted at bundles.repo"]),
+    "bundle repository emptied": (
+        "bundles: {repo: ''}", (),
+        ["bundles.repo is not set: the workers need a bundle repository and the chart has no "
+         "default", "bundles.repo: s3://bucket/prefix", "worker.extraEnvFrom",
+         "bundles.volume: {persistentVolumeClaim: {claimName: <your claim>}}"]),
+    "bundle repository path without a volume": (
+        "bundles: {repo: /var/lib/modelops/bundle-repo}", (),
+        ['bundles.repo="/var/lib/modelops/bundle-repo" is a path in the worker pods but '
+         "bundles.volume is empty: nothing would put bundles there",
+         "every task would fail with BundleNotFound",
+         "Mount your repository there with bundles.volume",
+         "or use an fsspec URL instead (s3://bucket/prefix; "
+         "file:///var/lib/modelops/bundle-repo if your own image contains the repository)"]),
+    "bundle repository relative path": (
+        "bundles: {repo: bundles/repo}", (),
+        ['bundles.repo="bundles/repo" is neither an absolute path nor a URL']),
+    "bundle volume that starts empty": (
+        "bundles: {repo: /var/lib/modelops/bundle-repo, volume: {emptyDir: {}}}", (),
+        ["bundles.volume is an emptyDir: it starts empty and is mounted read-only, so it never "
+         "holds a bundle"]),
+    "memory request above the memory limit": (
+        "worker: {resources: {requests: {memory: 20Gi}, limits: {memory: 16Gi}}}", (),
+        ["worker.resources.requests.memory=20Gi is larger than "
+         "worker.resources.limits.memory=16Gi: Kubernetes refuses a request above its limit"]),
+    "cpu request above the cpu limit (millicores)": (
+        "worker: {resources: {requests: {cpu: 1500m}, limits: {cpu: 1.2}}}", (),
+        ["worker.resources.requests.cpu=1500m is larger than worker.resources.limits.cpu=1.2: "
+         "Kubernetes refuses a request above its limit"]),
     "kubernetes older than supported": (
         "", ("--kube-version", "1.28.0"),
         ["chart requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.0"]),
@@ -114,3 +143,24 @@ def test_bad_values_are_refused_with_a_clear_message(helm, case):
 
 def test_at_least_twelve_cases():
     assert len(CASES) >= 12
+
+
+@pytest.mark.parametrize("preset", [None, "prod-warm", "debug-isolated"])
+def test_an_install_without_a_bundle_repository_is_refused(helm, preset):
+    """`helm install` with the chart's defaults (and a preset, which sets only mode keys)
+    refuses at once instead of starting workers whose every task fails."""
+    out = render(helm, *([preset] if preset else []), mine=False)
+    assert out.returncode != 0 and "kind:" not in out.stdout
+    assert "bundles.repo is not set" in out.stderr
+    assert "Set it in your values file to either an fsspec URL" in out.stderr
+
+
+@pytest.mark.parametrize("values", [
+    "bundles: {repo: 'file:///opt/bundle-repo'}",
+    "bundles: {repo: /mnt/repo, volume: {persistentVolumeClaim: {claimName: bundles}}}",
+    "worker: {resources: {requests: {memory: 16Gi, cpu: 500m}, limits: {memory: 16Gi, cpu: 0.5}}}",
+])
+def test_the_nearest_good_values_render(helm, values):
+    """The boundary of each refusal: a repository built into the image (file://), a path
+    with a volume, requests equal to their limits."""
+    assert render(helm, values=values).returncode == 0

@@ -20,6 +20,7 @@ NEWEST = kubernetes_validate.utils.latest_version()
 EVERYTHING = """
 imagePullSecrets: [{name: registry}]
 bundles:
+  repo: /var/lib/modelops/bundle-repo
   volume: {persistentVolumeClaim: {claimName: bundle-repo, readOnly: true}}
 scheduler:
   extraArgs: ["--idle-timeout", "3600"]

@@ -68,8 +68,20 @@ def _get(url: str) -> str:
         return ""
 
 
+# the repository as a mounted volume (a path), as most clusters provide it
+REPO_ON_A_VOLUME = ("bundles: {repo: /var/lib/modelops/bundle-repo, "
+                    "volume: {persistentVolumeClaim: {claimName: bundles}}}")
+
+
+def _helm_test(pod: dict, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The helm test pod's script, as the pod runs it, with its rendered env + ``env``."""
+    return subprocess.run([sys.executable, "-c", pod["args"][0]],
+                          env={**_env(pod), **env}, capture_output=True, text=True,
+                          timeout=300)
+
+
 def test_rendered_worker_and_helm_test_run_on_a_real_cluster(dask_cluster, tmp_path: Path):
-    out = render("helm3", "prod-warm", sets=("worker.processes=2",))
+    out = render("helm3", "prod-warm", values=REPO_ON_A_VOLUME, sets=("worker.processes=2",))
     worker = out.container("worker")
     cluster, client = dask_cluster(workers=0, wait=False)
 
@@ -81,6 +93,8 @@ def test_rendered_worker_and_helm_test_run_on_a_real_cluster(dask_cluster, tmp_p
     args[args.index("--dashboard-address") + 1] = f"127.0.0.1:{port}"
     env = {k: v.replace("/var/cache/modelops", str(tmp_path / "cache"))
            .replace("/var/lib/modelops", str(tmp_path / "lib")) for k, v in _env(worker).items()}
+    repo = tmp_path / "lib" / "bundle-repo"
+    assert env["MODELOPS_BUNDLE_REPO"] == str(repo)
     log = tmp_path / "rendered-worker.log"
     popen = subprocess.Popen([str(BIN / worker["command"][0]), *args],
                              env={**cluster.env, **env}, stdout=log.open("wb"),
@@ -99,21 +113,74 @@ def test_rendered_worker_and_helm_test_run_on_a_real_cluster(dask_cluster, tmp_p
     assert {w["resources"].get("aggregation") for w in info} == {1}
     assert {w["nthreads"] for w in info} == {1}
     assert {w["memory_limit"] for w in info} == {2**30}
+    addresses = sorted(client.nthreads())
 
-    # the helm test pod's script, with its rendered env, against this cluster
+    # the helm test pod's script against this cluster: the volume is not mounted yet, so
+    # every worker process reports the repository it cannot reach, and the test fails
     pod = out.one("Pod")["spec"]["containers"][0]
-    test_env = {**cluster.env, **_env(pod), "SCHEDULER_ADDRESS": cluster.address,
+    test_env = {**cluster.env, "SCHEDULER_ADDRESS": cluster.address,
                 "EXPECTED_PROCESSES": "2", "TEST_TIMEOUT": "120"}
-    ok = subprocess.run([sys.executable, "-c", pod["args"][0]],
-                        env=test_env, capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr + tail(log)
-    assert ok.stdout.strip() == ("ok: 2 worker processes connected, a task ran with executor "
-                                 "isolated_warm")
+    missing = _helm_test(pod, test_env)
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert missing.stderr.startswith("helm test failed: 2 problem(s) on the workers:\n  ")
+    for address in addresses:
+        assert (f"{address} cannot reach the bundle repository {str(repo)!r}: it does not "
+                "exist. A path must be mounted with bundles.volume") in missing.stderr
 
-    # and it fails, saying why, when the workers run another mode than the release asks for
-    wrong = subprocess.run([sys.executable, "-c", pod["args"][0]],
-                           env={**test_env, "EXPECTED_EXECUTOR": "direct"},
-                           capture_output=True, text=True, timeout=300)
-    assert wrong.returncode != 0
-    assert "the worker runs executor 'isolated_warm', the release asks for 'direct'" in \
-        wrong.stderr
+    # "mounted": each worker process finds it and reports the executor its runtime built
+    repo.mkdir(parents=True)
+    ok = _helm_test(pod, test_env)
+    assert ok.returncode == 0, ok.stderr + tail(log)
+    assert ok.stdout.strip() == (
+        "ok: 2 worker processes connected; on each, a task ran with executor isolated_warm "
+        f"and found the bundle repository {repo}")
+
+    # workers of another mode than the release asks for
+    wrong = _helm_test(pod, {**test_env, "EXPECTED_EXECUTOR": "direct"})
+    assert wrong.returncode == 1
+    for address in addresses:
+        assert (f"{address} runs executor 'isolated_warm', the release asks for 'direct' "
+                "(worker.executor.type)") in wrong.stderr
+
+    # fewer worker processes than the release runs: the script's own deadline, its message
+    short = _helm_test(pod, {**test_env, "EXPECTED_PROCESSES": "3", "TEST_TIMEOUT": "3"})
+    assert short.returncode == 1
+    assert ("helm test failed: only 2 of 3 worker processes connected within 3s. Check the "
+            "worker pods (kubectl get pods -n sims -l app.kubernetes.io/instance=mo,"
+            "app.kubernetes.io/component=worker)") in short.stderr
+    assert "raise tests.timeoutSeconds (now 3) and run helm test --timeout with at least " \
+        "that + 60s" in short.stderr
+
+    # a worker process with the rendered env but without the runtime (no --preload): the
+    # executor comes from the runtime on the worker, not from the env the chart rendered
+    bare = cluster.start_worker(preload=False, env=env, name="no-runtime")
+    cluster.wait_for_workers(client, 3, timeout=120)
+    (bare_address,) = set(client.nthreads()) - set(addresses)
+    no_runtime = _helm_test(pod, test_env)
+    assert no_runtime.returncode == 1, no_runtime.stdout + tail(bare.log)
+    assert (f"{bare_address} has no modelops runtime: no modelops runtime in this Dask worker "
+            "process") in no_runtime.stderr
+    assert "cannot reach" not in no_runtime.stderr
+
+
+def test_helm_test_fails_at_once_when_no_worker_runs():
+    """worker.replicas=0: nothing to wait for; the script says so instead of connecting."""
+    pod = render("helm3", sets=("worker.replicas=0",)).one("Pod")["spec"]["containers"][0]
+    assert _env(pod)["EXPECTED_PROCESSES"] == "0"
+    out = _helm_test(pod, {"SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{_free_port()}"})
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "helm test failed: the release runs no worker process (worker.replicas=0), so there "
+        "is nothing to test. Scale the workers up (helm upgrade --reuse-values --set "
+        "worker.replicas=1) and run helm test again.")
+
+
+def test_helm_test_says_when_the_scheduler_is_unreachable():
+    pod = render("helm3").one("Pod")["spec"]["containers"][0]
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    out = _helm_test(pod, {"SCHEDULER_ADDRESS": address, "TEST_TIMEOUT": "2"})
+    assert out.returncode == 1
+    assert f"helm test failed: cannot connect to the scheduler {address} within 2s" in out.stderr
+    assert ("Check the scheduler pod (kubectl get pods -n sims -l app.kubernetes.io/instance=mo,"
+            "app.kubernetes.io/component=scheduler). If it is only slow to start, raise "
+            "tests.timeoutSeconds (now 2)") in out.stderr

@@ -70,3 +70,15 @@ def test_notes_give_the_upgrade_line_of_every_preset():
                 f"-f values-examples/{preset}.yaml") in text, preset
     assert "helm test mo -n sims" in text
     assert "port-forward svc/mo-modelops-dask-scheduler 8786:8786 8787:8787" in text
+
+
+def test_notes_say_where_the_workers_get_bundles():
+    assert "bundles:        s3://modelops-tests/bundles (fetched by the workers through fsspec)" \
+        in _notes()
+    text = _notes(values="bundles: {repo: /mnt/repo, volume: {nfs: {server: nas, path: /b}}}")
+    assert "bundles:        /mnt/repo (volume nfs, mounted read-only)" in text
+
+
+def test_notes_give_helm_test_a_timeout_beyond_the_scripts_own():
+    assert "helm test mo -n sims    # a task on every worker process" in _notes()
+    assert "helm test mo -n sims --timeout 660s    #" in _notes(values="tests: {timeoutSeconds: 600}")

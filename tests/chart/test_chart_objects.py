@@ -183,8 +183,20 @@ def test_helm_test_pod_runs_a_task_against_this_release(helm, preset):
         "MODELOPS_EXECUTOR_TYPE"]
     assert env == {"SCHEDULER_ADDRESS": "tcp://mo-modelops-dask-scheduler:8786",
                    "EXPECTED_PROCESSES": str(2 * processes),
-                   "EXPECTED_EXECUTOR": executor, "TEST_TIMEOUT": "300"}
+                   "EXPECTED_EXECUTOR": executor, "TEST_TIMEOUT": "240",
+                   "RELEASE_PODS": "-n sims -l app.kubernetes.io/instance=mo"}
     assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_helm_test_ends_with_its_own_message_within_helms_default_timeout(helm):
+    """The script's one deadline (tests.timeoutSeconds) comes before the pod's, and the
+    pod's before `helm test`'s default --timeout of 5m: a slow rollout ends with the
+    script's message, not with DeadlineExceeded or helm's "timed out"."""
+    pod = render(helm).one("Pod")
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert int(env["TEST_TIMEOUT"]) + 60 == pod["spec"]["activeDeadlineSeconds"] <= 300
+    pod = render(helm, sets=("tests.timeoutSeconds=900",)).one("Pod")
+    assert pod["spec"]["activeDeadlineSeconds"] == 960
 
 
 def test_helm_test_script_is_valid_python(helm):

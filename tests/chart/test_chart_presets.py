@@ -36,7 +36,7 @@ def expected_args(processes: str, threads: str) -> list[str]:
 def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
     env = {
         "MODELOPS_BUNDLE_CACHE_DIR": "/var/cache/modelops/bundles",
-        "MODELOPS_BUNDLE_REPO": "/var/lib/modelops/bundle-repo",
+        "MODELOPS_BUNDLE_REPO": chartkit.MY_REPO,
         "MODELOPS_EXECUTOR_TYPE": executor,
         "MODELOPS_FORCE_FRESH_VENV": fresh,
         "MODELOPS_LOG_LEVEL": "INFO",

@@ -63,6 +63,9 @@ def find_helm(chart: Path) -> str:
         f"(installs the pinned helm into .tools/bin), put helm on PATH, or set {HELM_ENV}")
 
 
+LOCAL_BUNDLES = "bundles: {repo: 'file:///var/lib/modelops/bundle-repo'}\n"
+
+
 def render(chart: Path, values: Sequence[Path | str] = (), sets: Sequence[str] = (),
            release: str = DEFAULT_RELEASE) -> list[dict]:
     """``helm template`` → the rendered manifests. A values file the chart's schema rejects
@@ -72,12 +75,16 @@ def render(chart: Path, values: Sequence[Path | str] = (), sets: Sequence[str] =
             raise LocalModeError(
                 f"values file {v} does not exist; pass an existing file with -f "
                 "(the presets are in values-examples/)")
-    argv = [find_helm(chart), "template", release, str(chart)]
+    # The chart requires bundles.repo. The local mode points MODELOPS_BUNDLE_REPO at
+    # <state>/bundle-repo itself, so a stand-in goes first; values files that set bundles
+    # still win and are checked as on the cluster.
+    argv = [find_helm(chart), "template", release, str(chart), "-f", "-"]
     for v in values:
         argv += ["-f", str(v)]
     for s in sets:
         argv += ["--set", s]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          input=LOCAL_BUNDLES)
     if proc.returncode != 0:
         output = (proc.stderr.strip() or proc.stdout.strip())
         raise ChartRenderError(
