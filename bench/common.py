@@ -9,7 +9,6 @@ even when absolute times do not.
 from __future__ import annotations
 
 import statistics
-import textwrap
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from modelops_runtime.bundles import BundleStore, pack
 from modelops_runtime.config import RuntimeConfig
 from modelops_runtime.executors import make_executor
 from modelops_runtime.models import Call
+
+from shared import write_bundle
 
 # The bundle every overhead benchmark runs. ``noop`` is the entrypoint measured;
 # ``modules`` tells the memory benchmark what a warm process has imported.
@@ -43,14 +44,6 @@ def noop_function(params, seed):
     """The same no-op as the bundle's, importable from here (ProcessPoolExecutor pickles
     functions by reference)."""
     return {}
-
-
-def write_bundle(root: Path, files: Mapping[str, str]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(textwrap.dedent(text).lstrip("\n"))
-    return root
 
 
 @dataclass
@@ -128,5 +121,6 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def mb(n: float) -> str:
+    """Bytes in MB (10^6), the unit the memory target is set in."""
+    return f"{n / 1e6:.1f} MB"

@@ -19,7 +19,8 @@ from modelops_runtime.metrics import worker_figures
 from modelops_runtime.models import SimTask
 from modelops_runtime.render import render_cluster
 
-from common import NOOP_MODEL, Samples, Workspace, write_bundle
+from common import NOOP_MODEL, Samples, Workspace
+from shared import write_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "values-examples" / "prod-warm.yaml"
@@ -41,8 +42,12 @@ def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
     sims = 300 if smoke else 10_000
     rounds = 1 if smoke else 2
     sets = ["worker.processes=2"] if smoke else []
-    rendered = render_cluster([PRESET], sets)
-    launch = plan(rendered, ws.root / "local-state")
+    state = ws.root / "local-state"
+    # a user's own values file names the bundle repository (the chart has no default);
+    # local mode points the workers at its own, where the bundle is packed below
+    own = [f"bundles.repo=file://{state / 'bundle-repo'}"]
+    rendered = render_cluster([PRESET], own + sets)
+    launch = plan(rendered, state)
     src = write_bundle(ws.root / "src" / "e2e", {"model.py": NOOP_MODEL})
     launch.bundle_repo.mkdir(parents=True, exist_ok=True)
     ref = pack(src, str(launch.bundle_repo))

@@ -60,10 +60,6 @@ def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
         if failed is None:
             raise RuntimeError("the bare interpreter exited before importing the modules")
         bare_rss = _settled_rss(bare.pid)
-        startup = subprocess.run([python, "-I", "-c", "import sys, json; "
-                                  "print(json.dumps(sorted(sys.modules)))"],
-                                 capture_output=True, text=True, check=True)
-        at_startup = {m.split(".")[0] for m in json.loads(startup.stdout)} | {"json"}
     finally:
         if bare is not None:
             bare.stdin.close()
@@ -73,12 +69,8 @@ def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
                 bare.kill()
                 bare.wait()
         warm.shutdown()
-    # what the runner itself imports beyond an interpreter's startup (the bundle's "model"
-    # and what it imports aside): the fresh-process benchmark's note names them
-    extra = sorted({m.split(".")[0] for m in names} - at_startup - {"model"})
     return {"warm_rss_bytes": warm_rss, "bare_rss_bytes": bare_rss,
-            "modules": len(names), "not_importable": failed,
-            "runner_extra_modules": [m for m in extra if not m.startswith("_")]}
+            "modules": len(names), "not_importable": failed}
 
 
 if __name__ == "__main__":  # quick look: python bench/memory.py

@@ -89,27 +89,27 @@ def fresh_breakdown(executor, ref: str, call, *, rounds: int) -> dict[str, Any]:
     from modelops_runtime.bundles import read_dependencies
     from modelops_runtime.pool import warm_env
 
-    try:
-        bundle_dir = executor.bundles.path(ref)
-        requirements = read_dependencies(bundle_dir)
-        request = {"op": "run", "entrypoint": call.entrypoint, "args": tuple(call.args)}
-        phases: dict[str, list[float]] = {"spawn": [], "task": [], "retire": []}
-        clock = time.perf_counter
-        for _ in range(rounds):
-            t0 = clock()
-            venv = executor.venvs.get(requirements)
-            proc = executor.pool.spawn(key=("bench", venv.key), venv=venv, bundle_dir=bundle_dir,
-                                       env=warm_env(venv, ()), single_use=True)
-            t1 = clock()
+    bundle_dir = executor.bundles.path(ref)
+    requirements = read_dependencies(bundle_dir)
+    request = {"op": "run", "entrypoint": call.entrypoint, "args": tuple(call.args)}
+    phases: dict[str, list[float]] = {"spawn": [], "task": [], "retire": []}
+    clock = time.perf_counter
+    for _ in range(rounds):
+        t0 = clock()
+        venv = executor.venvs.get(requirements)
+        proc = executor.pool.spawn(key=("bench", venv.key), venv=venv, bundle_dir=bundle_dir,
+                                   env=warm_env(venv, ()), single_use=True)
+        t1 = clock()
+        try:
             proc.run(request, timeout=None, mem_limit=None, label="bench")
             t2 = clock()
             proc.stop(graceful=True)
             t3 = clock()
-            phases["spawn"].append(t1 - t0)
-            phases["task"].append(t2 - t1)
-            phases["retire"].append(t3 - t2)
-    except Exception as exc:  # noqa: BLE001 - a diagnostic: the pool's API may have moved
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            proc.stop(graceful=False)  # no-op once stopped; a failed round's process dies
+        phases["spawn"].append(t1 - t0)
+        phases["task"].append(t2 - t1)
+        phases["retire"].append(t3 - t2)
     return {f"{k}_s": statistics.median(v) for k, v in phases.items()}
 
 

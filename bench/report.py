@@ -1,5 +1,5 @@
 """bench/results.md from one run's results: the machine, the targets (met or not, with
-the cause of a miss in numbers), and one table per benchmark."""
+a miss explained by the measured numbers), and one table per benchmark."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from common import mib, ms
+from common import mb, ms
 
 R = dict[str, Any]
 
@@ -39,31 +39,12 @@ def _fresh_vs_pass(r: R) -> tuple[float, str]:
 
 
 def _fresh_note(r: R) -> str:
-    o = r["overhead"]
+    """The measured phases of a fresh-process task, against a bare interpreter's life."""
+    parts = r["overhead"]["fresh process breakdown"]
     bare = _median(r, "overhead", "bare python -c pass")
-    parts = o.get("fresh process breakdown", {})
-    if "spawn_s" not in parts:
-        return f"no breakdown ({parts.get('error', 'not measured')})"
-    text = (f"A fresh process's task = spawn until the runner's hello {ms(parts['spawn_s'])} + "
+    return (f"A fresh process's task = spawn until the runner's hello {ms(parts['spawn_s'])} + "
             f"task {ms(parts['task_s'])} + retirement {ms(parts['retire_s'])}, against "
             f"{ms(bare)} for a bare interpreter's whole life.")
-    extra = (r.get("memory") or {}).get("runner_extra_modules") or []
-    heavy = [m for m in extra if m in {"argparse", "traceback", "ctypes", "threading", "re",
-                                        "shutil", "gettext", "tokenize", "pickle", "struct"}]
-    if parts["spawn_s"] > 1.2 * bare and heavy:
-        text += (f" Startup: runner.py imports {', '.join(extra)} beyond an interpreter's "
-                 "startup (argparse alone pulls in re, gettext, locale, shutil, bz2, lzma); "
-                 "parsing its five options from sys.argv, importing traceback only when "
-                 "reporting an error, _thread instead of threading, int.to_bytes instead "
-                 "of struct, _pickle instead of pickle and the PR_SET_PDEATHSIG ctypes call "
-                 "inside the lifeline thread cut the spawn to about a bare interpreter's "
-                 "start plus the _pickle import.")
-    if parts["retire_s"] > 0.15 * bare:
-        text += (" Retirement: the task's thread waits for the retiring process's graceful "
-                 "exit (and a psutil scan of its children) before the result is returned; "
-                 "handing reuse/TTL retirements to a background reaper takes "
-                 f"{ms(parts['retire_s'])} off every fresh-process task.")
-    return text
 
 
 def _uv_vs_pip(r: R) -> tuple[float, str]:
@@ -96,7 +77,7 @@ def _e2e_note(r: R) -> str:
 def _rss(r: R) -> tuple[float, str]:
     m = r["memory"]
     extra = m["warm_rss_bytes"] - m["bare_rss_bytes"]
-    return extra / 1e6, f"{mib(m['warm_rss_bytes'])} − {mib(m['bare_rss_bytes'])}"
+    return extra / 1e6, f"{mb(m['warm_rss_bytes'])} − {mb(m['bare_rss_bytes'])}"
 
 
 TARGETS = [
@@ -116,7 +97,7 @@ TARGETS = [
 
 def _fmt_value(target: Target, value: float) -> str:
     if target.section == "memory":
-        return f"+{value:.1f} MB"
+        return f"{value:+.1f} MB"
     if "ms" in target.goal:
         return f"{value:.3f} ms"
     return f"{value:.2f}×"
@@ -195,11 +176,10 @@ def details(results: R) -> str:
                         [[f"{name} — {what[name]}", ms(o[name]["median_s"]),
                           ms(o[name]["p90_s"]), f"{o[name]['median_s'] / ppe:.2f}×",
                           str(o[name]["n"])] for name in order]) + [""]
-        parts = o.get("fresh process breakdown", {})
-        if "spawn_s" in parts:
-            lines += [f"Fresh process, step by step (medians): spawn until the runner's hello "
-                      f"{ms(parts['spawn_s'])}, task {ms(parts['task_s'])}, retirement "
-                      f"(graceful exit) {ms(parts['retire_s'])}.", ""]
+        parts = o["fresh process breakdown"]
+        lines += [f"Fresh process, step by step (medians): spawn until the runner's hello "
+                  f"{ms(parts['spawn_s'])}, task {ms(parts['task_s'])}, retirement "
+                  f"(graceful exit) {ms(parts['retire_s'])}.", ""]
 
     if "venv" in results:
         v = results["venv"]
@@ -241,9 +221,9 @@ def details(results: R) -> str:
         m = results["memory"]
         lines += ["## Idle memory", ""]
         lines += _table(["process", "RSS"], [
-            ["idle warm process (after 20 tasks)", mib(m["warm_rss_bytes"])],
+            ["idle warm process (after 20 tasks)", mb(m["warm_rss_bytes"])],
             [f"bare interpreter of the same venv importing the same {m['modules']} modules",
-             mib(m["bare_rss_bytes"])],
+             mb(m["bare_rss_bytes"])],
             ["difference", f"{(m['warm_rss_bytes'] - m['bare_rss_bytes']) / 1e6:+.1f} MB"],
         ]) + [""]
     return "\n".join(lines).rstrip() + "\n"

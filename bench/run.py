@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py --smoke    # reduced sizes: checks it all works (< 1 min)
 
 Benchmarks are not tests: nothing here fails on a slow number. Each target is reported
-as met or not met, with the cause of a miss in numbers. Everything is built under one
+as met or not met, a miss explained by the measured numbers. Everything is built under one
 temporary directory, removed at the end; every process started is stopped, also on
 Ctrl-C or SIGTERM.
 """
@@ -31,6 +31,7 @@ import overhead  # noqa: E402
 import report  # noqa: E402
 import venvbuild  # noqa: E402
 from common import Workspace  # noqa: E402
+from shared import replace_between  # noqa: E402
 
 SECTIONS = {"overhead": overhead, "venv": venvbuild, "e2e": endtoend, "memory": memory}
 README = HERE.parent / "README.md"
@@ -45,12 +46,10 @@ def update_readme(markdown: str, readme: Path = README) -> bool:
     """Put ``markdown`` between the README's bench markers, if it has them."""
     if not readme.is_file():
         return False
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
+    text = replace_between(readme.read_text(), README_START, README_END, markdown)
+    if text is None:
         return False
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{markdown.strip()}\n{README_END}{tail}")
+    readme.write_text(text)
     return True
 
 

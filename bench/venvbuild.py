@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from modelops_runtime.venvs import VenvCache
-from wheels import wheelhouse
 
 from common import Samples, Workspace, side_by_side
+from wheels import wheelhouse
 
 PACKAGES = ["pydantic", "pyyaml", "tqdm", "fsspec", "psutil"]  # + their requirements
 SMOKE_PACKAGES = ["tqdm"]
@@ -55,6 +55,7 @@ def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
     uv_env = {"UV_FIND_LINKS": str(links), "UV_NO_INDEX": "1", "UV_OFFLINE": "1",
               "UV_CACHE_DIR": str(ws.root / "uv-cache")}
     builds = iter(range(1_000_000))
+    pip_venvs: list[Path] = []
 
     with environ(uv_env):
         cold = VenvCache(ws.root / "venvs-cold")
@@ -68,17 +69,19 @@ def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
             venv = cache.get(requirements)
             assert not venv.cache_hit
 
-        def pip_venv() -> None:
+        def pip_venv() -> Path:
             dest = ws.root / f"pip-venv-{next(builds)}"
+            pip_venvs.append(dest)
             subprocess.run([sys.executable, "-m", "venv", str(dest)], check=True,
                            stdin=subprocess.DEVNULL)
             subprocess.run([str(dest / "bin" / "pip"), "install", "--quiet",
                             "--disable-pip-version-check", "--no-index", "--find-links",
                             str(links), *requirements], check=True, stdin=subprocess.DEVNULL)
+            return dest
 
         builds_side = side_by_side({"uv (warm cache)": uv_warm, "venv + pip": pip_venv},
                                    rounds=1 if smoke else 3, per_round=1, warmup=0)
-        _imports_work(ws.root / "pip-venv-1" / "bin" / "python", packages)
+        _imports_work(pip_venvs[-1] / "bin" / "python", packages)
 
         # a hit in a running worker process: the fingerprint was checked once already
         hits = side_by_side({"cache hit": lambda: cold.get(requirements)},

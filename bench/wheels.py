@@ -9,14 +9,14 @@ a dependency tree to resolve — that uv and pip both install offline from
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import zipfile
 from importlib.metadata import Distribution, distribution
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from shared import record_hash
 
 # dist-info files that describe an installation, not the package
 _INSTALL_ONLY = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
@@ -47,10 +47,6 @@ def _wheel_tag(dist: Distribution) -> str:
     return "-".join(".".join(dict.fromkeys(p[i] for p in parts)) for i in range(3))
 
 
-def _hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
 def repack(dist: Distribution, out_dir: Path) -> Path:
     """Write ``dist`` (an installed distribution) back into a wheel in ``out_dir``."""
     name = canonicalize_name(dist.metadata["Name"]).replace("-", "_")
@@ -67,7 +63,7 @@ def repack(dist: Distribution, out_dir: Path) -> Path:
                 continue
             data = Path(dist.locate_file(f)).read_bytes()
             zf.writestr(rel, data)
-            records.append(f"{rel},{_hash(data)},{len(data)}")
+            records.append(f"{rel},{record_hash(data)},{len(data)}")
         records.append(f"{info}/RECORD,,")
         zf.writestr(f"{info}/RECORD", "\n".join(records) + "\n")
     return wheel

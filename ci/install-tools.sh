@@ -1,22 +1,49 @@
 #!/usr/bin/env bash
 # Builds the pinned chart tools into .tools/bin from the Go module proxy:
 #   helm  (v3), helm4 (v4), ct (chart-testing v3).
-# Versions and hashes are pinned by the Go modules in ci/tools/<tool>/ (go.mod + go.sum,
-# with a `tool` directive each); a tool whose pinned version is already built is skipped.
-# Usage: ci/install-tools.sh [TOOLS_DIR]   (default: .tools/bin under the repo root)
+# ci/tools/<tool>/go.mod is the one place a version is pinned (go.sum holds the hashes,
+# a `tool` directive names the command); a tool already built from the same pin is skipped.
+# Usage: ci/install-tools.sh [TOOLS_DIR [TOOL...]]
+#   TOOLS_DIR defaults to .tools/bin under the repo root; TOOL is helm, helm4 or ct
+#   (default: all three), e.g. `ci/install-tools.sh .tools/bin helm` for `make run`.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${1:-$root/.tools/bin}
+shift $(( $# > 0 ? 1 : 0 ))
+
+# name | module dir under ci/tools | package to build | version variable for -X | module
+tools=(
+  "helm|helm3|helm.sh/helm/v3/cmd/helm|helm.sh/helm/v3/internal/version.version|helm.sh/helm/v3"
+  "helm4|helm4|helm.sh/helm/v4/cmd/helm|helm.sh/helm/v4/internal/version.version|helm.sh/helm/v4"
+  "ct|ct|github.com/helm/chart-testing/v3/ct|github.com/helm/chart-testing/v3/ct/cmd.Version|github.com/helm/chart-testing/v3"
+)
+
+selected=()
+for want in "$@"; do
+  match=
+  for spec in "${tools[@]}"; do [[ "${spec%%|*}" == "$want" ]] && match=$spec; done
+  if [[ -z "$match" ]]; then
+    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (or none for all three)." >&2
+    exit 2
+  fi
+  selected+=("$match")
+done
+(( ${#selected[@]} )) || selected=("${tools[@]}")
+
 mkdir -p "$bin"
 bin=$(cd "$bin" && pwd)  # absolute: the builds run from ci/tools/<tool>
+have_go=$(command -v go >/dev/null 2>&1 && echo yes || true)
 
-# name | module dir | package | version variable for -X | pinned version
-tools=(
-  "helm|helm3|helm.sh/helm/v3/cmd/helm|helm.sh/helm/v3/internal/version.version|v3.22.0"
-  "helm4|helm4|helm.sh/helm/v4/cmd/helm|helm.sh/helm/v4/internal/version.version|v4.3.1"
-  "ct|ct|github.com/helm/chart-testing/v3/ct|github.com/helm/chart-testing/v3/ct/cmd.Version|v3.14.0"
-)
+# The version go.mod pins: Go's own answer when Go is here, else the require line itself.
+pinned_version() {  # module dir → version
+  local gomod=$root/ci/tools/$2/go.mod
+  if [[ -n "$have_go" ]]; then
+    (cd "$root/ci/tools/$2" && GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' "$1")
+  else
+    awk -v m="$1" '($1 == "require" && $2 == m) {print $3; exit} ($1 == m) {print $2; exit}' "$gomod"
+  fi
+}
 
 # A stamp next to each binary records what it was built from: the pinned version and the
 # hash of its go.sum. Same stamp → nothing to do.
@@ -27,23 +54,29 @@ version_on_path() {  # name version → path of a matching binary on PATH, or no
   local name=$1 want=$2 cand out
   cand=$(command -v "$name" 2>/dev/null) || return 0
   case "$name" in
-    ct) out=$("$cand" version 2>/dev/null | head -1) ;;
-    *) out=$("$cand" version --template '{{.Version}}' 2>/dev/null) ;;
+    ct) out=$("$cand" version 2>/dev/null | head -1) || true ;;
+    *) out=$("$cand" version --template '{{.Version}}' 2>/dev/null) || true ;;
   esac
-  [[ "$out" == *"$want"* ]] && echo "$cand"
+  if [[ "$out" == *"$want"* ]]; then echo "$cand"; fi  # another version: nothing (not a failure)
 }
 
-for spec in "${tools[@]}"; do
-  IFS='|' read -r name dir pkg verflag version <<<"$spec"
+for spec in "${selected[@]}"; do
+  IFS='|' read -r name dir pkg verflag module <<<"$spec"
+  version=$(pinned_version "$module" "$dir")
+  if [[ -z "$version" ]]; then
+    echo "tools: ci/tools/$dir/go.mod does not require $module; add it (go get -tool $pkg@<version>)." >&2
+    exit 1
+  fi
   want=$(stamp_of "$version" "$dir")
   if [[ -x "$bin/$name" && -f "$bin/.$name.stamp" && "$(cat "$bin/.$name.stamp")" == "$want" ]]; then
     echo "tools: $name $version already built ($bin/$name)"
     continue
   fi
-  if ! command -v go >/dev/null 2>&1; then
+  if [[ -z "$have_go" ]]; then
     found=$(version_on_path "$name" "$version")
     if [[ -n "$found" ]]; then
-      ln -sf "$found" "$bin/$name"; echo "$want" >"$bin/.$name.stamp"
+      [[ "$found" -ef "$bin/$name" ]] || ln -sf "$found" "$bin/$name"
+      echo "$want" >"$bin/.$name.stamp"
       echo "tools: using $name $version from PATH ($found)"
       continue
     fi
@@ -55,7 +88,7 @@ for spec in "${tools[@]}"; do
   if [[ "$name" == helm ]]; then
     # Helm 3 takes the Kubernetes version it lints and renders against from ldflags, as
     # its own Makefile does: client-go v0.X.Y → Kubernetes 1.X.
-    kminor=$(cd "$root/ci/tools/$dir" && go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2)
+    kminor=$(pinned_version k8s.io/client-go "$dir" | cut -d. -f2)
     ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$kminor"
     ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor"
   fi

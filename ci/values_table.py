@@ -157,12 +157,21 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def replace_between(text: str, start: str, end: str, body: str) -> str | None:
+    """``text`` with what lies between the ``start`` and ``end`` marker lines replaced by
+    ``body``; None if a marker is missing. (bench/run.py writes its README section with it.)"""
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body.strip()}\n{end}{tail}"
+
+
 def readme_with_table(readme: str) -> str:
-    if START not in readme or END not in readme:
+    new = replace_between(readme, START, END, table())
+    if new is None:
         raise SystemExit(f"README.md lacks the {START} / {END} markers")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table()}\n{END}{tail}"
+    return new
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support.cluster import LocalCluster, base_env
+from support.cluster import ProcessCluster, base_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,12 +21,12 @@ def dask_cluster(tmp_path):
     until all worker processes are connected. Everything is stopped at teardown, also when
     the test fails.
     """
-    started: list[tuple[LocalCluster, object]] = []
+    started: list[tuple[ProcessCluster, object]] = []
 
     def start(env=None, *, nworkers=1, nthreads=1, workers=1, wait=True, **worker_kwargs):
         root = tmp_path / f"cluster-{len(started)}"
         root.mkdir()
-        cluster = LocalCluster(root=root, env=base_env(root, env))
+        cluster = ProcessCluster(root=root, env=base_env(root, env))
         started.append((cluster, None))
         cluster.start_scheduler()
         for _ in range(workers):

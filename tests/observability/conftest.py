@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelops_runtime.client import run_simulation
 from modelops_runtime.models import SimTask
 from support.bundles import make_bundle
-from support.cluster import LocalCluster, base_env
+from support.cluster import ProcessCluster, base_env
 
 NOOP_MODEL = '''
 import os
@@ -36,7 +36,7 @@ def noop(params, seed):
 
 @dataclass
 class Shared:
-    cluster: LocalCluster
+    cluster: ProcessCluster
     client: object
     bundle: str
     workers: dict[str, list[str]]  # worker command name → Dask worker addresses
@@ -76,8 +76,8 @@ def shared(tmp_path_factory):
     # were killed are removed by the next worker that starts there
     tmp = root / "tmp"
     orphan = _dead_command_dir(tmp)
-    cluster = LocalCluster(root=root, env=base_env(root, {"MODELOPS_BUNDLE_REPO": str(repo),
-                                                          "TMPDIR": str(tmp)}))
+    cluster = ProcessCluster(root=root, env=base_env(root, {"MODELOPS_BUNDLE_REPO": str(repo),
+                                                            "TMPDIR": str(tmp)}))
     client = None
     try:
         cluster.start_scheduler()

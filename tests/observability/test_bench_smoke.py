@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import psutil
@@ -16,30 +16,42 @@ from support.cluster import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "run.py"
-TMP = Path(tempfile.gettempdir())
 
 
-def bench_dirs() -> set[Path]:
-    return set(TMP.glob("modelops-bench-*"))
+def bench_env(tmp: Path) -> dict[str, str]:
+    """The benchmark's environment with its own TMPDIR: its work directory is created
+    there, so the test looks only there (others may run `make bench` at the same time)."""
+    tmp.mkdir()
+    return {**os.environ, "TMPDIR": str(tmp)}
 
 
-def bench_processes(dirs: set[Path] | None = None) -> list[int]:
-    """Processes running out of a benchmark work directory (warm processes, dask workers)."""
+def bench_dirs(tmp: Path) -> set[Path]:
+    return set(tmp.glob("modelops-bench-*"))
+
+
+def bench_processes(tmp: Path) -> list[int]:
+    """Live processes of this benchmark run: they inherit its TMPDIR (dask workers, warm
+    processes) or run out of its work directory. Orphans are found too, not only
+    descendants of the (exited) benchmark."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
             continue
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if dirs is None and "modelops-bench-" in cmd or dirs and any(str(d) in cmd for d in dirs):
-            found.append(proc.info["pid"])
+        try:
+            ours = (str(tmp) in " ".join(proc.info["cmdline"] or [])
+                    or proc.environ().get("TMPDIR") == str(tmp))
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+        if ours:
+            found.append(proc.pid)
     return found
 
 
 def test_smoke_run_writes_the_table(tmp_path):
-    before = bench_dirs()
+    tmp = tmp_path / "tmp"
     proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300, cwd=REPO,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=bench_env(tmp))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     md = (tmp_path / "results.md").read_text()
@@ -71,22 +83,23 @@ def test_smoke_run_writes_the_table(tmp_path):
     assert all(p["tasks"] > 0 and p["reuses"] > 0 for p in pools.values())
     assert "Traceback" not in proc.stderr
 
-    # nothing left: no work directory, no process started from one
-    assert bench_dirs() <= before
-    wait_for(lambda: not bench_processes(), 30, "benchmark processes to be gone",
-             on_fail=lambda: f"still running: {bench_processes()}")
+    # nothing left: no work directory, no process of the run
+    assert not bench_dirs(tmp)
+    wait_for(lambda: not bench_processes(tmp), 30, "benchmark processes to be gone",
+             on_fail=lambda: f"still running: {bench_processes(tmp)}")
 
 
 def test_sigterm_during_the_cluster_benchmark_leaves_nothing(tmp_path):
-    before = bench_dirs()
+    tmp = tmp_path / "tmp"
     proc = subprocess.Popen([sys.executable, str(BENCH), "--smoke", "--only", "e2e",
                              "--out", str(tmp_path)], cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=bench_env(tmp))
     try:
-        new_dirs = wait_for(lambda: bench_dirs() - before, 60, "the benchmark's work directory")
+        new_dirs = wait_for(lambda: bench_dirs(tmp), 60, "the benchmark's work directory")
         # wait until the local cluster's Dask workers run (and so have warm processes to lose)
-        wait_for(lambda: any("worker" in " ".join(c.cmdline())
-                             for c in _children(proc.pid)), 120, "the local cluster's workers")
+        wait_for(lambda: any("worker" in cmd for cmd in _child_commands(proc.pid)), 120,
+                 "the local cluster's workers")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -96,8 +109,8 @@ def test_sigterm_during_the_cluster_benchmark_leaves_nothing(tmp_path):
     assert proc.returncode != 0
     assert not (tmp_path / "results.md").exists()  # no half-written table
     assert not any(d.exists() for d in new_dirs), out[-3000:]
-    wait_for(lambda: not bench_processes(new_dirs), 30, "benchmark processes to be gone",
-             on_fail=lambda: f"still running: {bench_processes(new_dirs)}")
+    wait_for(lambda: not bench_processes(tmp), 30, "benchmark processes to be gone",
+             on_fail=lambda: f"still running: {bench_processes(tmp)}")
 
 
 def test_unknown_benchmark_is_refused(tmp_path):
@@ -109,28 +122,68 @@ def test_unknown_benchmark_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def _children(pid: int) -> list[psutil.Process]:
+def _child_commands(pid: int) -> list[str]:
     try:
-        return psutil.Process(pid).children(recursive=True)
+        children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+    commands = []
+    for child in children:
+        try:
+            commands.append(" ".join(child.cmdline()))
+        except psutil.Error:  # exited meanwhile
+            pass
+    return commands
+
+
+def _load_bench(name: str):
+    """Import bench/<name>.py; bench/, tests/ and ci/ go on sys.path while it loads: take
+    them and the modules loaded from bench/ and ci/ off again afterwards."""
+    import importlib.util
+
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                      REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while defined
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved_path
+        for mod in set(sys.modules) - saved_modules:
+            origin = str(getattr(sys.modules[mod], "__file__", "") or "")
+            if origin.startswith((str(REPO / "bench"), str(REPO / "ci"))):
+                del sys.modules[mod]
+    return module
+
+
+def test_report_of_a_miss_shows_measured_numbers_only():
+    """A missed target is explained by what was measured, in one unit, with its sign."""
+    report = _load_bench("report")
+    overhead = {name: {"median_s": t, "p90_s": t, "n": 1} for name, t in (
+        ("warm hit", 0.001), ("ProcessPoolExecutor(1)", 0.002), ("raw pipe", 0.0005),
+        ("direct", 0.001), ("fresh process", 0.060), ("bare python -c pass", 0.020),
+        ("fresh venv", 0.5))}
+    overhead["fresh process breakdown"] = {"spawn_s": 0.045, "task_s": 0.001, "retire_s": 0.014}
+    results = {"overhead": overhead,
+               "memory": {"warm_rss_bytes": 9_300_000, "bare_rss_bytes": 10_000_000,
+                          "modules": 40, "not_importable": []}}
+    rows = {t["target"].split(" ≤ ")[0]: t for t in report.evaluate(results)}
+    fresh = rows["fresh process"]
+    assert not fresh["met"] and fresh["shown"] == "3.00×"
+    assert fresh["note"] == ("A fresh process's task = spawn until the runner's hello 45.0 ms + "
+                             "task 1.000 ms + retirement 14.0 ms, against 20.0 ms for a bare "
+                             "interpreter's whole life.")
+    rss = rows["idle warm process RSS"]
+    assert rss["met"] and rss["shown"] == "-0.7 MB" and rss["how"] == "9.3 MB − 10.0 MB"
+    page = report.build({"cpu": "x"}, results, smoke=True, elapsed_s=1.0)
+    assert "MiB" not in page and "+-" not in page
+    assert "| difference | -0.7 MB |" in page
 
 
 def test_readme_section_is_replaced_between_its_markers(tmp_path):
-    import importlib.util
-
-    # bench/ modules go on sys.path while run.py loads: take them off again afterwards
-    saved_path, saved_modules = list(sys.path), set(sys.modules)
-    try:
-        spec = importlib.util.spec_from_file_location("bench_run", BENCH)
-        run = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(run)
-    finally:
-        sys.path[:] = saved_path
-        for name in set(sys.modules) - saved_modules:
-            if getattr(sys.modules[name], "__file__", "") and \
-                    str(REPO / "bench") in str(sys.modules[name].__file__):
-                del sys.modules[name]
+    run = _load_bench("run")
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Benchmarks\n\n{run.README_START}\nold table\n"

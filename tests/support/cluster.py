@@ -51,16 +51,25 @@ class Proc:
 
 
 @dataclass
-class LocalCluster:
-    """Handle on a running test cluster. Always used through :func:`cluster` (a context
-    manager) or the ``dask_cluster`` fixture so that it is torn down."""
+class ProcessCluster:
+    """Handle on a running test cluster of `dask` subprocesses (not to be confused with
+    modelops_runtime.localmode.LocalCluster, the code under test). Always used through the
+    ``dask_cluster`` fixture or a try/finally calling :meth:`stop`, so it is torn down."""
 
     root: Path
     env: dict[str, str]
     scheduler: Proc | None = None
     address: str = ""
     workers: list[Proc] = field(default_factory=list)
-    seen: set[int] = field(default_factory=set)  # every pid ever seen in our process trees
+    # every process ever seen in our trees, as psutil.Process: equality and signals use
+    # pid + create time, so a pid the kernel has since handed to someone else's process is
+    # never signalled (pid_max is small and the machine is shared)
+    seen_procs: set[psutil.Process] = field(default_factory=set)
+
+    @property
+    def seen(self) -> set[int]:
+        """Pids of every process ever seen in our trees (for assertions and diagnostics)."""
+        return {p.pid for p in self.seen_procs}
 
     # -- start -------------------------------------------------------------------
     def start_scheduler(self) -> str:
@@ -129,42 +138,46 @@ class LocalCluster:
 
     def tree_pids(self) -> set[int]:
         """All live pids in our process trees (nannies, worker processes, warm processes)."""
-        pids: set[int] = set()
+        found: set[psutil.Process] = set()
         for p in ([self.scheduler] if self.scheduler else []) + self.workers:
+            if p.popen.returncode is not None:
+                continue  # reaped: its pid may already belong to another process
             try:
                 root = psutil.Process(p.popen.pid)
-                pids.add(root.pid)
-                pids.update(c.pid for c in root.children(recursive=True))
+                found.add(root)
+                found.update(root.children(recursive=True))
             except psutil.NoSuchProcess:
                 pass
-        self.seen |= pids
-        return pids
+        self.seen_procs |= found
+        return {proc.pid for proc in found}
 
     # -- stop --------------------------------------------------------------------
     def stop(self, grace: float = 15) -> list[int]:
         """Stop every process we started, and everything they started. Returns pids that
-        were still alive and needed SIGKILL after the grace period (for diagnostics)."""
+        were still alive and needed SIGKILL after the grace period (for diagnostics).
+
+        Leaders are reaped only at the very end: until then each leader's pid, and so its
+        process group id, is still ours, and ``killpg`` cannot reach anyone else's
+        processes. Everything else is signalled through the psutil.Process objects
+        recorded while it ran, which refuse a pid the kernel has since reused."""
         self.tree_pids()
         procs = self.workers + ([self.scheduler] if self.scheduler else [])
         for p in procs:
-            _signal_group(p.popen.pid, signal.SIGTERM)
+            _signal_group(p.popen, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for p in procs:
-            try:
-                p.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        while not all(_exited(p.popen) for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
         killed = []
-        for pid in sorted(self.seen):
+        for proc in sorted(self.seen_procs, key=lambda proc: proc.pid):
             try:
-                proc = psutil.Process(pid)
                 if proc.status() != psutil.STATUS_ZOMBIE:
-                    proc.kill()
-                    killed.append(pid)
+                    proc.kill()  # NoSuchProcess if the pid now names another process
+                    killed.append(proc.pid)
             except psutil.NoSuchProcess:
                 pass
+        for p in procs:  # stragglers never seen in a tree, also of leaders that did exit
+            _signal_group(p.popen, signal.SIGKILL)
         for p in procs:
-            _signal_group(p.popen.pid, signal.SIGKILL)
             try:
                 p.popen.wait(10)
             except subprocess.TimeoutExpired:
@@ -172,9 +185,23 @@ class LocalCluster:
         return killed
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def _exited(popen: subprocess.Popen) -> bool:
+    """Whether ``popen`` has exited, without reaping it (a zombie keeps its pid ours)."""
+    if popen.returncode is not None:
+        return True
     try:
-        os.killpg(pid, sig)
+        return psutil.Process(popen.pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+    """Signal the process group ``popen`` leads (it was started with start_new_session),
+    only while the leader is unreaped, i.e. while its pid cannot have been reused."""
+    if popen.returncode is not None:
+        return
+    try:
+        os.killpg(popen.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
