@@ -34,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,8 +49,8 @@ from .config import PREFIX, RuntimeConfig, parse_bytes
 from .errors import LocalModeError, ModelOpsError
 from .render import (DEFAULT_RELEASE, HELM_ENV, Container, RenderedCluster, drop_opt,
                      find_chart, get_opt, render_cluster, set_opt)
-from .study import (EXIT_DIFFERS, STUDY_FILE, Study, check_direct_dependencies,
-                    load_baseline, run_and_report)
+from .study import (EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, STUDY_FILE, Study,
+                    check_direct_dependencies, load_baseline, run_and_report)
 
 LOCALHOST = "127.0.0.1"
 SCHEDULER_TOKEN = "{scheduler_address}"   # replaced by the local scheduler's address at start
@@ -577,14 +578,27 @@ def _prune_runs(runs: Path, keep: int) -> None:
 # CLI: modelops-runtime local
 # ---------------------------------------------------------------------------------
 
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    every sim and the aggregation ran (with --compare: every seed as before)
+  {EXIT_FAILED}    a sim or the aggregation failed, or an error stopped the run (see stderr)
+  {EXIT_USAGE}    bad command line
+  {EXIT_DIFFERS}    --compare: a seed's outputs differ, it failed in only one of the runs or
+       with another error type, or it is in only one of the runs (wins over {EXIT_FAILED})
+  {EXIT_INTERRUPTED}  Ctrl-C, {EXIT_TERMINATED} SIGTERM: the local cluster was stopped, no process is left"""
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "local", help="run the chart's scheduler and workers as local processes",
-        description="Render chart/ with helm from the given values files and start its "
-                    "scheduler and worker containers (command, args, env) as local "
-                    "processes on 127.0.0.1: the same configuration the pods get. Then run "
-                    "a study (--study) and stop, or keep the cluster up (--keep) until "
-                    "Ctrl-C. No process is left behind.")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+        description=textwrap.fill(
+            "Render chart/ with helm from the given values files and start its "
+            "scheduler and worker containers (command, args, env) as local "
+            "processes on 127.0.0.1: the same configuration the pods get. Then run "
+            "a study (--study) and stop, or keep the cluster up (--keep) until "
+            "Ctrl-C. No process is left behind."))
     p.add_argument("-f", "--values", action="append", default=[], type=Path, metavar="VALUES",
                    help="values file (repeatable, later files win; like helm -f)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -593,10 +607,12 @@ def register(sub) -> None:
                    help=f"study to run: a directory with {STUDY_FILE} or a study file")
     p.add_argument("--sims", type=int, metavar="N", help="number of seeds (default: the study's)")
     p.add_argument("--results", type=Path, metavar="FILE",
-                   help="write every result with its execution metadata as JSON")
+                   help="write every result with its execution metadata, and every failed "
+                        "seed with its error type, as JSON (NaN/inf as NaN/Infinity)")
     p.add_argument("--compare", type=Path, metavar="FILE",
-                   help="compare the outputs seed by seed with an earlier --results FILE "
-                        f"(exit {EXIT_DIFFERS} if any differ): does this mode change results?")
+                   help="compare seed by seed (outputs, or the error type of a failed sim) "
+                        "with an earlier --results FILE (exit "
+                        f"{EXIT_DIFFERS} if any differ): does this mode change results?")
     p.add_argument("--keep", action="store_true",
                    help="keep the cluster up (after the study, if any) until Ctrl-C")
     p.add_argument("--chart", type=Path, help="chart directory (default: the repository's chart/)")
@@ -622,11 +638,11 @@ def main(args: argparse.Namespace) -> int:
     echo = _echo
     if args.sims is not None and args.sims < 1:
         print("error: --sims must be >= 1", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if not args.study and not args.keep:
         print("error: nothing to do: give --study PATH (run it, then stop) and/or --keep "
               "(keep the cluster up until Ctrl-C)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.perf_counter()
     try:
@@ -658,7 +674,7 @@ def main(args: argparse.Namespace) -> int:
                 code = run_and_report(
                     client, study, launch, echo, sims=args.sims,
                     progress=not args.no_progress, results=args.results, values=args.values,
-                    sets=args.set, compare=args.compare, baseline=baseline)
+                    sets=args.set, baseline=baseline)
             if args.keep:
                 echo(f"cluster is up: Client({cluster.address!r}) or --scheduler-file "
                      f"{launch.scheduler_file}; workers fetch bundles from "
@@ -672,13 +688,13 @@ def main(args: argparse.Namespace) -> int:
         return code
     except _Terminated:
         print("terminated: the local cluster was stopped, no process is left", file=sys.stderr)
-        return 143
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted: the local cluster was stopped, no process is left", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except ModelOpsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, previous)
 
