@@ -198,10 +198,12 @@ def test_unsafe_entries_are_rejected(tmp_path, bad, why):
 
 
 _UNPACK = textwrap.dedent("""
-    import os, signal, sys
+    import logging, os, signal, sys
     from pathlib import Path
     from modelops_runtime import bundles
     from modelops_runtime.config import RuntimeConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")  # to stderr
 
     store = bundles.BundleStore(RuntimeConfig(bundle_repo=sys.argv[1], bundle_cache_dir=sys.argv[2]))
     if sys.argv[4] == "crash":
@@ -253,5 +255,9 @@ def test_concurrent_processes_share_one_unpack(tmp_path):
                 p.wait()
     assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outs]
     assert {o.strip() for o, _ in outs} == {str(cache / ref[7:])}
+    # exactly one of them fetched and unpacked it (it says so in its log); the others
+    # waited for it and used its directory
+    unpacked = [e.count(f"bundle {ref} fetched, verified and unpacked") for _, e in outs]
+    assert sorted(unpacked) == [0, 0, 0, 1], [e for _, e in outs]
     assert (cache / ref[7:] / "data.txt").stat().st_size == 500_000
     assert sorted(p.name for p in cache.iterdir() if p.name != ".locks") == [ref[7:]]

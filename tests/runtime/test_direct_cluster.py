@@ -186,3 +186,52 @@ def test_bad_bundles_fail_typed_and_the_worker_keeps_serving(dask_cluster, tmp_p
     assert not (cluster.root / "escape.py").exists() and not (cache / "escape.py").exists()
     nxt = submit(client, [SimTask(bundle=good, entrypoint="model:simulate", seed=5)], study="ok")
     assert nxt[0].result(timeout=60).outputs["value"] == 5.0
+
+
+def test_exits_and_modules_missing_from_the_bundle_are_typed(dask_cluster, tmp_path):
+    """sys.exit() and KeyboardInterrupt fail their task as SimulationError (as under
+    isolated_warm) and the worker goes on; a module missing from the bundle itself is a
+    BundleError naming it, not a dependency to install."""
+    repo = tmp_path / "repo"
+    ref = make_bundle(tmp_path, repo, {
+        "model.py": SIM_MODEL,
+        "quits.py": '''
+            import sys
+            def exit3(params, seed):
+                sys.exit(3)
+            def interrupt(params, seed):
+                raise KeyboardInterrupt("stop right there")
+        ''',
+        "exit_on_import.py": "import sys\nsys.exit('no config')\n\ndef run(params, seed):\n"
+                             "    return {}\n",
+        "sir/__init__.py": "",
+        "sir/model.py": "import sir.helpers\n\ndef run(params, seed):\n    return {}\n",
+        "sir/lazy.py": "def run(params, seed):\n    from sir.extra import rate\n    return {}\n",
+        "util/__init__.py": "",
+        "flat.py": "from util.io import load\n\ndef run(params, seed):\n    return {}\n",
+        "own.py": "import my_helpers\n\ndef run(params, seed):\n    return {}\n",
+    })
+    _, client = dask_cluster(_env(repo), nworkers=1, nthreads=1)
+    entrypoints = ["model:simulate", "quits:exit3", "quits:interrupt", "exit_on_import:run",
+                   "sir.model:run", "sir.lazy:run", "flat:run", "own:run", "model:simulate"]
+    tasks = [SimTask(bundle=ref, entrypoint=ep, seed=i) for i, ep in enumerate(entrypoints)]
+    study = gather_study(client, submit(client, tasks, study="exits"), progress=False)
+    assert study.indices == [0, 8]
+    assert len({r.pid for r in study.results}) == 1  # the same worker process went on
+    errors = {f.index: f.error for f in study.failures}
+
+    for index, kind, text in [(1, "SystemExit", "SystemExit: 3"),
+                              (2, "KeyboardInterrupt", "KeyboardInterrupt: stop right there"),
+                              (3, "SystemExit", "SystemExit: no config")]:
+        assert isinstance(errors[index], SimulationError), repr(errors[index])
+        assert errors[index].remote_type == kind and text in str(errors[index])
+
+    for index, missing, where in [(4, "sir.helpers", "sir/helpers.py"),
+                                  (5, "sir.extra", "sir/extra.py"), (6, "util.io", "util/io.py")]:
+        error = errors[index]
+        assert isinstance(error, BundleError), repr(error)
+        assert not isinstance(error, MissingDependencyError) and error.missing == missing
+        assert f"imports {missing!r}, a module of the bundle itself" in str(error)
+        assert f"Add {where} to the bundle" in str(error)
+    assert isinstance(errors[7], MissingDependencyError) and errors[7].module == "my_helpers"
+    assert "add my_helpers.py to the bundle directory" in str(errors[7])

@@ -84,7 +84,10 @@ MiB = 1 << 20
 
 
 def _env(repo, wheelhouse, **settings):  # noqa: F811 - fixture value
-    env = {"MODELOPS_BUNDLE_REPO": str(repo), **offline_uv_env(wheelhouse)}
+    scratch = repo.parent / "tmp"  # the workers' TMPDIR: warm processes' working dirs
+    scratch.mkdir(exist_ok=True)
+    env = {"MODELOPS_BUNDLE_REPO": str(repo), "TMPDIR": str(scratch),
+           **offline_uv_env(wheelhouse)}
     env.update({f"MODELOPS_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -118,25 +121,22 @@ def _addresses(client) -> dict[str, str]:
     return {w["name"]: addr for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _warm_pids(cluster) -> set[int]:
+def _warm_procs(cluster, procs) -> set[psutil.Process]:
     """Warm processes (the runner) alive in the cluster's process trees."""
     out = set()
-    for pid in cluster.tree_pids():
+    for proc in procs.running(cluster.tree_pids()):
         try:
             if any(arg.endswith("modelops_runtime/runner.py")  # or its compiled copy
                    or Path(arg).name.startswith("modelops-runner-")
-                   for arg in psutil.Process(pid).cmdline()) and _alive(pid):
-                out.add(pid)
+                   for arg in proc.cmdline()):
+                out.add(proc)
         except psutil.Error:
             pass
     return out
+
+
+def _warm_pids(cluster, procs) -> set[int]:
+    return {p.pid for p in _warm_procs(cluster, procs)}
 
 
 def test_module_state_carried_over_with_reuse_never_with_reuse_1(dask_cluster, tmp_path,
@@ -164,7 +164,7 @@ def test_module_state_carried_over_with_reuse_never_with_reuse_1(dask_cluster, t
     assert stats.workers[names["w0"]].reuses == 9
 
 
-def test_each_fault_is_typed_counted_and_the_next_task_succeeds(dask_cluster, tmp_path,
+def test_each_fault_is_typed_counted_and_the_next_task_succeeds(dask_cluster, tmp_path, procs,
                                                                  wheelhouse):  # noqa: F811
     repo = tmp_path / "repo"
     ref = _bundle(tmp_path, "faults")
@@ -175,6 +175,7 @@ def test_each_fault_is_typed_counted_and_the_next_task_succeeds(dask_cluster, tm
     (worker_pid,) = client.run(os.getpid).values()
     bystander = run_one(client, bystander_ref, "versions").pid
     pid = run_one(client, ref, "count").pid
+    proc = procs.track(pid)
 
     def removals():
         return cluster_stats(client).total.removals.model_dump()
@@ -203,14 +204,15 @@ def test_each_fault_is_typed_counted_and_the_next_task_succeeds(dask_cluster, tm
             assert after_task.pid == pid and after == before
         else:
             assert after_task.pid != pid and after_task.outputs["count"] == 1
-            assert not _alive(pid)
+            assert not procs.alive(proc)
             assert after[reason] == before[reason] + 1, (fn, before, after)
             assert sum(after.values()) == sum(before.values()) + 1
         pid = after_task.pid
+        proc = procs.track(pid)
 
     # an idle process killed from outside: replaced before a task is sent to it
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not _alive(pid), 30, "the killed idle process to exit")
+    proc.kill()
+    procs.wait_gone([proc], 30)
     replaced = run_one(client, ref, "count")
     assert replaced.pid != pid and replaced.outputs["count"] == 1
     assert removals()["crash"] == 4
@@ -227,10 +229,10 @@ def test_each_fault_is_typed_counted_and_the_next_task_succeeds(dask_cluster, tm
     assert run_one(client, ref, "count").pid == replaced.pid
     assert run_one(client, bystander_ref, "versions").pid == bystander
     assert list(client.run(os.getpid).values()) == [worker_pid]
-    assert _warm_pids(cluster) == {bystander, replaced.pid}
+    assert _warm_pids(cluster, procs) == {bystander, replaced.pid}
 
 
-def test_16_threads_at_once_on_a_new_bundle_build_one_venv(dask_cluster, tmp_path,
+def test_16_threads_at_once_on_a_new_bundle_build_one_venv(dask_cluster, tmp_path, procs,
                                                           wheelhouse):  # noqa: F811
     repo = tmp_path / "repo"
     ref = _bundle(tmp_path, "deps", requirements="tinydep\n")
@@ -247,7 +249,7 @@ def test_16_threads_at_once_on_a_new_bundle_build_one_venv(dask_cluster, tmp_pat
         # one process per concurrent task at most, and no spawn lost or doubled
         assert per_worker.size <= 4 and per_worker.spawns == per_worker.size, address
         assert sum(per_worker.removals.model_dump().values()) == 0
-    assert len(_warm_pids(cluster)) == stats.total.size
+    assert len(_warm_pids(cluster, procs)) == stats.total.size
     # the venv links the shared uv cache instead of copying packages
     venvs = [p for p in (cluster.root / "venvs").iterdir() if not p.name.startswith(".")]
     assert len(venvs) == 1
@@ -278,8 +280,10 @@ def test_venv_build_killed_half_way_is_rebuilt(dask_cluster, tmp_path,
         ("127.0.0.1", 0), functools.partial(handler, directory=str(wheelhouse)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
+        (tmp_path / "tmp").mkdir()
         env = {"MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"), "UV_NO_INDEX": "1",
-               "UV_FIND_LINKS": f"http://127.0.0.1:{server.server_port}/"}
+               "UV_FIND_LINKS": f"http://127.0.0.1:{server.server_port}/",
+               "TMPDIR": str(tmp_path / "tmp")}
         ref = _bundle(tmp_path, "deps", requirements="tinylib==1.0\n")
         cluster, client = dask_cluster(env, nthreads=1)
         (worker_pid,) = client.run(os.getpid).values()
@@ -346,6 +350,11 @@ def test_1000_tasks_on_4_threads_and_big_payloads(dask_cluster, tmp_path,
     results = run_all(client, ref, "sim", range(1000), params={"x": 2.0})
     assert sorted(r.outputs["value"] for r in results) == [2.0 * s for s in range(1000)]
     assert len({r.pid for r in results}) <= 4
+    counts: dict[int, list[int]] = {}
+    for r in results:  # each process counted its own tasks, each exactly once
+        counts.setdefault(r.pid, []).append(r.process_task_count)
+    for pid, seen in counts.items():
+        assert sorted(seen) == list(range(1, len(seen) + 1)), pid
 
     big = run_all(client, ref, "big", range(2))
     for r in big:
@@ -356,7 +365,7 @@ def test_1000_tasks_on_4_threads_and_big_payloads(dask_cluster, tmp_path,
     assert sum(stats.total.removals.model_dump().values()) == 0
 
 
-def test_no_warm_process_survives_a_sigkilled_worker(dask_cluster, tmp_path,
+def test_no_warm_process_survives_a_sigkilled_worker(dask_cluster, tmp_path, procs,
                                                      wheelhouse):  # noqa: F811
     repo = tmp_path / "repo"
     ref = _bundle(tmp_path, "sim")
@@ -366,22 +375,24 @@ def test_no_warm_process_survives_a_sigkilled_worker(dask_cluster, tmp_path,
                             study="busy")
     wait_for(started.exists, 120, "the long task to start")
     idle = run_one(client, ref, "sim", params={"x": 1.0}).pid  # needs a second process
-    warm = _warm_pids(cluster)
-    assert idle in warm and len(warm) == 2  # one idle, one busy
+    warm = _warm_procs(cluster, procs)
+    assert idle in {p.pid for p in warm} and len(warm) == 2  # one idle, one busy
     ((address, worker_pid),) = client.run(os.getpid).items()
 
     os.kill(worker_pid, signal.SIGKILL)
     busy_future.cancel()
-    wait_for(lambda: not [p for p in warm if _alive(p)], 30,
-             "the warm processes of the killed worker to exit")
+    procs.wait_gone(warm, 30)
     # the nanny's new worker process serves tasks with new warm processes
     wait_for(lambda: set(_addresses(client).values()) - {address}, 120,
              "the nanny to restart the worker process", interval=0.2)
     after = run_one(client, ref, "sim", seed=3, params={"x": 1.0})
-    assert after.outputs["value"] == 3.0 and after.pid not in warm
+    assert after.outputs["value"] == 3.0 and after.pid not in {p.pid for p in warm}
+    # the killed worker could not remove its warm processes' working dirs; the new worker
+    # process removed them when it started (same host, dead pid): only its own one is left
+    assert len(list((tmp_path / "tmp").glob("modelops-warm-*"))) == 1
 
 
-def test_force_fresh_venv_leaves_no_venv_or_process(dask_cluster, tmp_path,
+def test_force_fresh_venv_leaves_no_venv_or_process(dask_cluster, tmp_path, procs,
                                                     wheelhouse):  # noqa: F811
     repo = tmp_path / "repo"
     ref = _bundle(tmp_path, "deps", requirements="tinylib==1.0\n")
@@ -395,4 +406,4 @@ def test_force_fresh_venv_leaves_no_venv_or_process(dask_cluster, tmp_path,
     assert stats.spawns == 20 and stats.venv_builds == 20
     assert stats.removals.fresh_venv == 20 and stats.size == 0
     assert sorted(p.name for p in (cluster.root / "venvs").iterdir()) == [".locks"]
-    assert _warm_pids(cluster) == set()
+    assert _warm_pids(cluster, procs) == set()

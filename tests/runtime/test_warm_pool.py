@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import array
 import collections
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-import psutil
 import pytest
 
+from modelops_runtime import pool as pool_module
 from modelops_runtime.bundles import BundleStore
 from modelops_runtime.config import RuntimeConfig
-from modelops_runtime.errors import (EntrypointError, EnvironmentBuildError,
+from modelops_runtime.errors import (BundleError, EntrypointError, EnvironmentBuildError,
                                      MissingDependencyError, ModelOpsError, ProcessCrashed,
-                                     SimulationError)
+                                     SimulationError, WorkerStopping)
 from modelops_runtime.executors.warm import IsolatedWarmExecEnv
 from modelops_runtime.models import Call
-from modelops_runtime.pool import RUNNER, jittered_reuse, jittered_ttl
+from modelops_runtime.pool import RUNNER, SCRATCH_PREFIX, WarmPool, jittered_reuse, jittered_ttl
 from modelops_runtime.venvs import FINGERPRINT, venv_key
 from support.bundles import make_bundle
 from support.cluster import wait_for
@@ -95,6 +100,24 @@ def kinds(params, seed):
 
 def view(params, seed):
     return {"view": memoryview(b"ab")}
+
+def exits(params, seed):
+    sys.exit(params.get("code", 3))
+
+def interrupted(params, seed):
+    raise KeyboardInterrupt("stop right there")
+
+def writes(params, seed):
+    seen = os.path.exists("out.txt")
+    Path("out.txt").write_text(f"written by task {seed}")
+    return {"cwd": os.getcwd(), "seen": seen, "pid": os.getpid()}
+
+def pid_gone(params, seed):
+    try:
+        os.kill(params["pid"], 0)
+    except ProcessLookupError:
+        return {"gone": True}
+    return {"gone": False}
 '''
 
 # a runner that imports this (and nothing else) shows what the runner itself loads
@@ -131,9 +154,19 @@ def uv_offline(monkeypatch, wheelhouse):  # noqa: F811 - fixture
 
 
 @pytest.fixture
-def warm(tmp_path, uv_offline):
-    """Factory: ``warm(**settings)`` → (executor, repo). Every executor is shut down at
-    teardown and none of its warm processes may survive."""
+def scratch_root(tmp_path, monkeypatch):
+    """This process's TMPDIR for the test (where warm processes get their working dirs)."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setenv("TMPDIR", str(root))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))  # gettempdir() caches its answer
+    return root
+
+
+@pytest.fixture
+def warm(tmp_path, uv_offline, scratch_root, procs):
+    """Factory: ``warm(**settings)`` → executor. Every executor is shut down at teardown;
+    none of its warm processes and none of their working directories may survive."""
     made: list[IsolatedWarmExecEnv] = []
 
     def make(**settings):
@@ -147,18 +180,12 @@ def warm(tmp_path, uv_offline):
         return executor
 
     yield make
-    seen = set()
+    seen = []
     for executor in made:
-        seen |= set(executor.warm_pids())
+        seen += [procs.track(pid) for pid in executor.warm_pids()]
         executor.shutdown()
-    assert not [p for p in seen if _alive(p)], "warm processes survived shutdown"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    assert not procs.running(seen), "warm processes survived shutdown"
+    assert not list(scratch_root.glob(f"{SCRATCH_PREFIX}*")), "working directories left"
 
 
 def _bundle(tmp_path, name="b", requirements="", extra: dict | None = None) -> str:
@@ -219,7 +246,10 @@ def test_allow_listed_environment(tmp_path, warm, monkeypatch):
     assert env["HOME"] == os.environ["HOME"]
     venv = env["VIRTUAL_ENV"]
     assert env["PATH"].startswith(f"{venv}/bin")
-    assert out["path0"] == out["cwd"] == str(ex.bundles.path(ref))
+    # the bundle is importable; the working directory is the process's own scratch dir
+    assert out["path0"] == str(ex.bundles.path(ref))
+    assert Path(out["cwd"]).parent == Path(tempfile.gettempdir())
+    assert Path(out["cwd"]).name.startswith(SCRATCH_PREFIX)
 
 
 def test_failed_install_is_typed_and_leaves_nothing(tmp_path, warm):
@@ -272,49 +302,52 @@ def test_validate_deps_rebuilds_a_venv_whose_interpreter_does_not_start(tmp_path
     assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
 
 
-def test_lru_eviction_and_waiting_when_all_busy(tmp_path, warm):
+def test_lru_eviction_and_waiting_when_all_busy(tmp_path, warm, procs, waits_in):
     ex = warm(max_warm_processes=1)
     a, b = _bundle(tmp_path, "a"), _bundle(tmp_path, "b", extra={"other.py": "X = 1\n"})
-    pid_a = ex.run(_call(a)).pid
+    proc_a = procs.track(ex.run(_call(a)).pid)
     pid_b = ex.run(_call(b)).pid
-    assert pid_a != pid_b and not _alive(pid_a)
+    assert proc_a.pid != pid_b and not procs.alive(proc_a)
     assert ex.stats()["removals"]["lru"] == 1
 
     # b is busy until the flag exists; a task for a must wait for the only slot
     flag, started = tmp_path / "flag", tmp_path / "started"
-    results, sizes = {}, []
+    results = {}
     t_b = threading.Thread(target=lambda: results.__setitem__(
         "b", ex.run(_call(b, "wait_for_flag", flag=str(flag), started=str(started)))))
-    t_a = threading.Thread(target=lambda: results.__setitem__("a", ex.run(_call(a, seed=1))))
+    t_a = threading.Thread(target=lambda: results.__setitem__(
+        "a", ex.run(_call(a, "pid_gone", pid=pid_b))))
     t_b.start()
     wait_for(started.exists, 60, "the task of bundle b to start")
     t_a.start()
-    for _ in range(20):
-        sizes.append(len(ex.warm_pids()))
-        t_a.join(0.01)
-    assert "a" not in results and t_a.is_alive()  # still waiting: the pool is full
+    wait_for(lambda: waits_in(t_a, "acquire", pool_module.__file__) or not t_a.is_alive(), 60,
+             "the task of bundle a to wait for a slot")
+    assert "a" not in results and ex.warm_pids() == [pid_b]  # waiting: the pool is full
     flag.touch()
     t_b.join(60)
     t_a.join(60)
-    assert results["b"].pid == pid_b and results["a"].outputs["count"] == 1
-    assert max(sizes) <= 1 and len(ex.warm_pids()) <= 1
-    assert ex.stats()["removals"]["lru"] == 2
+    assert results["b"].pid == pid_b
+    # a's process started only once b's was gone (evicted when b's task ended)
+    assert results["a"].outputs == {"gone": True}
+    stats = ex.stats()
+    assert stats["spawns"] == 3 and stats["removals"]["lru"] == 2 and stats["size"] == 1
+    assert ex.warm_pids() == [results["a"].pid]
 
 
-def test_memory_budget_evicts_idle_processes_lru(tmp_path, warm):
+def test_memory_budget_evicts_idle_processes_lru(tmp_path, warm, procs):
     ex = warm(pool_memory_bytes="120Mi")
     a, b = _bundle(tmp_path, "a"), _bundle(tmp_path, "b", extra={"other.py": "X = 1\n"})
-    pid_a = ex.run(_call(a, "hold", mb=60)).pid
+    proc_a = procs.track(ex.run(_call(a, "hold", mb=60)).pid)
     assert ex.stats()["removals"]["memory_budget"] == 0  # ~70 MiB: under the budget
-    pid_b = ex.run(_call(b, "hold", mb=60)).pid
+    proc_b = procs.track(ex.run(_call(b, "hold", mb=60)).pid)
     wait_for(lambda: ex.stats()["removals"]["memory_budget"] >= 1, 60,
              "the pool to evict a process over its memory budget")
-    assert not _alive(pid_a) and _alive(pid_b)  # least recently used went first
+    assert not procs.alive(proc_a) and procs.alive(proc_b)  # least recently used went first
     assert ex.stats()["size"] == 1
-    assert ex.run(_call(b, "sim")).pid == pid_b
+    assert ex.run(_call(b, "sim")).pid == proc_b.pid
 
 
-def test_reuse_limit_and_ttl_retire_between_tasks(tmp_path, warm):
+def test_reuse_limit_and_ttl_retire_between_tasks(tmp_path, warm, procs):
     ex = warm(max_process_reuse=3)
     ref = _bundle(tmp_path)
     results = [ex.run(_call(ref, seed=s)) for s in range(7)]
@@ -324,10 +357,11 @@ def test_reuse_limit_and_ttl_retire_between_tasks(tmp_path, warm):
 
     ttl = warm(process_ttl=1)
     first = ttl.run(_call(ref))
+    first_proc = procs.track(first.pid)
     wait_for(lambda: ttl.stats()["removals"]["ttl"] == 1, 30,
              "the idle process to be retired after its TTL")
     assert ttl.stats()["size"] == 0
-    wait_for(lambda: not _alive(first.pid), 30, "the retired process to exit")
+    procs.wait_gone([first_proc], 30)
     again = ttl.run(_call(ref))
     assert again.pid != first.pid and again.outputs["count"] == 1
 
@@ -340,7 +374,7 @@ def test_retirement_jitter_has_a_floor():
     assert min(ttls) >= 3240 and max(ttls) <= 3600 and len(set(ttls)) > 10
 
 
-def test_health_check_replaces_dead_and_stopped_idle_processes(tmp_path, warm):
+def test_health_check_replaces_dead_and_stopped_idle_processes(tmp_path, warm, procs):
     ex = warm()
     ex.pool.health_timeout = 1.0  # keep the stopped-process case short
     ref = _bundle(tmp_path)
@@ -350,14 +384,15 @@ def test_health_check_replaces_dead_and_stopped_idle_processes(tmp_path, warm):
     assert second.pid != first and second.outputs["count"] == 1
     assert ex.stats()["removals"]["crash"] == 1
 
-    os.kill(second.pid, signal.SIGSTOP)  # alive but not answering
+    second_proc = procs.track(second.pid)
+    second_proc.suspend()  # SIGSTOP: alive but not answering
     third = ex.run(_call(ref))
     assert third.pid != second.pid and third.outputs["count"] == 1
     assert ex.stats()["removals"]["unhealthy"] == 1
-    assert not _alive(second.pid)
+    assert not procs.alive(second_proc)
 
 
-def test_shutdown_terminates_then_kills_process_trees(tmp_path, warm):
+def test_shutdown_terminates_then_kills_process_trees(tmp_path, warm, procs):
     stubborn = '''
 import signal, subprocess, sys
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -370,11 +405,11 @@ def child(params, seed):
     ex.pool.stop_grace = 1.0
     ref = _bundle(tmp_path, extra={"stubborn.py": stubborn})
     result = ex.run(Call(bundle=ref, entrypoint="stubborn:child", args=({}, 0)))
-    pids = [result.pid, result.outputs["child"]]
-    assert all(_alive(p) for p in pids)
+    tree = [procs.track(result.pid), procs.track(result.outputs["child"])]
+    assert len(procs.running(tree)) == 2
     ex.shutdown()
-    assert not [p for p in pids if _alive(p)]
-    with pytest.raises(ModelOpsError, match="shut down"):
+    assert not procs.running(tree)
+    with pytest.raises(WorkerStopping, match="shut down: this Dask worker process is stopping"):
         ex.run(_call(ref))
 
 
@@ -402,56 +437,64 @@ def _lingering(ref, flag, ignore_term=True):
                 args=({"flag": str(flag), "ignore_term": ignore_term}, 0))
 
 
-def test_retirement_does_not_hold_the_result_and_leaves_nothing(tmp_path, warm, wait_gone):
+def test_retirement_does_not_hold_the_result_and_leaves_nothing(tmp_path, warm, wait_gone,
+                                                                 procs):
     ex = warm(max_process_reuse=1)
     ex.pool.stop_grace = 60.0  # the slow exit is ended by the flag here, not by signals
     ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
     flag = tmp_path / "flag"
     first = ex.run(_lingering(ref, flag))
+    left = [procs.track(first.pid), procs.track(first.outputs["child"])]
     # the result is back while its process is still exiting (in its atexit handler)
-    assert _alive(first.pid) and first.pid in ex.warm_pids()
+    assert procs.alive(left[0]) and first.pid in ex.warm_pids()
     stats = ex.stats()
     assert stats["removals"]["reuse"] == 1 and stats["size"] == 0  # counted when retired
     second = ex.run(_call(ref))
+    left.append(procs.track(second.pid))
     assert second.pid != first.pid and second.outputs["count"] == 1
     flag.touch()
     # the retired processes and the child one left behind are gone, and nothing else runs
-    wait_gone([first.pid, first.outputs["child"], second.pid])
+    wait_gone(left)
     wait_for(lambda: ex.warm_pids() == [], 60, "the reaper to finish")
     stats = ex.stats()
     assert stats["spawns"] == 2 and stats["removals"]["reuse"] == 2
     assert sum(stats["removals"].values()) == 2
 
 
-def test_a_retiring_process_keeps_its_slot_until_it_is_gone(tmp_path, warm):
+def test_a_retiring_process_keeps_its_slot_until_it_is_gone(tmp_path, warm, procs, waits_in):
     ex = warm(max_process_reuse=1, max_warm_processes=1)
     ex.pool.stop_grace = 60.0
     ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
     flag = tmp_path / "flag"
     first = ex.run(_lingering(ref, flag))
-    results, live = {}, []
-    waiter = threading.Thread(target=lambda: results.__setitem__("next", ex.run(_call(ref))))
+    first_proc = procs.track(first.pid)
+    results = {}
+    waiter = threading.Thread(target=lambda: results.__setitem__(
+        "next", ex.run(_call(ref, "pid_gone", pid=first.pid))))
     waiter.start()
-    for _ in range(20):  # MAX_WARM_PROCESSES=1: no second process while the first exits
-        live.append(len(ex.warm_pids()))
-        waiter.join(0.02)
-    assert "next" not in results and _alive(first.pid)
+    # MAX_WARM_PROCESSES=1: no second process while the first exits
+    wait_for(lambda: waits_in(waiter, "acquire", pool_module.__file__)
+             or not waiter.is_alive(), 60, "the next task to wait for the retiring one's slot")
+    assert "next" not in results and procs.alive(first_proc)
+    assert ex.warm_pids() == [first.pid]
     flag.touch()
     waiter.join(60)
-    assert results["next"].pid != first.pid and not _alive(first.pid)
-    assert max(live) == 1
+    # the next task's process started only once the first one was gone (and reaped)
+    assert results["next"].pid != first.pid and results["next"].outputs == {"gone": True}
+    assert not procs.alive(first_proc)
+    assert ex.stats()["spawns"] == 2
 
 
-def test_shutdown_waits_for_the_reaper_and_kills_stubborn_retirees(tmp_path, warm):
+def test_shutdown_waits_for_the_reaper_and_kills_stubborn_retirees(tmp_path, warm, procs):
     ex = warm(max_process_reuse=1)
     ex.pool.stop_grace = 1.0
     ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
     # ignores SIGTERM and waits at exit for a flag that never comes
     retiree = ex.run(_lingering(ref, tmp_path / "never"))
-    pids = [retiree.pid, retiree.outputs["child"]]
-    assert _alive(retiree.pid) and ex.warm_pids() == [retiree.pid]
+    tree = [procs.track(retiree.pid), procs.track(retiree.outputs["child"])]
+    assert procs.alive(tree[0]) and ex.warm_pids() == [retiree.pid]
     ex.shutdown()
-    assert not [p for p in pids if _alive(p)]
+    assert not procs.running(tree)
     assert not ex.pool._reaper.is_alive() and ex.warm_pids() == []
     assert ex.stats()["removals"]["reuse"] == 1
 
@@ -516,3 +559,259 @@ def test_damaged_compiled_runner_is_replaced(tmp_path, warm):
     assert again.pid != first.pid and again.outputs["count"] == 1
     assert [p.name for p in venv.glob("*modelops-runner-*")] == [program.name]  # no leftovers
     assert len(program.read_bytes()) > 40
+
+
+# -- what model code can do to its process, and what the user is told ---------------------
+
+
+def test_exit_and_keyboard_interrupt_fail_the_task_and_keep_the_process_warm(tmp_path, warm):
+    ex = warm()
+    ref = _bundle(tmp_path, extra={"exit_on_import.py": "import sys\nsys.exit('no config')\n"})
+    first = ex.run(_call(ref))
+    with pytest.raises(SimulationError, match="raised SystemExit: 3") as err:
+        ex.run(_call(ref, "exits", code=3))
+    assert err.value.remote_type == "SystemExit" and "stays up" in str(err.value)
+    with pytest.raises(SimulationError, match="KeyboardInterrupt: stop right there"):
+        ex.run(_call(ref, "interrupted"))
+    with pytest.raises(SimulationError, match="SystemExit: no config"):
+        ex.run(Call(bundle=ref, entrypoint="exit_on_import:sim", args=({}, 0)))
+    after = ex.run(_call(ref))  # the same process, its module state intact
+    assert after.pid == first.pid and after.outputs["count"] == 2
+    stats = ex.stats()
+    assert stats["spawns"] == 1 and sum(stats["removals"].values()) == 0
+
+
+MISSING_INSIDE = {
+    "sir/__init__.py": "",
+    "sir/model.py": "import sir.helpers\n\ndef run(params, seed):\n    return {}\n",
+    "sir/lazy.py": "def run(params, seed):\n    from sir.extra import rate\n    return {}\n",
+    "util/__init__.py": "",
+    "flat.py": "from util.io import load\n\ndef run(params, seed):\n    return {}\n",
+    "own.py": "import my_helpers\n\ndef run(params, seed):\n    return {}\n",
+}
+
+
+def test_a_module_missing_from_the_bundle_is_not_called_a_dependency(tmp_path, warm):
+    ex = warm()
+    ref = _bundle(tmp_path, extra=MISSING_INSIDE)
+    pid = ex.run(_call(ref)).pid
+    for entrypoint, missing, where in [("sir.model:run", "sir.helpers", "sir/helpers.py"),
+                                       ("sir.lazy:run", "sir.extra", "sir/extra.py"),
+                                       ("flat:run", "util.io", "util/io.py")]:
+        with pytest.raises(BundleError) as err:
+            ex.run(Call(bundle=ref, entrypoint=entrypoint, args=({}, 0)))
+        assert not isinstance(err.value, MissingDependencyError), str(err.value)
+        assert err.value.missing == missing
+        assert f"imports {missing!r}, a module of the bundle itself" in str(err.value)
+        assert f"Add {where} to the bundle" in str(err.value)
+    # a name the bundle has nothing of: a dependency, or the user's own file left out
+    with pytest.raises(MissingDependencyError) as err:
+        ex.run(Call(bundle=ref, entrypoint="own:run", args=({}, 0)))
+    assert err.value.missing == "my_helpers"
+    assert "requirements.txt" in str(err.value) and "add my_helpers.py to the bundle" in str(
+        err.value)
+    assert ex.run(_call(ref)).pid == pid  # the process stays warm throughout
+
+
+def _pause_first_release_until_its_process_runs_again():
+    """A thread trace hook (instrumentation, not a stand-in: the real code runs) that holds
+    the first thread returning from WarmPool.release until another thread has taken that
+    process and started a task in it: the widest window for reading its state too late."""
+    lock = threading.Lock()
+    claimed = []
+
+    def on_return(frame, event, arg):
+        if event == "return":
+            with lock:
+                first = not claimed
+                claimed.append(True)
+            if first:
+                proc, count = frame.f_locals["proc"], frame.f_locals["proc"].task_count
+                wait_for(lambda: proc.task_count > count, 60,
+                         "another thread to run a task in the released process")
+        return on_return
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code is WarmPool.release.__code__ and not claimed:
+            return on_return
+        return None
+
+    return tracer, claimed
+
+
+def test_each_process_counts_its_own_tasks_under_4_threads(tmp_path, warm):
+    """A result's process_task_count is read while its thread still owns the process: with
+    4 threads and 2 processes, each process's counts are exactly 1..n and agree with the
+    process's own count, also when a thread is held right after handing its process back
+    (another thread's task has then already been counted in it)."""
+    ex = warm(max_warm_processes=2)
+    ref = _bundle(tmp_path)
+    results = [ex.run(_call(ref))]
+    tracer, paused = _pause_first_release_until_its_process_runs_again()
+    threading.settrace(tracer)
+    try:
+        with ThreadPoolExecutor(4) as threads:
+            results += threads.map(lambda seed: ex.run(_call(ref, seed=seed)), range(1, 201))
+    finally:
+        threading.settrace(None)
+    assert paused  # the window was really held open
+    assert sorted(r.outputs["seed"] for r in results) == list(range(201))
+    assert [r.process_task_count for r in results] == [r.outputs["count"] for r in results]
+    by_pid = collections.defaultdict(list)
+    for r in results:
+        by_pid[r.pid].append(r.process_task_count)
+    assert len(by_pid) <= 2
+    for pid, counts in by_pid.items():
+        assert sorted(counts) == list(range(1, len(counts) + 1)), pid
+
+
+def _tree_snapshot(root: Path) -> dict[str, bytes]:
+    """Every file of a directory and its content (byte-code caches aside)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_each_warm_process_writes_into_its_own_scratch_dir(tmp_path, warm, procs,
+                                                            scratch_root):
+    ex = warm(max_process_reuse=1)  # every task in a new process
+    ref = _bundle(tmp_path)
+    bundle_dir = ex.bundles.path(ref)
+    before = _tree_snapshot(bundle_dir)
+    first = ex.run(_call(ref, "writes", seed=1))
+    first_proc = procs.track(first.pid)
+    second = ex.run(_call(ref, "writes", seed=2))
+    assert first.pid != second.pid
+    # neither saw a file of another task, and the shared bundle cache is untouched
+    assert first.outputs["seen"] is False and second.outputs["seen"] is False
+    assert _tree_snapshot(bundle_dir) == before and not (bundle_dir / "out.txt").exists()
+    cwds = [Path(first.outputs["cwd"]), Path(second.outputs["cwd"])]
+    assert cwds[0] != cwds[1] and {c.parent for c in cwds} == {scratch_root}
+    # a working directory goes with its process (retired in the background here)
+    procs.wait_gone([first_proc])
+    wait_for(lambda: ex.warm_pids() == [], 60, "the retired processes to be reaped")
+    assert not cwds[0].exists() and not cwds[1].exists()
+
+
+def test_a_task_ended_by_the_worker_shutting_down_says_so(tmp_path, warm, procs):
+    ex = warm()
+    ref = _bundle(tmp_path)
+    flag, started = tmp_path / "flag", tmp_path / "started"
+    errors = {}
+
+    def task():
+        try:
+            ex.run(_call(ref, "wait_for_flag", flag=str(flag), started=str(started)))
+        except ModelOpsError as exc:
+            errors["task"] = exc
+
+    thread = threading.Thread(target=task)
+    thread.start()
+    wait_for(started.exists, 60, "the task to start")
+    (busy,) = [procs.track(pid) for pid in ex.warm_pids()]
+    ex.shutdown()  # what the plugin does when the worker closes (e.g. a helm upgrade)
+    thread.join(60)
+    error = errors["task"]
+    assert isinstance(error, WorkerStopping), f"{type(error).__name__}: {error}"
+    assert "this Dask worker process is shutting down" in str(error)
+    assert "crash" not in str(error) and "native code" not in str(error)
+    assert error.pid == busy.pid and not procs.alive(busy)
+
+
+def test_a_venv_whose_interpreter_is_gone_names_the_real_error(tmp_path, warm, scratch_root):
+    ex = warm(validate_deps="false", max_process_reuse=1)
+    ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
+    assert ex.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
+    wait_for(lambda: ex.warm_pids() == [], 60, "the retired process to be reaped")
+    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    (venv / "bin" / "python").unlink()
+
+    def fds():
+        return set(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    with pytest.raises(EnvironmentBuildError) as err:
+        ex.run(_call(ref, "imports_tinylib"))
+    message = str(err.value)
+    assert f"{venv / 'bin' / 'python'}: No such file or directory (ENOENT)" in message
+    assert f"The venv {venv} is damaged" in message and "remove that directory" in message
+    assert "MODELOPS_VALIDATE_DEPS" not in message and err.value.errno_name == "ENOENT"
+    # nothing left of the attempt: no pipe, no working directory, no process
+    wait_for(lambda: not fds() - before, 30, "the failed start's pipes to be closed",
+             on_fail=lambda: f"still open: {sorted(fds() - before)}")
+    assert not list(scratch_root.glob(f"{SCRATCH_PREFIX}*")) and ex.warm_pids() == []
+
+
+_AT_FD_LIMIT = textwrap.dedent("""
+    import json, os, resource, sys, time
+    from modelops_runtime.bundles import BundleStore
+    from modelops_runtime.config import RuntimeConfig
+    from modelops_runtime.executors.warm import IsolatedWarmExecEnv
+    from modelops_runtime.models import Call
+
+    config = RuntimeConfig.from_env()
+    ex = IsolatedWarmExecEnv(config, BundleStore(config))
+    call = Call(bundle=sys.argv[1], entrypoint="model:sim", args=({}, 0))
+    report = {}
+    try:
+        ex.run(call)  # builds the venv and compiles the runner
+        ex.run(call)  # checks the venv's interpreter (once): the next task only spawns
+        deadline = time.monotonic() + 60  # MAX_PROCESS_REUSE=1: the retirement finishes
+        while ex.warm_pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not ex.warm_pids(), "the first task's process was not reaped"
+        open_fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+        fds_before = len(open_fds)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+        def room(limit):  # how many more files could be opened under this limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            opened = []
+            try:
+                while True:
+                    opened.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                pass
+            for fd in opened:
+                os.close(fd)
+            return len(opened)
+
+        limit = max(open_fds) + 4
+        limit -= room(limit) - 3  # room for one pipe (2 fds) and one more: not 4 pipes
+        assert room(limit) == 3
+        try:
+            ex.run(call)
+        except BaseException as exc:
+            report["type"] = type(exc).__name__
+            report["message"] = str(exc)
+            report["errno_name"] = getattr(exc, "errno_name", None)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        report["fds_leaked"] = len(os.listdir("/proc/self/fd")) - fds_before
+        report["next"] = ex.run(call).outputs["seed"]  # the worker goes on once it can
+    finally:
+        ex.shutdown()
+    print(json.dumps(report))
+""")
+
+
+def test_running_out_of_file_descriptors_is_not_blamed_on_the_venv(tmp_path, scratch_root,
+                                                                     uv_offline):
+    """A worker at its open-file limit: the start fails typed, naming EMFILE and the limit,
+    closes what it opened, and the next task works once files are free again. Run in a
+    child process: the limit applies to a whole process."""
+    ref = _bundle(tmp_path)
+    env = {**os.environ, "MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"),
+           "MODELOPS_BUNDLE_CACHE_DIR": str(tmp_path / "bundles"),
+           "MODELOPS_VENVS_DIR": str(tmp_path / "venvs"), "MODELOPS_MAX_PROCESS_REUSE": "1"}
+    child = subprocess.run([sys.executable, "-c", _AT_FD_LIMIT, ref], env=env, timeout=300,
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert child.returncode == 0, child.stderr[-3000:]
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    assert report["type"] == "ProcessStartFailed", report
+    assert "creating its pipes failed: Too many open files (EMFILE)" in report["message"]
+    assert "ulimit -n" in report["message"] and "MODELOPS_MAX_WARM_PROCESSES" in report["message"]
+    assert "not of the bundle or its venv" in report["message"]
+    assert "damaged" not in report["message"]
+    assert report["errno_name"] == "EMFILE"
+    assert report["fds_leaked"] == 0 and report["next"] == 0
+    assert not list(scratch_root.glob(f"{SCRATCH_PREFIX}*"))

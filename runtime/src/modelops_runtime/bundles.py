@@ -15,6 +15,7 @@ import fcntl
 import gzip
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import shutil
@@ -45,6 +46,8 @@ EXCLUDED_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_c
 EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 _CHUNK = 1 << 20
 _COMMENT = re.compile(r"(?:^|\s)#")
+
+log = logging.getLogger("modelops_runtime.bundles")
 
 
 def read_dependencies(bundle_dir: Path) -> list[str]:
@@ -314,6 +317,7 @@ class BundleStore:
             os.rename(tree, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        log.info("bundle %s fetched, verified and unpacked into %s", ref, final)
 
     def _download(self, ref: str, hexdigest: str, dest: Path) -> None:
         fs, root = _repo_fs(self.repo)

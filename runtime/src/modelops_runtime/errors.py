@@ -79,6 +79,16 @@ class TaskTimeout(ModelOpsError):
     """A task ran longer than MODELOPS_TASK_TIMEOUT. Fields: timeout_s."""
 
 
+class ProcessStartFailed(ModelOpsError):
+    """The worker could not start a warm process for a reason outside the venv (open-file,
+    memory or process limits). Fields: errno_name, strerror."""
+
+
+class WorkerStopping(ModelOpsError):
+    """The Dask worker process is shutting down: its warm processes were stopped, tasks
+    running in them ended, and it takes no new ones. Fields: pid (the warm process, if any)."""
+
+
 class LocalModeError(ModelOpsError):
     """The local cluster could not be prepared, started or run."""
 

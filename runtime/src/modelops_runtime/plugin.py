@@ -50,20 +50,26 @@ def load_config() -> RuntimeConfig:
     return _validated
 
 
-def current_executor() -> ExecEnv:
-    """The executor of this worker process (for code running inside a task)."""
+def _current() -> _Runtime:
+    # one read of the global: a shutdown may clear it at any moment (e.g. while /metrics
+    # is scraped), so callers must never check it and then read it again
     rt = _runtime
     if rt is None:
         raise ConfigError(
             "no modelops runtime in this Dask worker process: start workers with "
             "`dask worker ... --preload modelops_runtime.preload` (the chart does this)",
             variable=None, value=None, allowed="--preload modelops_runtime.preload")
-    return rt.executor
+    return rt
+
+
+def current_executor() -> ExecEnv:
+    """The executor of this worker process (for code running inside a task)."""
+    return _current().executor
 
 
 def current_config() -> RuntimeConfig:
-    current_executor()
-    return _runtime.config  # type: ignore[union-attr]
+    """The RuntimeConfig of this worker process's running executor."""
+    return _current().config
 
 
 def startup_line(config: RuntimeConfig, worker_address: str = "") -> str:

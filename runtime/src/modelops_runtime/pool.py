@@ -12,11 +12,21 @@ Retiring a process after its task (reuse limit, TTL) means waiting for it to exi
 task's result must not wait for that, so retirements go to one reaper thread. A retiring
 process keeps its slot until it is gone (MAX_WARM_PROCESSES bounds live processes), and
 shutdown drains the reaper.
+
+Each process works in its own scratch directory under the worker's TMPDIR (the bundle is
+only on its ``sys.path``): relative writes of model code never reach the shared bundle
+cache or another process. The directory goes when the process is stopped; a worker process
+removes the ones its dead predecessors on this host left behind.
+
+A task whose process is stopped by the worker's shutdown fails with WorkerStopping, not as
+a crash; a process that cannot be started fails with the real errno, blaming the venv only
+when exec'ing its interpreter says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -28,8 +38,10 @@ import py_compile
 import queue
 import random
 import select
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import types
@@ -41,10 +53,10 @@ from pathlib import Path
 import psutil
 
 from .errors import (EnvironmentBuildError, MemoryLimitExceeded, ModelOpsError, ProcessCrashed,
-                     TaskTimeout)
+                     ProcessStartFailed, TaskTimeout, WorkerStopping)
 from .runner import HEADER_SIZE, decode, encode, header
 from .stats import RemovalReason, StatsRecorder, WarmStats
-from .venvs import Venv
+from .venvs import Venv, left_by_dead_local_process, owner_tag
 
 log = logging.getLogger("modelops_runtime.pool")
 
@@ -55,6 +67,22 @@ LOG_KEEP = 256 * 1024              # bytes of each process's output kept in memo
 TAIL_CHARS = 8000                  # characters of output attached to errors
 PIPE_SIZE = 1 << 20                # larger pipes: fewer wakeups for big payloads
 BASE_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME")
+SCRATCH_PREFIX = "modelops-warm-"  # + <host>-<pid>-<random>: a warm process's working dir
+# exec errors that mean the venv's interpreter is missing or unusable (anything else, e.g.
+# EMFILE or ENOMEM, is a limit of the worker, not a fault of the venv)
+VENV_ERRNOS = {errno.ENOENT, errno.ENOEXEC, errno.EACCES, errno.ENOTDIR, errno.ELOOP}
+_LIMIT_HINTS = {
+    errno.EMFILE: "raise the worker's open-file limit (ulimit -n) or lower "
+                  "MODELOPS_MAX_WARM_PROCESSES (each warm process takes 5 of the worker's)",
+    errno.ENFILE: "the node ran out of open files; lower MODELOPS_MAX_WARM_PROCESSES",
+    errno.ENOMEM: "give the worker pod more memory or lower MODELOPS_MAX_WARM_PROCESSES / "
+                  "set MODELOPS_POOL_MEMORY_BYTES",
+    errno.EAGAIN: "the pod's process limit (pids) is reached; lower "
+                  "MODELOPS_MAX_WARM_PROCESSES or raise the limit",
+    errno.ENOSPC: "free space in the worker's TMPDIR",
+    errno.EDQUOT: "free space in the worker's TMPDIR",
+}
+LIMIT_ERRNOS = frozenset(_LIMIT_HINTS)
 
 
 def warm_env(venv: Venv, passthrough: Iterable[str] = ()) -> dict[str, str]:
@@ -149,6 +177,54 @@ def describe_exit(returncode: int | None) -> tuple[str, int | None, str | None]:
     return f"exited with code {returncode}", returncode, None
 
 
+def make_scratch() -> Path:
+    """A new, empty working directory for one warm process, under the worker's TMPDIR:
+    model code writing relative paths writes here, never into the shared bundle cache, and
+    no other process sees it. Removed with the process (:meth:`WarmProcess.stop`)."""
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{owner_tag()}-"))
+
+
+def remove_dead_scratch() -> None:
+    """Scratch directories of warm processes whose worker process (of this host) died
+    without stopping them (a SIGKILLed worker cannot clean up)."""
+    with contextlib.suppress(OSError):
+        for entry in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+            if left_by_dead_local_process(entry.name[len(SCRATCH_PREFIX):]):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _reason(exc: OSError) -> tuple[str, str]:
+    name = errno.errorcode.get(exc.errno or 0, "unknown errno")
+    return f"{exc.strerror or exc} ({name})", name
+
+
+def limit_error(exc: OSError, what: str) -> ProcessStartFailed:
+    """A process or pipe the worker could not create for a reason of its own (open files,
+    memory, process limits, TMPDIR), named with its errno and what to change."""
+    reason, name = _reason(exc)
+    hint = _LIMIT_HINTS.get(exc.errno or 0, "check the worker's limits (open files, "
+                            "processes, memory) and its TMPDIR")
+    return ProcessStartFailed(
+        f"{what} failed: {reason}. This is a limit or fault of the Dask worker process, not "
+        f"of the bundle or its venv: {hint}.", errno_name=name, strerror=exc.strerror)
+
+
+def start_error(exc: OSError, venv: Venv, step: str) -> ModelOpsError:
+    """The typed error for a warm process that could not be started: the venv's fault
+    only if exec'ing its interpreter failed with an errno that means so."""
+    if step == "exec" and exc.errno in VENV_ERRNOS and exc.filename == str(venv.python):
+        reason, name = _reason(exc)
+        return EnvironmentBuildError(
+            f"cannot start a warm process: {venv.python}: {reason}. The venv {venv.path} is "
+            "damaged (its interpreter is missing, not executable, or links to a Python that "
+            "is gone); remove that directory and the next task rebuilds it.",
+            requirements=[], uv_output="", errno_name=name, strerror=exc.strerror)
+    what = {"pipes": "creating its pipes",
+            "scratch": f"creating its working directory in {tempfile.gettempdir()}",
+            "exec": f"starting {venv.python}"}[step]
+    return limit_error(exc, f"cannot start a warm process: {what}")
+
+
 class LogTail:
     """A warm process's stdout+stderr: one pipe, always drained by a thread into a bounded
     buffer (a full pipe would block the user's print and hang the task)."""
@@ -227,11 +303,13 @@ class WarmProcess:
 
     def __init__(self, popen: subprocess.Popen, *, key: Hashable, venv: Venv, request_fd: int,
                  response_fd: int, lifeline_fd: int, log: LogTail, max_tasks: int,
-                 ttl: float) -> None:
+                 ttl: float, scratch: Path | None = None) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.key = key
         self.venv = venv
+        self.scratch = scratch  # its working directory, removed by stop()
+        self.worker_stopping = False  # set by WarmPool.shutdown before it signals us
         self.log = log
         self.max_tasks = max_tasks
         self.started = time.monotonic()
@@ -260,36 +338,53 @@ class WarmProcess:
               ) -> "WarmProcess":
         """Start a runner and wait for its hello. ``popen`` runs the fork in the pool's
         long-lived spawner thread (PR_SET_PDEATHSIG fires when the forking *thread* ends)."""
-        req_r, req_w = os.pipe()
-        resp_r, resp_w = os.pipe()
-        life_r, life_w = os.pipe()
-        log_r, log_w = os.pipe()
-        for fd in (req_w, resp_r):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        cmd = [str(venv.python), "-I", "-u", str(runner_program(venv)),
-               "--request-fd", str(req_r), "--response-fd", str(resp_w),
-               "--lifeline-fd", str(life_r), "--parent-pid", str(os.getpid()),
-               "--bundle-dir", str(bundle_dir)]
-        try:
+        fds: list[int] = []
+        scratch: Path | None = None
+        step = "pipes"
+        try:  # every failure closes what was opened so far
+            for _ in range(4):
+                fds.extend(os.pipe())
+            req_r, req_w, resp_r, resp_w, life_r, life_w, log_r, log_w = fds
+            for fd in (req_w, resp_r):
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            step = "scratch"
+            scratch = make_scratch()
+            step = "exec"
+            cmd = [str(venv.python), "-I", "-u", str(runner_program(venv)),
+                   "--request-fd", str(req_r), "--response-fd", str(resp_w),
+                   "--lifeline-fd", str(life_r), "--parent-pid", str(os.getpid()),
+                   "--bundle-dir", str(bundle_dir)]
+            # the bundle is only on sys.path (-I keeps the cwd off it); the cwd is private
             proc = popen(lambda: subprocess.Popen(
                 cmd, pass_fds=(req_r, resp_w, life_r), stdin=subprocess.DEVNULL,
-                stdout=log_w, stderr=log_w, env=env, cwd=bundle_dir, start_new_session=True))
+                stdout=log_w, stderr=log_w, env=env, cwd=scratch, start_new_session=True))
         except BaseException as exc:
-            for fd in (req_r, req_w, resp_r, resp_w, life_r, life_w, log_r, log_w):
-                os.close(fd)
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             if isinstance(exc, OSError):
-                raise EnvironmentBuildError(
-                    f"cannot start {venv.python}: {exc}. The venv is damaged; remove "
-                    f"{venv.path} or set MODELOPS_VALIDATE_DEPS=true so it is rebuilt.",
-                    requirements=[], uv_output="") from exc
+                raise start_error(exc, venv, step) from exc
             raise
         for fd in (req_r, resp_w, life_r, log_w):  # the child's ends
             os.close(fd)
         os.set_blocking(req_w, False)
         os.set_blocking(resp_r, False)
+        try:
+            log_tail = LogTail(log_r)  # starts a thread: may fail when the worker is at a limit
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet: the group id is ours
+            proc.wait()
+            for fd in (req_w, resp_r, life_w, log_r):
+                os.close(fd)
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         self = cls(proc, key=key, venv=venv, request_fd=req_w, response_fd=resp_r,
-                   lifeline_fd=life_w, log=LogTail(log_r), max_tasks=max_tasks, ttl=ttl)
+                   lifeline_fd=life_w, log=log_tail, max_tasks=max_tasks, ttl=ttl,
+                   scratch=scratch)
         try:
             hello = self.exchange(None, timeout=start_timeout, label="the runner's start")
         except Lost as lost:
@@ -300,8 +395,8 @@ class WarmProcess:
             tail = self.log.tail()
             raise ProcessCrashed(
                 f"a warm process could not start in venv {venv.path}: {how}. Its output:\n"
-                f"{tail or '(none)'}\nCheck that the venv's interpreter works "
-                "(MODELOPS_VALIDATE_DEPS=true rebuilds broken venvs).",
+                f"{tail or '(none)'}\nCheck that the venv's interpreter works; remove "
+                f"{venv.path} to have it rebuilt by the next task.",
                 exit_code=code, signal_name=sig, pid=self.pid, log_tail=tail) from None
         if hello.get("op") != "hello":  # pragma: no cover - protocol guard
             self.stop(graceful=False)
@@ -491,7 +586,13 @@ class WarmProcess:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.log.sync()
+        self.remove_scratch()
         return describe_exit(self.popen.returncode)[0]
+
+    def remove_scratch(self) -> None:
+        """Remove the working directory (once the process tree is gone)."""
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
@@ -549,11 +650,20 @@ class _Watch:
                 log_tail=self.proc.log.tail(self.mark)))
 
     def died(self) -> Lost:
-        """The process ended by itself (EOF/EPIPE on its pipes, or it exited)."""
+        """The process ended by itself (EOF/EPIPE on its pipes, or it exited), or the
+        worker is shutting down and stopped it."""
         self.proc._wait_exit(5.0)
         how = self.proc.stop(graceful=False)
         text, code, sig = describe_exit(self.proc.popen.returncode)
         tail = self.proc.log.tail(self.mark)
+        if self.proc.worker_stopping:
+            return Lost(RemovalReason.crash, WorkerStopping(
+                f"{self.label} was interrupted because this Dask worker process is shutting "
+                "down (a helm upgrade or rollout replacing the pod, a scale-down, a node "
+                f"drain, or the worker told to close); its warm process (pid {self.proc.pid}) "
+                "was stopped with it. Nothing is wrong with the task: Dask normally runs it "
+                "again on another worker; if this error reached you, submit it again once "
+                "workers are back.", pid=self.proc.pid, log_tail=tail))
         shown = tail if tail.strip() else "(the process wrote nothing)"
         return Lost(RemovalReason.crash, ProcessCrashed(
             f"the warm process (pid {self.proc.pid}) running {self.label} died: {how}. "
@@ -620,6 +730,7 @@ class WarmPool:
         self._housekeeper = threading.Thread(target=self._housekeep, args=(housekeeping_period,),
                                              daemon=True, name="modelops-pool-housekeeper")
         self._housekeeper.start()
+        remove_dead_scratch()
 
     # -- spawning --------------------------------------------------------------------
 
@@ -711,7 +822,7 @@ class WarmPool:
                 return
         if reason in (RemovalReason.reuse, RemovalReason.ttl):
             self._retire(proc, reason)
-        elif reason is None:  # closed meanwhile
+        elif reason is None or proc.worker_stopping:  # closed meanwhile / stopped by shutdown
             proc.stop(grace=self.stop_grace)
         else:
             self._remove(proc, reason)
@@ -754,6 +865,9 @@ class WarmPool:
     def drop_unpooled(self, proc: WarmProcess) -> None:
         with self._cond:
             self._unpooled.discard(proc)
+        if proc.worker_stopping:  # stopped by shutdown: not a crash to count or warn about
+            proc.stop(grace=self.stop_grace)
+            return
         self._remove(proc, proc.lost or RemovalReason.fresh_venv)
 
     def _remove(self, proc: WarmProcess, reason: RemovalReason) -> None:
@@ -763,7 +877,7 @@ class WarmPool:
                   grace=self.stop_grace)
         self.stats.removed(reason)
         if reason in (RemovalReason.crash, RemovalReason.timeout, RemovalReason.mem_limit,
-                      RemovalReason.unhealthy):
+                      RemovalReason.unhealthy) and not self._closed:
             log.warning("warm process %d removed (%s); a new one replaces it on demand",
                         proc.pid, reason.value)
         else:
@@ -776,8 +890,10 @@ class WarmPool:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ModelOpsError("the warm process pool is shut down (the worker is stopping); "
-                                "the task will be retried elsewhere by Dask if possible")
+            raise WorkerStopping(
+                "the warm process pool is shut down: this Dask worker process is stopping "
+                "and takes no new tasks. Dask normally runs the task on another worker; if "
+                "this error reached you, submit it again once workers are back.", pid=None)
 
     # -- housekeeping ----------------------------------------------------------------
 
@@ -851,15 +967,22 @@ class WarmPool:
             self._reap_queue.put(None)  # after every retirement handed over (under the lock)
         self._stop_event.set()
         for proc in procs:
+            proc.worker_stopping = True  # before the signal: a task thread seeing the death
+        for proc in procs:               # reports WorkerStopping, not a crash
             proc.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace
         for proc in procs:
             proc._wait_exit(max(0.0, deadline - time.monotonic()))
+        busy = []
         for proc in procs:
             if proc in idle:
                 proc.stop(graceful=False)
             else:  # busy: its task thread sees the death, reports it and closes the pipes;
                 proc.signal_group(signal.SIGKILL)  # retiring: the reaper reaps it
+                busy.append(proc)
+        for proc in busy:  # the task thread removes it too, but the worker may exit first
+            proc._wait_exit(5.0)
+            proc.remove_scratch()
         if self._reaper is not threading.current_thread():
             self._reaper.join(reaper_timeout)
             if self._reaper.is_alive():  # pragma: no cover - stop() itself is bounded
@@ -870,4 +993,4 @@ class WarmPool:
 
 
 __all__ = ["WarmPool", "WarmProcess", "LogTail", "Lost", "warm_env", "jittered_reuse",
-           "jittered_ttl", "describe_exit"]
+           "jittered_ttl", "describe_exit", "make_scratch", "start_error", "limit_error"]

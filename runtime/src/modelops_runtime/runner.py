@@ -11,7 +11,9 @@ Requests: ``{"op": "run", "entrypoint": "mod:fn", "args": (...)}`` and ``{"op": 
 Replies: ``{"op": "hello", ...}`` once at start, ``{"op": "pong"}``, and for runs
 ``{"ok": True, "result": ...}`` or ``{"ok": False, "kind", "type", "message",
 "traceback", "missing"}`` with plain strings only (user exception classes may not
-unpickle in the worker).
+unpickle in the worker). ``kind`` is ``user`` (anything the model raised, SystemExit and
+KeyboardInterrupt included), ``entrypoint``, ``bundle_module`` (a module of the bundle
+itself is missing), ``missing_dependency`` or ``result``.
 
 The process ends by itself when its parent goes away: EOF on the request pipe (idle),
 EOF on a lifeline pipe watched by a thread (busy), and PR_SET_PDEATHSIG as a last line.
@@ -172,7 +174,19 @@ def _error(kind: str, exc: BaseException, **extra) -> dict:
     }
 
 
-def _resolve(entrypoint: str, cache: dict):
+def _missing(exc: ModuleNotFoundError, bundle_dir: str) -> dict:
+    """A module that cannot be found: part of the bundle (its top-level package or module
+    is in the bundle directory, so the bundle is incomplete) or a third-party dependency
+    the venv lacks."""
+    name = exc.name or ""
+    top = name.partition(".")[0]
+    if top and (os.path.isdir(os.path.join(bundle_dir, top))
+                or os.path.isfile(os.path.join(bundle_dir, top + ".py"))):
+        return _error("bundle_module", exc, missing=name)
+    return _error("missing_dependency", exc, missing=name)
+
+
+def _resolve(entrypoint: str, cache: dict, bundle_dir: str):
     """Import ``module:function``; classify failures so the worker raises the right error."""
     if entrypoint in cache:
         return cache[entrypoint], None
@@ -185,8 +199,8 @@ def _resolve(entrypoint: str, cache: dict):
         own = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
         if exc.name in own:
             return None, _error("entrypoint", exc)
-        return None, _error("missing_dependency", exc, missing=exc.name or "")
-    except Exception as exc:  # noqa: BLE001 - user module raised while importing
+        return None, _missing(exc, bundle_dir)
+    except BaseException as exc:  # noqa: BLE001 - user module raised (or sys.exit()) on import
         return None, _error("user", exc)
     func = getattr(module, attr, None)
     if not callable(func):
@@ -196,15 +210,17 @@ def _resolve(entrypoint: str, cache: dict):
     return func, None
 
 
-def _run(request: dict, cache: dict) -> dict:
-    func, error = _resolve(request["entrypoint"], cache)
+def _run(request: dict, cache: dict, bundle_dir: str) -> dict:
+    func, error = _resolve(request["entrypoint"], cache, bundle_dir)
     if error is not None:
         return error
     try:
         result = func(*request["args"])
-    except ModuleNotFoundError as exc:  # a lazy import of a dependency the venv lacks
-        return _error("missing_dependency", exc, missing=exc.name or "")
-    except Exception as exc:  # noqa: BLE001 - reported to the worker as SimulationError
+    except ModuleNotFoundError as exc:  # a lazy import the bundle or its venv lacks
+        return _missing(exc, bundle_dir)
+    except BaseException as exc:  # noqa: BLE001 - reported to the worker as SimulationError
+        # SystemExit and KeyboardInterrupt too: a model calling sys.exit() fails its task
+        # (as under executor=direct) and must not end this warm process
         return _error("user", exc)
     return {"ok": True, "result": result}
 
@@ -244,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if request.get("op") == "ping":
             reply = {"op": "pong"}
         else:
-            reply = _run(request, cache)
+            reply = _run(request, cache, bundle_dir)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

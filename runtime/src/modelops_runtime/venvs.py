@@ -7,6 +7,13 @@ build per key per pod). Anything without a valid fingerprint is a build that die
 half-way: it is removed and rebuilt. uv's link mode is hardlink with one uv cache on the
 same filesystem, so a venv costs links, not copies. Indexes, offline mode and find-links
 are uv's own ``UV_*`` variables, passed through untouched.
+
+The cache may be shared by several pods (a ReadWriteMany volume), and a pid means nothing
+in another pod's PID namespace. So temporary builds and fresh venvs are named
+``<prefix>…-<host>-<pid>-<random>`` (:func:`owner_tag`; the host name is the pod name), and
+a worker removes such leftovers unlocked only if they are its own host's and that pid is
+gone. Another pod's are never touched, except temporary builds of a key whose lock we hold
+(nobody can be building it then).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -84,6 +92,23 @@ def _uv_bin() -> str:
     return find_uv_bin()
 
 
+def owner_tag() -> str:
+    """``<host>-<pid>`` of this process: names what it leaves in shared directories."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def left_by_dead_local_process(tagged: str) -> bool:
+    """True if ``tagged`` (``<host>-<pid>-<random>``, the part after a name's prefix) was
+    left by a process of this host that no longer runs. Names of other hosts, and names
+    this cannot parse (e.g. an older layout without a host), are never claimed."""
+    parts = tagged.rsplit("-", 2)
+    if len(parts) != 3:
+        return False
+    host, pid, _ = parts
+    return (host == socket.gethostname() and pid.isdigit()
+            and not psutil.pid_exists(int(pid)))
+
+
 class VenvCache:
     """Builds and hands out venvs under ``root`` (MODELOPS_VENVS_DIR). Thread-safe, and safe
     across the worker processes of a pod sharing ``root``."""
@@ -117,7 +142,7 @@ class VenvCache:
                 return Venv(dest, key, cache_hit=True)
             self.stats.incr("venv_misses")
             self._remove_stale_builds(key)
-            tmp = self.root / f"{_TMP_PREFIX}{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = self.root / f"{_TMP_PREFIX}{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
             try:
                 self._build(tmp, key, requirements)
                 trash = None
@@ -134,7 +159,7 @@ class VenvCache:
     def fresh(self, requirements: Sequence[str]) -> Venv:
         """A new venv for one task (FORCE_FRESH_VENV); the caller removes it with :meth:`remove`."""
         key = venv_key(requirements)
-        path = self.root / f"{_FRESH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        path = self.root / f"{_FRESH_PREFIX}{owner_tag()}-{uuid.uuid4().hex[:12]}"
         self.stats.incr("venv_misses")
         try:
             self._build(path, key, requirements)
@@ -185,11 +210,19 @@ class VenvCache:
 
     @staticmethod
     def _interpreter_problem(venv: Path) -> str | None:
+        python = venv_python(venv)
         try:
-            proc = subprocess.run([str(venv_python(venv)), "-I", "-c", "pass"],
+            proc = subprocess.run([str(python), "-I", "-c", "pass"],
                                   capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except subprocess.TimeoutExpired as exc:
             return f"its interpreter does not start ({exc})"
+        except OSError as exc:
+            from .pool import VENV_ERRNOS, limit_error  # the pool imports this module
+
+            if exc.errno in VENV_ERRNOS and exc.filename == str(python):
+                return f"its interpreter does not start ({exc})"
+            # e.g. EMFILE: the worker is at a limit; rebuilding a good venv would not help
+            raise limit_error(exc, f"checking the venv {venv}") from exc
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip()[-500:]
             return f"its interpreter exits with {proc.returncode} ({err})"
@@ -232,6 +265,16 @@ class VenvCache:
         try:
             proc = subprocess.run(cmd, env=self._uv_env(), cwd=self.root, capture_output=True,
                                   stdin=subprocess.DEVNULL, timeout=self.build_timeout)
+        except OSError as exc:
+            from .pool import LIMIT_ERRNOS, limit_error  # the pool imports this module
+
+            if exc.errno in LIMIT_ERRNOS:
+                raise limit_error(exc, f"running `uv {args[0]}` to build the bundle's "
+                                       "environment") from exc
+            raise EnvironmentBuildError(
+                f"cannot run uv ({cmd[0]}): {exc}. uv comes with modelops-runtime: reinstall "
+                "it in the worker image.", requirements=list(requirements),
+                uv_output="") from exc
         except subprocess.TimeoutExpired as exc:
             raise EnvironmentBuildError(
                 f"building the bundle's environment timed out after {self.build_timeout:.0f}s "
@@ -265,7 +308,8 @@ class VenvCache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _remove_stale_builds(self, key: str) -> None:
-        # we hold the key's lock: any temporary build of this key is from a dead builder
+        # we hold the key's lock (flock, also across pods on a shared volume): any temporary
+        # build of this key, whichever host named it, is from a dead builder
         for tmp in self.root.glob(f"{_TMP_PREFIX}{key}-*"):
             log.warning("removing %s, a venv build that did not finish", tmp.name)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -273,14 +317,16 @@ class VenvCache:
             shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_dead_leftovers(self) -> None:
-        """Fresh venvs and temporary builds of worker processes that no longer exist."""
+        """Fresh venvs and temporary builds left by dead worker processes of this host
+        (unlocked, at start: another host's are left alone, see the module docstring)."""
         for entry in self.root.iterdir():
             if entry.name.startswith(_FRESH_PREFIX):
-                pid = entry.name[len(_FRESH_PREFIX):].split("-", 1)[0]
+                tagged = entry.name[len(_FRESH_PREFIX):]
             elif entry.name.startswith(_TMP_PREFIX):
-                pid = entry.name[len(_TMP_PREFIX):].split("-")[1:2] or [""]
-                pid = pid[0]
+                tagged = entry.name[len(_TMP_PREFIX):].partition("-")[2]  # after the key
             else:
                 continue
-            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            if left_by_dead_local_process(tagged):
+                log.info("removing %s, left by a worker process of this host that is gone",
+                         entry.name)
                 shutil.rmtree(entry, ignore_errors=True)

@@ -8,6 +8,15 @@ every call the bundle directory is put on ``sys.path`` and, afterwards, every mo
 imported from the bundle is dropped from ``sys.modules`` so the next call starts from
 fresh module state. State outside the bundle (third-party modules, threads, environment,
 working directory) is *not* reset.
+
+The working directory is the Dask worker's own, shared by every task of the worker and
+never the bundle directory: model code writing relative paths writes there, and later tasks
+see those files. It is not changed per task because it is process-global (Dask's own
+threads keep running meanwhile); isolated_warm gives every warm process its own scratch
+directory instead.
+
+A model calling ``sys.exit()`` or raising ``KeyboardInterrupt`` fails its task with a
+SimulationError, as under isolated_warm; the worker goes on.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..bundles import read_dependencies
-from ..errors import (EntrypointError, MissingDependencyError, ModelOpsError,
+from ..errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
                       SimulationError)
 from ..models import Call, SimResult, check_entrypoint
 from .base import ExecEnv
@@ -93,13 +102,9 @@ class DirectExecEnv(ExecEnv):
                 raise self._missing(exc, call, bundle_dir) from None
             except ModelOpsError:
                 raise
-            except (Exception, SystemExit) as exc:
-                raise SimulationError(
-                    f"{call.kind} {call.entrypoint} of bundle {call.bundle} raised "
-                    f"{type(exc).__name__}: {exc}",
-                    remote_type=type(exc).__name__, remote_message=str(exc),
-                    remote_traceback="".join(traceback.format_exception(exc)),
-                ) from None
+            except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt too
+                raise _simulation_error(f"{call.kind} {call.entrypoint} of bundle "
+                                        f"{call.bundle} raised", exc) from None
         finally:
             while root in sys.path:
                 sys.path.remove(root)
@@ -119,12 +124,9 @@ class DirectExecEnv(ExecEnv):
                     f"{call.bundle}; check the module path (relative to the bundle root)",
                     entrypoint=call.entrypoint, bundle=call.bundle) from None
             raise self._missing(exc, call, Path(root)) from None
-        except Exception as exc:
-            raise SimulationError(
-                f"importing {module_name} from bundle {call.bundle} raised "
-                f"{type(exc).__name__}: {exc}",
-                remote_type=type(exc).__name__, remote_message=str(exc),
-                remote_traceback="".join(traceback.format_exception(exc))) from None
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() at import time too
+            raise _simulation_error(f"importing {module_name} from bundle {call.bundle} raised",
+                                    exc) from None
         if not _is_under(getattr(module, "__file__", None), root):
             raise EntrypointError(
                 f"entrypoint {call.entrypoint}: module {module_name!r} resolved to "
@@ -140,15 +142,41 @@ class DirectExecEnv(ExecEnv):
         return func
 
     @staticmethod
-    def _missing(exc: ModuleNotFoundError, call: Call, bundle_dir: Path) -> MissingDependencyError:
+    def _missing(exc: ModuleNotFoundError, call: Call,
+                 bundle_dir: Path) -> BundleError | MissingDependencyError:
+        """A module of the bundle itself that the bundle lacks (its top-level package or
+        module is in the bundle directory), or a third-party module the worker lacks."""
+        name = exc.name or ""
+        where = name.replace(".", "/") + ".py"
+        top = name.partition(".")[0]
+        root = Path(bundle_dir)
+        if top and ((root / top).is_dir() or (root / f"{top}.py").is_file()):
+            return BundleError(
+                f"{call.entrypoint}: bundle code imports {name!r}, a module of the bundle itself "
+                f"({top!r} is in the bundle directory) that bundle {call.bundle} does not "
+                f"contain. Add {where} to the bundle (or fix the import) and repack.",
+                missing=name, entrypoint=call.entrypoint, bundle=call.bundle,
+                remote_traceback="".join(traceback.format_exception(exc)))
         try:
             declared = read_dependencies(bundle_dir)
         except ModelOpsError:
             declared = []
         return MissingDependencyError(
-            f"bundle {call.bundle} imports module {exc.name!r}, which is not installed in "
+            f"bundle {call.bundle} imports module {name!r}, which is not installed in "
             f"the Dask worker's own environment (the bundle declares: "
             f"{', '.join(declared) or 'no dependencies'}). executor=direct runs in the "
             "worker's environment and installs nothing: use executor isolated_warm, or "
-            "install the dependency into the worker image",
-            module=exc.name, declared=declared, bundle=call.bundle)
+            "install the dependency into the worker image (if it is your own code, add "
+            f"{where} to the bundle directory)",
+            module=name, declared=declared, bundle=call.bundle)
+
+
+def _simulation_error(what: str, exc: BaseException) -> SimulationError:
+    hint = ""
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        hint = (" (the task failed and the worker goes on; a model must return its outputs "
+                "instead of exiting)")
+    return SimulationError(
+        f"{what} {type(exc).__name__}: {exc}{hint}",
+        remote_type=type(exc).__name__, remote_message=str(exc),
+        remote_traceback="".join(traceback.format_exception(exc)))

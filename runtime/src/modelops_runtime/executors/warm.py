@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..bundles import read_dependencies
-from ..errors import EntrypointError, MissingDependencyError, ModelOpsError, SimulationError
+from ..errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
+                      SimulationError)
 from ..models import Call, SimResult
 from ..pool import Lost, WarmPool, WarmProcess, warm_env
 from ..stats import StatsRecorder
@@ -59,9 +60,13 @@ class IsolatedWarmExecEnv(ExecEnv):
         proc, reused = self.pool.acquire(bundle.pool_key, lambda: self._spawn(bundle))
         try:
             outputs = self._send(proc, call, bundle)
+            # read while this thread owns the process: once released, another thread may
+            # take it and count its own task
+            pid, count = proc.pid, proc.task_count
         finally:
             self.pool.release(proc)
-        return self._result(outputs, proc, True if reused else proc.venv.cache_hit, started)
+        return self._result(outputs, pid, count, True if reused else proc.venv.cache_hit,
+                            started)
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -104,10 +109,11 @@ class IsolatedWarmExecEnv(ExecEnv):
         self.pool.track_unpooled(proc)
         try:
             outputs = self._send(proc, call, bundle)
+            pid, count = proc.pid, proc.task_count
         finally:
             self.pool.drop_unpooled(proc)
             self.venvs.remove(proc.venv)
-        return self._result(outputs, proc, False, started)
+        return self._result(outputs, pid, count, False, started)
 
     def _send(self, proc: WarmProcess, call: Call, bundle: _Bundle) -> Any:
         label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"
@@ -123,10 +129,10 @@ class IsolatedWarmExecEnv(ExecEnv):
             return reply["result"]
         raise _user_error(reply, call, bundle, proc.log.tail(mark))
 
-    def _result(self, outputs: Any, proc: WarmProcess, venv_hit: bool,
+    def _result(self, outputs: Any, pid: int, task_count: int, venv_hit: bool,
                 started: float) -> SimResult:
-        return SimResult(outputs=outputs, executor=self.name, pid=proc.pid,
-                         process_task_count=proc.task_count, venv_cache_hit=venv_hit,
+        return SimResult(outputs=outputs, executor=self.name, pid=pid,
+                         process_task_count=task_count, venv_cache_hit=venv_hit,
                          duration_s=time.perf_counter() - started)
 
 
@@ -142,17 +148,40 @@ def _user_error(reply: dict, call: Call, bundle: _Bundle, log_tail: str) -> Mode
             f"({what}). The entrypoint must be 'module:function' naming a module inside the "
             "bundle directory and a function in it; fix the name or repack the bundle.",
             entrypoint=call.entrypoint, **remote)
+    if kind == "bundle_module":
+        missing = reply.get("missing", "")
+        return BundleError(
+            f"{call.entrypoint}: bundle code imports {missing!r}, a module of the bundle "
+            f"itself ({missing.partition('.')[0]!r} is in the bundle directory) that the "
+            f"bundle does not contain. Add {_module_file(missing)} to the bundle (or fix the "
+            "import) and repack.",
+            missing=missing, entrypoint=call.entrypoint, bundle=call.bundle, **remote)
     if kind == "missing_dependency":
         deps = ", ".join(bundle.requirements) or "none"
+        missing = reply.get("missing", "")
         return MissingDependencyError(
-            f"{call.entrypoint}: bundle code imports {reply.get('missing')!r}, which its "
+            f"{call.entrypoint}: bundle code imports {missing!r}, which its "
             f"environment does not have (declared dependencies: {deps}). Add the package "
-            "that provides it to the bundle's requirements.txt or pyproject.toml and repack.",
-            missing=reply.get("missing"), requirements=list(bundle.requirements), **remote)
+            "that provides it to the bundle's requirements.txt or pyproject.toml and repack "
+            f"(if {missing!r} is your own code, add {_module_file(missing)} to the bundle "
+            "directory).",
+            missing=missing, requirements=list(bundle.requirements), **remote)
     if kind in ("result", "unreadable"):
         return SimulationError(
             f"{call.entrypoint} returned outputs that cannot travel back to the worker "
             f"({what}). Return plain data: dicts, lists, numbers, strings, bytes.", **remote)
     return SimulationError(
-        f"{call.entrypoint} raised {what}\n\nRemote traceback:\n{reply.get('traceback', '')}",
-        **remote)
+        f"{call.entrypoint} raised {what}{_exit_hint(reply.get('type', ''))}\n\n"
+        f"Remote traceback:\n{reply.get('traceback', '')}", **remote)
+
+
+def _module_file(name: str) -> str:
+    """Where module ``name`` lives relative to the bundle root (``a.b`` → ``a/b.py``)."""
+    return name.replace(".", "/") + ".py"
+
+
+def _exit_hint(remote_type: str) -> str:
+    if remote_type in ("SystemExit", "KeyboardInterrupt"):
+        return (" (the task failed and its warm process stays up; a model must return its "
+                "outputs instead of exiting)")
+    return ""
