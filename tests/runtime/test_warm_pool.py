@@ -715,6 +715,8 @@ def test_a_task_ended_by_the_worker_shutting_down_says_so(tmp_path, warm, procs)
     assert "this Dask worker process is shutting down" in str(error)
     assert "crash" not in str(error) and "native code" not in str(error)
     assert error.pid == busy.pid and not procs.alive(busy)
+    removals = ex.stats()["removals"]
+    assert removals["shutdown"] == 1 and removals["crash"] == 0, removals
 
 
 def test_a_venv_whose_interpreter_is_gone_names_the_real_error(tmp_path, warm, scratch_root):

@@ -657,7 +657,7 @@ class _Watch:
         text, code, sig = describe_exit(self.proc.popen.returncode)
         tail = self.proc.log.tail(self.mark)
         if self.proc.worker_stopping:
-            return Lost(RemovalReason.crash, WorkerStopping(
+            return Lost(RemovalReason.shutdown, WorkerStopping(
                 f"{self.label} was interrupted because this Dask worker process is shutting "
                 "down (a helm upgrade or rollout replacing the pod, a scale-down, a node "
                 f"drain, or the worker told to close); its warm process (pid {self.proc.pid}) "
@@ -824,6 +824,7 @@ class WarmPool:
             self._retire(proc, reason)
         elif reason is None or proc.worker_stopping:  # closed meanwhile / stopped by shutdown
             proc.stop(grace=self.stop_grace)
+            self.stats.removed(RemovalReason.shutdown)
         else:
             self._remove(proc, reason)
 
@@ -865,8 +866,9 @@ class WarmPool:
     def drop_unpooled(self, proc: WarmProcess) -> None:
         with self._cond:
             self._unpooled.discard(proc)
-        if proc.worker_stopping:  # stopped by shutdown: not a crash to count or warn about
+        if proc.worker_stopping:  # stopped by shutdown: not a crash to warn about
             proc.stop(grace=self.stop_grace)
+            self.stats.removed(RemovalReason.shutdown)
             return
         self._remove(proc, proc.lost or RemovalReason.fresh_venv)
 
@@ -977,6 +979,7 @@ class WarmPool:
         for proc in procs:
             if proc in idle:
                 proc.stop(graceful=False)
+                self.stats.removed(RemovalReason.shutdown)
             else:  # busy: its task thread sees the death, reports it and closes the pipes;
                 proc.signal_group(signal.SIGKILL)  # retiring: the reaper reaps it
                 busy.append(proc)

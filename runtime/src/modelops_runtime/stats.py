@@ -27,6 +27,7 @@ class RemovalReason(str, enum.Enum):
     timeout = "timeout"              # killed during a task: over TASK_TIMEOUT
     unhealthy = "unhealthy"          # idle but stopped answering the checkout health check
     fresh_venv = "fresh_venv"        # FORCE_FRESH_VENV: the single-use process ended with its task
+    shutdown = "shutdown"            # stopped because the worker process is stopping
 
 
 class Removals(BaseModel):
@@ -41,6 +42,7 @@ class Removals(BaseModel):
     timeout: int = 0
     unhealthy: int = 0
     fresh_venv: int = 0
+    shutdown: int = 0
 
     def __add__(self, other: "Removals") -> "Removals":
         return Removals(**{k: getattr(self, k) + getattr(other, k) for k in Removals.model_fields})
