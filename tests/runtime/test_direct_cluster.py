@@ -11,8 +11,8 @@ from modelops_runtime.errors import (BundleDigestMismatch, BundleError, BundleNo
                                      EntrypointError, MissingDependencyError, SimulationError,
                                      UnsafeBundle)
 from modelops_runtime.models import SimTask
-from support.bundles import (COUNTER_MODEL, SIM_MODEL, archive_path, make_bundle,
-                             store_raw_archive)
+from support.bundles import (COUNTER_MODEL, MISSING_INSIDE, SIM_MODEL, archive_path,
+                             make_bundle, store_raw_archive)
 
 
 def _env(repo):
@@ -204,12 +204,7 @@ def test_exits_and_modules_missing_from_the_bundle_are_typed(dask_cluster, tmp_p
         ''',
         "exit_on_import.py": "import sys\nsys.exit('no config')\n\ndef run(params, seed):\n"
                              "    return {}\n",
-        "sir/__init__.py": "",
-        "sir/model.py": "import sir.helpers\n\ndef run(params, seed):\n    return {}\n",
-        "sir/lazy.py": "def run(params, seed):\n    from sir.extra import rate\n    return {}\n",
-        "util/__init__.py": "",
-        "flat.py": "from util.io import load\n\ndef run(params, seed):\n    return {}\n",
-        "own.py": "import my_helpers\n\ndef run(params, seed):\n    return {}\n",
+        **MISSING_INSIDE,
     })
     _, client = dask_cluster(_env(repo), nworkers=1, nthreads=1)
     entrypoints = ["model:simulate", "quits:exit3", "quits:interrupt", "exit_on_import:run",

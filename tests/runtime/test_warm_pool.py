@@ -30,7 +30,7 @@ from modelops_runtime.executors.warm import IsolatedWarmExecEnv
 from modelops_runtime.models import Call
 from modelops_runtime.pool import RUNNER, SCRATCH_PREFIX, WarmPool, jittered_reuse, jittered_ttl
 from modelops_runtime.venvs import FINGERPRINT, venv_key
-from support.bundles import make_bundle
+from support.bundles import MISSING_INSIDE, make_bundle
 from support.cluster import wait_for
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
@@ -581,14 +581,6 @@ def test_exit_and_keyboard_interrupt_fail_the_task_and_keep_the_process_warm(tmp
     assert stats["spawns"] == 1 and sum(stats["removals"].values()) == 0
 
 
-MISSING_INSIDE = {
-    "sir/__init__.py": "",
-    "sir/model.py": "import sir.helpers\n\ndef run(params, seed):\n    return {}\n",
-    "sir/lazy.py": "def run(params, seed):\n    from sir.extra import rate\n    return {}\n",
-    "util/__init__.py": "",
-    "flat.py": "from util.io import load\n\ndef run(params, seed):\n    return {}\n",
-    "own.py": "import my_helpers\n\ndef run(params, seed):\n    return {}\n",
-}
 
 
 def test_a_module_missing_from_the_bundle_is_not_called_a_dependency(tmp_path, warm):

@@ -69,3 +69,15 @@ def store_raw_archive(repo: Path, members: list[tuple[tarfile.TarInfo, bytes | N
 
 def archive_path(repo: Path, ref: str) -> Path:
     return repo / f"{ref.split(':', 1)[1]}.tar.gz"
+
+
+# Entrypoints whose imports name modules that belong in the bundle but are missing from
+# it: each must be reported as a bundle problem, never as a missing third-party dependency.
+MISSING_INSIDE = {
+    "sir/__init__.py": "",
+    "sir/model.py": "import sir.helpers\n\ndef run(params, seed):\n    return {}\n",
+    "sir/lazy.py": "def run(params, seed):\n    from sir.extra import rate\n    return {}\n",
+    "util/__init__.py": "",
+    "flat.py": "from util.io import load\n\ndef run(params, seed):\n    return {}\n",
+    "own.py": "import my_helpers\n\ndef run(params, seed):\n    return {}\n",
+}
