@@ -130,7 +130,7 @@ class RuntimeConfig(BaseSettings):
     @field_validator("bundle_repo")
     @classmethod
     def _repo_not_blank(cls, v: str | None) -> str | None:
-        return v.strip() or None if v is not None else None
+        return (v.strip() or None) if v is not None else None
 
     # -- construction -------------------------------------------------------------
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 BUNDLE_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
 ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -32,18 +32,20 @@ def check_entrypoint(ep: str) -> str:
     return ep
 
 
+BundleRef = Annotated[str, AfterValidator(check_bundle_ref)]
+Entrypoint = Annotated[str, AfterValidator(check_entrypoint)]
+
+
 class SimTask(BaseModel):
     """One seeded run of a model: ``function(params, seed)`` from a bundle."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bundle: str
-    entrypoint: str
+    bundle: BundleRef
+    entrypoint: Entrypoint
     params: dict[str, Scalar] = Field(default_factory=dict)
     seed: int
 
-    _bundle = field_validator("bundle")(classmethod(lambda cls, v: check_bundle_ref(v)))
-    _entry = field_validator("entrypoint")(classmethod(lambda cls, v: check_entrypoint(v)))
 
     def digest(self) -> str:
         """Stable content hash: the same task always gets the same digest."""

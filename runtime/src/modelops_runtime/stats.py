@@ -12,7 +12,7 @@ import enum
 import threading
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class RemovalReason(str, enum.Enum):
@@ -31,7 +31,9 @@ class RemovalReason(str, enum.Enum):
 
 
 class Removals(BaseModel):
-    """Evictions and retirements by reason."""
+    """Evictions and retirements by reason: one field per RemovalReason (checked below)."""
+
+    model_config = ConfigDict(extra="forbid")  # a reason without a field must not vanish
 
     lru: int = 0
     memory_budget: int = 0
@@ -46,6 +48,10 @@ class Removals(BaseModel):
 
     def __add__(self, other: "Removals") -> "Removals":
         return Removals(**{k: getattr(self, k) + getattr(other, k) for k in Removals.model_fields})
+
+
+if set(Removals.model_fields) != {r.value for r in RemovalReason}:  # pragma: no cover
+    raise TypeError("stats.Removals needs exactly one field per RemovalReason")
 
 
 class WarmStats(BaseModel):
