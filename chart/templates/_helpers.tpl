@@ -1,6 +1,7 @@
 {{/*
-Named templates are kept to names and labels, plus the quantity helpers at the end
-(the only arithmetic shared by the worker Deployment and NOTES.txt).
+Names and labels, the quantity helpers (the arithmetic shared by the worker Deployment,
+NOTES.txt and _validate.tpl), and the worker container's derived env and resources.
+Render-time refusals are in _validate.tpl.
 */}}
 
 {{- define "modelops-dask.name" -}}
@@ -93,4 +94,71 @@ direct (direct runs tasks inside the Dask worker process, covered by memoryPerPr
 {{- if ne $w.executor.type "isolated_warm" }}{{ $poolText = "0Mi warm pool (direct)" }}{{ end -}}
 {{- $formula := printf "%d processes × (%dMi memoryPerProcess + %s) + %dMi memoryOverhead = %dMi" $processes $perProcess $poolText $overhead $total -}}
 {{- dict "mi" $total "formula" $formula | toJson -}}
+{{- end -}}
+
+{{/* Where the worker's cache volumes are mounted (the image creates these paths). */}}
+{{- define "modelops-dask.cacheRoot" -}}
+/var/cache/modelops
+{{- end -}}
+
+{{/*
+The worker container's env: the runtime's MODELOPS_* variables rendered from typed values
+(sorted by name; unset optional values are left out), then worker.extraEnv. YAML list items.
+*/}}
+{{- define "modelops-dask.workerEnv" -}}
+{{- $w := .Values.worker -}}
+{{- $x := $w.executor -}}
+{{- $cacheRoot := include "modelops-dask.cacheRoot" . -}}
+{{- $env := dict
+  "MODELOPS_EXECUTOR_TYPE" $x.type
+  "MODELOPS_MAX_WARM_PROCESSES" (int64 $x.maxWarmProcesses | toString)
+  "MODELOPS_FORCE_FRESH_VENV" (toString $x.forceFreshVenv)
+  "MODELOPS_VALIDATE_DEPS" (toString $x.validateDeps)
+  "MODELOPS_MAX_PROCESS_REUSE" (int64 $x.maxProcessReuse | toString)
+  "MODELOPS_PROCESS_TTL" (int64 $x.processTTL | toString)
+  "MODELOPS_POOL_MEMORY_BYTES" $x.poolMemoryPerProcess
+  "MODELOPS_LOG_LEVEL" $w.logLevel
+  "MODELOPS_BUNDLE_REPO" .Values.bundles.repo
+  "MODELOPS_BUNDLE_CACHE_DIR" (printf "%s/bundles" $cacheRoot)
+  "MODELOPS_VENVS_DIR" (printf "%s/envs/venvs" $cacheRoot)
+  "UV_CACHE_DIR" (printf "%s/envs/uv" $cacheRoot)
+-}}
+{{- with $x.memLimitPerProcess }}{{ $_ := set $env "MODELOPS_MEM_LIMIT_BYTES" . }}{{ end -}}
+{{- if not (kindIs "invalid" $x.taskTimeout) }}{{ $_ := set $env "MODELOPS_TASK_TIMEOUT" (int64 $x.taskTimeout | toString) }}{{ end -}}
+{{- with $x.envPassthrough }}{{ $_ := set $env "MODELOPS_ENV_PASSTHROUGH" (join "," .) }}{{ end -}}
+{{- range $name, $value := $env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- with $w.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The worker container's resources (YAML map). Unset keys are derived: memory (requests and
+limits) from the pod-memory formula, cpu = processes × threads; an explicit cpu limit caps
+the derived request, an explicit memory request raises the derived limit. The explicit
+values were checked by modelops-dask.validate.workerResources.
+*/}}
+{{- define "modelops-dask.workerResources" -}}
+{{- $w := .Values.worker -}}
+{{- $mem := include "modelops-dask.workerMemory" . | fromJson -}}
+{{- $derivedMemory := printf "%dMi" (int64 $mem.mi) -}}
+{{- $cpu := mul (int64 $w.processes) (int64 $w.threads) | toString -}}
+{{- $explicit := $w.resources | default dict -}}
+{{- $requests := deepCopy ($explicit.requests | default dict) -}}
+{{- $limits := deepCopy ($explicit.limits | default dict) -}}
+{{- if not (hasKey $limits "memory") -}}
+{{- $_ := set $limits "memory" ($requests.memory | default $derivedMemory) -}}
+{{- end -}}
+{{- if and (hasKey $limits "cpu") (not (hasKey $requests "cpu")) -}}
+{{- $_ := set $requests "cpu" $limits.cpu -}}
+{{- end -}}
+{{- $requests = merge $requests (dict "cpu" $cpu "memory" $derivedMemory) -}}
+{{- $limits = merge $limits (dict "cpu" ($requests.cpu | toString)) -}}
+requests:
+  {{- toYaml $requests | nindent 2 }}
+limits:
+  {{- toYaml $limits | nindent 2 }}
 {{- end -}}
