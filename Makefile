@@ -15,12 +15,14 @@ SIMS    ?= 300
 PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint lint-helm3 lint-helm4 ct-lint pytest tools tool-helm venv bench clean help
+.PHONY: run test lint lint-helm3 lint-helm4 ct-lint pytest tools tool-helm tool-podman venv bench clean help image lock
 
 help:
 	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
 	@echo "make test                          chart lint (helm 3, helm 4, ct) + the pytest suite"
 	@echo "make bench                         benchmarks (ratios) into bench/results.md"
+	@echo "make image                         the worker image, full and slim, with podman (runtime/image/)"
+	@echo "make lock                          regenerate the image's lock files with uv (needs PyPI)"
 
 ## ---- installation (idempotent) -------------------------------------------------
 
@@ -33,6 +35,12 @@ $(VENV)/.installed: runtime/pyproject.toml
 
 tools:
 	@bash ci/install-tools.sh $(TOOLS)
+
+# podman, runc and debootstrap from Debian for the image tests (tests/cluster/): a machine
+# where that is impossible (no root, not Debian) still runs everything else; those tests
+# then say why they cannot run (and fail under CI=true).
+tool-podman:
+	@bash ci/install-tools.sh $(TOOLS) podman || echo "tools: (the image tests will say why they cannot run)"
 
 # `make run` renders the chart with helm 3 only: it does not wait for helm4 and ct builds
 tool-helm:
@@ -73,8 +81,16 @@ ct-lint:
 	@echo "== ct $$($(CT) version | awk 'NR == 1 {print $$2}') lint: yamllint, yamale and helm lint --strict with $$(helm version --template '{{.Version}}') on every preset"
 	$(CT) lint --config ci/ct.yaml --lint-conf ci/lintconf.yaml --chart-yaml-schema ci/chart_schema.yaml
 
-pytest: venv tools
+pytest: venv tools tool-podman
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The worker image, both flavours, against the locally made base (cached by content).
+image: tool-podman
+	@bash runtime/image/build.sh full
+	@bash runtime/image/build.sh slim
+
+lock: venv
+	$(PY) runtime/image/lock.py
 
 bench: venv tools
 	$(PY) bench/run.py

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the pinned chart tools into .tools/bin from the Go module proxy:
 #   helm  (v3), helm4 (v4), ct (chart-testing v3).
+# Named only: `podman` installs podman, runc and debootstrap from Debian when missing
+# (ci/install-podman.sh; the image tests build and run the worker image with them).
 # ci/tools/<tool>/go.mod is the one place a version is pinned (go.sum holds the hashes,
 # a `tool` directive names the command); a tool already built from the same pin is skipped.
 # Usage: ci/install-tools.sh [TOOLS_DIR [TOOL...]]
 #   TOOLS_DIR defaults to .tools/bin under the repo root; TOOL is helm, helm4 or ct
-#   (default: all three), e.g. `ci/install-tools.sh .tools/bin helm` for `make run`.
+#   (default: all three) or podman, e.g. `ci/install-tools.sh .tools/bin helm` for `make run`.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,15 +22,21 @@ tools=(
 )
 
 selected=()
+want_podman=
 for want in "$@"; do
+  if [[ "$want" == podman ]]; then want_podman=yes; continue; fi
   match=
   for spec in "${tools[@]}"; do [[ "${spec%%|*}" == "$want" ]] && match=$spec; done
   if [[ -z "$match" ]]; then
-    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (or none for all three)." >&2
+    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct, podman (or none for helm, helm4 and ct)." >&2
     exit 2
   fi
   selected+=("$match")
 done
+if [[ -n "$want_podman" ]]; then
+  bash "$root/ci/install-podman.sh"
+  (( ${#selected[@]} )) || exit 0
+fi
 (( ${#selected[@]} )) || selected=("${tools[@]}")
 
 mkdir -p "$bin"

@@ -115,8 +115,8 @@ def test_named_tools_only(tmp_path):
 def test_unknown_tool_is_refused_before_anything_is_made(tmp_path):
     out = _run([str(tmp_path / "bin"), "helm", "kubectl"], os.environ["PATH"], tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == ("tools: unknown tool 'kubectl'; allowed: helm, helm4, ct "
-                                  "(or none for all three).")
+    assert out.stderr.strip() == ("tools: unknown tool 'kubectl'; allowed: helm, helm4, ct, "
+                                  "podman (or none for helm, helm4 and ct).")
     assert not (tmp_path / "bin").exists()
 
 
