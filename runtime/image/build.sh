@@ -10,7 +10,8 @@
 #        BUILD_CA         CA bundle for the build's pip (default: the host's bundle, which
 #                         holds a TLS-intercepting proxy's CA where there is one; empty: none)
 #        PIP_CONFIG_FILE  a pip.conf for the build (index credentials): a build secret
-#        PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, EXTRA_PACKAGES   build args
+#        PIP_INDEX_URL (default https://pypi.org/simple), PIP_EXTRA_INDEX_URL,
+#        EXTRA_PACKAGES   build args (of the build stage only: not in the image)
 #        HTTP(S)_PROXY/NO_PROXY are passed on by podman itself (not recorded in the image).
 # exit 3 + one line on stderr: this machine cannot build (see make-base.sh).
 set -euo pipefail
@@ -26,6 +27,8 @@ version=$(awk '/^appVersion:/ {gsub(/"/, "", $2); print $2}' "$REPO/chart/Chart.
 suffix=$([[ $FLAVOUR == full ]] && echo "" || echo "-$FLAVOUR")
 TAG=${IMAGE_TAG:-localhost/modelops-dask:$version$suffix}
 
+# the index is always passed (PyPI by default), so its build arg is known to leave no trace
+PIP_INDEX_URL=${PIP_INDEX_URL:-https://pypi.org/simple}
 args=(--layers --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "FLAVOUR=$FLAVOUR")
 for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL EXTRA_PACKAGES; do
   [[ -n "${!v:-}" ]] && args+=(--build-arg "$v=${!v}")

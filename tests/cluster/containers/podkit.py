@@ -1,0 +1,251 @@
+"""The worker image built with podman and the chart's rendered pods played from it.
+
+``podman kube play`` runs the Deployments and the helm test Pod that ``helm template``
+renders for a preset: the containers get the rendered command, env, security context
+(user, read-only root, capabilities, no privilege escalation, seccomp), volumes and
+resource limits from podman itself. Only what podman 4.3 does differently from a kubelet is
+adjusted, each named in :func:`for_podman`; everything else is the rendered spec as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.cluster import wait_for
+
+REPO = Path(__file__).resolve().parents[3]
+IMAGE_DIR = REPO / "runtime" / "image"
+HELM = REPO / ".tools" / "bin" / "helm"
+BUNDLE_REPO_PATH = "/var/lib/modelops/bundle-repo"   # bundles.repo: a path + bundles.volume
+
+
+def podman_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("CONTAINERS_CONF", str(IMAGE_DIR / "containers.conf"))
+    return env
+
+
+def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run(["podman", *args], env=podman_env(), capture_output=True, text=True,
+                         timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} failed ({out.returncode}):\n"
+                             f"{out.stderr[-3000:]}")
+    return out
+
+
+def cannot_run() -> str | None:
+    """One line saying why this machine cannot build and run the image, or None."""
+    if platform.system() != "Linux":
+        return f"the image tests need Linux (podman, debootstrap), not {platform.system()}"
+    if shutil.which("podman") is None:
+        return "podman is not installed (ci/install-tools.sh .tools/bin podman installs it)"
+    if os.geteuid() != 0:
+        return "the image tests need root (debootstrap, podman with runc and cgroupfs)"
+    return None
+
+
+def build(flavour: str) -> tuple[str, float]:
+    """Build ``flavour`` with runtime/image/build.sh; → (tag, seconds). Skips with the
+    script's one line when this machine cannot build (exit 3)."""
+    reason = cannot_run()
+    if reason:
+        pytest.skip(reason)
+    start = time.monotonic()
+    out = subprocess.run(["bash", str(IMAGE_DIR / "build.sh"), flavour], env=podman_env(),
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode == 3:
+        pytest.skip(out.stderr.strip().splitlines()[-1])
+    assert out.returncode == 0, f"building the {flavour} image failed:\n{out.stderr[-5000:]}"
+    return out.stdout.strip().splitlines()[-1], time.monotonic() - start
+
+
+# ---- the chart rendered and played ------------------------------------------------------
+
+def render(release: str, preset: str, image: str, bundle_repo: Path,
+           extra_env: dict[str, str] | None = None) -> list[dict]:
+    """``helm template`` of ``preset`` with the image and a hostPath bundle volume."""
+    repo, tag = image.rsplit(":", 1)
+    args = [str(HELM), "template", release, str(REPO / "chart"),
+            "-f", str(REPO / "values-examples" / f"{preset}.yaml"),
+            "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+            "--set", f"bundles.repo={BUNDLE_REPO_PATH}",
+            "--set-json", "bundles.volume=" + json.dumps({"hostPath": {"path": str(bundle_repo)}})]
+    if extra_env:
+        env = [{"name": k, "value": v} for k, v in extra_env.items()]
+        args += ["--set-json", "worker.extraEnv=" + json.dumps(env)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def pod_spec(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def for_podman(doc: dict, hosts: dict[str, str]) -> dict:
+    """The rendered ``doc`` as podman 4.3's ``kube play`` must be given it to behave like a
+    kubelet. Three differences, nothing else touched:
+
+    - an ``emptyDir`` becomes a host-wide named volume called by the volume's name (``tmp``):
+      prefixed with the object's name, so no two pods or releases share one;
+    - a ``containerPort`` without ``hostPort`` is published on 0.0.0.0 at the same port:
+      published on 127.0.0.1 at a free port instead (Kubernetes publishes nothing);
+    - no cluster DNS: ``hostAliases`` give the Services' names (``hosts``: name → pod IP).
+    """
+    doc = copy.deepcopy(doc)
+    spec = pod_spec(doc)
+    owner = doc["metadata"]["name"]
+    renamed = {}
+    for vol in spec.get("volumes", []):
+        if "emptyDir" in vol:
+            renamed[vol["name"]] = f"{owner}-{vol['name']}"
+            vol["name"] = renamed[vol["name"]]
+    for c in spec["containers"]:
+        for m in c.get("volumeMounts", []):
+            m["name"] = renamed.get(m["name"], m["name"])
+        for p in c.get("ports", []):
+            p.setdefault("hostIP", "127.0.0.1")
+            p.setdefault("hostPort", free_port())
+    if hosts:
+        spec["hostAliases"] = [{"ip": ip, "hostnames": [name]} for name, ip in hosts.items()]
+    return doc
+
+
+@dataclass
+class Played:
+    """One pod podman played from a rendered object."""
+
+    name: str                       # the pod's name
+    doc: dict                       # the object as played
+    file: Path
+
+    def container(self, index: int = 0) -> str:
+        return f"{self.name}-{pod_spec(self.doc)['containers'][index]['name']}"
+
+
+@dataclass
+class Release:
+    """A preset's rendered objects played as podman pods on a network of their own."""
+
+    name: str
+    workdir: Path
+    docs: list[dict]
+    played: list[Played] = field(default_factory=list)
+    network: str = ""
+
+    @classmethod
+    def new(cls, workdir: Path, docs_of) -> Release:
+        name = "mo" + uuid.uuid4().hex[:6]
+        return cls(name=name, workdir=workdir, docs=docs_of(name))
+
+    def find(self, kind: str, component: str) -> dict:
+        for d in self.docs:
+            labels = d["metadata"].get("labels", {})
+            if d["kind"] == kind and labels.get("app.kubernetes.io/component") == component:
+                return d
+        raise AssertionError(f"the chart rendered no {kind} for {component}: "
+                             f"{[(d['kind'], d['metadata']['name']) for d in self.docs]}")
+
+    def service_hosts(self) -> dict[str, str]:
+        """Each rendered Service's name → the IP of a played pod its selector matches."""
+        hosts = {}
+        for svc in (d for d in self.docs if d["kind"] == "Service"):
+            sel = svc["spec"]["selector"]
+            for p in self.played:
+                labels = (p.doc["spec"]["template"]["metadata"]["labels"]
+                          if p.doc["kind"] == "Deployment" else p.doc["metadata"]["labels"])
+                if all(labels.get(k) == v for k, v in sel.items()):
+                    hosts[svc["metadata"]["name"]] = self.ip(p)
+        return hosts
+
+    def play(self, doc: dict) -> Played:
+        if not self.network:
+            self.network = f"{self.name}-net"
+            podman("network", "create", self.network)
+        doc = for_podman(doc, self.service_hosts())
+        path = self.workdir / f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        pod = doc["metadata"]["name"] + ("-pod-0" if doc["kind"] == "Deployment" else "")
+        played = Played(name=pod, doc=doc, file=path)
+        self.played.append(played)
+        podman("kube", "play", "--network", self.network, str(path))
+        return played
+
+    def ip(self, p: Played) -> str:
+        out = podman("inspect", p.container(), "--format",
+                     "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")
+        return out.stdout.strip()
+
+    def logs(self, p: Played, lines: int = 80) -> str:
+        out = podman("logs", "--tail", str(lines), p.container(), check=False)
+        return f"--- {p.container()} ---\n{out.stdout}{out.stderr}"
+
+    def all_logs(self) -> str:
+        return "\n".join(self.logs(p) for p in self.played)
+
+    def wait_ready(self, p: Played, timeout: float = 180) -> None:
+        """The rendered readinessProbe (httpGet) answering 200, as a kubelet would check."""
+        c = pod_spec(p.doc)["containers"][0]
+        probe = c["readinessProbe"]["httpGet"]
+        port = probe["port"]
+        if isinstance(port, str):
+            port = next(x["containerPort"] for x in c["ports"] if x.get("name") == port)
+        url = f"http://{self.ip(p)}:{port}{probe['path']}"
+
+        def ready():
+            state = podman("inspect", p.container(), "--format", "{{.State.Status}}").stdout.strip()
+            if state not in {"running", "created", "configured"}:
+                raise AssertionError(f"{p.container()} is {state}:\n{self.logs(p)}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url, timeout=3) as r:
+                    return r.status == 200
+            return False
+        wait_for(ready, timeout, f"{url} (readinessProbe of {p.container()}) to answer 200",
+                 interval=0.5, on_fail=lambda: self.logs(p))
+
+    def down(self) -> list[str]:
+        """Remove every pod, container, volume and the network; → what was still left."""
+        for p in reversed(self.played):
+            podman("kube", "down", str(p.file), check=False, timeout=120)
+        for p in self.played:
+            podman("pod", "rm", "-f", "-t", "5", p.name, check=False)
+        vols = podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split()
+        for v in vols:
+            if v.startswith(self.name + "-"):
+                podman("volume", "rm", "-f", v, check=False)
+        if self.network:
+            podman("network", "rm", "-f", self.network, check=False)
+        return leftovers(self.name)
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Pods, containers, volumes and networks whose name starts with ``prefix``."""
+    found = []
+    for what, args in (("pod", ["pod", "ps", "-a"]), ("container", ["ps", "-a"]),
+                       ("volume", ["volume", "ls"]), ("network", ["network", "ls"])):
+        names = podman(*args, "--format", "{{.Name}}" if what != "container" else "{{.Names}}",
+                       check=False).stdout.split()
+        found += [f"{what} {n}" for n in names if n.startswith(prefix)]
+    return found
