@@ -16,8 +16,8 @@ from pathlib import Path
 
 from modelops_runtime.bundles import BundleStore, pack
 from modelops_runtime.config import RuntimeConfig
-from modelops_runtime.executors import make_executor
 from modelops_runtime.models import Call
+from modelops_runtime.worker.executors import make_executor
 
 from shared import write_bundle
 

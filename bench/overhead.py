@@ -87,7 +87,7 @@ def fresh_breakdown(executor, ref: str, call, *, rounds: int) -> dict[str, Any]:
     """Where a fresh process's time goes: spawn until the runner's hello, the task, and the
     retirement (graceful exit) — through the pool's own API, step by step."""
     from modelops_runtime.bundles import read_dependencies
-    from modelops_runtime.pool import warm_env
+    from modelops_runtime.worker.warm.process import warm_env
 
     bundle_dir = executor.bundles.path(ref)
     requirements = read_dependencies(bundle_dir)

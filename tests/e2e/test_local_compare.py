@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from e2e_support import CLI, STUDY, assert_nothing_left, preset
-from modelops_runtime.study import EXIT_DIFFERS, EXIT_FAILED, load_baseline
+from modelops_runtime.local.compare import load_baseline
+from modelops_runtime.local.study import EXIT_DIFFERS, EXIT_FAILED
 
 FIRST_SEED = 100   # sir_study/study.yaml
 SIMS = 12

@@ -11,10 +11,11 @@ import signal
 import pytest
 
 from e2e_support import CHART, STUDY, assert_nothing_left, preset
-from modelops_runtime import localmode
 from modelops_runtime.client import gather_study, submit
-from modelops_runtime.render import render_cluster
-from modelops_runtime.study import Study, pack_study
+from modelops_runtime.local.plan import plan as make_plan
+from modelops_runtime.local.render import render_cluster
+from modelops_runtime.local.study import Study, pack_study
+from modelops_runtime.local.supervise import LocalCluster
 from support.cluster import wait_for
 
 
@@ -26,10 +27,10 @@ def _slow_study(sleep_s: float = 0.2) -> Study:
 def test_worker_process_killed_mid_study_still_gives_every_result(local_env, reference,
                                                                   tmp_path):
     p = preset("prod-warm")
-    plan = localmode.plan(render_cluster([p.file], chart=CHART), tmp_path / "state",
+    plan = make_plan(render_cluster([p.file], chart=CHART), tmp_path / "state",
                           base_env=local_env())
     study = _slow_study()
-    with localmode.LocalCluster(plan, echo=lambda msg: None) as cluster:
+    with LocalCluster(plan, echo=lambda msg: None) as cluster:
         client = cluster.client()
         tasks = study.tasks(pack_study(study, plan.bundle_repo), 60)
         futures = submit(client, tasks, study="kill")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from e2e_support import CHART, PRESETS, STUDY, preset
-from modelops_runtime import localmode, render
+from modelops_runtime.local import plan as planning
+from modelops_runtime.local import render
 from modelops_runtime.errors import ChartRenderError, LocalModeError, ModelOpsError
 
 POD_PATHS = ("/var/cache/modelops", "/var/lib/modelops")
@@ -35,7 +36,7 @@ def _strip(args: list[str]) -> list[str]:
 @pytest.mark.parametrize("name", PRESETS)
 def test_plan_keeps_the_rendered_spec_and_moves_pod_paths_under_the_state_dir(name, tmp_path):
     rendered = render.render_cluster([preset(name).file], chart=CHART)
-    plan = localmode.plan(rendered, tmp_path / "state", base_env={"PATH": os.environ["PATH"]})
+    plan = planning.plan(rendered, tmp_path / "state", base_env={"PATH": os.environ["PATH"]})
     p = preset(name)
     assert (rendered.replicas, rendered.nworkers, rendered.nthreads) == \
         (p.replicas, p.processes, p.threads)
@@ -45,7 +46,7 @@ def test_plan_keeps_the_rendered_spec_and_moves_pod_paths_under_the_state_dir(na
     worker = plan.workers[0]
     # command and args as rendered, except the scheduler address and the local-only options
     assert Path(worker.argv[0]).name == "dask"
-    rendered_args = [localmode.SCHEDULER_TOKEN if a.startswith("tcp://") else a
+    rendered_args = [planning.SCHEDULER_TOKEN if a.startswith("tcp://") else a
                      for a in rendered.worker.args]
     assert _strip(worker.argv[1:]) == _strip(rendered_args)
     assert render.get_opt(worker.argv, "--host") == "127.0.0.1"
@@ -70,7 +71,7 @@ def test_plan_keeps_the_rendered_spec_and_moves_pod_paths_under_the_state_dir(na
 def test_shell_modelops_variables_never_reach_the_workers(tmp_path):
     """Only the values files configure the runtime, as in a pod."""
     rendered = render.render_cluster([preset("prod-warm").file], chart=CHART)
-    plan = localmode.plan(rendered, tmp_path, base_env={
+    plan = planning.plan(rendered, tmp_path, base_env={
         "PATH": os.environ["PATH"], "MODELOPS_EXECUTOR_TYPE": "direct",
         "MODELOPS_MAX_PROCES_REUSE": "1"})
     assert plan.config.executor_type.value == "isolated_warm"
@@ -81,10 +82,10 @@ def test_shell_modelops_variables_never_reach_the_workers(tmp_path):
 def test_memory_limit_beyond_this_machine_is_lifted_with_a_notice(tmp_path):
     rendered = render.render_cluster([preset("prod-warm").file], chart=CHART,
                                         sets=["worker.memoryPerProcess=4096Gi"])
-    plan = localmode.plan(rendered, tmp_path)
+    plan = planning.plan(rendered, tmp_path)
     assert render.get_opt(plan.workers[0].argv, "--memory-limit") == "0"
     assert any("--memory-limit 4096Gi" in n for n in plan.notices)
-    kept = localmode.plan(render.render_cluster([preset("prod-warm").file], chart=CHART),
+    kept = planning.plan(render.render_cluster([preset("prod-warm").file], chart=CHART),
                           tmp_path)
     assert render.get_opt(kept.workers[0].argv, "--memory-limit") == \
         render.get_opt(kept.rendered.worker.args, "--memory-limit")
@@ -94,7 +95,7 @@ def test_later_values_files_and_sets_win_like_helm(tmp_path):
     rendered = render.render_cluster(
         [preset("prod-warm").file, preset("debug-isolated").file], chart=CHART,
         sets=["worker.replicas=2"])
-    plan = localmode.plan(rendered, tmp_path)
+    plan = planning.plan(rendered, tmp_path)
     assert plan.config.executor_type.value == "direct"
     assert plan.expected_workers == 2 * preset("debug-isolated").processes
     names = {w.log.name for w in plan.workers}

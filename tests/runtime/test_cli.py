@@ -74,8 +74,8 @@ def test_pip_install_runtime_gives_a_working_command(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
 
-    where = subprocess.run([str(py), "-c", "import modelops_runtime.plugin, modelops_runtime.preload,"
-                            " modelops_runtime.client, modelops_runtime.executors.direct as d;"
+    where = subprocess.run([str(py), "-c", "import modelops_runtime.worker.plugin, modelops_runtime.preload,"
+                            " modelops_runtime.client, modelops_runtime.worker.executors.direct as d;"
                             " print(d.__file__)"], capture_output=True, text=True)
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(site)  # the wheel, not the source tree

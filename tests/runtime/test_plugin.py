@@ -9,14 +9,14 @@ import threading
 
 import pytest
 
-from modelops_runtime import plugin
 from modelops_runtime.bundles import BundleStore
 from modelops_runtime.client import submit
 from modelops_runtime.config import RuntimeConfig
 from modelops_runtime.errors import ConfigError
-from modelops_runtime.executors.direct import DirectExecEnv
 from modelops_runtime.models import SimTask
-from modelops_runtime.plugin import ModelOpsPlugin
+from modelops_runtime.worker import runtime
+from modelops_runtime.worker.executors.direct import DirectExecEnv
+from modelops_runtime.worker.plugin import ModelOpsPlugin
 from support.bundles import SIM_MODEL, make_bundle
 from support.cluster import tail, wait_for
 
@@ -24,7 +24,7 @@ from support.cluster import tail, wait_for
 def _identity_fn():
     """A task function (defined locally so cloudpickle ships it by value to the worker)."""
     def executor_identity():
-        from modelops_runtime.plugin import current_executor
+        from modelops_runtime.worker.runtime import current_executor
 
         return os.getpid(), id(current_executor())
     return executor_identity
@@ -112,13 +112,13 @@ def test_config_read_during_a_shutdown_is_the_config_or_a_clear_error():
     def on_return(frame, event, arg):
         if event == "return":
             found.set()
-            wait_for(lambda: plugin._runtime is None, 60, "the runtime to be shut down")
+            wait_for(lambda: runtime._runtime is None, 60, "the runtime to be shut down")
         return on_return
 
     def tracer(frame, event, arg):  # functions current_config calls: hold on their return
         caller = frame.f_back
         if event == "call" and caller is not None \
-                and caller.f_code is plugin.current_config.__code__:
+                and caller.f_code is runtime.current_config.__code__:
             return on_return
         return None
 
@@ -126,11 +126,11 @@ def test_config_read_during_a_shutdown_is_the_config_or_a_clear_error():
 
     def scrape():
         try:
-            outcome["value"] = plugin.current_config()
+            outcome["value"] = runtime.current_config()
         except Exception as exc:  # noqa: BLE001 - reported below
             outcome["value"] = exc
 
-    plugin._runtime = plugin._Runtime(config, DirectExecEnv(config, BundleStore(config)), owner)
+    runtime._runtime = runtime._Runtime(config, DirectExecEnv(config, BundleStore(config)), owner)
     try:
         threading.settrace(tracer)
         try:
@@ -139,9 +139,9 @@ def test_config_read_during_a_shutdown_is_the_config_or_a_clear_error():
         finally:
             threading.settrace(None)
         wait_for(found.is_set, 60, "the scrape to find the runtime")
-        plugin.shutdown_runtime(owner)
+        runtime.shutdown_runtime(owner)
         scraper.join(60)
     finally:
-        plugin._runtime = None
+        runtime._runtime = None
     value = outcome["value"]
     assert value is config or isinstance(value, ConfigError), repr(value)

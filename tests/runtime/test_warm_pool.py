@@ -20,16 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from modelops_runtime import pool as pool_module
 from modelops_runtime.bundles import BundleStore
 from modelops_runtime.config import RuntimeConfig
 from modelops_runtime.errors import (BundleError, EntrypointError, EnvironmentBuildError,
                                      MissingDependencyError, ModelOpsError, ProcessCrashed,
                                      SimulationError, WorkerStopping)
-from modelops_runtime.executors.warm import IsolatedWarmExecEnv
 from modelops_runtime.models import Call
-from modelops_runtime.pool import RUNNER, SCRATCH_PREFIX, WarmPool, jittered_reuse, jittered_ttl
-from modelops_runtime.venvs import FINGERPRINT, venv_key
+from modelops_runtime.worker.executors.warm import IsolatedWarmExecEnv
+from modelops_runtime.worker.warm import pool as pool_module
+from modelops_runtime.worker.warm.pool import WarmPool, jittered_reuse, jittered_ttl
+from modelops_runtime.worker.warm.program import RUNNER
+from modelops_runtime.worker.warm.scratch import SCRATCH_PREFIX
+from modelops_runtime.worker.warm.venvs import FINGERPRINT, venv_key
 from support.bundles import MISSING_INSIDE, make_bundle
 from support.cluster import wait_for
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
@@ -739,7 +741,7 @@ _AT_FD_LIMIT = textwrap.dedent("""
     import json, os, resource, sys, time
     from modelops_runtime.bundles import BundleStore
     from modelops_runtime.config import RuntimeConfig
-    from modelops_runtime.executors.warm import IsolatedWarmExecEnv
+    from modelops_runtime.worker.executors.warm import IsolatedWarmExecEnv
     from modelops_runtime.models import Call
 
     config = RuntimeConfig.from_env()

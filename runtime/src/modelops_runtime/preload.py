@@ -1,58 +1,6 @@
-"""`dask worker --preload modelops_runtime.preload`: validate, then register ``modelops``.
+"""`dask worker --preload modelops_runtime.preload`: the entry point the chart and the
+local mode name. The preload itself lives with the worker side (worker/preload.py)."""
 
-Dask logs and swallows exceptions raised by preloads and by WorkerPlugin.setup, which
-would leave a worker serving tasks with a configuration nobody validated. So a bad
-configuration ends the worker *process* here, before it has registered with the
-scheduler, with the ConfigError's one line as the last log line. Under a nanny that is a
-failed *start* (the nanny does not restart a worker that never started), so the whole
-`dask worker` command exits non-zero instead of restarting in a loop.
-"""
+from .worker.preload import EXIT_CONFIG, dask_setup, dask_teardown
 
-from __future__ import annotations
-
-import os
-
-from . import logs
-from .errors import ConfigError
-
-# sysexits.h EX_CONFIG: the worker process's exit code for a bad configuration
-EXIT_CONFIG = 78
-
-
-def _die(line: str) -> None:
-    logs.log.error("%s", line)
-    logs.flush()
-    # os._exit, not SystemExit: nothing may catch it, and no non-daemon thread of the
-    # half-started worker can keep the process alive
-    os._exit(EXIT_CONFIG)
-
-
-async def dask_setup(worker) -> None:
-    from distributed import Worker
-
-    from .plugin import PLUGIN_NAME, ModelOpsPlugin, load_config
-
-    logs.configure()
-    if not isinstance(worker, Worker):
-        logs.log.warning("modelops_runtime.preload is a worker preload; ignored on %s",
-                         type(worker).__name__)
-        return
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        _die(str(exc))
-        return  # pragma: no cover
-    logs.configure(config.log_level.value)
-    try:
-        await worker.plugin_add(ModelOpsPlugin(), name=PLUGIN_NAME, catch_errors=False)
-    except Exception as exc:  # setup failed: do not serve tasks without an executor
-        _die(f"modelops runtime: cannot start executor={config.executor_type.value}: "
-             f"{type(exc).__name__}: {exc}")
-
-
-async def dask_teardown(worker) -> None:
-    import asyncio
-
-    from .plugin import shutdown_runtime
-
-    await asyncio.to_thread(shutdown_runtime)
+__all__ = ["EXIT_CONFIG", "dask_setup", "dask_teardown"]

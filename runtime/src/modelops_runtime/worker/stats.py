@@ -1,16 +1,14 @@
-"""Counters of the warm pool and venv cache: one typed model per Dask worker process,
-summed over a cluster by :func:`cluster_stats`.
+"""Counters of the warm pool and venv cache: one typed model per Dask worker process.
 
 The worker side keeps a :class:`StatsRecorder` (thread-safe increments); snapshots are
-:class:`WarmStats` models, read on a worker with ``executor.stats()`` and from a client
-with ``cluster_stats(client)``.
+:class:`WarmStats` models, read on a worker with ``executor.stats()`` and summed over a
+cluster on the client side (``modelops_runtime.client.stats``).
 """
 
 from __future__ import annotations
 
 import enum
 import threading
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,13 +73,6 @@ class WarmStats(BaseModel):
         return WarmStats(**values)
 
 
-class ClusterStats(BaseModel):
-    """``total`` summed over ``workers`` (worker address → that process's stats)."""
-
-    total: WarmStats
-    workers: dict[str, WarmStats]
-
-
 _COUNTERS = ("tasks", "spawns", "reuses", "venv_hits", "venv_misses", "venv_builds")
 
 
@@ -112,23 +103,3 @@ class StatsRecorder:
             return WarmStats(**self._counts, venv_build_seconds=round(self._build_seconds, 3),
                              removals=Removals(**self._removals), size=size, busy=busy,
                              rss_bytes=rss_bytes)
-
-
-def _worker_stats(dask_worker=None) -> dict[str, Any]:
-    """Run on a worker by ``client.run``: the modelops executor's stats (empty if none)."""
-    plugin = (getattr(dask_worker, "plugins", None) or {}).get("modelops")
-    executor = getattr(plugin, "executor", None)
-    return executor.stats() if executor is not None else {}
-
-
-def cluster_stats(client) -> ClusterStats:
-    """Stats of every worker process of the cluster ``client`` is connected to, and their sum.
-
-    Workers whose executor keeps no stats (e.g. ``direct``) are left out.
-    """
-    per_worker = {addr: WarmStats.model_validate(raw)
-                  for addr, raw in client.run(_worker_stats).items() if raw}
-    total = WarmStats(workers=0)
-    for stats in per_worker.values():
-        total = total + stats
-    return ClusterStats(total=total, workers=per_worker)

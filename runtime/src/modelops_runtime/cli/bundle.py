@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .bundles import pack
-from .errors import ModelOpsError
+from ..bundles import pack
+from ..errors import ModelOpsError
 
 
 def register(sub) -> None:

@@ -1,7 +1,7 @@
 """The chart as the pods get it: find helm and the chart, ``helm template``, and parse the
 rendered scheduler and worker Deployments into a typed :class:`RenderedCluster`.
 
-The local mode (``localmode.py``) starts what this module returns; nothing here knows about
+The local mode (``plan.py``, ``supervise.py``) starts what this module returns; nothing here knows about
 local processes. The ``get_opt``/``set_opt``/``drop_opt`` helpers read and edit the rendered
 ``dask`` argv (both ``--opt value`` and ``--opt=value``, as click accepts them).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import ChartRenderError, LocalModeError
+from ..errors import ChartRenderError, LocalModeError
 
 HELM_ENV = "MODELOPS_HELM"   # CLI setting (which helm binary), not a runtime setting
 DEFAULT_RELEASE = "modelops-dask"
@@ -33,7 +33,7 @@ def find_chart(start: Path | None = None) -> Path:
     here = Path.cwd() if start is None else Path(start)
     candidates = [p / "chart" for p in (here, *here.resolve().parents)]
     if start is None:
-        candidates.append(Path(__file__).resolve().parents[3] / "chart")
+        candidates.append(Path(__file__).resolve().parents[4] / "chart")
     for cand in candidates:
         if (cand / "Chart.yaml").is_file():
             return cand

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from . import logs
-from .config import RuntimeConfig
-from .errors import ConfigError
+from ..config import RuntimeConfig
+from ..errors import ConfigError
+from ..worker import logs
 
 
 def register(sub) -> None:

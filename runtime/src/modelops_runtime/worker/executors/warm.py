@@ -1,7 +1,7 @@
 """IsolatedWarmExecEnv: bundle code runs in warm processes inside cached uv venvs.
 
-The production mode. Each task is sent to a long-lived process (pool.py) that runs in a
-venv built for the bundle's dependencies (venvs.py) and imports the bundle once; replies
+The production mode. Each task is sent to a long-lived process (warm/pool.py) that runs in a
+venv built for the bundle's dependencies (warm/venvs.py) and imports the bundle once; replies
 come back as plain data, failures as the typed errors of errors.py.
 """
 
@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bundles import read_dependencies
-from ..errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
+from ...bundles import read_dependencies
+from ...errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
                       SimulationError)
-from ..models import Call, SimResult
-from ..pool import Lost, WarmPool, WarmProcess, warm_env
+from ...models import Call, SimResult
 from ..stats import StatsRecorder
-from ..venvs import VenvCache, venv_key
+from ..warm.failures import Lost
+from ..warm.pool import WarmPool
+from ..warm.process import WarmProcess, warm_env
+from ..warm.venvs import VenvCache, venv_key
 from .base import ExecEnv
 
 

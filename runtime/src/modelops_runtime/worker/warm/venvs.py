@@ -38,8 +38,9 @@ from pathlib import Path
 
 import psutil
 
-from .errors import EnvironmentBuildError
-from .stats import StatsRecorder
+from ...errors import EnvironmentBuildError
+from ..stats import StatsRecorder
+from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
 
 log = logging.getLogger("modelops_runtime.venvs")
 
@@ -217,8 +218,6 @@ class VenvCache:
         except subprocess.TimeoutExpired as exc:
             return f"its interpreter does not start ({exc})"
         except OSError as exc:
-            from .pool import VENV_ERRNOS, limit_error  # the pool imports this module
-
             if exc.errno in VENV_ERRNOS and exc.filename == str(python):
                 return f"its interpreter does not start ({exc})"
             # e.g. EMFILE: the worker is at a limit; rebuilding a good venv would not help
@@ -266,8 +265,6 @@ class VenvCache:
             proc = subprocess.run(cmd, env=self._uv_env(), cwd=self.root, capture_output=True,
                                   stdin=subprocess.DEVNULL, timeout=self.build_timeout)
         except OSError as exc:
-            from .pool import LIMIT_ERRNOS, limit_error  # the pool imports this module
-
             if exc.errno in LIMIT_ERRNOS:
                 raise limit_error(exc, f"running `uv {args[0]}` to build the bundle's "
                                        "environment") from exc

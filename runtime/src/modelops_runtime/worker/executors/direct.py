@@ -30,10 +30,10 @@ import traceback
 from pathlib import Path
 from typing import ClassVar
 
-from ..bundles import read_dependencies
-from ..errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
+from ...bundles import read_dependencies
+from ...errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
                       SimulationError)
-from ..models import Call, SimResult, check_entrypoint
+from ...models import Call, SimResult, check_entrypoint
 from .base import ExecEnv
 
 # one per process: the import system it protects is one per process

@@ -6,9 +6,9 @@ import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ..bundles import BundleStore
-    from ..config import RuntimeConfig
-    from ..models import Call, SimResult
+    from ...bundles import BundleStore
+    from ...config import RuntimeConfig
+    from ...models import Call, SimResult
 
 
 class ExecEnv(abc.ABC):

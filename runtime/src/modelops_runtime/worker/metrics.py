@@ -37,7 +37,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.registry import Collector, CollectorRegistry
 from pydantic import BaseModel, Field, ValidationError
 
-from . import __version__
+from .. import __version__
 from .stats import RemovalReason, WarmStats
 
 log = logging.getLogger("modelops_runtime.metrics")
@@ -84,8 +84,8 @@ _SETTINGS = ("max_warm_processes", "max_process_reuse", "process_ttl", "force_fr
 
 def local_figures(worker: str = "") -> WorkerFigures:
     """The figures of this process's executor (built by the ``modelops`` plugin)."""
-    from .errors import ModelOpsError
-    from .plugin import current_config, current_executor
+    from ..errors import ModelOpsError
+    from .runtime import current_config, current_executor
 
     worker = worker or _worker_name or str(os.getpid())
     try:

@@ -13,63 +13,18 @@ import asyncio
 import os
 import platform
 import threading
-from dataclasses import dataclass
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from . import __version__
-from .bundles import BundleStore
-from .config import ExecutorType, RuntimeConfig
-from .errors import ConfigError
+from .. import __version__
+from ..bundles import BundleStore
+from ..config import ExecutorType, RuntimeConfig
+from . import runtime
 from .executors import ExecEnv, make_executor
 from .logs import log
+from .runtime import current_config, current_executor, load_config, shutdown_runtime
 
 PLUGIN_NAME = "modelops"
-
-
-@dataclass
-class _Runtime:
-    config: RuntimeConfig
-    executor: ExecEnv
-    owner: "ModelOpsPlugin"
-
-
-_lock = threading.Lock()
-_runtime: _Runtime | None = None
-_validated: RuntimeConfig | None = None  # read by the preload from this process's env
-
-
-def load_config() -> RuntimeConfig:
-    """This process's RuntimeConfig, read from the environment once (raises ConfigError).
-
-    The preload calls it before the worker accepts tasks; setup reuses the result so the
-    unknown-variable warnings appear once."""
-    global _validated
-    if _validated is None:
-        _validated = RuntimeConfig.from_env()
-    return _validated
-
-
-def _current() -> _Runtime:
-    # one read of the global: a shutdown may clear it at any moment (e.g. while /metrics
-    # is scraped), so callers must never check it and then read it again
-    rt = _runtime
-    if rt is None:
-        raise ConfigError(
-            "no modelops runtime in this Dask worker process: start workers with "
-            "`dask worker ... --preload modelops_runtime.preload` (the chart does this)",
-            variable=None, value=None, allowed="--preload modelops_runtime.preload")
-    return rt
-
-
-def current_executor() -> ExecEnv:
-    """The executor of this worker process (for code running inside a task)."""
-    return _current().executor
-
-
-def current_config() -> RuntimeConfig:
-    """The RuntimeConfig of this worker process's running executor."""
-    return _current().config
 
 
 def startup_line(config: RuntimeConfig, worker_address: str = "") -> str:
@@ -107,21 +62,15 @@ class ModelOpsPlugin(WorkerPlugin):
         return state
 
     def setup(self, worker) -> None:
-        global _runtime
         from .metrics import install as install_metrics
         install_metrics(worker)  # modelops_* series on /metrics (idempotent)
-        with _lock:
-            if _runtime is not None:
-                # registered again (e.g. by a client): keep the running executor
-                _runtime.owner = self
-                self.config, self.executor = _runtime.config, _runtime.executor
-                log.info("modelops runtime: plugin registered again; keeping the running "
-                         "executor=%s", self.config.executor_type.value)
-                return
-            config = load_config()
-            executor = make_executor(config, BundleStore(config))
-            _runtime = _Runtime(config, executor, self)
-            self.config, self.executor = config, executor
+        config, executor, adopted = runtime.start_or_adopt(
+            self, lambda config: make_executor(config, BundleStore(config)))
+        self.config, self.executor = config, executor
+        if adopted:  # registered again (e.g. by a client): keep the running executor
+            log.info("modelops runtime: plugin registered again; keeping the running "
+                     "executor=%s", config.executor_type.value)
+            return
         log.info("%s", startup_line(config, getattr(worker, "address", "")))
         if config.executor_type is ExecutorType.direct:
             log.warning("%s", DIRECT_WARNING)
@@ -144,21 +93,10 @@ class ModelOpsPlugin(WorkerPlugin):
 
 
 def _release_if_orphaned(owner: ModelOpsPlugin) -> None:
-    rt = _runtime
-    if rt is not None and rt.owner is owner:
+    if runtime.owned_by(owner):
         threading.Thread(target=shutdown_runtime, args=(owner,), daemon=True,
                          name="modelops-shutdown").start()
 
 
-def shutdown_runtime(owner: ModelOpsPlugin | None = None) -> None:
-    """Shut the executor down (no child process survives); idempotent.
-
-    With ``owner``, only if that plugin instance still owns the runtime."""
-    global _runtime
-    with _lock:
-        rt = _runtime
-        if rt is None or (owner is not None and rt.owner is not owner):
-            return
-        _runtime = None
-    log.info("modelops runtime: shutting down executor=%s", rt.config.executor_type.value)
-    rt.executor.shutdown()
+__all__ = ["PLUGIN_NAME", "ModelOpsPlugin", "current_config", "current_executor",
+           "load_config", "shutdown_runtime", "startup_line"]

@@ -7,7 +7,7 @@ __all__ = ["ExecEnv", "make_executor"]
 
 def make_executor(config, bundles):
     """Build the executor that MODELOPS_EXECUTOR_TYPE selects."""
-    from ..config import ExecutorType
+    from ...config import ExecutorType
 
     if config.executor_type is ExecutorType.direct:
         from .direct import DirectExecEnv

@@ -1,4 +1,4 @@
-"""`modelops-runtime` command line: one sub-command per module that owns the job.
+"""`modelops-runtime` command line: one thin module per sub-command.
 
 Each entry of COMMANDS is a module exposing ``register(subparsers)``, which adds its
 sub-parser and sets ``func`` (called with the parsed args; its return value is the exit
@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
-from . import __version__
+from .. import __version__
 
-# module (relative to this package) → registers one or more sub-commands
+# module of this package → registers one sub-command
 COMMANDS = [
-    "cmd_config",
-    "cmd_bundle",
-    "localmode",
-    "cmd_stats",
+    "config",
+    "bundle",
+    "local",
+    "stats",
 ]
 
 
@@ -36,7 +35,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

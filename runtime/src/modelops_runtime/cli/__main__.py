@@ -1,0 +1,7 @@
+"""`python -m modelops_runtime.cli`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

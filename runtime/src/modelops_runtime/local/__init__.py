@@ -1,0 +1,2 @@
+"""The laptop: render the chart, plan and supervise the local cluster, run a study,
+compare runs (``modelops-runtime local``)."""

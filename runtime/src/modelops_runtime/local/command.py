@@ -1,0 +1,102 @@
+"""``modelops-runtime local``: render the chart, plan, start the local cluster, run the
+study (or keep the cluster up), stop everything. The argument parser is cli/local.py."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ..errors import LocalModeError, ModelOpsError
+from .compare import load_baseline
+from .plan import _echo, plan
+from .render import find_chart, render_cluster
+from .study import (EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, Study, check_direct_dependencies,
+                    run_and_report)
+from .supervise import LocalCluster
+
+
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    every sim and the aggregation ran (with --compare: every seed as before)
+  {EXIT_FAILED}    a sim or the aggregation failed, or an error stopped the run (see stderr)
+  {EXIT_USAGE}    bad command line
+  {EXIT_DIFFERS}    --compare: a seed's outputs differ, it failed in only one of the runs or
+       with another error type, or it is in only one of the runs (wins over {EXIT_FAILED})
+  {EXIT_INTERRUPTED}  Ctrl-C, {EXIT_TERMINATED} SIGTERM: the local cluster was stopped, no process is left"""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: tear everything down, then exit."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def main(args: argparse.Namespace) -> int:
+    echo = _echo
+    if args.sims is not None and args.sims < 1:
+        print("error: --sims must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.study and not args.keep:
+        print("error: nothing to do: give --study PATH (run it, then stop) and/or --keep "
+              "(keep the cluster up until Ctrl-C)", file=sys.stderr)
+        return EXIT_USAGE
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    t0 = time.perf_counter()
+    try:
+        study = Study.load(args.study) if args.study else None
+        baseline = load_baseline(args.compare) if args.compare else None
+        chart = args.chart or find_chart()
+        state = args.state_dir or (Path(chart).resolve().parent / ".state" / "local")
+        rendered = render_cluster(args.values, args.set, chart=chart, release=args.release)
+        launch = plan(rendered, state, release=args.release)
+        if study is not None:
+            if launch.expected_workers == 0:
+                raise LocalModeError(
+                    "worker.replicas is 0 in these values: no worker would run the study; "
+                    "set worker.replicas >= 1 (e.g. --set worker.replicas=1)")
+            check_direct_dependencies(study, launch)
+        values = " ".join(f"-f {v}" for v in args.values) or "(chart defaults)"
+        echo(f"local mode: helm template {args.release} {chart} {values}"
+             + "".join(f" --set {s}" for s in args.set))
+        echo(f"mode: {launch.config.summary()}")
+        echo(f"workers: {launch.describe()}")
+        for notice in launch.notices:
+            echo(f"notice: {notice}")
+        with LocalCluster(launch, echo, start_timeout=args.start_timeout) as cluster:
+            client = cluster.client()
+            echo(f"scheduler: {cluster.address}  dashboard: {client.dashboard_link}")
+            echo(f"logs: {launch.run_dir / 'logs'}")
+            code = 0
+            if study is not None:
+                code = run_and_report(
+                    client, study, launch, echo, sims=args.sims,
+                    progress=not args.no_progress, results=args.results, values=args.values,
+                    sets=args.set, baseline=baseline)
+            if args.keep:
+                echo(f"cluster is up: Client({cluster.address!r}) or --scheduler-file "
+                     f"{launch.scheduler_file}; workers fetch bundles from "
+                     f"{launch.bundle_repo} (`modelops-runtime bundle pack DIR --repo "
+                     f"{launch.bundle_repo}`); press Ctrl-C to stop it")
+                while True:
+                    cluster.check_running()
+                    time.sleep(0.5)
+            echo("stopping the local cluster ...")
+        echo(f"stopped; every local process is gone. total time {time.perf_counter() - t0:.1f} s")
+        return code
+    except _Terminated:
+        print("terminated: the local cluster was stopped, no process is left", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print("interrupted: the local cluster was stopped, no process is left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ModelOpsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)

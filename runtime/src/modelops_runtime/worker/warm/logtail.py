@@ -1,0 +1,74 @@
+"""The output (stdout + stderr) of a warm process, drained by a thread into a bounded
+buffer."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+
+LOG_KEEP = 256 * 1024              # bytes of each process's output kept in memory
+TAIL_CHARS = 8000                  # characters of output attached to errors
+
+
+class LogTail:
+    """A warm process's stdout+stderr: one pipe, always drained by a thread into a bounded
+    buffer (a full pipe would block the user's print and hang the task)."""
+
+    def __init__(self, fd: int, keep: int = LOG_KEEP) -> None:
+        self._fd = fd
+        self._keep = keep
+        self._buf = bytearray()
+        self._total = 0
+        self._eof = False
+        self._lock = threading.Lock()
+        os.set_blocking(fd, False)
+        self._thread = threading.Thread(target=self._drain, daemon=True,
+                                        name=f"modelops-log-{fd}")
+        self._thread.start()
+
+    def _drain(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        while not self._eof:
+            poller.poll()  # an EOF pipe stays readable (POLLHUP): this always wakes up
+            self.sync()
+        with self._lock:  # only this thread closes: a poll on a closed fd might never wake
+            os.close(self._fd)
+
+    def sync(self) -> None:
+        """Move everything currently in the pipe into the buffer (reads happen under the
+        lock, so after this returns the buffer holds all output written before the call)."""
+        with self._lock:
+            while not self._eof:
+                try:
+                    chunk = os.read(self._fd, 65536)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    self._eof = True
+                    return
+                self._buf += chunk
+                self._total += len(chunk)
+                if len(self._buf) > 2 * self._keep:
+                    del self._buf[:-self._keep]
+
+    def mark(self) -> int:
+        with self._lock:
+            return self._total
+
+    def tail(self, since: int | None = None, chars: int = TAIL_CHARS) -> str:
+        """The last output (only what was written after ``since``, a :meth:`mark`)."""
+        self.sync()
+        with self._lock:
+            size = min(len(self._buf), self._keep)
+            if since is not None:
+                size = min(size, self._total - since)
+            data = bytes(self._buf[len(self._buf) - size:]) if size > 0 else b""
+        text = data.decode(errors="replace")
+        return text[-chars:]
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)

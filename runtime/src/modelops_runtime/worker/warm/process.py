@@ -1,0 +1,371 @@
+"""One warm process: ``<venv>/bin/python -I -u runner`` bound to one bundle, spawned,
+talked to over framed pipes while a :class:`~.watch._Watch` checks it, and stopped with
+everything it started. Used by one thread at a time; the pool decides who."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
+from pathlib import Path
+
+import psutil
+
+from ...errors import EnvironmentBuildError, ModelOpsError, ProcessCrashed
+from ..stats import RemovalReason
+from .failures import VENV_ERRNOS, Lost, _reason, describe_exit, limit_error
+from .logtail import LogTail
+from .program import runner_program
+from .runner import HEADER_SIZE, decode, encode, header
+from .scratch import make_scratch
+from .venvs import Venv
+from .watch import TICK, _Watch
+
+PIPE_SIZE = 1 << 20                # larger pipes: fewer wakeups for big payloads
+BASE_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME")
+
+
+def warm_env(venv: Venv, passthrough: Iterable[str] = ()) -> dict[str, str]:
+    """The allow-listed environment of a warm process: the worker's secrets stay out."""
+    allowed = set(BASE_ENV) | set(passthrough)
+    env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
+    env["VIRTUAL_ENV"] = str(venv.path)
+    env["PATH"] = f"{venv.path / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+    return env
+
+
+def start_error(exc: OSError, venv: Venv, step: str) -> ModelOpsError:
+    """The typed error for a warm process that could not be started: the venv's fault
+    only if exec'ing its interpreter failed with an errno that means so."""
+    if step == "exec" and exc.errno in VENV_ERRNOS and exc.filename == str(venv.python):
+        reason, name = _reason(exc)
+        return EnvironmentBuildError(
+            f"cannot start a warm process: {venv.python}: {reason}. The venv {venv.path} is "
+            "damaged (its interpreter is missing, not executable, or links to a Python that "
+            "is gone); remove that directory and the next task rebuilds it.",
+            requirements=[], uv_output="", errno_name=name, strerror=exc.strerror)
+    what = {"pipes": "creating its pipes",
+            "scratch": f"creating its working directory in {tempfile.gettempdir()}",
+            "exec": f"starting {venv.python}"}[step]
+    return limit_error(exc, f"cannot start a warm process: {what}")
+
+
+
+class WarmProcess:
+    """One long-lived runner process in a venv, bound to one bundle. Used by one thread at a
+    time (the pool guarantees it)."""
+
+    def __init__(self, popen: subprocess.Popen, *, key: Hashable, venv: Venv, request_fd: int,
+                 response_fd: int, lifeline_fd: int, log: LogTail, max_tasks: int,
+                 ttl: float, scratch: Path | None = None) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.key = key
+        self.venv = venv
+        self.scratch = scratch  # its working directory, removed by stop()
+        self.worker_stopping = False  # set by WarmPool.shutdown before it signals us
+        self.log = log
+        self.max_tasks = max_tasks
+        self.started = time.monotonic()
+        self.expires_at = self.started + ttl
+        self.last_used = self.started
+        self.task_count = 0
+        self.lost: RemovalReason | None = None
+        self._req = request_fd
+        self._resp = response_fd
+        self._lifeline = lifeline_fd
+        self._closed_at = 0.0
+        self._stopped = False
+        self._reap_lock = threading.Lock()  # killpg and reaping never interleave
+        self._ps = psutil.Process(self.pid)
+        try:
+            self._pidfd: int | None = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # old kernel / sandbox: fall back to waitid polling
+            self._pidfd = None
+
+    # -- spawning --------------------------------------------------------------------
+
+    @classmethod
+    def spawn(cls, *, key: Hashable, venv: Venv, bundle_dir: Path, env: dict[str, str],
+              max_tasks: int, ttl: float, start_timeout: float,
+              popen: Callable[[Callable[[], subprocess.Popen]], subprocess.Popen]
+              ) -> "WarmProcess":
+        """Start a runner and wait for its hello. ``popen`` runs the fork in the pool's
+        long-lived spawner thread (PR_SET_PDEATHSIG fires when the forking *thread* ends)."""
+        fds: list[int] = []
+        scratch: Path | None = None
+        step = "pipes"
+        try:  # every failure closes what was opened so far
+            for _ in range(4):
+                fds.extend(os.pipe())
+            req_r, req_w, resp_r, resp_w, life_r, life_w, log_r, log_w = fds
+            for fd in (req_w, resp_r):
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            step = "scratch"
+            scratch = make_scratch()
+            step = "exec"
+            cmd = [str(venv.python), "-I", "-u", str(runner_program(venv)),
+                   "--request-fd", str(req_r), "--response-fd", str(resp_w),
+                   "--lifeline-fd", str(life_r), "--parent-pid", str(os.getpid()),
+                   "--bundle-dir", str(bundle_dir)]
+            # the bundle is only on sys.path (-I keeps the cwd off it); the cwd is private
+            proc = popen(lambda: subprocess.Popen(
+                cmd, pass_fds=(req_r, resp_w, life_r), stdin=subprocess.DEVNULL,
+                stdout=log_w, stderr=log_w, env=env, cwd=scratch, start_new_session=True))
+        except BaseException as exc:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise start_error(exc, venv, step) from exc
+            raise
+        for fd in (req_r, resp_w, life_r, log_w):  # the child's ends
+            os.close(fd)
+        os.set_blocking(req_w, False)
+        os.set_blocking(resp_r, False)
+        try:
+            log_tail = LogTail(log_r)  # starts a thread: may fail when the worker is at a limit
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet: the group id is ours
+            proc.wait()
+            for fd in (req_w, resp_r, life_w, log_r):
+                os.close(fd)
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        self = cls(proc, key=key, venv=venv, request_fd=req_w, response_fd=resp_r,
+                   lifeline_fd=life_w, log=log_tail, max_tasks=max_tasks, ttl=ttl,
+                   scratch=scratch)
+        try:
+            hello = self.exchange(None, timeout=start_timeout, label="the runner's start")
+        except Lost as lost:
+            self.stop(graceful=False)
+            how, code, sig = describe_exit(self.popen.returncode)
+            if lost.reason is RemovalReason.timeout:
+                how = f"it did not answer within {start_timeout:g}s"
+            tail = self.log.tail()
+            raise ProcessCrashed(
+                f"a warm process could not start in venv {venv.path}: {how}. Its output:\n"
+                f"{tail or '(none)'}\nCheck that the venv's interpreter works; remove "
+                f"{venv.path} to have it rebuilt by the next task.",
+                exit_code=code, signal_name=sig, pid=self.pid, log_tail=tail) from None
+        if hello.get("op") != "hello":  # pragma: no cover - protocol guard
+            self.stop(graceful=False)
+            raise ProcessCrashed(f"warm process {self.pid} sent {hello!r} instead of hello",
+                                 exit_code=None, signal_name=None, log_tail="")
+        return self
+
+    # -- talking ---------------------------------------------------------------------
+
+    def run(self, request: dict, *, timeout: float | None, mem_limit: int | None,
+            label: str) -> tuple[dict, int]:
+        """Send one task; return (reply, log mark at task start). Raises :class:`Lost`."""
+        self.task_count += 1
+        self.last_used = time.monotonic()
+        mark = self.log.mark()
+        try:
+            return self.exchange(request, timeout=timeout, mem_limit=mem_limit,
+                                 label=label, mark=mark), mark
+        except Lost:
+            raise
+        except BaseException:
+            # anything else mid-exchange leaves the framing unknown: never reuse it
+            self.stop(graceful=False)
+            self.lost = RemovalReason.crash
+            raise
+        finally:
+            self.last_used = time.monotonic()
+
+    def health(self, timeout: float) -> RemovalReason | None:
+        """Checkout health check of an idle process: None if it is alive and answers within
+        ``timeout``, else why it must be replaced (it is then already stopped)."""
+        if self.exited():
+            self.stop(graceful=False)
+            return RemovalReason.crash
+        try:
+            reply = self.exchange({"op": "ping"}, timeout=timeout, label="a health check")
+        except Lost as lost:
+            return RemovalReason.crash if lost.reason is RemovalReason.crash \
+                else RemovalReason.unhealthy
+        if reply.get("op") == "pong":
+            return None
+        self.stop(graceful=False)  # pragma: no cover - protocol guard
+        return RemovalReason.unhealthy
+
+    def exchange(self, request: dict | None, *, timeout: float | None,
+                 mem_limit: int | None = None, label: str, mark: int | None = None) -> dict:
+        """Send ``request`` (if any) and read one reply, watching the process meanwhile."""
+        watch = _Watch(self, timeout, mem_limit, label, mark)
+        if request is not None:
+            codec, body = encode(request)
+            self._send(memoryview(header(codec, len(body))), watch)
+            self._send(memoryview(body), watch)
+            del body
+        head = self._recv(HEADER_SIZE, watch)
+        data = self._recv(int.from_bytes(head[1:], "big"), watch)
+        try:
+            return decode(bytes(head[:1]), data)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class the worker cannot import
+            return {"ok": False, "kind": "unreadable", "type": type(exc).__name__,
+                    "message": str(exc), "traceback": ""}
+
+    def _send(self, view: memoryview, watch: "_Watch") -> None:
+        poller = select.poll()
+        poller.register(self._req, select.POLLOUT)
+        while view:
+            try:
+                view = view[os.write(self._req, view):]
+                watch.check(alive=False)  # deadline and memory also while data flows
+                continue
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                raise watch.died() from None
+            poller.poll(TICK * 1000)
+            watch.check()
+
+    def _recv(self, n: int, watch: "_Watch") -> bytearray:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        pos = 0
+        poller = select.poll()
+        poller.register(self._resp, select.POLLIN)
+        while pos < n:
+            try:
+                got = os.readv(self._resp, [view[pos:]])
+            except BlockingIOError:
+                poller.poll(TICK * 1000)
+                watch.check()
+                continue
+            if got == 0:
+                raise watch.died()
+            pos += got
+            watch.check(alive=False)
+        return buf
+
+    # -- state -----------------------------------------------------------------------
+
+    def exited(self) -> bool:
+        """True once the process has ended (does not reap it)."""
+        if self._stopped:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid,
+                             os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def tree_rss(self) -> int:
+        """Resident memory of the process and all its descendants, in bytes."""
+        total = 0
+        try:
+            procs = [self._ps, *self._ps.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    def _wait_exit(self, timeout: float) -> bool:
+        if self._stopped:
+            return True
+        if self._pidfd is not None:
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            poller.poll(max(0.0, timeout) * 1000)
+            return self.exited()
+        deadline = time.monotonic() + timeout
+        while not self.exited():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the process's session (its own children included). Only called before
+        the leader is reaped, so the group id cannot have been reused."""
+        with self._reap_lock:
+            if self._stopped:
+                return
+            try:
+                os.killpg(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close_requests(self) -> float:
+        """Close the request pipe: an idle runner sees EOF and returns. Returns when it was
+        closed (a graceful :meth:`stop` counts its grace periods from then)."""
+        if self._req >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._req)
+            self._req = -1
+            self._closed_at = time.monotonic()
+        return self._closed_at
+
+    def stop(self, *, graceful: bool = True, grace: float = 5.0) -> str:
+        """End the process and everything it started; return how it ended. Graceful: EOF on
+        the request pipe (the runner returns; counted from :meth:`close_requests` if that
+        came first), TERM after up to 1 s, KILL after ``grace`` more. Only the thread owning
+        the process calls this (it closes the pipes)."""
+        if self._stopped:
+            return describe_exit(self.popen.returncode)[0]
+        if graceful:
+            term_at = self.close_requests() + min(grace, 1.0)
+            if not self._wait_exit(term_at - time.monotonic()):
+                self.signal_group(signal.SIGTERM)
+                self._wait_exit(term_at + grace - time.monotonic())
+        with self._reap_lock:
+            if not self._stopped:
+                # descendants that left the process group are found by parentage while the
+                # leader lives; once it has exited they belong to init (nothing to scan)
+                try:
+                    tree = [] if self.exited() else self._ps.children(recursive=True)
+                except psutil.Error:
+                    tree = []
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)  # leader not reaped: the id is ours
+                for child in tree:
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(30)
+                _wait_gone(tree, timeout=10)  # gone when stop() returns
+                self._stopped = True
+        for fd in (self._req, self._resp, self._lifeline, self._pidfd):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.log.sync()
+        self.remove_scratch()
+        return describe_exit(self.popen.returncode)[0]
+
+    def remove_scratch(self) -> None:
+        """Remove the working directory (once the process tree is gone)."""
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Wait until every process has exited; a zombie counts as gone (its parent may be a
+    PID 1 that never reaps adopted orphans)."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        while time.monotonic() < deadline:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.005)
