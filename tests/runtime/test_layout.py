@@ -175,5 +175,6 @@ def test_the_documented_entry_points_import():
     assert callable(preload.dask_setup) and callable(preload.dask_teardown)
     client = importlib.import_module("modelops_runtime.client")
     for name in ("submit", "aggregate", "gather_study", "task_key", "run_simulation",
-                 "run_aggregation", "StudyResult", "TaskFailure", "cluster_stats"):
+                 "run_aggregation", "StudyResult", "TaskFailure", "cluster_stats", "SimTask",
+                 "SimResult"):
         assert hasattr(client, name), name
