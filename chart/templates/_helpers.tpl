@@ -48,20 +48,60 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 app.kubernetes.io/part-of: modelops-dask
 {{- end -}}
 
+{{/* repository@digest when image.digest is set (the tag is then ignored), else repository:tag. */}}
 {{- define "modelops-dask.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The workers' ServiceAccount: the created one, a named existing one, or "" (default). */}}
+{{- define "modelops-dask.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "modelops-dask.worker" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
-Memory quantity → whole mebibytes. The schema admits only "<n>Mi" and "<n>Gi" for the
-values that enter the pod-memory formula, so this is exact integer arithmetic.
+Security contexts of a component (YAML map): the global podSecurityContext /
+containerSecurityContext with the component's own values merged over them key by key.
+Call with (dict "ctx" $ "component" "worker"|"scheduler"|"test"); the helm test pod has
+no overrides.
+*/}}
+{{- define "modelops-dask.podSecurityContext" -}}
+{{- $own := (index .ctx.Values .component | default dict).podSecurityContext | default dict -}}
+{{- toYaml (mergeOverwrite (deepCopy (.ctx.Values.podSecurityContext | default dict)) (deepCopy $own)) -}}
+{{- end -}}
+
+{{- define "modelops-dask.containerSecurityContext" -}}
+{{- $own := (index .ctx.Values .component | default dict).containerSecurityContext | default dict -}}
+{{- toYaml (mergeOverwrite (deepCopy (.ctx.Values.containerSecurityContext | default dict)) (deepCopy $own)) -}}
+{{- end -}}
+
+{{/*
+A probe of a component's dashboard port: the chart's HTTP GET /health plus the timing
+fields of the values (`enabled: false` renders nothing). Call with (dict "probe" <values>).
+*/}}
+{{- define "modelops-dask.probe" -}}
+{{- $probe := omit (.probe | default dict) "enabled" -}}
+{{- toYaml (merge (dict "httpGet" (dict "path" "/health" "port" "dashboard")) $probe) -}}
+{{- end -}}
+
+{{/*
+Memory quantity → mebibytes, rounded up. Accepts what modelops-dask.validate.memory admits:
+a number with Ki Mi Gi Ti or k M G T, or a plain byte count ("1536Mi", "1.5Gi", "2G").
+Whole Mi and Gi values are exact; others round up to the next Mi.
 */}}
 {{- define "modelops-dask.mebibytes" -}}
-{{- if hasSuffix "Gi" . -}}
-{{- mul (trimSuffix "Gi" . | atoi) 1024 -}}
-{{- else -}}
-{{- trimSuffix "Mi" . | atoi -}}
-{{- end -}}
+{{- $s := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $s -}}
+{{- $unit := trimPrefix $number $s -}}
+{{- $bytes := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- ceil (divf (mulf (float64 $number) (get $bytes $unit)) 1048576) | int64 -}}
 {{- end -}}
 
 {{/* CPU quantity (2, 0.5, "2", "500m": the schema's forms) → whole millicores. */}}
@@ -81,6 +121,7 @@ where the warm-pool budget is executor.poolMemoryPerProcess for isolated_warm an
 direct (direct runs tasks inside the Dask worker process, covered by memoryPerProcess).
 */}}
 {{- define "modelops-dask.workerMemory" -}}
+{{- include "modelops-dask.resolveMode" . -}}
 {{- $w := .Values.worker -}}
 {{- $processes := int64 $w.processes -}}
 {{- $perProcess := include "modelops-dask.mebibytes" $w.memoryPerProcess | atoi -}}
@@ -106,6 +147,7 @@ The worker container's env: the runtime's MODELOPS_* variables rendered from typ
 (sorted by name; unset optional values are left out), then worker.extraEnv. YAML list items.
 */}}
 {{- define "modelops-dask.workerEnv" -}}
+{{- include "modelops-dask.resolveMode" . -}}
 {{- $w := .Values.worker -}}
 {{- $x := $w.executor -}}
 {{- $cacheRoot := include "modelops-dask.cacheRoot" . -}}
@@ -142,6 +184,7 @@ the derived request, an explicit memory request raises the derived limit. The ex
 values were checked by modelops-dask.validate.workerResources.
 */}}
 {{- define "modelops-dask.workerResources" -}}
+{{- include "modelops-dask.resolveMode" . -}}
 {{- $w := .Values.worker -}}
 {{- $mem := include "modelops-dask.workerMemory" . | fromJson -}}
 {{- $derivedMemory := printf "%dMi" (int64 $mem.mi) -}}

@@ -9,11 +9,98 @@ Add a new concern as its own `define` below and call it from modelops-dask.valid
 */}}
 
 {{- define "modelops-dask.validateValues" -}}
+{{- include "modelops-dask.validate.legacyKeys" . -}}
+{{- include "modelops-dask.resolveMode" . -}}
+{{- include "modelops-dask.validate.memory" . -}}
 {{- include "modelops-dask.validate.workerEnv" . -}}
 {{- include "modelops-dask.validate.workerArgs" . -}}
 {{- include "modelops-dask.validate.executor" . -}}
 {{- include "modelops-dask.validate.bundles" . -}}
 {{- include "modelops-dask.validate.workerResources" . -}}
+{{- include "modelops-dask.validate.securityContext" . -}}
+{{- include "modelops-dask.validate.serviceAccount" . -}}
+{{- include "modelops-dask.validate.strategy" . -}}
+{{- include "modelops-dask.validate.probes" . -}}
+{{- include "modelops-dask.validate.volumes" . -}}
+{{- include "modelops-dask.validate.schedulerService" . -}}
+{{- end -}}
+
+{{/*
+Keys of the dask/helm-chart (and executor keys one level too high). values.schema.json
+admits exactly these (definitions.legacy) so that this message, not "additional
+properties not allowed", is what the user sees.
+*/}}
+{{- define "modelops-dask.validate.legacyKeys" -}}
+{{- $where := dict
+  "" (dict
+    "workers" "worker (worker.replicas, worker.processes, worker.threads, worker.resources, ...)"
+    "webUI" "scheduler.ingress (an Ingress for the dashboard) or scheduler.service"
+    "jupyter" "nothing: this chart runs no Jupyter server; connect your own client to the scheduler (NOTES.txt, Connect)")
+  "worker" (dict
+    "env" "worker.extraEnv (a Kubernetes EnvVar list)"
+    "mounts" "worker.extraVolumes (a Volume list) and worker.extraVolumeMounts (a VolumeMount list)"
+    "threads_per_worker" "worker.threads"
+    "nprocs" "worker.processes"
+    "default_resources" "worker.resources (unset keys are derived from the mode)"
+    "image" "image (image.repository, image.tag, image.digest: one image for every pod)"
+    "type" "worker.executor.type"
+    "maxWarmProcesses" "worker.executor.maxWarmProcesses"
+    "forceFreshVenv" "worker.executor.forceFreshVenv"
+    "validateDeps" "worker.executor.validateDeps"
+    "maxProcessReuse" "worker.executor.maxProcessReuse"
+    "processTTL" "worker.executor.processTTL"
+    "memLimitPerProcess" "worker.executor.memLimitPerProcess"
+    "poolMemoryPerProcess" "worker.executor.poolMemoryPerProcess"
+    "taskTimeout" "worker.executor.taskTimeout"
+    "envPassthrough" "worker.executor.envPassthrough")
+  "scheduler" (dict
+    "env" "scheduler.extraEnv (a Kubernetes EnvVar list)"
+    "image" "image (image.repository, image.tag, image.digest: one image for every pod)"
+    "serviceType" "scheduler.service.type")
+-}}
+{{- range $block, $keys := $where -}}
+{{- $values := ternary $.Values (index $.Values $block | default dict) (eq $block "") -}}
+{{- range $key, $instead := $keys -}}
+{{- if hasKey $values $key -}}
+{{- $path := ternary $key (printf "%s.%s" $block $key) (eq $block "") -}}
+{{- fail (printf "%s is not a value of this chart (it is a dask/helm-chart key, or one that lives elsewhere here): set %s instead, and remove %s." $path $instead $path) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Memory values: Kubernetes quantities that dask (--memory-limit) and the runtime
+(MODELOPS_*_BYTES) read as well, i.e. a number with Ki Mi Gi Ti or k M G T, or a plain byte
+count; more than zero. Said in words, because the schema's pattern message would not.
+*/}}
+{{- define "modelops-dask.validate.memory" -}}
+{{- $w := .Values.worker -}}
+{{- $x := $w.executor -}}
+{{- $checks := list
+  (list "worker.memoryPerProcess" $w.memoryPerProcess)
+  (list "worker.memoryOverhead" $w.memoryOverhead)
+  (list "worker.executor.poolMemoryPerProcess" $x.poolMemoryPerProcess) -}}
+{{- if not (kindIs "invalid" $x.memLimitPerProcess) -}}
+{{- $checks = append $checks (list "worker.executor.memLimitPerProcess" $x.memLimitPerProcess) -}}
+{{- end -}}
+{{- $explicit := $w.resources | default dict -}}
+{{- range $kind := list "requests" "limits" -}}
+{{- $list := index $explicit $kind | default dict -}}
+{{- if hasKey $list "memory" -}}
+{{- $checks = append $checks (list (printf "worker.resources.%s.memory" $kind) $list.memory) -}}
+{{- end -}}
+{{- end -}}
+{{- range $checks -}}
+{{- $name := index . 0 -}}
+{{- $value := index . 1 -}}
+{{- if not (and (kindIs "string" $value) (regexMatch "^[0-9]+(\\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$" $value)) -}}
+{{- fail (printf "%s=%v is not a memory quantity this chart can use. Write a number followed by one of Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000), as a string, e.g. 1536Mi, 1.5Gi or 2G; or a plain byte count in quotes, e.g. \"1073741824\". (Kubernetes' m, P, E and exponent forms are refused: dask or the runtime would not read them.)" $name $value) -}}
+{{- end -}}
+{{- if eq (include "modelops-dask.mebibytes" $value) "0" -}}
+{{- fail (printf "%s=%s is zero: it must be more than 0 (e.g. 512Mi)." $name $value) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* worker.extraEnv must not shadow a variable the chart renders from a value or fixes. */}}
@@ -134,6 +221,128 @@ and no request above its limit (the API server refuses that).
 {{- if and $requests.cpu $limits.cpu -}}
 {{- if gt (include "modelops-dask.millicores" $requests.cpu | atoi) (include "modelops-dask.millicores" $limits.cpu | atoi) -}}
 {{- fail (printf "worker.resources.requests.cpu=%v is larger than worker.resources.limits.cpu=%v: Kubernetes refuses a request above its limit. Lower the request or raise the limit, or remove one of them (the chart derives it)." $requests.cpu $limits.cpu) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The kubelet refuses to start a container whose effective runAsUser is 0 while
+runAsNonRoot is true ("container's runAsUser breaks non-root policy"): the pod would stay in
+CreateContainerConfigError. The effective value is the container's, else the pod's.
+*/}}
+{{- define "modelops-dask.validate.securityContext" -}}
+{{- $components := list "scheduler" "worker" -}}
+{{- if .Values.tests.enabled }}{{ $components = append $components "test" }}{{ end -}}
+{{- range $component := $components -}}
+{{- $sel := dict "ctx" $ "component" $component -}}
+{{- $pod := include "modelops-dask.podSecurityContext" $sel | fromYaml -}}
+{{- $ctr := include "modelops-dask.containerSecurityContext" $sel | fromYaml -}}
+{{- $nonRoot := ternary $ctr.runAsNonRoot $pod.runAsNonRoot (hasKey $ctr "runAsNonRoot") -}}
+{{- $user := ternary $ctr.runAsUser $pod.runAsUser (hasKey $ctr "runAsUser") -}}
+{{- if and $nonRoot (not (kindIs "invalid" $user)) (eq (int64 $user) 0) -}}
+{{- fail (printf "the %s pod would run as root (runAsUser: 0) with runAsNonRoot: true: the kubelet refuses to start such a container (CreateContainerConfigError). Set runAsUser to a non-zero uid (the image's user is 10001), or, if you really want root, set runAsNonRoot: false too (podSecurityContext / containerSecurityContext, or their worker.* and scheduler.* overrides)." $component) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelops-dask.validate.serviceAccount" -}}
+{{- $sa := .Values.serviceAccount -}}
+{{- if and $sa.annotations (not $sa.create) -}}
+{{- fail "serviceAccount.annotations are set but serviceAccount.create=false: the chart puts them only on a ServiceAccount it creates. Set serviceAccount.create: true, or annotate your own account and name it in serviceAccount.name." -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What the API server refuses in a DeploymentStrategy. */}}
+{{- define "modelops-dask.validate.strategy" -}}
+{{- $s := .Values.worker.strategy -}}
+{{- if and (eq $s.type "Recreate") $s.rollingUpdate -}}
+{{- fail "worker.strategy.rollingUpdate is set but worker.strategy.type=Recreate: Kubernetes refuses rollingUpdate with Recreate. Remove rollingUpdate, or set type: RollingUpdate." -}}
+{{- end -}}
+{{- if eq $s.type "RollingUpdate" -}}
+{{- $ru := $s.rollingUpdate | default dict -}}
+{{- $surge := toString (ternary $ru.maxSurge "25%" (hasKey $ru "maxSurge")) -}}
+{{- $unavailable := toString (ternary $ru.maxUnavailable "25%" (hasKey $ru "maxUnavailable")) -}}
+{{- if and (regexMatch "^0%?$" $surge) (regexMatch "^0%?$" $unavailable) -}}
+{{- fail "worker.strategy.rollingUpdate has maxSurge and maxUnavailable both 0: Kubernetes refuses it (the rollout could never make progress). Allow at least one extra pod (maxSurge: 1) or one missing pod (maxUnavailable: 1)." -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What the API server refuses in a Probe. */}}
+{{- define "modelops-dask.validate.probes" -}}
+{{- range $component := list "scheduler" "worker" -}}
+{{- $values := index $.Values $component -}}
+{{- with $values.livenessProbe -}}
+{{- if and (hasKey . "successThreshold") (ne (int64 .successThreshold) 1) -}}
+{{- fail (printf "%s.livenessProbe.successThreshold=%v: Kubernetes requires 1 for a liveness probe. Remove it or set 1." $component .successThreshold) -}}
+{{- end -}}
+{{- end -}}
+{{- with $values.readinessProbe -}}
+{{- if hasKey . "terminationGracePeriodSeconds" -}}
+{{- fail (printf "%s.readinessProbe.terminationGracePeriodSeconds is set: Kubernetes allows it only on liveness (and startup) probes. Remove it, or set it on %s.livenessProbe." $component $component) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Extra volumes and mounts: unique volume names, not the chart's own; every mount names a
+volume of the pod; no mount at a path the chart mounts (all refused by the API server, or
+silently shadowing the caches).
+*/}}
+{{- define "modelops-dask.validate.volumes" -}}
+{{- $cacheRoot := include "modelops-dask.cacheRoot" . -}}
+{{- $workerPaths := dict "/tmp" "the writable /tmp" (printf "%s/bundles" $cacheRoot) "the bundle cache" (printf "%s/envs" $cacheRoot) "the venv cache" -}}
+{{- $workerVolumes := list "tmp" "bundle-cache" "venv-cache" -}}
+{{- if .Values.bundles.volume -}}
+{{- $workerVolumes = append $workerVolumes "bundle-repo" -}}
+{{- $_ := set $workerPaths .Values.bundles.repo "the bundle repository (bundles.volume)" -}}
+{{- end -}}
+{{- $specs := dict
+  "worker" (dict "volumes" $workerVolumes "paths" $workerPaths)
+  "scheduler" (dict "volumes" (list "tmp") "paths" (dict "/tmp" "the writable /tmp")) -}}
+{{- range $component, $spec := $specs -}}
+{{- $values := index $.Values $component -}}
+{{- $names := $spec.volumes -}}
+{{- range $values.extraVolumes -}}
+{{- if has .name $names -}}
+{{- fail (printf "%s.extraVolumes has a second volume named %q (the chart's own volumes are %s): Kubernetes refuses duplicate volume names. Rename it." $component .name (join ", " $spec.volumes)) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- $paths := dict -}}
+{{- range $mount := $values.extraVolumeMounts -}}
+{{- if not (has .name $names) -}}
+{{- fail (printf "%s.extraVolumeMounts mounts volume %q, which the pod does not have: add it to %s.extraVolumes (volumes: %s)." $component .name $component (join ", " $names)) -}}
+{{- end -}}
+{{- $path := .mountPath | default "" | trimSuffix "/" -}}
+{{- if not (hasPrefix "/" $path) -}}
+{{- fail (printf "%s.extraVolumeMounts entry %q needs an absolute mountPath (got %q)." $component .name (.mountPath | default "")) -}}
+{{- end -}}
+{{- with get $spec.paths $path -}}
+{{- fail (printf "%s.extraVolumeMounts mounts %q at %s, where the chart mounts %s: Kubernetes refuses two mounts at one path. Choose another mountPath." $component $mount.name $path .) -}}
+{{- end -}}
+{{- if hasKey $paths $path -}}
+{{- fail (printf "%s.extraVolumeMounts mounts two volumes at %s: Kubernetes refuses two mounts at one path." $component $path) -}}
+{{- end -}}
+{{- $_ := set $paths $path true -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* LoadBalancer-only fields of the scheduler Service. */}}
+{{- define "modelops-dask.validate.schedulerService" -}}
+{{- $svc := .Values.scheduler.service -}}
+{{- if ne $svc.type "LoadBalancer" -}}
+{{- range $key := list "loadBalancerIP" "loadBalancerSourceRanges" -}}
+{{- if index $svc $key -}}
+{{- fail (printf "scheduler.service.%s is set but scheduler.service.type=%s: Kubernetes accepts it only for type LoadBalancer. Set scheduler.service.type: LoadBalancer, or remove %s." $key $svc.type $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $svc.loadBalancerSourceRanges -}}
+{{- if not (regexMatch "^([0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$" .) -}}
+{{- fail (printf "scheduler.service.loadBalancerSourceRanges has %q, which is not a CIDR: write networks such as 10.0.0.0/8 or 2001:db8::/32." .) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
