@@ -101,14 +101,16 @@ def _resolve(schema: dict, node: dict) -> dict:
 
 # Names for the schema's patterns, so the table says what a pattern means.
 _PATTERNS = {
-    "^[1-9][0-9]*(Mi|Gi)$": "memory (`<n>Mi` or `<n>Gi`)",
     "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$": "DNS label",
     "^[0-9]+(ms|s|m|h)$": "duration (`30s`, `1m`)",
     "^[0-9]+%$": "percentage",
 }
 
 
-_REFS = {"quantity": "quantity", "cpu": "cpu quantity"}
+_REFS = {"quantity": "quantity", "cpu": "cpu quantity",
+         "memory": "memory (`1536Mi`, `1.5Gi`, `2G`)",
+         "nullableMemory": "null or memory (`1536Mi`, `1.5Gi`, `2G`)",
+         "probe": "probe timing (map)"}
 
 
 def describe_type(schema: dict, node: dict) -> str:

@@ -7,6 +7,11 @@ import pytest
 from chartkit import render
 
 SCHEMA = "values don't meet the specifications of the schema"
+NOT_MEMORY = ("is not a memory quantity this chart can use. Write a number followed by one of "
+              "Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000), as a string, "
+              'e.g. 1536Mi, 1.5Gi or 2G; or a plain byte count in quotes, e.g. "1073741824".')
+LEGACY = ("{key} is not a value of this chart (it is a dask/helm-chart key, or one that lives "
+          "elsewhere here): set {instead} instead, and remove {key}.")
 
 # id → (values YAML, extra helm args, expected message fragments)
 CASES = {
@@ -21,16 +26,152 @@ CASES = {
         [SCHEMA, "at '/worker/threads': got string, want integer"]),
     "memory lots": (
         "worker: {memoryPerProcess: lots}", (),
-        [SCHEMA, "at '/worker/memoryPerProcess': 'lots' does not match pattern"]),
-    "fractional memory": (
-        "worker: {executor: {poolMemoryPerProcess: 1.5Gi}}", (),
-        [SCHEMA, "at '/worker/executor/poolMemoryPerProcess': '1.5Gi' does not match pattern"]),
+        [f"worker.memoryPerProcess=lots {NOT_MEMORY}"]),
+    "memory in dask's GB spelling": (
+        "worker: {executor: {poolMemoryPerProcess: 2GB}}", (),
+        [f"worker.executor.poolMemoryPerProcess=2GB {NOT_MEMORY}"]),
+    "memory in Kubernetes' milli-bytes": (
+        "worker: {memoryOverhead: 512000000000m}", (),
+        [f"worker.memoryOverhead=512000000000m {NOT_MEMORY}"]),
+    "memory in exabytes": (
+        "worker: {executor: {memLimitPerProcess: 1Ei}}", (),
+        [f"worker.executor.memLimitPerProcess=1Ei {NOT_MEMORY}"]),
+    "memory as a YAML number": (
+        "worker: {memoryPerProcess: 2}", (),
+        [f"worker.memoryPerProcess=2 {NOT_MEMORY}"]),
+    "explicit resource memory in words": (
+        "worker: {resources: {limits: {memory: 16 gigs}}}", (),
+        [f"worker.resources.limits.memory=16 gigs {NOT_MEMORY}"]),
+    "zero memory": (
+        "worker: {memoryPerProcess: '0Mi'}", (),
+        ["worker.memoryPerProcess=0Mi is zero: it must be more than 0 (e.g. 512Mi)."]),
     "unknown key worker.proceses": (
         "worker: {proceses: 4}", (),
         [SCHEMA, "at '/worker': additional properties 'proceses' not allowed"]),
     "unknown top-level key": (
-        "workers: {processes: 4}", (),
-        [SCHEMA, "additional properties 'workers' not allowed"]),
+        "worker_pods: {processes: 4}", (),
+        [SCHEMA, "additional properties 'worker_pods' not allowed"]),
+    "dask-chart key workers": (
+        "workers: {replicas: 4}", (),
+        [LEGACY.format(key="workers", instead="worker (worker.replicas, worker.processes, "
+                       "worker.threads, worker.resources, ...)")]),
+    "dask-chart key worker.env": (
+        "worker: {env: [{name: A, value: b}]}", (),
+        [LEGACY.format(key="worker.env", instead="worker.extraEnv (a Kubernetes EnvVar list)")]),
+    "dask-chart key worker.mounts": (
+        "worker: {mounts: {volumes: [], volumeMounts: []}}", (),
+        [LEGACY.format(key="worker.mounts", instead="worker.extraVolumes (a Volume list) and "
+                       "worker.extraVolumeMounts (a VolumeMount list)")]),
+    "dask-chart key worker.threads_per_worker": (
+        "worker: {threads_per_worker: 2}", (),
+        [LEGACY.format(key="worker.threads_per_worker", instead="worker.threads")]),
+    "executor key one level too high": (
+        "worker: {maxProcessReuse: 1}", (),
+        [LEGACY.format(key="worker.maxProcessReuse", instead="worker.executor.maxProcessReuse")]),
+    "dask-chart key worker.default_resources": (
+        "worker: {default_resources: {cpu: 1}}", (),
+        [LEGACY.format(key="worker.default_resources",
+                       instead="worker.resources (unset keys are derived from the mode)")]),
+    "dask-chart key worker.image": (
+        "worker: {image: {repository: daskdev/dask}}", (),
+        [LEGACY.format(key="worker.image", instead="image (image.repository, image.tag, "
+                       "image.digest: one image for every pod)")]),
+    "dask-chart key scheduler.env": (
+        "scheduler: {env: [{name: A, value: b}]}", (),
+        [LEGACY.format(key="scheduler.env", instead="scheduler.extraEnv (a Kubernetes EnvVar list)")]),
+    "dask-chart key scheduler.serviceType": (
+        "scheduler: {serviceType: LoadBalancer}", (),
+        [LEGACY.format(key="scheduler.serviceType", instead="scheduler.service.type")]),
+    "dask-chart key webUI": (
+        "webUI: {servicePort: 80}", (),
+        [LEGACY.format(key="webUI", instead="scheduler.ingress (an Ingress for the dashboard) "
+                       "or scheduler.service")]),
+    "dask-chart key jupyter": (
+        "jupyter: {enabled: true}", (),
+        [LEGACY.format(key="jupyter", instead="nothing: this chart runs no Jupyter server; "
+                       "connect your own client to the scheduler (NOTES.txt, Connect)")]),
+    "unknown mode": (
+        "mode: fast", (),
+        [SCHEMA, "at '/mode': value must be one of 'debug-isolated', 'debug-parallel', "
+                 "'diagnose-fresh-venv', 'fresh-process', 'prod-warm'"]),
+    "image digest without sha256": (
+        "image: {digest: abc123}", (),
+        [SCHEMA, "at '/image/digest': 'abc123' does not match pattern"]),
+    "root with runAsNonRoot (global)": (
+        "podSecurityContext: {runAsUser: 0}", (),
+        ["the scheduler pod would run as root (runAsUser: 0) with runAsNonRoot: true: the "
+         "kubelet refuses to start such a container (CreateContainerConfigError). Set runAsUser "
+         "to a non-zero uid (the image's user is 10001), or, if you really want root, set "
+         "runAsNonRoot: false too"]),
+    "root with runAsNonRoot (worker container override)": (
+        "worker: {containerSecurityContext: {runAsUser: 0}}", (),
+        ["the worker pod would run as root (runAsUser: 0) with runAsNonRoot: true"]),
+    "service account annotations without create": (
+        "serviceAccount: {annotations: {eks.amazonaws.com/role-arn: x}}", (),
+        ["serviceAccount.annotations are set but serviceAccount.create=false: the chart puts "
+         "them only on a ServiceAccount it creates. Set serviceAccount.create: true, or annotate "
+         "your own account and name it in serviceAccount.name."]),
+    "Recreate with rollingUpdate": (
+        "worker: {strategy: {type: Recreate, rollingUpdate: {maxSurge: 1}}}", (),
+        ["worker.strategy.rollingUpdate is set but worker.strategy.type=Recreate: Kubernetes "
+         "refuses rollingUpdate with Recreate. Remove rollingUpdate, or set type: RollingUpdate."]),
+    "rolling update that cannot progress": (
+        "worker: {strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: '0%'}}}",
+        (), ["worker.strategy.rollingUpdate has maxSurge and maxUnavailable both 0: Kubernetes "
+             "refuses it"]),
+    "strategy type": (
+        "worker: {strategy: {type: BlueGreen}}", (),
+        [SCHEMA, "at '/worker/strategy/type': value must be one of 'Recreate', 'RollingUpdate'"]),
+    "liveness successThreshold": (
+        "worker: {livenessProbe: {successThreshold: 3}}", (),
+        ["worker.livenessProbe.successThreshold=3: Kubernetes requires 1 for a liveness probe. "
+         "Remove it or set 1."]),
+    "readiness terminationGracePeriodSeconds": (
+        "scheduler: {readinessProbe: {terminationGracePeriodSeconds: 5}}", (),
+        ["scheduler.readinessProbe.terminationGracePeriodSeconds is set: Kubernetes allows it "
+         "only on liveness (and startup) probes."]),
+    "probe with an action": (
+        "worker: {livenessProbe: {exec: {command: [true]}}}", (),
+        [SCHEMA, "at '/worker/livenessProbe': additional properties 'exec' not allowed"]),
+    "mount of a volume the pod lacks": (
+        "worker: {extraVolumeMounts: [{name: ca, mountPath: /etc/ca}]}", (),
+        ['worker.extraVolumeMounts mounts volume "ca", which the pod does not have: add it to '
+         "worker.extraVolumes (volumes: tmp, bundle-cache, venv-cache)."]),
+    "extra volume named like the chart's": (
+        "scheduler: {extraVolumes: [{name: tmp, emptyDir: {}}]}", (),
+        ['scheduler.extraVolumes has a second volume named "tmp" (the chart\'s own volumes are '
+         "tmp): Kubernetes refuses duplicate volume names. Rename it."]),
+    "extra mount over the venv cache": (
+        "worker: {extraVolumes: [{name: fast, emptyDir: {}}], "
+        "extraVolumeMounts: [{name: fast, mountPath: /var/cache/modelops/envs/}]}", (),
+        ['worker.extraVolumeMounts mounts "fast" at /var/cache/modelops/envs, where the chart '
+         "mounts the venv cache: Kubernetes refuses two mounts at one path."]),
+    "extra mount at a relative path": (
+        "worker: {extraVolumes: [{name: a, emptyDir: {}}], "
+        "extraVolumeMounts: [{name: a, mountPath: data}]}", (),
+        ['worker.extraVolumeMounts entry "a" needs an absolute mountPath (got "data").']),
+    "two extra mounts at one path": (
+        "worker: {extraVolumes: [{name: a, emptyDir: {}}, {name: b, emptyDir: {}}], "
+        "extraVolumeMounts: [{name: a, mountPath: /data}, {name: b, mountPath: /data}]}", (),
+        ["worker.extraVolumeMounts mounts two volumes at /data: Kubernetes refuses two mounts "
+         "at one path."]),
+    "loadBalancerIP on a ClusterIP service": (
+        "scheduler: {service: {loadBalancerIP: 10.0.0.1}}", (),
+        ["scheduler.service.loadBalancerIP is set but scheduler.service.type=ClusterIP: "
+         "Kubernetes accepts it only for type LoadBalancer."]),
+    "loadBalancerSourceRanges on a NodePort service": (
+        "scheduler: {service: {type: NodePort, loadBalancerSourceRanges: [10.0.0.0/8]}}", (),
+        ["scheduler.service.loadBalancerSourceRanges is set but scheduler.service.type=NodePort"]),
+    "source range that is no CIDR": (
+        "scheduler: {service: {type: LoadBalancer, loadBalancerSourceRanges: [10.0.0.1]}}", (),
+        ['scheduler.service.loadBalancerSourceRanges has "10.0.0.1", which is not a CIDR']),
+    "ingress path type": (
+        "scheduler: {ingress: {enabled: true, pathType: Regex}}", (),
+        [SCHEMA, "at '/scheduler/ingress/pathType': value must be one of 'Prefix', 'Exact', "
+                 "'ImplementationSpecific'"]),
+    "topology spread without whenUnsatisfiable": (
+        "worker: {topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone}]}", (),
+        [SCHEMA, "at '/worker/topologySpreadConstraints/0': missing property 'whenUnsatisfiable'"]),
     "negative TTL": (
         "worker: {executor: {processTTL: -5}}", (),
         [SCHEMA, "at '/worker/executor/processTTL': minimum: got -5, want 1"]),
@@ -159,8 +300,20 @@ def test_an_install_without_a_bundle_repository_is_refused(helm, preset):
     "bundles: {repo: 'file:///opt/bundle-repo'}",
     "bundles: {repo: /mnt/repo, volume: {persistentVolumeClaim: {claimName: bundles}}}",
     "worker: {resources: {requests: {memory: 16Gi, cpu: 500m}, limits: {memory: 16Gi, cpu: 0.5}}}",
+    "podSecurityContext: {runAsUser: 0, runAsNonRoot: false}",
+    "worker: {strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}}",
+    "worker: {strategy: {type: RollingUpdate}}",
+    "scheduler: {service: {type: LoadBalancer, loadBalancerIP: 10.0.0.1, "
+    "loadBalancerSourceRanges: [10.0.0.0/8, '2001:db8::/32']}}",
+    "serviceAccount: {create: true, annotations: {a: b}}",
+    "worker: {livenessProbe: {successThreshold: 1}, memoryPerProcess: '1073741824'}",
+    "worker: {extraVolumes: [{name: a, emptyDir: {}}], "
+    "extraVolumeMounts: [{name: a, mountPath: /var/cache/modelops/other}, "
+    "{name: venv-cache, mountPath: /opt/venvs, subPath: venvs}]}",
 ])
 def test_the_nearest_good_values_render(helm, values):
     """The boundary of each refusal: a repository built into the image (file://), a path
-    with a volume, requests equal to their limits."""
+    with a volume, requests equal to their limits, root when runAsNonRoot is off, a rolling
+    update that may remove one pod, LoadBalancer fields on a LoadBalancer, annotations on a
+    created account, a plain byte count, a second mount of a chart volume elsewhere."""
     assert render(helm, values=values).returncode == 0

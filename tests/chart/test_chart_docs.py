@@ -56,12 +56,36 @@ def _schema_keys(node: dict, prefix: str = ""):
         yield from _schema_keys(child, path + ".")
 
 
+def _legacy_keys() -> set[str]:
+    """dask/helm-chart keys the schema admits only for the render to refuse them."""
+    return {key for key in _schema_keys(SCHEMA)
+            if values_table.schema_node(SCHEMA, key).get("$ref") == "#/definitions/legacy"}
+
+
+def test_legacy_keys_are_admitted_only_to_be_refused():
+    legacy = _legacy_keys()
+    assert {"workers", "worker.env", "worker.mounts", "worker.threads_per_worker",
+            "worker.maxProcessReuse", "scheduler.env"} <= legacy
+    tpl = (chartkit.CHART / "templates" / "_validate.tpl").read_text()
+    for key in legacy:
+        assert f'"{key.rsplit(".", 1)[-1]}" "' in tpl, f"_validate.tpl does not refuse {key}"
+        assert key not in DOCS
+
+
 def test_every_schema_key_has_a_default_in_values_yaml():
     """The schema types no key values.yaml lacks (except those only users add)."""
     only_in_schema = {"global", "worker.resources.requests", "worker.resources.limits",
                       "worker.resources.requests.memory", "worker.resources.requests.cpu",
                       "worker.resources.limits.memory", "worker.resources.limits.cpu",
-                      "scheduler.resources.requests", "scheduler.resources.limits"}
+                      "scheduler.resources.requests", "scheduler.resources.limits",
+                      "worker.strategy.rollingUpdate", "worker.strategy.rollingUpdate.maxSurge",
+                      "worker.strategy.rollingUpdate.maxUnavailable"}
+    for component in ("worker", "scheduler"):
+        for probe in ("readinessProbe", "livenessProbe"):
+            for field in ("initialDelaySeconds", "periodSeconds", "timeoutSeconds",
+                          "failureThreshold", "successThreshold", "terminationGracePeriodSeconds"):
+                only_in_schema.add(f"{component}.{probe}.{field}")
+    only_in_schema |= _legacy_keys()
     for key in _schema_keys(SCHEMA):
         if key in only_in_schema:
             continue
@@ -74,7 +98,9 @@ def test_every_schema_key_has_a_default_in_values_yaml():
 def test_our_blocks_refuse_unknown_keys():
     """A typo anywhere in a block we own is an error, not a silently ignored value."""
     open_blocks = {"bundles.volume", "scheduler.affinity", "worker.affinity",
-                   "podSecurityContext", "containerSecurityContext", "global"}
+                   "podSecurityContext", "containerSecurityContext", "global",
+                   "worker.podSecurityContext", "worker.containerSecurityContext",
+                   "scheduler.podSecurityContext", "scheduler.containerSecurityContext"}
 
     def check(node: dict, path: str) -> None:
         node = values_table._resolve(SCHEMA, node)

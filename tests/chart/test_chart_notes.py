@@ -66,8 +66,8 @@ def test_notes_show_an_explicit_memory_limit():
 def test_notes_give_the_upgrade_line_of_every_preset():
     text = _notes()
     for preset in PRESETS:
-        assert (f"helm upgrade mo ./chart -n sims -f my-values.yaml "
-                f"-f values-examples/{preset}.yaml") in text, preset
+        assert (f"helm upgrade mo ./chart -n sims --reuse-values --set mode={preset} ") in text, \
+            preset
     assert "helm test mo -n sims" in text
     assert "port-forward svc/mo-modelops-dask-scheduler 8786:8786 8787:8787" in text
 
@@ -82,3 +82,70 @@ def test_notes_say_where_the_workers_get_bundles():
 def test_notes_give_helm_test_a_timeout_beyond_the_scripts_own():
     assert "helm test mo -n sims    # a task on every worker process" in _notes()
     assert "helm test mo -n sims --timeout 660s    #" in _notes(values="tests: {timeoutSeconds: 600}")
+
+
+# ---- the effective mode -------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_notes_name_the_mode_of_a_preset_file_or_a_mode_value(preset):
+    for text in (_notes(preset), _notes(values=f"mode: {preset}")):
+        assert f"mode:           {preset} (the preset)" in text
+        assert "WARNING" not in text
+
+
+def test_notes_warn_when_a_preset_file_before_the_users_values_mixes_modes():
+    """-f values-examples/fresh-process.yaml -f mine.yaml, where mine sets threads: the
+    effective mode is fresh-process's keys plus threads=2, which is no preset."""
+    text = _notes("fresh-process", values="worker: {threads: 2}")
+    assert ("mode:           custom: fresh-process with worker.threads=2 (preset: 1) "
+            "(matches no preset)") in text
+    assert ("WARNING: the effective mode matches no preset: mode=fresh-process, but "
+            "worker.threads=2 (preset: 1) set explicitly (explicit mode keys win over mode). If "
+            "you did not mean to mix modes (e.g. a preset file passed with -f before your own "
+            "values), remove those keys: helm upgrade mo <chart> --reset-values -f my-values.yaml "
+            "--set mode=fresh-process.") in text
+
+
+def test_notes_warn_when_kept_preset_keys_override_a_new_mode():
+    """Installed with -f values-examples/debug-isolated.yaml, upgraded with --reuse-values
+    --set mode=fresh-process: the kept keys win, and NOTES says so."""
+    text = _notes("debug-isolated", values="mode: fresh-process")
+    assert ("mode:           debug-isolated (the preset's keys set explicitly; "
+            "mode=fresh-process)") in text
+    assert ("WARNING: mode=fresh-process, but the effective mode is the debug-isolated preset: "
+            "worker.processes=1 (preset: 4), worker.executor.maxProcessReuse=1000 (preset: 1), "
+            "worker.executor.type=direct (preset: isolated_warm) set explicitly") in text
+    assert "--reset-values -f my-values.yaml --set mode=fresh-process." in text
+
+
+# ---- legal but surely unintended: WARNING lines ------------------------------------------
+
+def test_notes_warn_about_a_pod_bigger_than_most_nodes():
+    text = _notes(values="worker: {memoryPerProcess: 512Mi, executor: {poolMemoryPerProcess: 64Gi}}")
+    assert ("WARNING: each worker pod asks for 264704Mi (258.5 GiB) of memory (4 processes × "
+            "(512Mi memoryPerProcess + 65536Mi poolMemoryPerProcess) + 512Mi memoryOverhead = "
+            "264704Mi): few nodes have that much, so the pods may stay Pending.") in text
+
+
+def test_notes_warn_only_above_128_gib():
+    # 4 × (1024Mi + 31232Mi) + overhead: 131072Mi (128 GiB) exactly is fine, 1Mi more warns
+    assert "WARNING" not in _notes(
+        values="worker: {memoryOverhead: 2048Mi, executor: {poolMemoryPerProcess: 31232Mi}}")
+    assert "WARNING: each worker pod asks for 131073Mi (128.0 GiB)" in _notes(
+        values="worker: {memoryOverhead: 2049Mi, executor: {poolMemoryPerProcess: 31232Mi}}")
+
+
+def test_notes_warn_about_threads_with_the_direct_executor():
+    text = _notes("debug-parallel", values="worker: {threads: 4}")
+    assert ("WARNING: worker.executor.type=direct runs one task at a time per Dask worker "
+            "process, but worker.threads=4: each pod requests 16 CPUs (processes × threads) of "
+            "which at most 4 are busy. Set worker.threads: 1 (as the debug presets do), or use "
+            "isolated_warm to run tasks in parallel.") in text
+
+
+def test_notes_warn_about_root_workers():
+    text = _notes(values="podSecurityContext: {runAsUser: 0, runAsNonRoot: false}")
+    assert ("WARNING: the worker pods run as root (runAsUser: 0): bundle code, which is user "
+            "code, runs as root in the container.") in text
+    assert "WARNING" not in _notes(
+        values="worker: {podSecurityContext: {runAsUser: 20000}}")

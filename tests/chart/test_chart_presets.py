@@ -224,15 +224,16 @@ def _leaves(tree, prefix=""):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_is_an_overlay_of_all_mode_keys_only(preset):
-    """Same keys in every preset: whichever preset comes last wins completely."""
+    """Same keys in every preset (the mode's name and the five mode keys): whichever preset
+    comes last wins completely, and `mode: <preset>` fills exactly these keys."""
     text = (chartkit.PRESETS_DIR / f"{preset}.yaml").read_text()
-    assert set(_leaves(yaml.safe_load(text))) == MODE_KEYS
+    assert set(_leaves(yaml.safe_load(text))) == MODE_KEYS | {"mode"}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_header_says_what_it_isolates_and_its_trade_offs(preset):
     text = (chartkit.PRESETS_DIR / f"{preset}.yaml").read_text()
-    header = "\n".join(re.findall(r"^# ?(.*)$", text.split("\nworker:")[0], re.M))
+    header = "\n".join(re.findall(r"^# ?(.*)$", text.split("\nmode:")[0], re.M))
     assert header.startswith(f"{preset}:")
     assert "Isolates:" in header and "Trade-offs:" in header
 
