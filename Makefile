@@ -15,7 +15,7 @@ SIMS    ?= 300
 PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint lint-helm3 lint-helm4 ct-lint pytest tools tool-helm tool-podman venv bench clean help image lock
+.PHONY: run test lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman venv bench clean help image lock
 
 help:
 	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
@@ -64,18 +64,27 @@ run: venv tool-helm
 
 test: venv tools lint pytest
 
-lint: lint-helm3 lint-helm4 ct-lint
+lint: lint-helm3 lint-helm4 ct-lint render-check
 
-# helm 3 lints the chart's defaults here; ct-lint lints every preset with the same helm 3
-# (`helm lint --strict` per chart/ci/*-values.yaml, see ci/ct.yaml). helm 4 lints both.
+# The chart has no default for bundles.repo, so CI lints with ci/lint-values.yaml (what every
+# user's values file must say). helm 3 lints that here; ct-lint lints every preset with the
+# same helm 3 (`helm lint --strict` per chart/ci/*-values.yaml, see ci/ct.yaml); helm 4
+# lints both. `helm lint` only logs a template's `fail`, so render-check renders the same
+# values with `helm template` on both helms and fails when they do not render.
+LINT_VALUES := ci/lint-values.yaml
 lint-helm3:
-	@echo "== helm lint --strict with $$($(HELM3) version --template '{{.Version}}') on the defaults"
-	@$(HELM3) lint --strict chart
+	@echo "== helm lint --strict with $$($(HELM3) version --template '{{.Version}}') on $(LINT_VALUES)"
+	@$(HELM3) lint --strict chart -f $(LINT_VALUES)
 
 lint-helm4:
-	@echo "== helm lint --strict with $$($(HELM4) version --template '{{.Version}}') on the defaults and every preset"
-	@$(HELM4) lint --strict chart
-	@for p in $(PRESETS); do $(HELM4) lint --strict chart -f values-examples/$$p.yaml --quiet || exit 1; done
+	@echo "== helm lint --strict with $$($(HELM4) version --template '{{.Version}}') on $(LINT_VALUES) and every preset"
+	@$(HELM4) lint --strict chart -f $(LINT_VALUES)
+	@for p in $(PRESETS); do $(HELM4) lint --strict chart -f $(LINT_VALUES) -f values-examples/$$p.yaml --quiet || exit 1; done
+
+render-check:
+	@echo "== helm template (helm 3 and helm 4) on $(LINT_VALUES), alone and with every preset"
+	@bash ci/render-check.sh $(HELM3) chart $(LINT_VALUES)
+	@bash ci/render-check.sh $(HELM4) chart $(LINT_VALUES)
 
 ct-lint:
 	@echo "== ct $$($(CT) version | awk 'NR == 1 {print $$2}') lint: yamllint, yamale and helm lint --strict with $$(helm version --template '{{.Version}}') on every preset"
