@@ -54,6 +54,26 @@ bundles: {repo: "s3://bucket/bundles"}
     assert config.log_level.value == "DEBUG"
 
 
+@pytest.mark.parametrize("memory,expected", [
+    ("1.5Gi", 3 * 2**29), ("2G", 2 * 10**9), ("1536M", 1536 * 10**6), ("524288Ki", 2**29),
+    ("1073741824", 2**30), ("0.5Ti", 2**39), ("1000000k", 10**9),
+])
+def test_dask_and_the_runtime_read_every_memory_form_the_chart_accepts(memory, expected):
+    """The chart passes memory values through as written: dask (--memory-limit) and the
+    runtime (MODELOPS_POOL_MEMORY_BYTES, MODELOPS_MEM_LIMIT_BYTES) must read each form the
+    chart's validation admits to the same number of bytes."""
+    from dask.utils import parse_bytes as dask_parse_bytes
+
+    values = (f"worker: {{memoryPerProcess: '{memory}', executor: "
+              f"{{poolMemoryPerProcess: '{memory}', memLimitPerProcess: '{memory}'}}}}")
+    worker = render("helm3", values=values).container("worker")
+    args, env = worker["args"], _env(worker)
+    assert dask_parse_bytes(args[args.index("--memory-limit") + 1]) == expected
+    config = RuntimeConfig.from_env(env)
+    assert config.pool_memory_bytes == expected
+    assert config.mem_limit_bytes == expected
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
