@@ -173,3 +173,26 @@ def test_go_mod_without_the_module_is_named(tmp_path):
         "tools: ci/tools/ct/go.mod does not require github.com/helm/chart-testing/v3; add it "
         "(go get -tool github.com/helm/chart-testing/v3/ct@<version>).")
     assert not list((tmp_path / "bin").iterdir())
+
+
+def test_podman_is_named_only_and_nothing_present_is_reinstalled(tmp_path):
+    """`podman` (the image tests' podman, runc, debootstrap from Debian) is never part of
+    the default set; named alone it builds no Go tool, and what is there stays as it is."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed here (ci/install-podman.sh installs it as root on Debian)")
+    out = _run([str(tmp_path / "bin"), "podman"], os.environ["PATH"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tools: podman 4."), out.stdout
+    assert lines[0].endswith("and runc, debootstrap already installed"), lines[0]
+    assert not (tmp_path / "bin").exists(), "no Go tool was built"
+
+
+def test_podman_without_apt_says_what_to_install(tmp_path):
+    out = _run([str(tmp_path / "bin"), "podman"], _clean_path(tmp_path), tmp_path)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("tools: cannot install podman "), lines[0]
+    assert lines[0].endswith(": no apt-get here (not Debian); install podman, runc and "
+                             "debootstrap with your package manager."), lines[0]
