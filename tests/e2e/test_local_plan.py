@@ -165,3 +165,12 @@ def test_errors_are_typed(tmp_path):
     assert isinstance(err.value, ModelOpsError) and "isolated_warm" in err.value.helm_output
     with pytest.raises(LocalModeError, match="--chart"):
         render.find_chart(tmp_path)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_mode_value_selects_the_same_local_cluster_as_the_preset_file(name):
+    """`modelops-runtime local --set mode=<preset>` (the chart ships the presets): the same
+    rendered cluster as `-f values-examples/<preset>.yaml`."""
+    by_file = render.render_cluster([preset(name).file], chart=CHART)
+    by_mode = render.render_cluster([], sets=[f"mode={name}"], chart=CHART)
+    assert by_mode == by_file
