@@ -149,3 +149,20 @@ def test_notes_warn_about_root_workers():
             "code, runs as root in the container.") in text
     assert "WARNING" not in _notes(
         values="worker: {podSecurityContext: {runAsUser: 20000}}")
+
+
+def test_notes_name_the_dashboard_ingress():
+    text = _notes(values="scheduler: {ingress: {enabled: true, hosts: [dask.example.com], "
+                         "tls: [{hosts: [dask.example.com], secretName: t}]}}")
+    assert "dashboard:      Ingress mo-modelops-dask-scheduler (dask.example.com/, TLS)" in text
+    assert "WARNING" not in text
+
+
+def test_notes_warn_when_the_network_policy_keeps_the_ingress_controller_out():
+    values = "scheduler: {ingress: {enabled: true}}\nnetworkPolicy: {enabled: true}"
+    assert ("WARNING: scheduler.ingress is enabled, but networkPolicy.enabled admits no client "
+            "to the scheduler (networkPolicy.clientFrom is empty): the ingress controller cannot "
+            "reach the dashboard.") in _notes(values=values)
+    allowed = ("scheduler: {ingress: {enabled: true}}\nnetworkPolicy: {enabled: true, "
+               "clientFrom: [{namespaceSelector: {matchLabels: {team: x}}}]}")
+    assert "WARNING" not in _notes(values=allowed)
