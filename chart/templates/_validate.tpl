@@ -23,6 +23,8 @@ Add a new concern as its own `define` below and call it from modelops-dask.valid
 {{- include "modelops-dask.validate.probes" . -}}
 {{- include "modelops-dask.validate.volumes" . -}}
 {{- include "modelops-dask.validate.schedulerService" . -}}
+{{- include "modelops-dask.validate.ingress" . -}}
+{{- include "modelops-dask.validate.topologySpread" . -}}
 {{- end -}}
 
 {{/*
@@ -344,5 +346,30 @@ silently shadowing the caches).
 {{- if not (regexMatch "^([0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$" .) -}}
 {{- fail (printf "scheduler.service.loadBalancerSourceRanges has %q, which is not a CIDR: write networks such as 10.0.0.0/8 or 2001:db8::/32." .) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Ingress hosts the API server accepts: DNS names (a leading "*." allowed), not IPs. */}}
+{{- define "modelops-dask.validate.ingress" -}}
+{{- $ing := .Values.scheduler.ingress -}}
+{{- if $ing.enabled -}}
+{{- $dns := "^(\\*\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" -}}
+{{- range $host := $ing.hosts -}}
+{{- if or (not (regexMatch $dns $host)) (regexMatch "^[0-9.]+$" $host) -}}
+{{- fail (printf "scheduler.ingress.hosts has %q, which Kubernetes refuses as an Ingress host: write a lower-case DNS name such as dask.example.com (a leading *. wildcard is allowed; no scheme, port, path or IP address; the path goes in scheduler.ingress.path)." $host) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The API server refuses two constraints with the same topologyKey and whenUnsatisfiable. */}}
+{{- define "modelops-dask.validate.topologySpread" -}}
+{{- $seen := dict -}}
+{{- range .Values.worker.topologySpreadConstraints -}}
+{{- $pair := printf "%s/%s" .topologyKey .whenUnsatisfiable -}}
+{{- if hasKey $seen $pair -}}
+{{- fail (printf "worker.topologySpreadConstraints has two constraints with topologyKey %s and whenUnsatisfiable %s: Kubernetes refuses the duplicate. Merge them into one (the chart's default is kubernetes.io/hostname with ScheduleAnyway; a list you set replaces it)." .topologyKey .whenUnsatisfiable) -}}
+{{- end -}}
+{{- $_ := set $seen $pair true -}}
 {{- end -}}
 {{- end -}}

@@ -169,6 +169,22 @@ CASES = {
         "scheduler: {ingress: {enabled: true, pathType: Regex}}", (),
         [SCHEMA, "at '/scheduler/ingress/pathType': value must be one of 'Prefix', 'Exact', "
                  "'ImplementationSpecific'"]),
+    "ingress host with a scheme": (
+        "scheduler: {ingress: {enabled: true, hosts: ['https://dask.example.com']}}", (),
+        ['scheduler.ingress.hosts has "https://dask.example.com", which Kubernetes refuses as '
+         "an Ingress host: write a lower-case DNS name such as dask.example.com"]),
+    "ingress host that is an IP": (
+        "scheduler: {ingress: {enabled: true, hosts: ['10.0.0.1']}}", (),
+        ['scheduler.ingress.hosts has "10.0.0.1", which Kubernetes refuses as an Ingress host']),
+    "duplicate topology spread constraint": (
+        "worker: {topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, "
+        "whenUnsatisfiable: DoNotSchedule}, {maxSkew: 2, topologyKey: zone, "
+        "whenUnsatisfiable: DoNotSchedule}]}", (),
+        ["worker.topologySpreadConstraints has two constraints with topologyKey zone and "
+         "whenUnsatisfiable DoNotSchedule: Kubernetes refuses the duplicate."]),
+    "priority class name with capitals": (
+        "worker: {priorityClassName: High}", (),
+        [SCHEMA, "at '/worker/priorityClassName': 'High' does not match pattern"]),
     "topology spread without whenUnsatisfiable": (
         "worker: {topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone}]}", (),
         [SCHEMA, "at '/worker/topologySpreadConstraints/0': missing property 'whenUnsatisfiable'"]),
@@ -307,6 +323,9 @@ def test_an_install_without_a_bundle_repository_is_refused(helm, preset):
     "loadBalancerSourceRanges: [10.0.0.0/8, '2001:db8::/32']}}",
     "serviceAccount: {create: true, annotations: {a: b}}",
     "worker: {livenessProbe: {successThreshold: 1}, memoryPerProcess: '1073741824'}",
+    "scheduler: {ingress: {enabled: true, hosts: ['*.dask.example.com', dask-1.internal]}}",
+    "worker: {topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: "
+    "DoNotSchedule}, {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway}]}",
     "worker: {extraVolumes: [{name: a, emptyDir: {}}], "
     "extraVolumeMounts: [{name: a, mountPath: /var/cache/modelops/other}, "
     "{name: venv-cache, mountPath: /opt/venvs, subPath: venvs}]}",
