@@ -59,10 +59,11 @@ app.kubernetes.io/part-of: modelops-dask
 
 {{/* The workers' ServiceAccount: the created one, a named existing one, or "" (default). */}}
 {{- define "modelops-dask.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- .Values.serviceAccount.name | default (include "modelops-dask.worker" .) -}}
+{{- $sa := .Values.serviceAccount | default dict -}}
+{{- if $sa.create -}}
+{{- $sa.name | default (include "modelops-dask.worker" .) -}}
 {{- else -}}
-{{- .Values.serviceAccount.name -}}
+{{- $sa.name -}}
 {{- end -}}
 {{- end -}}
 

@@ -248,7 +248,7 @@ CreateContainerConfigError. The effective value is the container's, else the pod
 {{- end -}}
 
 {{- define "modelops-dask.validate.serviceAccount" -}}
-{{- $sa := .Values.serviceAccount -}}
+{{- $sa := .Values.serviceAccount | default dict -}}
 {{- if and $sa.annotations (not $sa.create) -}}
 {{- fail "serviceAccount.annotations are set but serviceAccount.create=false: the chart puts them only on a ServiceAccount it creates. Set serviceAccount.create: true, or annotate your own account and name it in serviceAccount.name." -}}
 {{- end -}}
@@ -256,7 +256,10 @@ CreateContainerConfigError. The effective value is the container's, else the pod
 
 {{/* What the API server refuses in a DeploymentStrategy. */}}
 {{- define "modelops-dask.validate.strategy" -}}
-{{- $s := .Values.worker.strategy -}}
+{{- $s := .Values.worker.strategy | default dict -}}
+{{- if not $s.type -}}
+{{- fail "worker.strategy has no type (was it set to null?): set worker.strategy.type to Recreate (the chart's default: a mode switch never mixes old-mode and new-mode workers) or RollingUpdate." -}}
+{{- end -}}
 {{- if and (eq $s.type "Recreate") $s.rollingUpdate -}}
 {{- fail "worker.strategy.rollingUpdate is set but worker.strategy.type=Recreate: Kubernetes refuses rollingUpdate with Recreate. Remove rollingUpdate, or set type: RollingUpdate." -}}
 {{- end -}}
@@ -273,7 +276,7 @@ CreateContainerConfigError. The effective value is the container's, else the pod
 {{/* What the API server refuses in a Probe. */}}
 {{- define "modelops-dask.validate.probes" -}}
 {{- range $component := list "scheduler" "worker" -}}
-{{- $values := index $.Values $component -}}
+{{- $values := index $.Values $component | default dict -}}
 {{- with $values.livenessProbe -}}
 {{- if and (hasKey . "successThreshold") (ne (int64 .successThreshold) 1) -}}
 {{- fail (printf "%s.livenessProbe.successThreshold=%v: Kubernetes requires 1 for a liveness probe. Remove it or set 1." $component .successThreshold) -}}
@@ -334,7 +337,7 @@ silently shadowing the caches).
 
 {{/* LoadBalancer-only fields of the scheduler Service. */}}
 {{- define "modelops-dask.validate.schedulerService" -}}
-{{- $svc := .Values.scheduler.service -}}
+{{- $svc := .Values.scheduler.service | default dict -}}
 {{- if ne $svc.type "LoadBalancer" -}}
 {{- range $key := list "loadBalancerIP" "loadBalancerSourceRanges" -}}
 {{- if index $svc $key -}}
@@ -351,7 +354,7 @@ silently shadowing the caches).
 
 {{/* Ingress hosts the API server accepts: DNS names (a leading "*." allowed), not IPs. */}}
 {{- define "modelops-dask.validate.ingress" -}}
-{{- $ing := .Values.scheduler.ingress -}}
+{{- $ing := .Values.scheduler.ingress | default dict -}}
 {{- if $ing.enabled -}}
 {{- $dns := "^(\\*\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" -}}
 {{- range $host := $ing.hosts -}}

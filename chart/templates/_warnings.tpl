@@ -41,7 +41,7 @@ render goes on; refusals are in _validate.tpl). JSON list of strings.
 {{- $warnings = append $warnings "the worker pods run as root (runAsUser: 0): bundle code, which is user code, runs as root in the container. The image's own user is 10001 (the chart's default); remove the override unless you need root." -}}
 {{- end -}}
 {{- /* ---- an Ingress the NetworkPolicy keeps out ------------------------------------ */}}
-{{- if and .Values.scheduler.ingress.enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.clientFrom) -}}
+{{- if and (.Values.scheduler.ingress | default dict).enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.clientFrom) -}}
 {{- $warnings = append $warnings "scheduler.ingress is enabled, but networkPolicy.enabled admits no client to the scheduler (networkPolicy.clientFrom is empty): the ingress controller cannot reach the dashboard. Add its namespace to networkPolicy.clientFrom, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]." -}}
 {{- end -}}
 {{- toJson $warnings -}}

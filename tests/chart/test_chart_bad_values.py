@@ -119,6 +119,11 @@ CASES = {
         "worker: {strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: '0%'}}}",
         (), ["worker.strategy.rollingUpdate has maxSurge and maxUnavailable both 0: Kubernetes "
              "refuses it"]),
+    "strategy set to null": (
+        "worker: {strategy: null}", (),
+        ["worker.strategy has no type (was it set to null?): set worker.strategy.type to "
+         "Recreate (the chart's default: a mode switch never mixes old-mode and new-mode "
+         "workers) or RollingUpdate."]),
     "strategy type": (
         "worker: {strategy: {type: BlueGreen}}", (),
         [SCHEMA, "at '/worker/strategy/type': value must be one of 'Recreate', 'RollingUpdate'"]),

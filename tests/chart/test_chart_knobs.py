@@ -118,10 +118,18 @@ def test_probes_take_their_timing_from_values(helm, component):
 
 
 @pytest.mark.parametrize("component", ["worker", "scheduler"])
-def test_probes_can_be_turned_off(helm, component):
-    values = f"{component}: {{livenessProbe: {{enabled: false}}, readinessProbe: {{enabled: false}}}}"
+@pytest.mark.parametrize("off", ["{enabled: false}", "null"])
+def test_probes_can_be_turned_off(helm, component, off):
+    values = f"{component}: {{livenessProbe: {off}, readinessProbe: {off}}}"
     container = render(helm, values=values).container(component)
     assert "livenessProbe" not in container and "readinessProbe" not in container
+
+
+@pytest.mark.parametrize("block", ["scheduler: {ingress: null}", "serviceAccount: null",
+                                   "metrics: {serviceMonitor: null}"])
+def test_a_new_optional_block_set_to_null_is_off(helm, block):
+    kinds = {o["kind"] for o in render(helm, values=block).objects}
+    assert kinds == {"Deployment", "Service", "Pod"}
 
 
 def test_security_contexts_merge_per_component(helm):
