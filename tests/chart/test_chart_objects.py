@@ -161,6 +161,13 @@ networkPolicy:
          "ports": [{"port": 8788, "protocol": "TCP"}]}]
     for component, spec in by_component.items():
         assert spec["podSelector"] == out.one("Deployment", component)["spec"]["selector"]
+    # with the scheduler's ServiceMonitor, Prometheus (metricsFrom) may scrape 8787 too
+    with_monitor = render(helm, values=values + "metrics: {serviceMonitor: {enabled: true}}")
+    (scheduler_policy,) = [p["spec"] for p in with_monitor.objects if p["kind"] == "NetworkPolicy"
+                           and p["metadata"]["labels"]["app.kubernetes.io/component"] == "scheduler"]
+    assert scheduler_policy["ingress"][2] == {
+        "from": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}],
+        "ports": [{"port": 8787, "protocol": "TCP"}]}
     # the helm test pod carries the release labels, so the policies let it in
     test_labels = out.one("Pod")["metadata"]["labels"]
     assert release["podSelector"]["matchLabels"].items() <= test_labels.items()
