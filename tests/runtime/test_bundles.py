@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -94,13 +95,44 @@ def test_pack_refuses_what_cannot_be_a_bundle(tmp_path):
     assert not repo.exists() or list(repo.iterdir()) == []  # nothing half-written
 
 
-def test_links_inside_the_bundle_survive_the_round_trip(tmp_path):
+def test_links_inside_the_bundle_are_packed_as_their_targets(tmp_path):
     src = write_bundle(tmp_path / "src", FILES)
     (src / "alias.py").symlink_to("model.py")
+    (src / "pkg2").symlink_to("pkg")
     ref = pack(src, str(tmp_path / "repo"))
     out = _store(tmp_path, tmp_path / "repo").path(ref)
-    assert (out / "alias.py").is_symlink()
+    assert not any(p.is_symlink() for p in out.rglob("*")), "an unpacked bundle holds no links"
     assert (out / "alias.py").read_text() == SIM_MODEL.lstrip("\n")
+    assert (out / "pkg2" / "util.py").read_text() == "X = 1\n"
+    # the same as packing copies of the targets: the reference names the content
+    copy = write_bundle(tmp_path / "copy", {**FILES, "alias.py": SIM_MODEL,
+                                            "pkg2/__init__.py": "", "pkg2/util.py": "X = 1\n"})
+    assert pack(copy, str(tmp_path / "repo")) == ref
+
+
+def test_pack_refuses_dangling_and_cyclic_links(tmp_path):
+    repo = tmp_path / "repo"
+    dangling = write_bundle(tmp_path / "dangling", FILES)
+    (dangling / "gone.py").symlink_to("nothing.py")
+    with pytest.raises(UnsafeBundle, match="points to nothing") as info:
+        pack(dangling, str(repo))
+    assert len(str(info.value).splitlines()) == 1
+    cyclic = write_bundle(tmp_path / "cyclic", FILES)
+    (cyclic / "pkg" / "up").symlink_to("..")
+    with pytest.raises(UnsafeBundle, match="a cycle"):
+        pack(cyclic, str(repo))
+    assert not repo.exists() or list(repo.iterdir()) == []
+
+
+def test_unpacked_bundles_are_read_only(tmp_path):
+    src = write_bundle(tmp_path / "src", FILES)
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o755)
+    out = _store(tmp_path, tmp_path / "repo").path(pack(src, str(tmp_path / "repo")))
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777
+             for p in [out, *out.rglob("*")]}
+    assert modes == {".": 0o555, "model.py": 0o444, "pkg": 0o555, "pkg/__init__.py": 0o444,
+                     "pkg/util.py": 0o444, "requirements.txt": 0o444, "run.sh": 0o555}
 
 
 # -- fetching and unpacking ------------------------------------------------------------
@@ -179,9 +211,14 @@ def _member(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.TarI
     (_member("/tmp/evil.py"), "is an absolute path"),
     (_member("dev", tarfile.CHRTYPE), "is a device or FIFO"),
     (_member("fifo", tarfile.FIFOTYPE), "is a device or FIFO"),
-    (_member("link", tarfile.SYMTYPE, "../../outside"), "outside the bundle"),
-    (_member("pkg/link", tarfile.SYMTYPE, "/etc/passwd"), "outside the bundle"),
-    (_member("hard", tarfile.LNKTYPE, "../x"), "outside the bundle"),
+    (_member("link", tarfile.SYMTYPE, "../../outside"), "is a link"),
+    (_member("pkg/link", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+    (_member("hard", tarfile.LNKTYPE, "../x"), "is a link"),
+    # links are refused even when they point inside: format 2 bundles hold none
+    (_member("inside", tarfile.SYMTYPE, "model.py"), "is a link"),
+    (_member("hard2", tarfile.LNKTYPE, "model.py"), "is a link"),
+    (_member("model.py"), "appears twice"),
+    (_member("./x.py"), "not a normalised relative path"),
 ])
 def test_unsafe_entries_are_rejected(tmp_path, bad, why):
     repo = tmp_path / "repo"
@@ -195,6 +232,66 @@ def test_unsafe_entries_are_rejected(tmp_path, bad, why):
     assert "it was not unpacked" in str(info.value)
     assert _cache_entries(store) == []
     assert not (tmp_path / "evil.py").exists() and not Path("/tmp/evil.py").exists()
+
+
+def _realpath_overflow_members(dest_len: int, ups: int
+                               ) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """The CVE-2025-4517 / gh-135034 pattern: a chain of directory symlinks whose expansion
+    outgrows PATH_MAX, so os.path.realpath stops expanding and the tarfile 'data' filter
+    of unpatched Pythons (3.11.7 here) sees a harmless-looking path, then a link at the end
+    of the chain back up and out of the destination, a hard link through it to a file
+    outside, and members written through both. ``ups``: how many levels above the
+    destination the file to overwrite lies."""
+    steps = "abcdefghijklmnop"
+    path_max = os.pathconf("/", "PC_PATH_MAX")
+    component = "d" * ((path_max - dest_len - 1) // (len(steps) + 1))
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = [(_member("model.py"), b"X = 1\n")]
+    path = ""
+    for step in steps:
+        members.append((_member(posixpath.join(path, component), tarfile.DIRTYPE), None))
+        members.append((_member(posixpath.join(path, step), tarfile.SYMTYPE, component), None))
+        path = posixpath.join(path, component)
+    long_link = posixpath.join(*steps, "l" * 254)
+    members.append((_member(long_link, tarfile.SYMTYPE, "/".join([".."] * len(steps))), None))
+    members.append((_member("escape", tarfile.SYMTYPE, posixpath.join(long_link, *[".."] * ups)),
+                     None))
+    members.append((_member("flaglink", tarfile.LNKTYPE, "escape/flag"), None))
+    members.append((_member("flaglink"), b"overwritten\n"))
+    members.append((_member("escape/newfile"), b"new\n"))
+    return members
+
+
+def test_long_symlink_chain_cannot_write_outside_the_cache(tmp_path):
+    """Attack: the realpath-overflow archive (built here) against the bundle cache."""
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    cache.mkdir()
+    flag = tmp_path / "flag"
+    flag.write_text("original\n")
+    # the destination is <cache>/.tmp-<hex>-<pid>-<8>/tree (about this long), three levels
+    # below tmp_path, where the flag is
+    dest_len = len(str(cache)) + len("/.tmp-") + 64 + len("-1234567-12345678/tree")
+    ref = store_raw_archive(repo, _realpath_overflow_members(dest_len, ups=3))
+    before = {p for p in tmp_path.rglob("*") if "cache" not in p.parts}
+    store = _store(tmp_path, repo)
+    with pytest.raises(UnsafeBundle, match="is a link") as info:
+        store.path(ref)
+    assert len(str(info.value).splitlines()) == 1
+    assert flag.read_text() == "original\n"
+    assert {p for p in tmp_path.rglob("*") if "cache" not in p.parts} == before
+    assert _cache_entries(store) == []
+    # the store keeps serving: a good bundle unpacks next
+    good = pack(write_bundle(tmp_path / "src", FILES), str(repo))
+    assert (store.path(good) / "model.py").is_file()
+
+
+def test_archives_of_the_old_format_are_refused(tmp_path):
+    repo = tmp_path / "repo"
+    ref = store_raw_archive(repo, [(_member("model.py"), b"X = 1\n")], fmt=None)
+    store = _store(tmp_path, repo)
+    with pytest.raises(BundleError, match="archive format 1 .* Re-pack the bundle") as info:
+        store.path(ref)
+    assert len(str(info.value).splitlines()) == 1
+    assert _cache_entries(store) == []
 
 
 _UNPACK = textwrap.dedent("""

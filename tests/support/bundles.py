@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
-from modelops_runtime.bundles import pack
+from modelops_runtime.bundles import FORMAT_KEY, FORMAT_VERSION, pack
 
 # a small model: deterministic outputs from params and seed, plus where it ran
 SIM_MODEL = '''
@@ -50,10 +50,14 @@ def make_bundle(tmp: Path, repo: Path, files: Mapping[str, str], name: str = "bu
     return pack(write_bundle(tmp / name, files), str(repo))
 
 
-def store_raw_archive(repo: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> str:
-    """Store a hand-made (possibly malicious) archive under its correct digest; return ref."""
+def store_raw_archive(repo: Path, members: list[tuple[tarfile.TarInfo, bytes | None]],
+                      fmt: str | None = FORMAT_VERSION) -> str:
+    """Store a hand-made (possibly malicious) archive under its correct digest; return ref.
+    ``fmt``: the archive format it claims (None: none, as archives before format 2)."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    headers = {FORMAT_KEY: fmt} if fmt is not None else {}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers=headers) as tar:
         for info, data in members:
             if data is not None:
                 info.size = len(data)

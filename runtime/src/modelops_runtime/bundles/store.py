@@ -1,0 +1,205 @@
+"""Fetching, verifying and unpacking bundles into the pod's bundle cache."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import logging
+import os
+import posixpath
+import shutil
+import tarfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from ..errors import (BundleDigestMismatch, BundleError, BundleNotFound, ConfigError,
+                      UnsafeBundle)
+from ..models import BUNDLE_REF
+from .pack import ARCHIVE_SUFFIX, FORMAT_KEY, FORMAT_VERSION, archive_path, repo_fs
+from .readonly import make_read_only, remove_tree
+
+if TYPE_CHECKING:
+    from ..config import RuntimeConfig
+
+_CHUNK = 1 << 20
+log = logging.getLogger("modelops_runtime.bundles")
+
+
+def _check_members(members: list[tarfile.TarInfo], ref: str) -> None:
+    """Refuse every entry that is not a regular file or directory strictly inside the
+    bundle: links of any kind (also ones pointing inside), devices, FIFOs, absolute
+    names, '..', duplicates."""
+    seen: set[str] = set()
+    for m in members:
+        p = PurePosixPath(m.name)
+        why = None
+        if m.name.startswith("/") or p.is_absolute():
+            why = "is an absolute path"
+        elif ".." in p.parts:
+            why = "contains '..'"
+        elif m.ischr() or m.isblk() or m.isfifo() or m.isdev():
+            why = "is a device or FIFO"
+        elif m.issym() or m.islnk():
+            why = (f"is a link (to {m.linkname!r}); bundles hold regular files and "
+                   "directories only")
+        elif not (m.isreg() or m.isdir()):
+            why = "is not a regular file or directory"
+        elif not p.parts or posixpath.normpath(m.name) != m.name.rstrip("/") or "\0" in m.name:
+            why = "is not a normalised relative path"
+        elif m.name.rstrip("/") in seen:
+            why = "appears twice"
+        if why:
+            raise UnsafeBundle(
+                f"bundle {ref} is unsafe: archive entry {m.name!r} {why}; it was not unpacked. "
+                "Re-pack the bundle with `modelops-runtime bundle pack`",
+                ref=ref, entry=m.name)
+        seen.add(m.name.rstrip("/"))
+
+class BundleStore:
+    """Fetches bundles from ``config.bundle_repo`` into ``config.bundle_cache_dir``.
+
+    ``path(ref)`` is thread-safe and process-safe: concurrent callers for the same
+    bundle (threads of one worker process, or other worker processes of the pod) wait for
+    one unpack, and everybody gets the same complete directory.
+    """
+
+    def __init__(self, config: "RuntimeConfig") -> None:
+        self.repo = config.bundle_repo
+        self.cache_dir = Path(config.bundle_cache_dir)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def path(self, ref: str) -> Path:
+        """The unpacked directory of bundle ``ref`` (fetched and verified on first use)."""
+        if not isinstance(ref, str) or not BUNDLE_REF.match(ref):
+            raise BundleError(
+                f"bundle reference {ref!r} is not of the form 'sha256:<64 lowercase hex>'; "
+                "use the reference printed by `modelops-runtime bundle pack`", ref=ref)
+        hexdigest = ref.split(":", 1)[1]
+        final = self.cache_dir / hexdigest
+        if final.is_dir():  # complete: only ever created by an atomic rename
+            return final
+        with self._thread_lock(hexdigest), self._file_lock(hexdigest):
+            if final.is_dir():
+                return final
+            self._fetch_and_unpack(ref, hexdigest, final)
+        return final
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _thread_lock(self, hexdigest: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(hexdigest, threading.Lock())
+
+    @contextlib.contextmanager
+    def _file_lock(self, hexdigest: str) -> Iterator[None]:
+        lock_dir = self.cache_dir / ".locks"
+        try:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"bundle cache directory {self.cache_dir} cannot be created: {exc}; set "
+                "MODELOPS_BUNDLE_CACHE_DIR to a writable directory",
+                variable="MODELOPS_BUNDLE_CACHE_DIR", value=str(self.cache_dir),
+                allowed="a writable directory") from None
+        with open(lock_dir / f"{hexdigest}.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed (or we die)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _fetch_and_unpack(self, ref: str, hexdigest: str, final: Path) -> None:
+        if not self.repo:
+            raise ConfigError(
+                f"cannot fetch bundle {ref}: MODELOPS_BUNDLE_REPO is not set; set it to the "
+                "repository the bundle was packed into (a path or an fsspec URL)",
+                variable="MODELOPS_BUNDLE_REPO", value=None,
+                allowed="a path or an fsspec URL")
+        # leftovers of a crashed unpack of this bundle: never used, safe to drop under the lock
+        for stale in self.cache_dir.glob(f".tmp-{hexdigest}-*"):
+            remove_tree(stale)
+        work = self.cache_dir / f".tmp-{hexdigest}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        try:
+            archive = work / "archive.tar.gz"
+            self._download(ref, hexdigest, archive)
+            self._verify(ref, hexdigest, archive)
+            tree = work / "tree"
+            tree.mkdir()
+            self._extract(ref, archive, tree)
+            os.rename(tree, final)
+            os.chmod(final, 0o555)  # after the rename: moving a directory needs its write bit
+        finally:
+            remove_tree(work)
+        log.info("bundle %s fetched, verified and unpacked into %s", ref, final)
+
+    def _download(self, ref: str, hexdigest: str, dest: Path) -> None:
+        fs, root = repo_fs(self.repo)
+        src = archive_path(root, hexdigest)
+        try:
+            with fs.open(src, "rb") as fin, dest.open("wb") as fout:
+                shutil.copyfileobj(fin, fout, _CHUNK)
+        except FileNotFoundError:
+            raise BundleNotFound(
+                f"bundle {ref} is not in repository {self.repo!r} (no {hexdigest}{ARCHIVE_SUFFIX}); "
+                "pack it there with `modelops-runtime bundle pack DIR --repo "
+                f"{self.repo}` and use the reference it prints", ref=ref, repo=self.repo) from None
+        except OSError as exc:
+            raise BundleError(
+                f"cannot fetch bundle {ref} from repository {self.repo!r}: {exc}",
+                ref=ref, repo=self.repo) from None
+
+    @staticmethod
+    def _verify(ref: str, hexdigest: str, archive: Path) -> None:
+        sha = hashlib.sha256()
+        try:
+            with gzip.open(archive, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    sha.update(chunk)
+        except (EOFError, OSError, gzip.BadGzipFile) as exc:
+            raise BundleError(
+                f"bundle {ref} is truncated or corrupt in the repository ({exc}); it was not "
+                "unpacked. Re-pack the bundle with `modelops-runtime bundle pack`",
+                ref=ref) from None
+        if sha.hexdigest() != hexdigest:
+            raise BundleDigestMismatch(
+                f"bundle {ref} failed verification: its content hashes to "
+                f"sha256:{sha.hexdigest()}; the repository copy was altered or replaced. "
+                "Re-pack the bundle with `modelops-runtime bundle pack`",
+                ref=ref, actual=f"sha256:{sha.hexdigest()}")
+
+    @staticmethod
+    def _extract(ref: str, archive: Path, dest: Path) -> None:
+        """Unpack by hand: directories with mkdir, files with O_CREAT|O_EXCL|O_NOFOLLOW, in a
+        fresh private directory in which no link can exist (none is ever created), so
+        nothing can land outside ``dest`` whatever tarfile's version does with links."""
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                members = tar.getmembers()
+                fmt = tar.pax_headers.get(FORMAT_KEY)
+                if fmt != FORMAT_VERSION:
+                    raise BundleError(
+                        f"bundle {ref} has archive format {fmt or '1'} (packed by an older "
+                        f"modelops-runtime); this worker unpacks format {FORMAT_VERSION} only. "
+                        "Re-pack the bundle with `modelops-runtime bundle pack` and use the "
+                        "new reference it prints", ref=ref, format=fmt or "1")
+                _check_members(members, ref)
+                for m in members:
+                    target = dest.joinpath(*PurePosixPath(m.name).parts)
+                    if m.isdir():
+                        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                 0o755 if m.mode & 0o100 else 0o644)
+                    with os.fdopen(fd, "wb") as out, tar.extractfile(m) as src:
+                        shutil.copyfileobj(src, out, _CHUNK)
+        except (tarfile.TarError, EOFError) as exc:
+            raise BundleError(f"bundle {ref} cannot be unpacked: {exc}", ref=ref) from None
+        make_read_only(dest, include_root=False)
