@@ -40,12 +40,14 @@ and records what it did in the root context as `ModelopsMode`:
 {{- define "modelops-dask.resolveMode" -}}
 {{- if not (hasKey . "ModelopsMode") -}}
 {{- $root := . -}}
-{{- $name := .Values.mode -}}
+{{- $name := .Values.mode | default "" -}}
 {{- $presets := dict -}}
 {{- range $path, $_ := .Files.Glob "presets/*.yaml" -}}
 {{- $_ := set $presets (base $path | trimSuffix ".yaml") (fromYaml ($root.Files.Get $path)) -}}
 {{- end -}}
-{{- if not (hasKey $presets $name) -}}
+{{- if not $name -}}
+{{- fail (printf "mode is not set: set it to one of %s (prod-warm is the chart's default). %s" (keys $presets | sortAlpha | join ", ") (include "modelops-dask.missingDefaultHint" .)) -}}
+{{- else if not (hasKey $presets $name) -}}
 {{- fail (printf "mode=%q is not a preset of this chart. Set mode to one of: %s." $name (keys $presets | sortAlpha | join ", ")) -}}
 {{- end -}}
 {{- $preset := (get $presets $name).worker -}}

@@ -8,6 +8,11 @@ Each message says what was wrong, what is allowed and what to set instead.
 Add a new concern as its own `define` below and call it from modelops-dask.validateValues.
 */}}
 
+{{/* Why a block with a default can be missing, and the way out. */}}
+{{- define "modelops-dask.missingDefaultHint" -}}
+If the release was upgraded from an older chart version with --reuse-values, helm kept the old chart's defaults, which lack this value: upgrade with --reset-then-reuse-values instead.
+{{- end -}}
+
 {{- define "modelops-dask.validateValues" -}}
 {{- include "modelops-dask.validate.legacyKeys" . -}}
 {{- include "modelops-dask.resolveMode" . -}}
@@ -258,7 +263,7 @@ CreateContainerConfigError. The effective value is the container's, else the pod
 {{- define "modelops-dask.validate.strategy" -}}
 {{- $s := .Values.worker.strategy | default dict -}}
 {{- if not $s.type -}}
-{{- fail "worker.strategy has no type (was it set to null?): set worker.strategy.type to Recreate (the chart's default: a mode switch never mixes old-mode and new-mode workers) or RollingUpdate." -}}
+{{- fail (printf "worker.strategy has no type: set worker.strategy.type to Recreate (the chart's default: a mode switch never mixes old-mode and new-mode workers) or RollingUpdate. %s" (include "modelops-dask.missingDefaultHint" .)) -}}
 {{- end -}}
 {{- if and (eq $s.type "Recreate") $s.rollingUpdate -}}
 {{- fail "worker.strategy.rollingUpdate is set but worker.strategy.type=Recreate: Kubernetes refuses rollingUpdate with Recreate. Remove rollingUpdate, or set type: RollingUpdate." -}}
@@ -273,10 +278,19 @@ CreateContainerConfigError. The effective value is the container's, else the pod
 {{- end -}}
 {{- end -}}
 
-{{/* What the API server refuses in a Probe. */}}
+{{/*
+What the API server refuses in a Probe; and a probe block that is missing altogether (null,
+or a --reuse-values upgrade from a chart version without it), which would silently drop
+the probe: `enabled: false` is the way to turn one off.
+*/}}
 {{- define "modelops-dask.validate.probes" -}}
 {{- range $component := list "scheduler" "worker" -}}
 {{- $values := index $.Values $component | default dict -}}
+{{- range $probe := list "readinessProbe" "livenessProbe" -}}
+{{- if not (index $values $probe) -}}
+{{- fail (printf "%s.%s is missing (null): to turn the probe off set %s.%s.enabled: false. %s" $component $probe $component $probe (include "modelops-dask.missingDefaultHint" $)) -}}
+{{- end -}}
+{{- end -}}
 {{- with $values.livenessProbe -}}
 {{- if and (hasKey . "successThreshold") (ne (int64 .successThreshold) 1) -}}
 {{- fail (printf "%s.livenessProbe.successThreshold=%v: Kubernetes requires 1 for a liveness probe. Remove it or set 1." $component .successThreshold) -}}

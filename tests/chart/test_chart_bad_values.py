@@ -10,6 +10,9 @@ SCHEMA = "values don't meet the specifications of the schema"
 NOT_MEMORY = ("is not a memory quantity this chart can use. Write a number followed by one of "
               "Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000), as a string, "
               'e.g. 1536Mi, 1.5Gi or 2G; or a plain byte count in quotes, e.g. "1073741824".')
+MISSING_DEFAULT = ("If the release was upgraded from an older chart version with --reuse-values, "
+                   "helm kept the old chart's defaults, which lack this value: upgrade with "
+                   "--reset-then-reuse-values instead.")
 LEGACY = ("{key} is not a value of this chart (it is a dask/helm-chart key, or one that lives "
           "elsewhere here): set {instead} instead, and remove {key}.")
 
@@ -121,9 +124,17 @@ CASES = {
              "refuses it"]),
     "strategy set to null": (
         "worker: {strategy: null}", (),
-        ["worker.strategy has no type (was it set to null?): set worker.strategy.type to "
-         "Recreate (the chart's default: a mode switch never mixes old-mode and new-mode "
-         "workers) or RollingUpdate."]),
+        ["worker.strategy has no type: set worker.strategy.type to Recreate (the chart's "
+         "default: a mode switch never mixes old-mode and new-mode workers) or RollingUpdate. "
+         + MISSING_DEFAULT]),
+    "probe set to null": (
+        "scheduler: {livenessProbe: null}", (),
+        ["scheduler.livenessProbe is missing (null): to turn the probe off set "
+         "scheduler.livenessProbe.enabled: false. " + MISSING_DEFAULT]),
+    "mode set to null": (
+        "mode: null", (),
+        ["mode is not set: set it to one of debug-isolated, debug-parallel, diagnose-fresh-venv, "
+         "fresh-process, prod-warm (prod-warm is the chart's default). " + MISSING_DEFAULT]),
     "strategy type": (
         "worker: {strategy: {type: BlueGreen}}", (),
         [SCHEMA, "at '/worker/strategy/type': value must be one of 'Recreate', 'RollingUpdate'"]),
