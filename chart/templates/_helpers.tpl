@@ -159,6 +159,7 @@ The worker container's env: the runtime's MODELOPS_* variables rendered from typ
   "MODELOPS_VALIDATE_DEPS" (toString $x.validateDeps)
   "MODELOPS_MAX_PROCESS_REUSE" (int64 $x.maxProcessReuse | toString)
   "MODELOPS_PROCESS_TTL" (int64 $x.processTTL | toString)
+  "MODELOPS_NATIVE_THREADS" (int64 $x.nativeThreads | toString)
   "MODELOPS_POOL_MEMORY_BYTES" $x.poolMemoryPerProcess
   "MODELOPS_LOG_LEVEL" $w.logLevel
   "MODELOPS_BUNDLE_REPO" .Values.bundles.repo

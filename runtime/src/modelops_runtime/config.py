@@ -112,6 +112,9 @@ class RuntimeConfig(BaseSettings):
         _TMP / "bundles", description="where fetched bundles are unpacked (one per pod)")
     venvs_dir: Path = Field(
         _TMP / "venvs", description="where cached venvs live (one per dependency set)")
+    native_threads: int = Field(
+        1, ge=1, description="threads native libraries may start per task (OMP, MKL, "
+        "OpenBLAS, BLIS, vecLib, NumExpr, Numba): set in warm processes and direct workers")
     env_passthrough: NameList = Field(
         default_factory=list,
         description="extra environment variables passed to warm processes (comma-separated)")
@@ -154,7 +157,7 @@ class RuntimeConfig(BaseSettings):
     def summary(self) -> str:
         """One line of the settings that decide behaviour (for the startup log)."""
         keys = ["executor_type", "max_warm_processes", "max_process_reuse", "process_ttl",
-                "force_fresh_venv", "validate_deps", "mem_limit_bytes", "pool_memory_bytes",
+                "force_fresh_venv", "validate_deps", "native_threads", "mem_limit_bytes", "pool_memory_bytes",
                 "task_timeout"]
         parts = []
         for key in keys:

@@ -85,3 +85,4 @@ class SimResult(BaseModel):
     venv_cache_hit: bool | None   # None for direct (no venv)
     duration_s: float
     worker: str = ""              # Dask worker address, filled in on the worker
+    env_digest: str = ""          # package set the code ran with (executor.package_sets())

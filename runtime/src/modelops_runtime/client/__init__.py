@@ -2,6 +2,7 @@
 read the cluster's executor figures. What a user's Dask client imports."""
 
 from ..models import SimResult, SimTask
+from .environments import package_sets
 from .gather import StudyResult, TaskFailure, gather_study
 from .stats import ClusterStats, cluster_stats
 from .submit import (AGGREGATION_RESOURCE, aggregate, run_aggregation, run_simulation, submit,
@@ -9,5 +10,5 @@ from .submit import (AGGREGATION_RESOURCE, aggregate, run_aggregation, run_simul
 
 __all__ = ["AGGREGATION_RESOURCE", "ClusterStats", "SimResult", "SimTask", "StudyResult",
            "TaskFailure", "aggregate",
-           "cluster_stats", "gather_study", "run_aggregation", "run_simulation", "submit",
+           "cluster_stats", "gather_study", "package_sets", "run_aggregation", "run_simulation", "submit",
            "task_key"]

@@ -43,6 +43,8 @@ class StudyRun(BaseModel):
     worker_pids: dict[str, int]     # Dask worker address → pid of that worker process
     pool_stats: dict[str, Any]
     elapsed_s: float
+    # package sets the sims ran with: SimResult.env_digest → sorted name==version list
+    environments: dict[str, list[str]] = Field(default_factory=dict)
 
 # ---------------------------------------------------------------------------------
 # --results as --compare reads it, and the seed-by-seed comparison

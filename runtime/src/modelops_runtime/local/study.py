@@ -111,7 +111,7 @@ def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = Non
               progress: bool = True) -> StudyRun:
     """Pack the study's bundle, run its sims with a progress bar, then its aggregation
     (over the successful sims only: failures are reported apart, never hidden)."""
-    from ..client import aggregate, gather_study, submit
+    from ..client import aggregate, gather_study, package_sets, submit
 
     started = time.perf_counter()
     ref = pack_study(study, bundle_repo)
@@ -131,10 +131,12 @@ def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = Non
             agg_error = f"{type(exc).__name__}: {exc}"
     nthreads = dict(client.nthreads())
     worker_pids = dict(client.run(os.getpid))
+    used = {r.result.env_digest for r in records} | ({agg.env_digest} if agg else set())
+    environments = {d: p for d, p in package_sets(client).items() if d in used}
     elapsed = time.perf_counter() - started
     return StudyRun(study=study.name, bundle=ref, sims=records, failures=failures,
                     aggregate=agg, aggregate_error=agg_error, nthreads=nthreads,
-                    worker_pids=worker_pids,
+                    worker_pids=worker_pids, environments=environments,
                     pool_stats=pool_stats(client, [r.result for r in records]),
                     elapsed_s=elapsed)
 

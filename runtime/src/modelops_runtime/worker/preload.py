@@ -44,6 +44,9 @@ async def dask_setup(worker) -> None:
         _die(str(exc))
         return  # pragma: no cover
     logs.configure(config.log_level.value)
+    # before any task: bundle code run by executor=direct loads its native libraries here
+    from .native import apply_to_this_process
+    apply_to_this_process(config.native_threads)
     try:
         await worker.plugin_add(ModelOpsPlugin(), name=PLUGIN_NAME, catch_errors=False)
     except Exception as exc:  # setup failed: do not serve tasks without an executor

@@ -33,6 +33,11 @@ class ExecEnv(abc.ABC):
     def shutdown(self) -> None:
         """Release everything: no child process may outlive this call."""
 
+    def package_sets(self) -> dict[str, list[str]]:
+        """Package sets the tasks of this executor ran with: digest (``SimResult.env_digest``)
+        → sorted ``name==version`` list."""
+        return {}
+
     def stats(self) -> dict[str, Any]:
         """Counters for observability (see stats.py); empty when there is nothing to count."""
         return {}

@@ -65,6 +65,7 @@ class DirectExecEnv(ExecEnv):
     def __init__(self, config, bundles) -> None:
         super().__init__(config, bundles)
         self._tasks = 0
+        self._packages: tuple[str, list[str]] | None = None   # (digest, list), once
 
     def run(self, call: Call) -> SimResult:
         try:
@@ -73,13 +74,29 @@ class DirectExecEnv(ExecEnv):
             raise EntrypointError(str(exc), entrypoint=call.entrypoint) from None
         bundle_dir = self.bundles.path(call.bundle)
         with _PROCESS_LOCK:
+            env_digest = self._package_set()[0]
             self._tasks += 1
             count = self._tasks
             start = time.perf_counter()
             outputs = self._run_locked(call, bundle_dir)
             duration = time.perf_counter() - start
         return SimResult(outputs=outputs, executor=self.name, pid=os.getpid(),
-                         process_task_count=count, venv_cache_hit=None, duration_s=duration)
+                         process_task_count=count, venv_cache_hit=None, duration_s=duration,
+                         env_digest=env_digest)
+
+    def _package_set(self) -> tuple[str, list[str]]:
+        """The worker's own environment (its ``sys.path`` outside any bundle), read once:
+        executor=direct runs bundle code on it."""
+        if self._packages is None:
+            from ..packages import package_digest, package_list
+
+            pkgs = package_list()
+            self._packages = (package_digest(pkgs), pkgs)
+        return self._packages
+
+    def package_sets(self) -> dict[str, list[str]]:
+        with _PROCESS_LOCK:
+            return dict([self._package_set()]) if self._tasks else {}
 
     def shutdown(self) -> None:
         """Nothing to release: direct starts no processes."""

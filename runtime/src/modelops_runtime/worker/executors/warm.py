@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from ..stats import StatsRecorder
 from ..warm.failures import Lost
 from ..warm.pool import WarmPool
 from ..warm.process import WarmProcess, warm_env
+from ..native import thread_env
+from ..packages import package_digest, venv_packages
 from ..warm.venvs import VenvCache, venv_key
 from .base import ExecEnv
 
@@ -51,6 +54,9 @@ class IsolatedWarmExecEnv(ExecEnv):
                              memory_budget=config.pool_memory_bytes, stats=self._stats)
         self._bundles: dict[str, _Bundle] = {}
         self._lock = threading.Lock()
+        # package set of each warm process's venv, read when it was spawned
+        self._env_of: weakref.WeakKeyDictionary[WarmProcess, str] = weakref.WeakKeyDictionary()
+        self._package_sets: dict[str, list[str]] = {}
 
     # -- ExecEnv -----------------------------------------------------------------------
 
@@ -65,16 +71,21 @@ class IsolatedWarmExecEnv(ExecEnv):
             # read while this thread owns the process: once released, another thread may
             # take it and count its own task
             pid, count = proc.pid, proc.task_count
+            env_digest = self._env_of.get(proc, "")
         finally:
             self.pool.release(proc)
         return self._result(outputs, pid, count, True if reused else proc.venv.cache_hit,
-                            started)
+                            started, env_digest)
 
     def shutdown(self) -> None:
         self.pool.shutdown()
 
     def stats(self) -> dict[str, Any]:
         return self.pool.snapshot().model_dump(mode="json")
+
+    def package_sets(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {k: list(v) for k, v in self._package_sets.items()}
 
     def warm_pids(self) -> list[int]:
         """Pids of the warm processes alive now (for diagnostics and tests)."""
@@ -97,9 +108,16 @@ class IsolatedWarmExecEnv(ExecEnv):
     def _spawn(self, bundle: _Bundle, *, fresh: bool = False) -> WarmProcess:
         venv = (self.venvs.fresh if fresh else self.venvs.get)(bundle.requirements)
         try:
-            return self.pool.spawn(key=bundle.pool_key, venv=venv, bundle_dir=bundle.path,
-                                   env=warm_env(venv, self.config.env_passthrough),
-                                   single_use=fresh)
+            packages = venv_packages(venv.path)
+            env = {**warm_env(venv, self.config.env_passthrough),
+                   **thread_env(self.config.native_threads)}
+            proc = self.pool.spawn(key=bundle.pool_key, venv=venv, bundle_dir=bundle.path,
+                                   env=env, single_use=fresh)
+            digest = package_digest(packages)
+            with self._lock:
+                self._package_sets.setdefault(digest, packages)
+                self._env_of[proc] = digest
+            return proc
         except BaseException:
             if fresh:
                 self.venvs.remove(venv)
@@ -112,10 +130,11 @@ class IsolatedWarmExecEnv(ExecEnv):
         try:
             outputs = self._send(proc, call, bundle)
             pid, count = proc.pid, proc.task_count
+            env_digest = self._env_of.get(proc, "")
         finally:
             self.pool.drop_unpooled(proc)
             self.venvs.remove(proc.venv)
-        return self._result(outputs, pid, count, False, started)
+        return self._result(outputs, pid, count, False, started, env_digest)
 
     def _send(self, proc: WarmProcess, call: Call, bundle: _Bundle) -> Any:
         label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"
@@ -132,10 +151,10 @@ class IsolatedWarmExecEnv(ExecEnv):
         raise _user_error(reply, call, bundle, proc.log.tail(mark))
 
     def _result(self, outputs: Any, pid: int, task_count: int, venv_hit: bool,
-                started: float) -> SimResult:
+                started: float, env_digest: str = "") -> SimResult:
         return SimResult(outputs=outputs, executor=self.name, pid=pid,
                          process_task_count=task_count, venv_cache_hit=venv_hit,
-                         duration_s=time.perf_counter() - started)
+                         duration_s=time.perf_counter() - started, env_digest=env_digest)
 
 
 def _user_error(reply: dict, call: Call, bundle: _Bundle, log_tail: str) -> ModelOpsError:

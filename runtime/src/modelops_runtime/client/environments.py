@@ -1,0 +1,19 @@
+"""The package sets a cluster's tasks ran with: ``SimResult.env_digest`` → the full sorted
+``name==version`` list, collected once per digest from every worker's executor."""
+
+from __future__ import annotations
+
+
+def _worker_package_sets() -> dict[str, list[str]]:
+    from ..worker.runtime import current_executor
+
+    return current_executor().package_sets()
+
+
+def package_sets(client) -> dict[str, list[str]]:
+    """Every package set the workers' executors have run tasks with (merged over workers)."""
+    merged: dict[str, list[str]] = {}
+    for sets in client.run(_worker_package_sets).values():
+        for digest, packages in sets.items():
+            merged.setdefault(digest, packages)
+    return dict(sorted(merged.items()))
