@@ -75,8 +75,8 @@ def test_nan_outputs_are_kept_and_compare_equal_across_modes(local_cli, local_en
     del old["format"]
     (tmp_path / "old.json").write_text(json.dumps(old))
     loaded = load_baseline(tmp_path / "old.json")
-    assert loaded.format == 1 and sorted(loaded.outcomes) == list(range(FIRST_SEED,
-                                                                        FIRST_SEED + SIMS))
+    assert loaded.format == 1 and sorted(loaded.outcomes) == [
+        ("params", s) for s in range(FIRST_SEED, FIRST_SEED + SIMS)]
 
 
 def test_failures_that_change_with_the_mode_are_differences_named_by_seed(
@@ -92,6 +92,8 @@ def test_failures_that_change_with_the_mode_are_differences_named_by_seed(
     data["failures"] = [dict(f, error_type="ProcessCrashedError") if f["seed"] == 110 else f
                         for f in data["failures"]]
     data["sims"] = [s for s in data["sims"] if s["seed"] != 111]
+    # the same inputs as this run's study (only then are the runs comparable)
+    data["inputs"]["sets"]["params"].update(fail_every=10, fail_seed=103)
     tampered = tmp_path / "tampered.json"
     tampered.write_text(json.dumps(data))
 
@@ -107,7 +109,8 @@ def test_failures_that_change_with_the_mode_are_differences_named_by_seed(
            "(seeds 105 SimulationError)" in lines, run.output
     assert f"compare: 1 of 11 seeds failed with a different error than in {tampered} " \
            "(seeds 110 SimulationError, was ProcessCrashedError)" in lines, run.output
-    assert f"compare: 1 seed(s) of this run are not in {tampered} (seeds 111)" in lines
+    assert f"compare: note: 1 seed(s) of this run are not in {tampered} (seeds 111); " \
+           "compared the 11 both cover" in lines
     assert "compare: this mode changes the results" in lines
     assert not any("different outputs" in line for line in lines), run.output   # 100: same
 
@@ -128,21 +131,32 @@ def test_every_seed_failing_in_both_runs_says_so(local_cli, local_env, worker_im
     assert "seed 100 failed: SimulationError" in run.stdout
 
 
-def test_no_seed_in_common_is_a_warning_and_a_difference(local_cli, local_env,
-                                                         worker_image_site, tmp_path):
+def test_changed_inputs_are_refused_before_anything_starts(local_cli, local_env,
+                                                           worker_image_site, tmp_path):
+    """A changed param (or no seed in common) is not a mode difference: exit 2, one line
+    naming it, nothing started."""
     base = tmp_path / "base.json"
     run_study(local_cli, local_env, worker_image_site, tmp_path, "debug-isolated",
               write_study(tmp_path, "plain"), rc=0, results=base)
+    beta = yaml.safe_load((STUDY / "study.yaml").read_text())["params"]["beta"]
     data = yaml.safe_load((STUDY / "study.yaml").read_text())
     data.update(bundle=str(STUDY / "bundle"), first_seed=500)
-    (tmp_path / "other.yaml").write_text(yaml.safe_dump(data))
-    run = run_study(local_cli, local_env, worker_image_site, tmp_path, "debug-isolated",
-                    str(tmp_path / "other.yaml"), rc=EXIT_DIFFERS, compare=base)
-    assert compare_lines(run)[0] == (
-        f"compare: warning: no seed of this run (seeds 500..511) is in {base} (seeds "
-        "100..111): nothing could be compared; run the baseline's study with the same "
-        "first_seed and --sims"), run.output
-    assert not any("all 0" in line for line in compare_lines(run))
+    (tmp_path / "other-seeds.yaml").write_text(yaml.safe_dump(data))
+    for study, line in [
+        (write_study(tmp_path, "beta", beta=beta * 2),
+         f"error: not comparable: param 'beta' differs: {beta!r} in {base}, {beta * 2!r} in "
+         "this study; compare runs of the same study"),
+        (str(tmp_path / "other-seeds.yaml"),
+         f"error: not comparable: the runs share no seed: seeds 100..111 in {base}, seeds "
+         "500..511 in this study; compare runs of the same study"),
+    ]:
+        run = local_cli.run(["-f", preset("prod-warm").file, "--study", study, "--sims", SIMS,
+                             "--state-dir", tmp_path / "state2", "--no-progress",
+                             "--compare", base], local_env())
+        assert run.popen.returncode == 2, run.output
+        assert run.stderr.strip().splitlines() == [line], run.output
+        assert "scheduler:" not in run.stdout and not (tmp_path / "state2").exists()
+        assert not run.alive()
 
 
 @pytest.mark.parametrize("content,problem", [
@@ -150,7 +164,7 @@ def test_no_seed_in_common_is_a_warning_and_a_difference(local_cli, local_env,
     ("{not json", "JSONDecodeError"),
     ('{"values": []}', "(sims: Field required)"),
     ('{"format": 99, "sims": []}', "results file format 99 is not one this modelops-runtime "
-                                   "reads (1..2)"),
+                                   "reads (1..3)"),
 ], ids=["missing", "not-json", "no-sims", "newer-format"])
 def test_a_bad_baseline_is_refused_before_anything_starts(content, problem, local_cli,
                                                           local_env, tmp_path):

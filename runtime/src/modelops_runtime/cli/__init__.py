@@ -17,6 +17,7 @@ COMMANDS = [
     "config",
     "bundle",
     "local",
+    "compare",
     "stats",
 ]
 

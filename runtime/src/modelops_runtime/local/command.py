@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import LocalModeError, ModelOpsError
-from .compare import load_baseline
+from .compare import EXIT_INPUTS_DIFFER, InputsDiffer, inputs_difference, load_baseline
 from .plan import _echo, plan
 from .render import find_chart, render_cluster
 from .study import (EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, Study, check_direct_dependencies,
@@ -23,7 +23,8 @@ EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    every sim and the aggregation ran (with --compare: every seed as before)
   {EXIT_FAILED}    a sim or the aggregation failed, or an error stopped the run (see stderr)
-  {EXIT_USAGE}    bad command line
+  {EXIT_USAGE}    bad command line, or --compare FILE records other inputs (bundle, entrypoint,
+       params) than this study: one line names the difference
   {EXIT_DIFFERS}    --compare: a seed's outputs differ, it failed in only one of the runs or
        with another error type, or it is in only one of the runs (wins over {EXIT_FAILED})
   {EXIT_INTERRUPTED}  Ctrl-C, {EXIT_TERMINATED} SIGTERM: the local cluster was stopped, no process is left"""
@@ -51,6 +52,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         study = Study.load(args.study) if args.study else None
         baseline = load_baseline(args.compare) if args.compare else None
+        if study is not None and baseline is not None and baseline.inputs is not None:
+            # everything but the bundle digest (known once packed) before anything starts
+            planned = study.inputs(baseline.inputs.bundle, args.sims)
+            problem = inputs_difference(baseline.inputs, planned, baseline.label, "this study")
+            if problem:
+                raise InputsDiffer(f"not comparable: {problem}; compare runs of the same "
+                                   "study")
         chart = args.chart or find_chart()
         state = args.state_dir or (Path(chart).resolve().parent / ".state" / "local")
         rendered = render_cluster(args.values, args.set, chart=chart, release=args.release)
@@ -95,6 +103,9 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: the local cluster was stopped, no process is left", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except InputsDiffer as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUTS_DIFFER
     except ModelOpsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

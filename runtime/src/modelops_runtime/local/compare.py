@@ -1,66 +1,46 @@
-"""What a study run produced (the records ``--results`` writes), the results file as
-``--compare`` reads it, and the seed-by-seed comparison of two runs."""
+"""Two runs of a study, compared (set, seed) by (set, seed): ``local --compare``, the
+``compare`` command and every pair diagnose looks at.
+
+Runs are comparable only if their inputs agree (bundle digest, entrypoint, aggregation,
+every set's params): otherwise a difference would be blamed on the mode when an input
+changed, so :func:`inputs_difference` names what differs and the caller refuses. Seeds
+only one run covers are a note, not a difference. A difference is anything but the same
+outputs (NaN equals NaN) or the same error type; differing seeds are broken down by
+``process_task_count`` (a seed that differs only where its process had run other tasks
+before is the signature of state carried between tasks) and the package versions the two
+runs ran with are set side by side.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 
 from ..errors import LocalModeError
-from ..models import SimResult
+from .results import (RESULTS_FORMAT, SINGLE_SET, FailureRecord, Key, RunInputs, RunView,
+                      SeedOutcome, SimRecord, StudyRun, load_run, outcomes_of, plain_json,
+                      results_document, view_of)
 
-RESULTS_FORMAT = 2    # 2: NaN/±inf kept as JSON NaN/Infinity; 1 (no field): stored as null
+EXIT_SAME, EXIT_DIFFERS, EXIT_INPUTS_DIFFER = 0, 3, 2
 
-
-class SimRecord(BaseModel):
-    """One simulation's seed and result, as written to ``--results``."""
-
-    seed: int
-    result: SimResult
-
-
-class FailureRecord(BaseModel):
-    seed: int
-    error_type: str
-    message: str
+__all__ = ["RESULTS_FORMAT", "SINGLE_SET", "Comparison", "EXIT_DIFFERS", "EXIT_INPUTS_DIFFER",
+           "EXIT_SAME", "FailureRecord", "InputsDiffer", "RunInputs", "RunView", "SeedOutcome",
+           "SimRecord", "StudyRun", "compare_outcomes", "compare_runs", "inputs_difference",
+           "load_baseline", "load_run", "outcomes_of", "package_differences", "plain_json",
+           "results_document", "same_outputs", "view_of"]
 
 
-class StudyRun(BaseModel):
-    """What one study run produced (and how it was executed)."""
-
-    study: str
-    bundle: str
-    sims: list[SimRecord]
-    failures: list[FailureRecord]
-    aggregate: SimResult | None
-    aggregate_error: str | None = None
-    nthreads: dict[str, int]        # client.nthreads(): Dask worker address → threads
-    worker_pids: dict[str, int]     # Dask worker address → pid of that worker process
-    pool_stats: dict[str, Any]
-    elapsed_s: float
-    # package sets the sims ran with: SimResult.env_digest → sorted name==version list
-    environments: dict[str, list[str]] = Field(default_factory=dict)
-
-# ---------------------------------------------------------------------------------
-# --results as --compare reads it, and the seed-by-seed comparison
-# ---------------------------------------------------------------------------------
-
-def _json_fallback(value: Any) -> Any:
-    if hasattr(value, "tolist"):      # numpy scalars and arrays: their plain-Python value
-        return value.tolist()
-    return str(value)
+class InputsDiffer(LocalModeError):
+    """The two runs computed different things: comparing them would blame the mode."""
 
 
-def plain_json(value: Any) -> Any:
-    """``value`` as the results file stores it: JSON data, with NaN and ±inf kept as floats
-    (Python's json writes them as the tokens NaN/Infinity and reads them back). Both sides
-    of --compare go through this one function, so a stored output equals a fresh one."""
-    return json.loads(json.dumps(value, default=_json_fallback))
+def load_baseline(path: Path) -> RunView:
+    """An earlier ``--results`` file, read for ``local --compare``."""
+    return load_run(path, "--compare")
 
 
 def same_outputs(a: Any, b: Any) -> bool:
@@ -75,138 +55,196 @@ def same_outputs(a: Any, b: Any) -> bool:
     return a == b
 
 
-class SeedOutcome(BaseModel):
-    """One seed as --compare sees it: its outputs, or the error type it failed with."""
-
-    model_config = ConfigDict(frozen=True)
-
-    outputs: Any = None
-    error_type: str | None = None     # None: the sim succeeded
+def same_outcome(a: SeedOutcome, b: SeedOutcome) -> bool:
+    if a.error_type is None and b.error_type is None:
+        return same_outputs(a.outputs, b.outputs)
+    return a.error_type == b.error_type
 
 
-class Baseline(BaseModel):
-    """An earlier ``--results`` file, read for --compare."""
+# -- inputs ------------------------------------------------------------------------------
 
-    path: Path
-    format: int
-    outcomes: dict[int, SeedOutcome]
-
-
-class _StoredResult(BaseModel):
-    outputs: Any
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
-class _StoredSim(BaseModel):
-    seed: int
-    result: _StoredResult
+def inputs_difference(a: RunInputs | None, b: RunInputs | None, a_label: str,
+                      b_label: str) -> str | None:
+    """One line naming what differs between the inputs of two runs, or None if they may
+    be compared. Runs that did not record their inputs (older results files) are compared
+    (the caller notes it)."""
+    if a is None or b is None:
+        return None
+    if a.bundle != b.bundle:
+        return (f"the bundle differs: {a.bundle[:19]}… in {a_label}, {b.bundle[:19]}… in "
+                f"{b_label} (the model's code or dependencies changed)")
+    if a.entrypoint != b.entrypoint:
+        return f"the entrypoint differs: {a.entrypoint} in {a_label}, {b.entrypoint} in {b_label}"
+    if a.aggregate != b.aggregate:
+        return f"the aggregation differs: {a.aggregate} in {a_label}, {b.aggregate} in {b_label}"
+    for set_id in sorted(set(a.sets) & set(b.sets)):
+        pa, pb = a.sets[set_id], b.sets[set_id]
+        for name in sorted(set(pa) | set(pb)):
+            if name not in pb or name not in pa or pa[name] != pb[name] \
+                    or type(pa[name]) is not type(pb[name]):
+                where = "" if set_id == SINGLE_SET else f" of set {set_id}"
+                va = _short(pa[name]) if name in pa else "(not set)"
+                vb = _short(pb[name]) if name in pb else "(not set)"
+                return f"param {name!r}{where} differs: {va} in {a_label}, {vb} in {b_label}"
+    if not set(a.sets) & set(b.sets):
+        return (f"the runs share no parameter set: {', '.join(sorted(a.sets))} in {a_label}, "
+                f"{', '.join(sorted(b.sets))} in {b_label}")
+    keys_a = {(s, seed) for s, seeds in a.seeds.items() for seed in seeds}
+    keys_b = {(s, seed) for s, seeds in b.seeds.items() for seed in seeds}
+    if keys_a and keys_b and not keys_a & keys_b:
+        return (f"the runs share no seed: {_span(keys_a)} in {a_label}, {_span(keys_b)} in "
+                f"{b_label}")
+    return None
 
 
-class _ResultsFile(BaseModel):
-    """The part of a results file --compare reads (format 1 files have no ``format``)."""
+# -- packages ----------------------------------------------------------------------------
 
-    format: int = 1
-    sims: list[_StoredSim]
-    failures: list[FailureRecord] = Field(default_factory=list)
-
-
-def load_baseline(path: Path) -> Baseline:
-    """Every seed's outcome (outputs or error type) from an earlier ``--results`` file."""
-    path = Path(path)
-    try:
-        stored = _ResultsFile.model_validate(json.loads(path.read_text()))
-    except ValidationError as exc:
-        problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}"
-                            for e in exc.errors()[:3])
-        raise LocalModeError(f"--compare {path}: not a results file ({problem}); pass a "
-                             "file written by an earlier run with --results") from None
-    except (OSError, ValueError) as exc:
-        raise LocalModeError(
-            f"--compare {path}: not a results file ({type(exc).__name__}: {exc}); pass a "
-            "file written by an earlier run with --results") from None
-    if not 1 <= stored.format <= RESULTS_FORMAT:
-        raise LocalModeError(
-            f"--compare {path}: results file format {stored.format} is not one this "
-            f"modelops-runtime reads (1..{RESULTS_FORMAT}); it was written by a newer "
-            "version: upgrade modelops-runtime, or write a new baseline with --results")
-    outcomes = {s.seed: SeedOutcome(outputs=s.result.outputs) for s in stored.sims}
-    outcomes.update({f.seed: SeedOutcome(error_type=f.error_type) for f in stored.failures})
-    return Baseline(path=path, format=stored.format, outcomes=outcomes)
-
-
-def outcomes_of(run: StudyRun) -> dict[int, SeedOutcome]:
-    """This run's seeds as a baseline would hold them (outputs stored as JSON)."""
-    out = {r.seed: SeedOutcome(outputs=plain_json(r.result.outputs)) for r in run.sims}
-    out.update({f.seed: SeedOutcome(error_type=f.error_type) for f in run.failures})
+def _versions(view: RunView, keys: Iterable[Key] | None = None) -> dict[str, set[str]]:
+    """name → versions over the package sets ``view``'s sims (or ``keys``) ran with."""
+    keys = view.outcomes.keys() if keys is None else keys
+    digests = {view.outcomes[k].env_digest for k in keys if k in view.outcomes}
+    out: dict[str, set[str]] = {}
+    for d in digests:
+        for line in view.environments.get(d, []):
+            name, _, version = line.partition("==")
+            out.setdefault(name, set()).add(version)
     return out
 
 
-def _seeds(seeds: Sequence[int], label: Callable[[int], str] = str, shown: int = 10) -> str:
-    return ", ".join(map(label, seeds[:shown])) + (" ..." if len(seeds) > shown else "")
+def where_it_ran(view: RunView) -> str:
+    executors = {o.executor for o in view.outcomes.values() if o.executor}
+    if executors == {"direct"}:
+        return "worker environment"
+    if executors == {"isolated_warm"}:
+        return "bundle venv"
+    return "mixed environments" if executors else "environment not recorded"
 
 
-def _span(seeds: Iterable[int]) -> str:
-    seeds = sorted(seeds)
+def package_differences(a: RunView, b: RunView, limit: int = 8) -> list[str]:
+    """``numpy 1.26.4 (A, worker environment) vs 2.4.6 (B, bundle venv)`` for every
+    package whose versions differ between the two runs (present in one only included)."""
+    va, vb = _versions(a), _versions(b)
+    if not va or not vb:
+        return []
+    out = []
+    for name in sorted(set(va) | set(vb)):
+        if va.get(name) != vb.get(name):
+            sa = "/".join(sorted(va.get(name, {"(absent)"})))
+            sb = "/".join(sorted(vb.get(name, {"(absent)"})))
+            out.append(f"{name} {sa} ({a.label}, {where_it_ran(a)}) vs {sb} ({b.label}, "
+                       f"{where_it_ran(b)})")
+    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
+# -- outcomes ----------------------------------------------------------------------------
+
+def key_label(key: Key) -> str:
+    set_id, seed = key
+    return str(seed) if set_id == SINGLE_SET else f"{set_id}:{seed}"
+
+
+def _seeds(keys: Sequence[Key], label: Callable[[Key], str] = key_label, shown: int = 10) -> str:
+    return ", ".join(map(label, keys[:shown])) + (" ..." if len(keys) > shown else "")
+
+
+def _span(keys: Iterable[Key]) -> str:
+    seeds = sorted(k[1] for k in keys)
     return f"seeds {seeds[0]}..{seeds[-1]}" if seeds else "no seeds"
 
 
 class Comparison(BaseModel):
-    """--compare's verdict seed by seed. A difference is anything but the same outputs or
-    the same error type: a failure that comes and goes with the mode points to the layer
-    that mode removed, just like a changed output."""
+    """Two runs, (set, seed) by (set, seed). ``now`` is the run compared, ``before`` the
+    reference."""
 
-    now: dict[int, SeedOutcome]
-    before: dict[int, SeedOutcome]
-    common: list[int]               # seeds in both runs
-    outputs_differ: list[int]       # ok in both, different outputs
-    failed_now: list[int]           # ok in the baseline, failed in this run
-    failed_before: list[int]        # failed in the baseline, ok in this run
-    error_differs: list[int]        # failed in both, with different error types
-    failed_both: list[int]          # failed in both with the same error type
-    only_now: list[int]             # not in the baseline
-    only_before: list[int]          # in the baseline, not run this time
+    now: dict[Key, SeedOutcome]
+    before: dict[Key, SeedOutcome]
+    common: list[Key]               # in both runs
+    outputs_differ: list[Key]       # ok in both, different outputs
+    failed_now: list[Key]           # ok in the reference, failed in this run
+    failed_before: list[Key]        # failed in the reference, ok in this run
+    error_differs: list[Key]        # failed in both, with different error types
+    failed_both: list[Key]          # failed in both with the same error type
+    only_now: list[Key]             # not in the reference
+    only_before: list[Key]          # in the reference, not in this run
+
+    @property
+    def differing(self) -> list[Key]:
+        return sorted(self.outputs_differ + self.failed_now + self.failed_before
+                      + self.error_differs)
 
     @property
     def differs(self) -> bool:
-        return bool(self.outputs_differ or self.failed_now or self.failed_before
-                    or self.error_differs or self.only_now or self.only_before)
+        """A seed both runs cover has another outcome (coverage alone is a note)."""
+        return bool(self.differing)
 
-    def report(self, baseline: Baseline) -> list[str]:
-        """The lines the user reads (each prefixed ``compare:``), differences first."""
-        ref, n, lines = baseline.path, len(self.common), []
+    @property
+    def coverage_differs(self) -> bool:
+        return bool(self.only_now or self.only_before)
+
+    def after_other_tasks(self, side: str) -> list[Key]:
+        """Differing seeds that ran as the 2nd or later task of their process in ``side``
+        ('now' or 'before')."""
+        runs = self.now if side == "now" else self.before
+        return [k for k in self.differing if (runs[k].process_task_count or 0) > 1]
+
+    def first_tasks_agree(self) -> tuple[int, int]:
+        """(agreeing, total) over the seeds that were their process's first task in both
+        runs."""
+        firsts = [k for k in self.common if self.now[k].process_task_count == 1
+                  and self.before[k].process_task_count == 1]
+        return sum(1 for k in firsts if k not in set(self.differing)), len(firsts)
+
+    def explained_by_reuse(self) -> bool:
+        """Every differing seed ran after other tasks of its process in at least one run."""
+        d = self.differing
+        later = set(self.after_other_tasks("now")) | set(self.after_other_tasks("before"))
+        return bool(d) and all(k in later for k in d)
+
+    def report(self, ref: str, *, now_label: str = "this run",
+               same_mode: bool | None = None) -> list[str]:
+        """The lines the user reads, differences first. ``same_mode``: whether both runs
+        were in the same mode (None: unknown)."""
+        n, lines = len(self.common), []
         if not self.common:
-            lines.append(f"warning: no seed of this run ({_span(self.now)}) is in {ref} "
+            lines.append(f"warning: no seed of {now_label} ({_span(self.now)}) is in {ref} "
                          f"({_span(self.before)}): nothing could be compared; run the "
-                         "baseline's study with the same first_seed and --sims")
+                         "same study with the same first_seed and --sims")
+            return lines
         if self.outputs_differ:
             lines.append(f"{len(self.outputs_differ)} of {n} seeds give different outputs "
                          f"than {ref} (seeds {_seeds(self.outputs_differ)})")
         if self.failed_now:
-            lines.append(f"{len(self.failed_now)} of {n} seeds ok in {ref} failed in this "
-                         f"run (seeds {_seeds(self.failed_now, self._error_now)})")
+            lines.append(f"{len(self.failed_now)} of {n} seeds ok in {ref} failed in "
+                         f"{now_label} (seeds {_seeds(self.failed_now, self._error_now)})")
         if self.failed_before:
             lines.append(f"{len(self.failed_before)} of {n} seeds failed in {ref} but are "
-                         f"ok in this run (seeds {_seeds(self.failed_before, self._error_before)})")
+                         f"ok in {now_label} (seeds {_seeds(self.failed_before, self._error_before)})")
         if self.error_differs:
             lines.append(f"{len(self.error_differs)} of {n} seeds failed with a different "
                          f"error than in {ref} (seeds {_seeds(self.error_differs, self._errors)})")
-        if self.only_before and self.common:
-            lines.append(f"{len(self.only_before)} seed(s) of {ref} were not run this time "
-                         f"(seeds {_seeds(self.only_before)})")
-        if self.only_now and self.common:
-            lines.append(f"{len(self.only_now)} seed(s) of this run are not in {ref} "
-                         f"(seeds {_seeds(self.only_now)})")
+        if self.only_before:
+            lines.append(f"note: {len(self.only_before)} seed(s) of {ref} are not in "
+                         f"{now_label} (seeds {_seeds(self.only_before)}); compared the "
+                         f"{n} both cover")
+        if self.only_now:
+            lines.append(f"note: {len(self.only_now)} seed(s) of {now_label} are not in "
+                         f"{ref} (seeds {_seeds(self.only_now)}); compared the {n} both cover")
         types = ", ".join(sorted({self.now[s].error_type or "" for s in self.failed_both}))
         if self.differs:
-            same_seeds = self.outputs_differ or self.failed_now or self.failed_before \
-                or self.error_differs
-            lines.append(
-                "this mode changes the results" if same_seeds else
-                "the runs cover different seeds: compare runs of the same seeds")
-            if baseline.format < 2 and self.outputs_differ:
-                lines.append(f"note: {ref} was written by an older modelops-runtime that "
-                             "stored NaN and infinite outputs as null; if your outputs can be "
-                             "NaN, write a new baseline with --results")
-        elif n and len(self.failed_both) == n:
+            lines.extend(self._reuse_lines(ref, now_label))
+            if same_mode is True:
+                lines.append("both runs were in the same mode and still differ: the model "
+                             "(or something outside the runtime) is not deterministic, or "
+                             "state carried between tasks depends on which tasks a process "
+                             "ran; `modelops-runtime diagnose` tells which")
+            else:
+                lines.append("this mode changes the results")
+        elif len(self.failed_both) == n:
             lines.append(f"every one of the {n} seeds failed in both runs, with the same "
                          f"error type ({types}): no outputs were compared; fix the failures "
                          "first (see the failed seeds above)")
@@ -218,21 +256,37 @@ class Comparison(BaseModel):
             lines.append(f"all {n} seeds give the same outputs as {ref}")
         return lines
 
-    def _error_now(self, seed: int) -> str:
-        return f"{seed} {self.now[seed].error_type}"
+    def _reuse_lines(self, ref: str, now_label: str) -> list[str]:
+        d = self.differing
+        if not any(self.now[k].process_task_count is not None for k in d):
+            return []
+        a, b = self.after_other_tasks("now"), self.after_other_tasks("before")
+        line = (f"by process_task_count: of the {len(d)} differing seeds, {len(a)} ran after "
+                f"other tasks of their process in {now_label}, {len(b)} in {ref}")
+        agree, firsts = self.first_tasks_agree()
+        if self.explained_by_reuse():
+            line += ("; every differing seed ran after other tasks of its process, "
+                     f"and {agree} of {firsts} seeds that were their process's first task in "
+                     "both runs agree: state carried between tasks of a process")
+        return [line]
 
-    def _error_before(self, seed: int) -> str:
-        return f"{seed} {self.before[seed].error_type}"
+    def _error_now(self, key: Key) -> str:
+        return f"{key_label(key)} {self.now[key].error_type}"
 
-    def _errors(self, seed: int) -> str:
-        return f"{seed} {self.now[seed].error_type}, was {self.before[seed].error_type}"
+    def _error_before(self, key: Key) -> str:
+        return f"{key_label(key)} {self.before[key].error_type}"
+
+    def _errors(self, key: Key) -> str:
+        return (f"{key_label(key)} {self.now[key].error_type}, was "
+                f"{self.before[key].error_type}")
 
 
-def compare_outcomes(now: Mapping[int, SeedOutcome],
-                     before: Mapping[int, SeedOutcome]) -> Comparison:
-    """Seed by seed: the same outputs (NaN-aware) or the same error type, else a difference."""
+def compare_outcomes(now: Mapping[Key, SeedOutcome],
+                     before: Mapping[Key, SeedOutcome]) -> Comparison:
+    """(set, seed) by (set, seed): the same outputs (NaN-aware) or the same error type,
+    else a difference."""
     common = sorted(set(now) & set(before))
-    kinds: dict[str, list[int]] = {k: [] for k in (
+    kinds: dict[str, list[Key]] = {k: [] for k in (
         "outputs_differ", "failed_now", "failed_before", "error_differs", "failed_both")}
     for s in common:
         a, b = now[s], before[s]
@@ -248,3 +302,17 @@ def compare_outcomes(now: Mapping[int, SeedOutcome],
     return Comparison(now=dict(now), before=dict(before), common=common,
                       only_now=sorted(set(now) - set(before)),
                       only_before=sorted(set(before) - set(now)), **kinds)
+
+
+def compare_runs(now: RunView, before: RunView) -> Comparison:
+    """Refuse runs whose inputs differ (:class:`InputsDiffer`), else compare them."""
+    problem = inputs_difference(before.inputs, now.inputs, before.label, now.label)
+    if problem:
+        raise InputsDiffer(f"not comparable: {problem}; compare runs of the same study")
+    return compare_outcomes(now.outcomes, before.outcomes)
+
+
+def same_mode(a: RunView, b: RunView) -> bool | None:
+    if not a.mode or not b.mode:
+        return None
+    return a.mode == b.mode and a.workers == b.workers

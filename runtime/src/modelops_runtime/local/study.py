@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import LocalModeError, ModelOpsError
 from ..models import SimResult, SimTask, check_entrypoint
-from .compare import (RESULTS_FORMAT, Baseline, FailureRecord, SimRecord, StudyRun,
-                      compare_outcomes, outcomes_of, plain_json)
+from .compare import EXIT_INPUTS_DIFFER, InputsDiffer, compare_runs, same_mode
+from .results import (SINGLE_SET, FailureRecord, RunInputs, RunView, SimRecord, StudyRun,
+                      results_document, view_of)
 from .plan import Echo, LaunchPlan
 
 
@@ -95,6 +96,13 @@ class Study(BaseModel):
         return [SimTask(bundle=bundle_ref, entrypoint=self.entrypoint, params=dict(self.params),
                         seed=self.first_seed + i) for i in range(n)]
 
+    def inputs(self, bundle_ref: str, sims: int | None = None) -> RunInputs:
+        """What a run of this study computes (recorded in --results, checked by compare)."""
+        n = self.sims if sims is None else sims
+        return RunInputs(bundle=bundle_ref, entrypoint=self.entrypoint,
+                         aggregate=self.aggregate, sets={SINGLE_SET: dict(self.params)},
+                         seeds={SINGLE_SET: [self.first_seed + i for i in range(n)]})
+
     @property
     def key_name(self) -> str:
         """The study name as a Dask key part (letters, digits, '_' and '.')."""
@@ -137,6 +145,7 @@ def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = Non
     return StudyRun(study=study.name, bundle=ref, sims=records, failures=failures,
                     aggregate=agg, aggregate_error=agg_error, nthreads=nthreads,
                     worker_pids=worker_pids, environments=environments,
+                    inputs=study.inputs(ref, sims),
                     pool_stats=pool_stats(client, [r.result for r in records]),
                     elapsed_s=elapsed)
 
@@ -236,7 +245,7 @@ def check_direct_dependencies(study: Study, launch: LaunchPlan) -> None:
 def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
                    sims: int | None = None, progress: bool = True, results: Path | None = None,
                    values: Sequence[Path | str] = (), sets: Sequence[str] = (),
-                   baseline: Baseline | None = None) -> int:
+                   baseline: RunView | None = None) -> int:
     """Run the study on ``client`` and print what it gave; write ``results`` (with the
     values and sets the cluster was rendered from) and check against ``baseline`` (read
     with :func:`load_baseline`). Returns the CLI's exit code: EXIT_DIFFERS if ``baseline``
@@ -265,20 +274,27 @@ def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
         echo(f"  seed {f.seed} failed: {f.error_type}: {f.message.splitlines()[0] if f.message else ''}")
     if results:
         results.parent.mkdir(parents=True, exist_ok=True)
-        results.write_text(json.dumps({
-            "format": RESULTS_FORMAT,
-            "values": [str(v) for v in values], "sets": list(sets),
-            "mode": launch.config.summary(), "config": launch.config.as_env(),
-            "expected_workers": launch.expected_workers,
-            "expected_threads": launch.expected_threads,
-            **plain_json(run.model_dump()),
-        }, indent=1))
+        results.write_text(json.dumps(results_document(
+            run, values=[str(v) for v in values], sets=list(sets),
+            mode=launch.config.summary(), config=launch.config.as_env(),
+            expected_workers=launch.expected_workers,
+            expected_threads=launch.expected_threads), indent=1))
         echo(f"results: {results}")
     ok = not run.failures and (run.aggregate is not None or not study.aggregate)
     code = EXIT_OK if ok else EXIT_FAILED
     if baseline is not None:
-        comparison = compare_outcomes(outcomes_of(run), baseline.outcomes)
-        for line in comparison.report(baseline):
+        now = view_of(run, "this run", mode=launch.config.summary(),
+                      workers=f"{launch.expected_workers} processes, "
+                              f"{launch.expected_threads} threads")
+        try:
+            comparison = compare_runs(now, baseline)
+        except InputsDiffer as exc:
+            echo(f"compare: {exc}")
+            return EXIT_INPUTS_DIFFER
+        if baseline.inputs is None:
+            echo(f"compare: note: {baseline.label} records no inputs (written by an older "
+                 "modelops-runtime): the bundle and params could not be checked")
+        for line in comparison.report(baseline.label, same_mode=same_mode(now, baseline)):
             echo(f"compare: {line}")
         if comparison.differs:
             code = EXIT_DIFFERS

@@ -1,0 +1,76 @@
+"""`modelops-runtime compare A.json B.json`: two --results files, seed by seed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from ..errors import ModelOpsError
+from ..local.compare import (EXIT_DIFFERS, EXIT_INPUTS_DIFFER, EXIT_SAME, InputsDiffer,
+                             compare_runs, key_label, load_run, package_differences, same_mode)
+
+EXIT_FAILED = 1
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_SAME}    every seed both files cover has the same outcome (outputs, or error type)
+  {EXIT_FAILED}    a file could not be read
+  {EXIT_INPUTS_DIFFER}    the runs' inputs differ (bundle, entrypoint, aggregation or a param): not
+       comparable, one line names the difference; or a bad command line
+  {EXIT_DIFFERS}    a seed both files cover differs (seeds only one covers are a note)"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="compare two --results files seed by seed",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+        description=textwrap.fill(
+            "Compare B with A (both written by `modelops-runtime local --results`) seed by "
+            "seed: outputs, or the error type of a failed sim. Runs whose inputs differ are "
+            "refused. Differing seeds are broken down by process_task_count, and the "
+            "package versions the two runs ran with are set side by side."))
+    p.add_argument("a", type=Path, metavar="A.json", help="the reference run")
+    p.add_argument("b", type=Path, metavar="B.json", help="the run compared with it")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        a, b = load_run(args.a, "compare"), load_run(args.b, "compare")
+    except ModelOpsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        comparison = compare_runs(b, a)
+    except InputsDiffer as exc:
+        if args.json:
+            print(json.dumps({"comparable": False, "reason": str(exc)}))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUTS_DIFFER
+    lines = []
+    if a.inputs is None or b.inputs is None:
+        lines.append("note: a file records no inputs (written by an older modelops-runtime): "
+                     "the bundle and params could not be checked")
+    lines += comparison.report(str(args.a), now_label=str(args.b), same_mode=same_mode(a, b))
+    packages = package_differences(a, b)
+    if packages:
+        lines.append("packages differ: " + "; ".join(packages))
+    code = EXIT_DIFFERS if comparison.differs else EXIT_SAME
+    if args.json:
+        print(json.dumps({
+            "comparable": True, "differs": comparison.differs, "exit_code": code,
+            "compared": len(comparison.common),
+            "differing": [key_label(k) for k in comparison.differing],
+            "after_other_tasks": {str(args.a): [key_label(k) for k in comparison.after_other_tasks("before")],
+                                  str(args.b): [key_label(k) for k in comparison.after_other_tasks("now")]},
+            "only_in_a": [key_label(k) for k in comparison.only_before],
+            "only_in_b": [key_label(k) for k in comparison.only_now],
+            "same_mode": same_mode(a, b), "packages_differ": packages, "lines": lines},
+            indent=1))
+    else:
+        for line in lines:
+            print(f"compare: {line}")
+    return code
