@@ -207,6 +207,12 @@ CASES = {
     "negative TTL": (
         "worker: {executor: {processTTL: -5}}", (),
         [SCHEMA, "at '/worker/executor/processTTL': minimum: got -5, want 1"]),
+    "zero native threads": (
+        "worker: {executor: {nativeThreads: 0}}", (),
+        [SCHEMA, "at '/worker/executor/nativeThreads': minimum: got 0, want 1"]),
+    "native threads as extraEnv": (
+        "worker: {extraEnv: [{name: MODELOPS_NATIVE_THREADS, value: '4'}]}", (),
+        ["MODELOPS_NATIVE_THREADS", "worker.executor.nativeThreads"]),
     "zero task timeout": (
         "worker: {executor: {taskTimeout: 0}}", (),
         [SCHEMA, "/worker/executor/taskTimeout"]),

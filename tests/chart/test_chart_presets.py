@@ -42,6 +42,7 @@ def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
         "MODELOPS_LOG_LEVEL": "INFO",
         "MODELOPS_MAX_PROCESS_REUSE": reuse,
         "MODELOPS_MAX_WARM_PROCESSES": "8",
+        "MODELOPS_NATIVE_THREADS": "1",
         "MODELOPS_POOL_MEMORY_BYTES": "2Gi",
         "MODELOPS_PROCESS_TTL": "3600",
         "MODELOPS_VALIDATE_DEPS": "true",
@@ -100,6 +101,7 @@ worker:
     maxWarmProcesses: 3
     validateDeps: false
     processTTL: 120
+    nativeThreads: 3
     memLimitPerProcess: 512Mi
     poolMemoryPerProcess: 1536Mi
     taskTimeout: 900
@@ -126,6 +128,7 @@ bundles:
         ("MODELOPS_MAX_PROCESS_REUSE", "1000"),
         ("MODELOPS_MAX_WARM_PROCESSES", "3"),
         ("MODELOPS_MEM_LIMIT_BYTES", "512Mi"),
+        ("MODELOPS_NATIVE_THREADS", "3"),
         ("MODELOPS_POOL_MEMORY_BYTES", "1536Mi"),
         ("MODELOPS_PROCESS_TTL", "120"),
         ("MODELOPS_TASK_TIMEOUT", "900"),
