@@ -28,10 +28,14 @@ def register(sub) -> None:
                    help="value override (repeatable; like helm --set)")
     p.add_argument("--study", type=Path, metavar="PATH",
                    help=f"study to run: a directory with {STUDY_FILE} or a study file")
-    p.add_argument("--sims", type=int, metavar="N", help="number of seeds (default: the study's)")
-    p.add_argument("--results", type=Path, metavar="FILE",
-                   help="write every result with its execution metadata, and every failed "
-                        "seed with its error type, as JSON (NaN/inf as NaN/Infinity)")
+    p.add_argument("--sims", type=int, metavar="N",
+                   help="number of seeds (per parameter set; default: the study's)")
+    p.add_argument("--results", type=Path, metavar="FILE", action="append", default=[],
+                   help="FILE.json: every result with its execution metadata, and every "
+                        "failed seed with its error type (NaN/inf as NaN/Infinity; what "
+                        "--compare reads); FILE.parquet (needs pyarrow) or FILE.csv: one row "
+                        "per (set, seed), params, outputs and execution metadata as columns. "
+                        "Repeatable")
     p.add_argument("--compare", type=Path, metavar="FILE",
                    help="compare seed by seed (outputs, or the error type of a failed sim) "
                         "with an earlier --results FILE (exit "

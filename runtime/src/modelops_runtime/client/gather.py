@@ -1,13 +1,20 @@
-"""Gather a study's results with a progress bar: successes in order, every failure kept."""
+"""Gather a study's results with a progress bar: successes in order, every failure kept.
+
+For a :class:`~.submit.StudySubmission` (sets × seeds): results per (set, seed), failures
+listed per set, each set's aggregate submitted as soon as its last run finished (over its
+successful runs only) and the aggregate across sets once at the end.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, ConfigDict
 
 from ..models import SimResult
+from .outcomes import SetResult, StudySetsResult, error_of
+from .submit import StudySubmission, aggregate
 
 
 class TaskFailure(BaseModel):
@@ -41,17 +48,29 @@ class StudyResult(BaseModel):
         return [r.outputs for r in self.results]
 
 
-def _error_of(future, value) -> BaseException:
-    # as_completed(raise_errors=False) yields sys.exc_info()-style tuples for errors
-    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
-        return value[1]
-    if isinstance(value, BaseException):
-        return value
-    return RuntimeError(f"task {future.key} ended with status {future.status}")
+_error_of = error_of
 
 
-def gather_study(client, futures: Sequence, progress: bool = True, desc: str = "study") -> StudyResult:
-    """Wait for every future (with a tqdm progress bar) and collect results and failures."""
+@overload
+def gather_study(client, futures: StudySubmission, progress: bool = True,
+                 desc: str | None = None) -> StudySetsResult: ...
+@overload
+def gather_study(client, futures: Sequence, progress: bool = True,
+                 desc: str | None = None) -> StudyResult: ...
+
+
+def gather_study(client, futures, progress: bool = True, desc: str | None = None):
+    """Wait for every run (with a tqdm progress bar) and collect results and failures.
+
+    ``futures``: what :func:`~.submit.submit_study` returned (→ :class:`StudySetsResult`,
+    per set, with aggregates), or a list of futures from :func:`~.submit.submit`
+    (→ :class:`StudyResult`, in submission order)."""
+    if isinstance(futures, StudySubmission):
+        return _gather_sets(client, futures, progress, desc or futures.plan.name)
+    return _gather_list(futures, progress, desc or "study")
+
+
+def _gather_list(futures: Sequence, progress: bool, desc: str) -> StudyResult:
     from distributed import as_completed
     from tqdm.auto import tqdm
 
@@ -82,3 +101,65 @@ def gather_study(client, futures: Sequence, progress: bool = True, desc: str = "
     order = sorted(outcome)
     return StudyResult(results=[outcome[i] for i in order], indices=order,
                        failures=sorted(failures, key=lambda f: f.index), total=len(futures))
+
+
+def _settle(future) -> tuple[SimResult | None, str | None]:
+    """An aggregate future's result, or its error as one line."""
+    try:
+        return future.result(), None
+    except Exception as exc:  # noqa: BLE001 - reported next to the runs, which stay valid
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _gather_sets(client, sub: StudySubmission, progress: bool, desc: str) -> StudySetsResult:
+    from tqdm.auto import tqdm
+
+    plan = sub.plan
+    n_seeds, n_sets = plan.seeds.count, plan.set_count
+    sets: dict[str, SetResult] = {}
+    left: dict[str, int] = {}
+    agg_futures: dict[str, Any] = {}
+    finished_sets = failed = 0
+    with tqdm(total=sub.total, desc=desc, unit="run", disable=not progress) as bar:
+        bar.set_postfix_str(f"sets 0/{n_sets}")
+        for out in sub:
+            sid = out.set.id
+            if sid not in sets:
+                sets[sid] = SetResult(set=out.set, results={}, failures=[])
+                left[sid] = n_seeds
+            entry = sets[sid]
+            if out.ok:
+                entry.results[out.seed] = out.result
+            else:
+                entry.failures.append(out.failure)
+                failed += 1
+            left[sid] -= 1
+            if not left[sid]:
+                finished_sets += 1
+                del left[sid]
+                entry.failures.sort(key=lambda f: f.seed)
+                if plan.aggregate and entry.results:
+                    agg_futures[sid] = aggregate(
+                        client, entry.outputs, plan.bundle, plan.aggregate,
+                        key=f"modelops-aggregate-{plan.name}-{sid}-{plan.code}")
+                elif plan.aggregate:
+                    entry.aggregate_error = "every run of this set failed: nothing to aggregate"
+            bar.update(1)
+            bar.set_postfix_str(f"sets {finished_sets}/{n_sets}"
+                                + (f", failed runs {failed}" if failed else ""))
+    for sid, future in agg_futures.items():
+        sets[sid].aggregate, sets[sid].aggregate_error = _settle(future)
+    ordered = sorted(sets.values(), key=lambda s: s.set.index)
+    result = StudySetsResult(plan=plan, sets=ordered, max_in_flight=sub.max_in_flight)
+    if plan.aggregate_sets:
+        done = [s for s in ordered if s.aggregate is not None]
+        if done:
+            inputs = [{"set_id": s.set.id, "label": s.set.label, "params": dict(s.set.params),
+                       "runs": len(s.results), "failed": len(s.failures),
+                       "aggregate": s.aggregate.outputs} for s in done]
+            result.across, result.across_error = _settle(aggregate(
+                client, inputs, plan.bundle, plan.aggregate_sets,
+                key=f"modelops-aggregate-sets-{plan.name}-{plan.code}"))
+        else:
+            result.across_error = "no set has an aggregate: nothing to aggregate across sets"
+    return result

@@ -16,6 +16,7 @@ from .render import find_chart, render_cluster
 from .study import (EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, Study, check_direct_dependencies,
                     run_and_report)
 from .supervise import LocalCluster
+from .table import check_table_target
 
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
@@ -38,6 +39,18 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+def check_results_targets(paths) -> list[Path]:
+    """``--results`` files: a table (.parquet, .csv) or else JSON; checked before anything
+    runs (Parquet needs pyarrow)."""
+    out = [paths] if isinstance(paths, Path) else list(paths or ())
+    for path in out:
+        try:
+            check_table_target(path)
+        except ValueError as exc:
+            raise LocalModeError(str(exc)) from None
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     echo = _echo
     if args.sims is not None and args.sims < 1:
@@ -51,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         study = Study.load(args.study) if args.study else None
+        results = check_results_targets(args.results)
         baseline = load_baseline(args.compare) if args.compare else None
         if study is not None and baseline is not None and baseline.inputs is not None:
             # everything but the bundle digest (known once packed) before anything starts
@@ -84,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
             if study is not None:
                 code = run_and_report(
                     client, study, launch, echo, sims=args.sims,
-                    progress=not args.no_progress, results=args.results, values=args.values,
+                    progress=not args.no_progress, results=results, values=args.values,
                     sets=args.set, baseline=baseline)
             if args.keep:
                 echo(f"cluster is up: Client({cluster.address!r}) or --scheduler-file "

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..client.plan import ParamSet
 from ..errors import LocalModeError
 from ..models import Scalar, SimResult
 
@@ -49,8 +50,19 @@ class RunInputs(BaseModel):
     bundle: str                                   # sha256:<hex> of the packed bundle
     entrypoint: str
     aggregate: str | None = None
-    sets: dict[str, dict[str, Scalar]]            # set id → params
+    sets: dict[str, dict[str, Scalar]]            # set id → params, in the study's order
     seeds: dict[str, list[int]]                   # set id → seeds run
+    labels: dict[str, str] = Field(default_factory=dict)   # set id → label (labelled sets)
+
+
+class SetAggregate(BaseModel):
+    """One parameter set's aggregate (over its successful runs), or why there is none."""
+
+    set_id: str
+    runs: int                       # successful runs the aggregate was given
+    failed: int
+    aggregate: SimResult | None = None
+    aggregate_error: str | None = None
 
 
 class StudyRun(BaseModel):
@@ -60,8 +72,10 @@ class StudyRun(BaseModel):
     bundle: str
     sims: list[SimRecord]
     failures: list[FailureRecord]
-    aggregate: SimResult | None
+    aggregate: SimResult | None     # one set: its aggregate; several: the one across sets
     aggregate_error: str | None = None
+    param_sets: list[ParamSet] = Field(default_factory=list)          # every set, in order
+    set_aggregates: list[SetAggregate] = Field(default_factory=list)  # several sets only
     nthreads: dict[str, int]        # client.nthreads(): Dask worker address → threads
     worker_pids: dict[str, int]     # Dask worker address → pid of that worker process
     pool_stats: dict[str, Any]

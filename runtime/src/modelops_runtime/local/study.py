@@ -1,8 +1,8 @@
 """The study ``modelops-runtime local --study`` runs (see runtime/examples/sir/README.md):
-the study file, its bundle packed into the cluster's bundle repo, the seeded sims and the
-aggregation submitted through the client API, and the report — aggregate, pool stats,
-failures, the ``--results`` file and the ``--compare`` check (compare.py) against an
-earlier one.
+the study file (studyfile.py, its sets: sets.py), its bundle packed into the cluster's
+bundle repo, the seeded runs of every set and the aggregations submitted through the client
+API, and the report — aggregates, pool stats, failures, the ``--results`` file and the
+``--compare`` check (compare.py) against an earlier one.
 
 Nothing here starts or stops processes: it runs on any Dask client (``command`` hands it
 the local cluster's).
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -20,93 +19,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from ..errors import LocalModeError, ModelOpsError
-from ..models import SimResult, SimTask, check_entrypoint
+from ..errors import LocalModeError
+from ..models import SimResult
 from .compare import EXIT_INPUTS_DIFFER, InputsDiffer, compare_runs, same_mode
-from .results import (SINGLE_SET, FailureRecord, RunInputs, RunView, SimRecord, StudyRun,
-                      results_document, view_of)
 from .plan import Echo, LaunchPlan
+from .results import (FailureRecord, RunView, SetAggregate, SimRecord, StudyRun,
+                      results_document, view_of)
+from .studyfile import STUDY_FILE, Study
+
+__all__ = ["EXIT_DIFFERS", "EXIT_FAILED", "EXIT_OK", "STUDY_FILE", "Study", "pack_study",
+           "run_and_report", "run_study"]
 
 
-STUDY_FILE = "study.yaml"
 EXIT_OK = 0
 EXIT_FAILED = 1       # a sim or the aggregation failed (or an error stopped the run)
 EXIT_DIFFERS = 3      # --compare found a seed whose outcome differs; wins over EXIT_FAILED
-
-
-# ---------------------------------------------------------------------------------
-# the study file and its run
-# ---------------------------------------------------------------------------------
-
-class Study(BaseModel):
-    """``sims`` seeded runs of one entrypoint with the same params, then one aggregation."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
-    bundle: Path                       # bundle directory, relative to the study file
-    entrypoint: str                    # "module:function", called as function(params, seed)
-    aggregate: str | None = None       # "module:function", called with the list of outputs
-    params: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-    sims: int = Field(100, ge=1)
-    first_seed: int = 0
-
-    _entry = field_validator("entrypoint")(classmethod(lambda cls, v: check_entrypoint(v)))
-
-    @field_validator("aggregate")
-    @classmethod
-    def _agg(cls, v: str | None) -> str | None:
-        return None if v is None else check_entrypoint(v)
-
-    @classmethod
-    def load(cls, path: Path | str) -> "Study":
-        """Read ``path`` (a study file, or a directory holding ``study.yaml``)."""
-        path = Path(path)
-        file = path / STUDY_FILE if path.is_dir() else path
-        if not file.is_file():
-            raise LocalModeError(
-                f"no study at {path}: expected a study file or a directory with {STUDY_FILE} "
-                "(see runtime/examples/sir for the format)")
-        try:
-            data = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as exc:
-            raise LocalModeError(f"study file {file} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise LocalModeError(f"study file {file} must hold a mapping of study fields")
-        try:
-            study = cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'study'}: {e['msg']}"
-                                 for e in exc.errors())
-            raise LocalModeError(
-                f"study file {file} is invalid: {problems}. Allowed fields: "
-                f"{', '.join(cls.model_fields)} (see runtime/examples/sir/study.yaml)") from None
-        bundle = (file.parent / study.bundle).resolve()
-        if not bundle.is_dir():
-            raise LocalModeError(
-                f"study file {file}: bundle directory {bundle} does not exist; `bundle:` is "
-                "the model directory, relative to the study file")
-        return study.model_copy(update={"bundle": bundle})
-
-    def tasks(self, bundle_ref: str, sims: int | None = None) -> list[SimTask]:
-        n = self.sims if sims is None else sims
-        return [SimTask(bundle=bundle_ref, entrypoint=self.entrypoint, params=dict(self.params),
-                        seed=self.first_seed + i) for i in range(n)]
-
-    def inputs(self, bundle_ref: str, sims: int | None = None) -> RunInputs:
-        """What a run of this study computes (recorded in --results, checked by compare)."""
-        n = self.sims if sims is None else sims
-        return RunInputs(bundle=bundle_ref, entrypoint=self.entrypoint,
-                         aggregate=self.aggregate, sets={SINGLE_SET: dict(self.params)},
-                         seeds={SINGLE_SET: [self.first_seed + i for i in range(n)]})
-
-    @property
-    def key_name(self) -> str:
-        """The study name as a Dask key part (letters, digits, '_' and '.')."""
-        return re.sub(r"[^A-Za-z0-9_.]", "_", self.name)
 
 
 def pack_study(study: Study, repo: Path) -> str:
@@ -116,35 +43,42 @@ def pack_study(study: Study, repo: Path) -> str:
 
 
 def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = None,
-              progress: bool = True) -> StudyRun:
-    """Pack the study's bundle, run its sims with a progress bar, then its aggregation
-    (over the successful sims only: failures are reported apart, never hidden)."""
-    from ..client import aggregate, gather_study, package_sets, submit
+              progress: bool = True, window: int | None = None) -> StudyRun:
+    """Pack the study's bundle, run every (set, seed) with a progress bar (submitted in a
+    bounded window), then each set's aggregation over its successful runs (failures are
+    reported apart, never hidden) and the one across sets."""
+    from ..client import DEFAULT_WINDOW, gather_study, package_sets, submit_study
 
     started = time.perf_counter()
     ref = pack_study(study, bundle_repo)
-    tasks = study.tasks(ref, sims)
-    futures = submit(client, tasks, study=study.key_name)
-    outcome = gather_study(client, futures, progress=progress, desc=study.name)
-    records = [SimRecord(seed=tasks[i].seed, result=r)
-               for i, r in zip(outcome.indices, outcome.results)]
-    failures = [FailureRecord(seed=tasks[f.index].seed, error_type=f.error_type,
+    plan = study.plan(ref, sims)
+    outcome = gather_study(client, submit_study(client, plan, window=window or DEFAULT_WINDOW),
+                           progress=progress, desc=study.name)
+    records = [SimRecord(set=s.set.id, seed=seed, result=r)
+               for s in outcome.sets for seed, r in sorted(s.results.items())]
+    failures = [FailureRecord(set=f.set_id, seed=f.seed, error_type=f.error_type,
                               message=f.message) for f in outcome.failures]
-    agg, agg_error = None, None
-    if study.aggregate and records:
-        ok_futures = [futures[i] for i in outcome.indices]
-        try:
-            agg = aggregate(client, ok_futures, ref, study.aggregate).result()
-        except ModelOpsError as exc:   # reported next to the sims, which stay valid
-            agg_error = f"{type(exc).__name__}: {exc}"
+    single = plan.set_count == 1
+    if single:
+        only = outcome.sets[0]
+        agg, agg_error, per_set = only.aggregate, only.aggregate_error, []
+        if only.aggregate_error and not only.results:
+            agg_error = None          # every sim failed: the failures say it all
+    else:
+        agg, agg_error = outcome.across, outcome.across_error
+        per_set = [SetAggregate(set_id=s.set.id, runs=len(s.results), failed=len(s.failures),
+                                aggregate=s.aggregate, aggregate_error=s.aggregate_error)
+                   for s in outcome.sets]
     nthreads = dict(client.nthreads())
     worker_pids = dict(client.run(os.getpid))
     used = {r.result.env_digest for r in records} | ({agg.env_digest} if agg else set())
+    used |= {a.aggregate.env_digest for a in per_set if a.aggregate is not None}
     environments = {d: p for d, p in package_sets(client).items() if d in used}
     elapsed = time.perf_counter() - started
     return StudyRun(study=study.name, bundle=ref, sims=records, failures=failures,
-                    aggregate=agg, aggregate_error=agg_error, nthreads=nthreads,
-                    worker_pids=worker_pids, environments=environments,
+                    aggregate=agg, aggregate_error=agg_error,
+                    param_sets=[s.set for s in outcome.sets], set_aggregates=per_set,
+                    nthreads=nthreads, worker_pids=worker_pids, environments=environments,
                     inputs=study.inputs(ref, sims),
                     pool_stats=pool_stats(client, [r.result for r in records]),
                     elapsed_s=elapsed)
@@ -243,45 +177,39 @@ def check_direct_dependencies(study: Study, launch: LaunchPlan) -> None:
 # ---------------------------------------------------------------------------------
 
 def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
-                   sims: int | None = None, progress: bool = True, results: Path | None = None,
+                   sims: int | None = None, progress: bool = True,
+                   results: Path | Sequence[Path] | None = None,
                    values: Sequence[Path | str] = (), sets: Sequence[str] = (),
                    baseline: RunView | None = None) -> int:
-    """Run the study on ``client`` and print what it gave; write ``results`` (with the
-    values and sets the cluster was rendered from) and check against ``baseline`` (read
-    with :func:`load_baseline`). Returns the CLI's exit code: EXIT_DIFFERS if ``baseline``
-    differs (it wins: a failure that comes and goes with the mode *is* the finding), else
-    EXIT_FAILED if a sim or the aggregation failed, else 0."""
-    n = sims or study.sims
-    echo(f"study {study.name}: {n} seeded sims of {study.entrypoint} "
-         f"(seeds {study.first_seed}..{study.first_seed + n - 1})"
-         + (f", then {study.aggregate}" if study.aggregate else ""))
-    run = run_study(client, study, launch.bundle_repo, sims=n, progress=progress)
+    """Run the study on ``client`` and print what it gave; write ``results`` (JSON with the
+    values and sets the cluster was rendered from; ``.parquet``/``.csv``: the runs as a
+    table) and check against ``baseline`` (read with :func:`load_baseline`). Returns the
+    CLI's exit code: EXIT_DIFFERS if ``baseline`` differs (it wins: a failure that comes and
+    goes with the mode *is* the finding), else EXIT_FAILED if a run or an aggregation
+    failed, else 0."""
+    from .report import all_ok, announce, report, report_failures
+    from .table import is_table, write_table
+
+    announce(study, echo, sims)
+    run = run_study(client, study, launch.bundle_repo, sims=sims, progress=progress)
     echo(f"bundle: {run.bundle}")
-    if run.aggregate_error:
-        echo(f"aggregate ({study.aggregate}) failed: {run.aggregate_error}")
-    if run.aggregate is not None:
-        echo(f"aggregate ({study.aggregate}):")
-        out = run.aggregate.outputs
-        if isinstance(out, dict):
-            width = max((len(str(k)) for k in out), default=0)
-            for k, v in out.items():
-                echo(f"  {str(k):<{width}}  {v}")
-        else:
-            echo(f"  {out!r}")
+    report(run, study, echo)
     echo(f"pool stats: {format_pool_stats(run.pool_stats)}")
-    echo(f"sims: {len(run.sims)} ok, {len(run.failures)} failed; elapsed {run.elapsed_s:.1f} s")
-    for f in run.failures[:5]:
-        echo(f"  seed {f.seed} failed: {f.error_type}: {f.message.splitlines()[0] if f.message else ''}")
-    if results:
-        results.parent.mkdir(parents=True, exist_ok=True)
-        results.write_text(json.dumps(results_document(
+    report_failures(run, echo)
+    targets = [results] if isinstance(results, Path) else list(results or ())
+    for path in targets:
+        if is_table(path):
+            n = write_table(run, path)
+            echo(f"results: {path} ({n} rows, one per set and seed)")
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results_document(
             run, values=[str(v) for v in values], sets=list(sets),
             mode=launch.config.summary(), config=launch.config.as_env(),
             expected_workers=launch.expected_workers,
             expected_threads=launch.expected_threads), indent=1))
-        echo(f"results: {results}")
-    ok = not run.failures and (run.aggregate is not None or not study.aggregate)
-    code = EXIT_OK if ok else EXIT_FAILED
+        echo(f"results: {path}")
+    code = EXIT_OK if all_ok(run, study) else EXIT_FAILED
     if baseline is not None:
         now = view_of(run, "this run", mode=launch.config.summary(),
                       workers=f"{launch.expected_workers} processes, "

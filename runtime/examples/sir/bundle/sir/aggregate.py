@@ -28,3 +28,22 @@ def peak_summary(outputs: list[dict]) -> dict:
         # an early stochastic die-out never becomes an epidemic: count them apart
         "died_out": int((attack < 0.05).sum()),
     }
+
+
+def by_set(sets: list[dict]) -> dict:
+    """Across the sets of a grid: which set peaks highest and which lowest (by mean peak).
+
+    ``sets`` holds one dict per parameter set: ``set_id``, ``label``, ``params``, ``runs``,
+    ``failed`` and ``aggregate`` (that set's :func:`peak_summary`).
+    """
+    if not sets:
+        raise ValueError("by_set needs at least one set's summary, got none")
+    ranked = sorted(sets, key=lambda s: s["aggregate"]["peak_mean"])
+    show = lambda s: ", ".join(f"{k}={v}" for k, v in sorted(s["params"].items())
+                               if k in ("beta", "gamma"))
+    return {
+        "sets": len(sets),
+        "highest_peak": f"{show(ranked[-1])} (mean {ranked[-1]['aggregate']['peak_mean']})",
+        "lowest_peak": f"{show(ranked[0])} (mean {ranked[0]['aggregate']['peak_mean']})",
+        "runs": sum(s["runs"] for s in sets),
+    }

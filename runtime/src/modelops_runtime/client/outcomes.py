@@ -1,0 +1,99 @@
+"""What a study gives back: one :class:`RunOutcome` per (set, seed) as runs finish, and
+:class:`StudySetsResult` with every set's successes, failures and aggregate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ..models import SimResult
+from .plan import ParamSet, StudyPlan
+
+
+def error_of(future, value) -> BaseException:
+    """The error a finished-with-error future carries (as ``as_completed(raise_errors=False)``
+    hands it over: an exc_info tuple)."""
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
+        return value[1]
+    if isinstance(value, BaseException):
+        return value
+    return RuntimeError(f"task {future.key} ended with status {future.status}")
+
+
+class RunFailure(BaseModel):
+    """One (set, seed) run that did not produce a result."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    set_id: str
+    seed: int
+    key: str
+    error_type: str
+    message: str
+    error: BaseException | None = None   # the typed error (e.g. SimulationError)
+
+
+class RunOutcome(BaseModel):
+    """One finished run: its set, its seed, and its result or its failure."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    set: ParamSet
+    seed: int
+    key: str
+    result: SimResult | None = None
+    failure: RunFailure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+class SetResult(BaseModel):
+    """One parameter set's runs: successes by seed, failures (never fed to the aggregate),
+    and the aggregate over the successes (or why there is none)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    set: ParamSet
+    results: dict[int, SimResult]                # seed → result, successful runs only
+    failures: list[RunFailure]
+    aggregate: SimResult | None = None
+    aggregate_error: str | None = None
+
+    @property
+    def outputs(self) -> list[Any]:
+        """The successful runs' outputs in seed order (what the aggregate was given)."""
+        return [self.results[s].outputs for s in sorted(self.results)]
+
+
+class StudySetsResult(BaseModel):
+    """Every set of a study, in the study's order, and the aggregate across sets."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    plan: StudyPlan
+    sets: list[SetResult]
+    across: SimResult | None = None              # plan.aggregate_sets over the set aggregates
+    across_error: str | None = None
+    max_in_flight: int = 0                       # most runs submitted and not yet finished
+
+    @property
+    def runs(self) -> int:
+        return sum(len(s.results) + len(s.failures) for s in self.sets)
+
+    @property
+    def failures(self) -> list[RunFailure]:
+        return [f for s in self.sets for f in s.failures]
+
+    @property
+    def ok(self) -> bool:
+        return (not self.failures and self.across_error is None
+                and not any(s.aggregate_error for s in self.sets))
+
+    def by_id(self, set_id: str) -> SetResult:
+        for s in self.sets:
+            if s.set.id == set_id:
+                return s
+        raise KeyError(set_id)
