@@ -24,6 +24,7 @@ LABEL = "label"                     # the optional label column / key of a set
 PARQUET_BATCH = 4096                # rows read at a time from a Parquet file
 _INT = re.compile(r"^[+-]?\d+$")
 SCALARS = "a number, text, true/false or null"
+CELLS = "a number, text or true/false"
 
 
 # -- checks shared with the study file ----------------------------------------------------
@@ -240,7 +241,7 @@ def _check_csv(path: Path) -> SetsFile:
                                  "belongs in the study's params)")
             if cell[0] in "[{":
                 raise ValueError(f"sets_file {path} line {line}: column {c} holds {cell!r}, a "
-                                 f"list or mapping; every cell must be a scalar ({SCALARS})")
+                                 f"list or mapping; every cell must be a scalar ({CELLS})")
             if c == LABEL:
                 continue
             k = kinds[c]
@@ -300,7 +301,7 @@ def _check_parquet(path: Path) -> SetsFile:
         t = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
         if not any(ok(t) for ok in scalar):
             raise ValueError(f"sets_file {path}: column {f.name} is of type {f.type}, not a "
-                             f"scalar; every cell must be a scalar ({SCALARS}): one value "
+                             f"scalar; every cell must be a scalar ({CELLS}): one value "
                              "per parameter and set")
     unique, rows = _Unique(f"sets_file {path}"), 0
     for row, values in _parquet_rows(path):
