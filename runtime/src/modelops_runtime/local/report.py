@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .compare import StudyRun
+from .results import StudyRun
 from .plan import Echo
 from .studyfile import Study
 
@@ -114,7 +114,7 @@ def report_failures(run: StudyRun, echo: Echo) -> None:
          f"elapsed {run.elapsed_s:.1f} s")
     names = {s.id: s.name for s in run.param_sets}
     for f in run.failures[:SHOWN_FAILURES]:
-        where = f"set {names.get(f.set_id, f.set_id)} seed {f.seed}" if several else f"seed {f.seed}"
+        where = f"set {names.get(f.set, f.set)} seed {f.seed}" if several else f"seed {f.seed}"
         first = f.message.splitlines()[0] if f.message else ""
         echo(f"  {where} failed: {f.error_type}: {first}")
     if len(run.failures) > SHOWN_FAILURES:
@@ -123,7 +123,7 @@ def report_failures(run: StudyRun, echo: Echo) -> None:
     if several and run.failures:
         per_set: dict[str, int] = {}
         for f in run.failures:
-            per_set[f.set_id or ""] = per_set.get(f.set_id or "", 0) + 1
+            per_set[f.set] = per_set.get(f.set, 0) + 1
         echo("  failed runs per set: " + ", ".join(f"{names.get(k, k)}={v}"
                                                    for k, v in per_set.items()))
 

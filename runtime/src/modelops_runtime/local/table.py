@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .compare import StudyRun, plain_json
+from .results import StudyRun, plain_json
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 META = ("executor", "pid", "process_task_count", "venv_cache_hit", "duration_s", "worker")
@@ -51,8 +51,8 @@ def rows(run: StudyRun) -> Iterator[dict[str, Any]]:
     """One dict per (set, seed), in set order then seed order."""
     sets = {s.id: s for s in run.param_sets}
     per_run: list[tuple[str | None, int, Any, Any]] = \
-        [(r.set_id, r.seed, r.result, None) for r in run.sims] + \
-        [(f.set_id, f.seed, None, f) for f in run.failures]
+        [(r.set, r.seed, r.result, None) for r in run.sims] + \
+        [(f.set, f.seed, None, f) for f in run.failures]
     order = {s.id: s.index for s in run.param_sets}
     per_run.sort(key=lambda t: (order.get(t[0] or "", 0), t[1]))
     for set_id, seed, result, failure in per_run:
