@@ -223,3 +223,23 @@ def test_results_records_every_set(tmp_path):
     assert json.loads(s.model_dump_json()) == {"id": set_id({"beta": 0.2}, "a"),
                                                "params": {"beta": 0.2}, "label": "a",
                                                "index": 0}
+
+
+def test_compare_names_the_changed_param_of_a_set_and_accepts_a_subset(tmp_path):
+    """Set ids are content hashes: a changed beta is a new id. Inputs are matched by the
+    sets' positions to name it; a rerun of some of the sets (or an extended grid) is
+    comparable on the sets both have."""
+    from modelops_runtime.local.compare import inputs_difference
+
+    def inputs(name: str, **grid):
+        return Study.load(study_file(tmp_path, f"{name}.yaml", grid=grid, sims=2)).inputs(REF)
+
+    base = inputs("base", beta=[0.2, 0.3], gamma=[0.1])
+    changed = inputs("changed", beta=[0.2, 0.35], gamma=[0.1])
+    assert inputs_difference(base, changed, "A", "B") == \
+        "param 'beta' of set 2 of 2 differs: 0.3 in A, 0.35 in B"
+    assert inputs_difference(base, inputs("more", beta=[0.2, 0.3, 0.4], gamma=[0.1]),
+                             "A", "B") is None
+    assert inputs_difference(base, inputs("fewer", beta=[0.3], gamma=[0.1]), "A", "B") is None
+    assert inputs_difference(base, inputs("same", gamma=[0.1], beta=[0.2, 0.3]), "A",
+                             "B") is None

@@ -24,6 +24,7 @@ from ..errors import LocalModeError
 from .results import (RESULTS_FORMAT, SINGLE_SET, FailureRecord, Key, RunInputs, RunView,
                       SeedOutcome, SimRecord, StudyRun, load_run, outcomes_of, plain_json,
                       results_document, view_of)
+from .setdiff import sets_difference
 
 EXIT_SAME, EXIT_DIFFERS, EXIT_INPUTS_DIFFER = 0, 3, 2
 
@@ -91,6 +92,9 @@ def inputs_difference(a: RunInputs | None, b: RunInputs | None, a_label: str,
                 va = _short(pa[name]) if name in pa else "(not set)"
                 vb = _short(pb[name]) if name in pb else "(not set)"
                 return f"param {name!r}{where} differs: {va} in {a_label}, {vb} in {b_label}"
+    changed = sets_difference(a, b, a_label, b_label)   # a set's param changed: name it
+    if changed:
+        return changed
     if not set(a.sets) & set(b.sets):
         return (f"the runs share no parameter set: {', '.join(sorted(a.sets))} in {a_label}, "
                 f"{', '.join(sorted(b.sets))} in {b_label}")
