@@ -243,3 +243,62 @@ def test_compare_names_the_changed_param_of_a_set_and_accepts_a_subset(tmp_path)
     assert inputs_difference(base, inputs("fewer", beta=[0.3], gamma=[0.1]), "A", "B") is None
     assert inputs_difference(base, inputs("same", gamma=[0.1], beta=[0.2, 0.3]), "A",
                              "B") is None
+
+
+def _run_of_two_sets():
+    from modelops_runtime.local.results import FailureRecord, SimRecord, StudyRun
+    from modelops_runtime.models import SimResult
+
+    a, b = ParamSet.of({"beta": 0.2}, "a", index=0), ParamSet.of({"beta": 0.3}, "b", index=1)
+
+    def result(outputs, pid=11):
+        return SimResult(outputs=outputs, executor="isolated_warm", pid=pid,
+                         process_task_count=2, venv_cache_hit=True, duration_s=0.5,
+                         worker="tcp://127.0.0.1:1")
+
+    return StudyRun(
+        study="t", bundle=REF, param_sets=[a, b],
+        sims=[SimRecord(set=b.id, seed=1, result=result({"peak": 3, "curve": [1, 2]})),
+              SimRecord(set=a.id, seed=1, result=result({"peak": 1.5, "curve": [1]})),
+              SimRecord(set=a.id, seed=2, result=result({"peak": float("nan"), "curve": []}))],
+        failures=[FailureRecord(set=b.id, seed=2, error_type="SimulationError",
+                                message="boom")],
+        aggregate=None, nthreads={}, worker_pids={}, pool_stats={}, elapsed_s=1.0), a, b
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_results_table_has_one_row_per_set_and_seed(suffix, tmp_path):
+    import csv
+
+    from modelops_runtime.local.table import write_table
+
+    run, a, b = _run_of_two_sets()
+    path = tmp_path / f"runs{suffix}"
+    assert write_table(run, path) == 4
+    if suffix == ".parquet":
+        rows = pq.read_table(path).to_pylist()
+    else:
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+    assert [(r["set_id"], str(r["seed"])) for r in rows] == \
+        [(a.id, "1"), (a.id, "2"), (b.id, "1"), (b.id, "2")]
+    first, nan, _, failed = rows
+    assert str(first["param.beta"]) == "0.2" and str(first["set_label"]) == "a"
+    assert float(first["output.peak"]) == 1.5 and first["output.curve"] == "[1]"
+    assert str(first["process_task_count"]) == "2" and first["executor"] == "isolated_warm"
+    assert str(nan["output.peak"]) == "nan"
+    assert failed["error_type"] == "SimulationError" and str(failed["ok"]) in ("False", "false")
+
+
+def test_a_parquet_results_file_without_pyarrow_is_refused_before_anything_runs(tmp_path):
+    code = ("import sys; sys.modules['pyarrow'] = None\n"
+            "from pathlib import Path\n"
+            "from modelops_runtime.local.command import check_results_targets\n"
+            "check_results_targets([Path('r.csv'), Path('r.json')])\n"
+            "try:\n    check_results_targets([Path('r.parquet')])\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.stdout.startswith("LocalModeError --results r.parquet: writing Parquet needs "
+                                 "pyarrow"), out
+    assert "or write --results r.csv instead" in out.stdout
