@@ -157,6 +157,7 @@ The worker container's env: the runtime's MODELOPS_* variables rendered from typ
   "MODELOPS_MAX_WARM_PROCESSES" (int64 $x.maxWarmProcesses | toString)
   "MODELOPS_FORCE_FRESH_VENV" (toString $x.forceFreshVenv)
   "MODELOPS_VALIDATE_DEPS" (toString $x.validateDeps)
+  "MODELOPS_ALLOW_SDIST_BUILDS" (toString $x.allowSdistBuilds)
   "MODELOPS_MAX_PROCESS_REUSE" (int64 $x.maxProcessReuse | toString)
   "MODELOPS_PROCESS_TTL" (int64 $x.processTTL | toString)
   "MODELOPS_NATIVE_THREADS" (int64 $x.nativeThreads | toString)
@@ -170,6 +171,7 @@ The worker container's env: the runtime's MODELOPS_* variables rendered from typ
 {{- with $x.memLimitPerProcess }}{{ $_ := set $env "MODELOPS_MEM_LIMIT_BYTES" . }}{{ end -}}
 {{- if not (kindIs "invalid" $x.taskTimeout) }}{{ $_ := set $env "MODELOPS_TASK_TIMEOUT" (int64 $x.taskTimeout | toString) }}{{ end -}}
 {{- with $x.envPassthrough }}{{ $_ := set $env "MODELOPS_ENV_PASSTHROUGH" (join "," .) }}{{ end -}}
+{{- with $x.writablePaths }}{{ $_ := set $env "MODELOPS_WARM_WRITABLE_PATHS" (join "," .) }}{{ end -}}
 {{- range $name, $value := $env }}
 - name: {{ $name }}
   value: {{ $value | quote }}

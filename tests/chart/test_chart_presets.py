@@ -30,11 +30,13 @@ MODE_KEYS = {"worker.processes", "worker.threads", "worker.executor.type",
 def expected_args(processes: str, threads: str) -> list[str]:
     return ["worker", SCHEDULER, "--nworkers", processes, "--nthreads", threads,
             "--memory-limit", "1Gi", "--resources", "aggregation=1",
-            "--preload", "modelops_runtime.preload", "--dashboard-address", ":8788"]
+            "--preload", "modelops_runtime.preload", "--preload-nanny", "modelops_runtime.preload",
+            "--dashboard-address", ":8788"]
 
 
 def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
     env = {
+        "MODELOPS_ALLOW_SDIST_BUILDS": "false",
         "MODELOPS_BUNDLE_CACHE_DIR": "/var/cache/modelops/bundles",
         "MODELOPS_BUNDLE_REPO": chartkit.MY_REPO,
         "MODELOPS_EXECUTOR_TYPE": executor,
@@ -106,6 +108,8 @@ worker:
     poolMemoryPerProcess: 1536Mi
     taskTimeout: 900
     envPassthrough: [OMP_NUM_THREADS, MY_TOKEN]
+    writablePaths: [/data/out, /home/model]
+    allowSdistBuilds: true
   extraEnv:
     - {name: OMP_NUM_THREADS, value: "1"}
   extraEnvFrom:
@@ -117,8 +121,9 @@ bundles:
     assert worker["args"] == [
         "worker", SCHEDULER, "--nworkers", "4", "--nthreads", "1", "--memory-limit", "3Gi",
         "--resources", "aggregation=2 gpu=1", "--preload", "modelops_runtime.preload",
-        "--dashboard-address", ":8788", "--death-timeout", "60"]
+        "--preload-nanny", "modelops_runtime.preload", "--dashboard-address", ":8788", "--death-timeout", "60"]
     assert worker["env"] == [{"name": k, "value": v} for k, v in [
+        ("MODELOPS_ALLOW_SDIST_BUILDS", "true"),
         ("MODELOPS_BUNDLE_CACHE_DIR", "/var/cache/modelops/bundles"),
         ("MODELOPS_BUNDLE_REPO", "s3://models/bundles"),
         ("MODELOPS_ENV_PASSTHROUGH", "OMP_NUM_THREADS,MY_TOKEN"),
@@ -134,6 +139,7 @@ bundles:
         ("MODELOPS_TASK_TIMEOUT", "900"),
         ("MODELOPS_VALIDATE_DEPS", "false"),
         ("MODELOPS_VENVS_DIR", "/var/cache/modelops/envs/venvs"),
+        ("MODELOPS_WARM_WRITABLE_PATHS", "/data/out,/home/model"),
         ("UV_CACHE_DIR", "/var/cache/modelops/envs/uv"),
         ("OMP_NUM_THREADS", "1"),
     ]]

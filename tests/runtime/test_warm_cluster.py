@@ -86,6 +86,8 @@ def _env(repo, wheelhouse, **settings):  # noqa: F811 - fixture value
     scratch = repo.parent / "tmp"  # the workers' TMPDIR: warm processes' working dirs
     scratch.mkdir(exist_ok=True)
     env = {"MODELOPS_BUNDLE_REPO": str(repo), "TMPDIR": str(scratch),
+           # the models write their "started" marks here (warm processes are sandboxed)
+           "MODELOPS_WARM_WRITABLE_PATHS": str(repo.parent),
            **offline_uv_env(wheelhouse)}
     env.update({f"MODELOPS_{k.upper()}": str(v) for k, v in settings.items()})
     return env

@@ -174,7 +174,9 @@ def warm(tmp_path, uv_offline, scratch_root, procs):
     def make(**settings):
         env = {"MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"),
                "MODELOPS_BUNDLE_CACHE_DIR": str(tmp_path / "bundles"),
-               "MODELOPS_VENVS_DIR": str(tmp_path / "venvs")}
+               "MODELOPS_VENVS_DIR": str(tmp_path / "venvs"),
+               # the models write their "started" marks here (warm processes are sandboxed)
+               "MODELOPS_WARM_WRITABLE_PATHS": str(tmp_path)}
         env.update({f"MODELOPS_{k.upper()}": str(v) for k, v in settings.items()})
         config = RuntimeConfig.from_env(env)
         executor = IsolatedWarmExecEnv(config, BundleStore(config))

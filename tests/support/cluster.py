@@ -93,11 +93,14 @@ class ProcessCluster:
     def start_worker(self, *, nworkers: int = 1, nthreads: int = 1,
                      env: Mapping[str, str] | None = None,
                      resources: str = "aggregation=1", extra_args: Iterable[str] = (),
-                     preload: bool = True, name: str | None = None) -> Proc:
-        """Start one `dask worker` command (``nworkers`` processes under a nanny)."""
+                     preload: bool = True, name: str | None = None,
+                     wrap: Iterable[str] = ()) -> Proc:
+        """Start one `dask worker` command (``nworkers`` processes under a nanny), with the
+        modelops preload on the workers and the nannies as the chart renders it. ``wrap``:
+        a command prefix (e.g. ``setpriv --reuid …`` to run it as another uid)."""
         idx = len(self.workers)
         log = self.root / f"worker-{idx}.log"
-        args = [DASK, "worker", self.address, "--nworkers", str(nworkers),
+        args = [*wrap, DASK, "worker", self.address, "--nworkers", str(nworkers),
                 "--nthreads", str(nthreads), "--memory-limit", "0",
                 "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
                 "--local-directory", str(self.root / f"dask-worker-space-{idx}"),
@@ -105,7 +108,8 @@ class ProcessCluster:
         if resources:
             args += ["--resources", resources]
         if preload:
-            args += ["--preload", "modelops_runtime.preload"]
+            args += ["--preload", "modelops_runtime.preload",
+                     "--preload-nanny", "modelops_runtime.preload"]
         args += list(extra_args)
         full_env = {**self.env, **(env or {})}
         popen = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT,

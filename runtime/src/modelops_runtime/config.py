@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
@@ -74,8 +74,18 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+def _absolute_paths(value: list[str]) -> list[str]:
+    for item in value:
+        if not item.startswith("/"):
+            raise ValueError(PATHS_ALLOWED)
+    return value
+
+
+PATHS_ALLOWED = "a comma-separated list of absolute directory paths"
 ByteCount = Annotated[int | None, BeforeValidator(parse_bytes)]
 NameList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+PathList = Annotated[list[str], NoDecode, BeforeValidator(_split_list),
+                     AfterValidator(_absolute_paths)]
 
 _TMP = Path(tempfile.gettempdir()) / "modelops"
 
@@ -118,6 +128,13 @@ class RuntimeConfig(BaseSettings):
     env_passthrough: NameList = Field(
         default_factory=list,
         description="extra environment variables passed to warm processes (comma-separated)")
+    warm_writable_paths: PathList = Field(
+        default_factory=list,
+        description="directories warm processes may write beneath, besides their own scratch "
+                    "directory and /dev (comma-separated absolute paths; Landlock sandbox)")
+    allow_sdist_builds: bool = Field(
+        False, description="let uv build source distributions when it builds a venv (runs "
+                           "their build backends); false: wheels only (uv --no-build)")
     log_level: LogLevel = Field(LogLevel.INFO, description="runtime log level")
 
     @field_validator("log_level", mode="before")
@@ -187,7 +204,8 @@ def _allowed(field: str) -> str:
         return "one of: " + ", ".join(e.value for e in ExecutorType)
     if field == "log_level":
         return "one of: " + ", ".join(e.value for e in LogLevel)
-    if field in ("mem_limit_bytes", "pool_memory_bytes"):
+    if field in ("mem_limit_bytes", "pool_memory_bytes", "venvs_max_bytes",
+                 "bundles_max_bytes"):
         return BYTES_ALLOWED
     if ann is bool:
         return "true or false"
@@ -198,6 +216,8 @@ def _allowed(field: str) -> str:
             return f"a number > {meta.gt} (seconds)"
     if field == "env_passthrough":
         return "a comma-separated list of environment variable names"
+    if field == "warm_writable_paths":
+        return PATHS_ALLOWED
     return f"a value of type {getattr(ann, '__name__', ann)}"
 
 

@@ -1,5 +1,7 @@
-"""`dask worker --preload modelops_runtime.preload` (which delegates here): validate, then
-register ``modelops``.
+"""`dask worker --preload modelops_runtime.preload --preload-nanny modelops_runtime.preload`
+(which delegates here). In a worker process: harden it (hardening.py), validate, then
+register ``modelops``. In the launcher (as a nanny preload, before the nanny starts its
+worker process): harden it, nothing else.
 
 Dask logs and swallows exceptions raised by preloads and by WorkerPlugin.setup, which
 would leave a worker serving tasks with a configuration nobody validated. So a bad
@@ -15,6 +17,7 @@ import os
 
 from ..errors import ConfigError
 from . import logs
+from .hardening import harden_process
 
 # sysexits.h EX_CONFIG: the worker process's exit code for a bad configuration
 EXIT_CONFIG = 78
@@ -29,14 +32,22 @@ def _die(line: str) -> None:
 
 
 async def dask_setup(worker) -> None:
-    from distributed import Worker
+    from distributed import Nanny, Worker
 
     from .plugin import PLUGIN_NAME, ModelOpsPlugin, load_config
 
     logs.configure()
+    if isinstance(worker, (Worker, Nanny)):
+        hardened = harden_process()  # first: before anything can start bundle code
+        if not all(hardened.values()):
+            logs.log.warning("modelops runtime: could not harden the %s process (%s): bundle "
+                             "code of the same uid may read its /proc/<pid>/environ",
+                             type(worker).__name__.lower(), hardened)
+    if isinstance(worker, Nanny):
+        return
     if not isinstance(worker, Worker):
-        logs.log.warning("modelops_runtime.preload is a worker preload; ignored on %s",
-                         type(worker).__name__)
+        logs.log.warning("modelops_runtime.preload is a worker and nanny preload; ignored "
+                         "on %s", type(worker).__name__)
         return
     try:
         config = load_config()

@@ -21,9 +21,11 @@ from ...models import Call, SimResult
 from ..stats import StatsRecorder
 from ..warm.failures import Lost
 from ..warm.pool import WarmPool
+from ..warm.program import compile_runner
 from ..warm.process import WarmProcess, warm_env
 from ..native import thread_env
 from ..packages import package_digest, venv_packages
+from ..warm.runner import WRITABLE_ENV
 from ..warm.venvs import VenvCache, venv_key
 from .base import ExecEnv
 
@@ -48,7 +50,9 @@ class IsolatedWarmExecEnv(ExecEnv):
         super().__init__(config, bundles)
         self._stats = StatsRecorder()
         self.venvs = VenvCache(config.venvs_dir, validate=config.validate_deps,
-                               stats=self._stats)
+                               stats=self._stats, passthrough=config.env_passthrough,
+                               allow_sdist_builds=config.allow_sdist_builds,
+                               prepare=compile_runner)
         self.pool = WarmPool(max_processes=config.max_warm_processes,
                              max_reuse=config.max_process_reuse, ttl=config.process_ttl,
                              memory_budget=config.pool_memory_bytes, stats=self._stats)
@@ -111,6 +115,8 @@ class IsolatedWarmExecEnv(ExecEnv):
             packages = venv_packages(venv.path)
             env = {**warm_env(venv, self.config.env_passthrough),
                    **thread_env(self.config.native_threads)}
+            if self.config.warm_writable_paths:  # read (and dropped) by the runner's sandbox
+                env[WRITABLE_ENV] = ",".join(self.config.warm_writable_paths)
             proc = self.pool.spawn(key=bundle.pool_key, venv=venv, bundle_dir=bundle.path,
                                    env=env, single_use=fresh)
             digest = package_digest(packages)

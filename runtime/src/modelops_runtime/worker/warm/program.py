@@ -47,6 +47,14 @@ def _loads_as_code(path: Path) -> bool:
         return False
 
 
+def compile_runner(venv_dir: Path) -> None:
+    """Compile the runner into a venv being built (before it is made read-only)."""
+    program = venv_dir / f"modelops-runner-{_runner_digest()}.pyc"
+    py_compile.compile(str(RUNNER), cfile=str(program), doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    _good_programs[program] = _identity(program)
+
+
 def runner_program(venv: Venv) -> Path:
     """The runner compiled once into ``venv``: an interpreter started on a ``.py`` compiles
     it at every start (scripts are never cached), on a ``.pyc`` it runs it at once. The

@@ -15,6 +15,10 @@ unpickle in the worker). ``kind`` is ``user`` (anything the model raised, System
 KeyboardInterrupt included), ``entrypoint``, ``bundle_module`` (a module of the bundle
 itself is missing), ``missing_dependency`` or ``result``.
 
+Before any bundle code runs, the process confines itself with Landlock (:func:`_sandbox`):
+it may write only in its scratch directory (its cwd, also its TMPDIR) and /dev, never in
+the bundle cache or a venv, and it sets no_new_privs.
+
 The process ends by itself when its parent goes away: EOF on the request pipe (idle),
 EOF on a lifeline pipe watched by a thread (busy), and PR_SET_PDEATHSIG as a last line.
 It is a session leader, so ending takes its own children with it.
@@ -40,6 +44,7 @@ HEADER_SIZE = 9  # codec byte + 8-byte big-endian body length
 PLAIN = frozenset({str, int, float, bool, bytes, type(None)})  # + dict, list, tuple
 PLAIN_ITEMS = 1000   # objects in a message beyond which pickle is used (bounds the walk)
 PROTOCOL = 5
+WRITABLE_ENV = "MODELOPS_WARM_WRITABLE_PATHS"  # extra writable dirs (comma-separated)
 OPTIONS = ("--request-fd", "--response-fd", "--lifeline-fd", "--parent-pid", "--bundle-dir")
 
 
@@ -141,10 +146,61 @@ def _set_parent_death_signal(parent_pid: int) -> None:
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS (the worker set it too)
         except Exception:  # noqa: BLE001 - best effort: the lifeline pipe is the main watch
             pass
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
         _die_with_group()
+
+
+# Landlock (Linux >= 5.13): what the sandbox takes away is every kind of write
+_LL_WRITE_FILE, _LL_REMOVE = 1 << 1, (1 << 4) | (1 << 5)
+_LL_MAKE = sum(1 << bit for bit in range(6, 13))     # char, dir, reg, sock, fifo, block, sym
+_LL_REFER, _LL_TRUNCATE = 1 << 13, 1 << 14             # ABI 2, ABI 3
+_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # same on every arch
+
+
+def _sandbox(writable: tuple[str, ...]) -> str:
+    """Confine this process (and everything it starts) with Landlock: it may read anything
+    it could before, but create, write, truncate, rename or remove files only beneath
+    ``writable`` (its scratch directory and /dev). So bundle code cannot change the
+    pod's bundle cache or venvs, whatever their modes and whatever it chmods. Returns ''
+    once applied, else why not (an old kernel or a seccomp profile without the calls:
+    the process then runs unconfined, as before)."""
+    if not sys.platform.startswith("linux"):
+        return "not Linux"
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, 1)  # 1 = LANDLOCK_CREATE_RULESET_VERSION
+    if abi < 1:
+        return f"Landlock is not available ({os.strerror(ctypes.get_errno())})"
+    handled = _LL_WRITE_FILE | _LL_REMOVE | _LL_MAKE
+    handled |= (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
+    attr = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr, first field only
+    ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), 8, 0)
+    if ruleset < 0:
+        return f"cannot create a Landlock ruleset ({os.strerror(ctypes.get_errno())})"
+    try:
+        for path in writable:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError as exc:  # e.g. a configured directory that does not exist
+                sys.stderr.write(f"modelops runner: {path} stays read-only: {exc}\n")
+                continue
+            try:  # struct landlock_path_beneath_attr (packed): u64 allowed_access, s32 fd
+                rule = ctypes.create_string_buffer(
+                    handled.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder), 12)
+                if libc.syscall(_SYS_ADD_RULE, ruleset, 1, rule, 0) < 0:
+                    return f"cannot add a Landlock rule ({os.strerror(ctypes.get_errno())})"
+            finally:
+                os.close(fd)
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: required by landlock_restrict_self
+        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) < 0:
+            return f"cannot enforce the Landlock ruleset ({os.strerror(ctypes.get_errno())})"
+    finally:
+        os.close(ruleset)
+    return ""
 
 
 def _watch_lifeline(fd: int) -> None:
@@ -246,12 +302,21 @@ def main(argv: list[str] | None = None) -> int:
     for fd in (request_fd, response_fd, lifeline_fd):
         os.set_inheritable(fd, False)  # user subprocesses must not hold our pipes open
     _set_parent_death_signal(parent_pid)
+    # writes only in the scratch directory (the cwd the pool gave us) and /dev; temporary
+    # files go there too (removed with the process)
+    scratch = os.getcwd()
+    os.environ["TMPDIR"] = scratch
+    extra = [p for p in os.environ.pop(WRITABLE_ENV, "").split(",") if p]
+    unconfined = _sandbox((scratch, "/dev", *extra))
+    if unconfined:
+        sys.stderr.write(f"modelops runner: no filesystem sandbox: {unconfined}\n")
     _thread.start_new_thread(_watch_lifeline, (lifeline_fd,))
     faulthandler.enable()  # a segfault's Python stack lands in the log tail
     sys.path.insert(0, bundle_dir)
 
     write_frame(response_fd, {"op": "hello", "pid": os.getpid(),
-                              "python": sys.version.split()[0], "prefix": sys.prefix})
+                              "python": sys.version.split()[0], "prefix": sys.prefix,
+                              "sandbox": unconfined or "landlock"})
     cache: dict = {}
     while True:
         request = read_frame(request_fd)

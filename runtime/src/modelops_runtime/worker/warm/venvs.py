@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,12 +31,13 @@ import sysconfig
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from ...bundles import make_read_only, remove_tree
 from ...errors import EnvironmentBuildError
 from ..stats import StatsRecorder
 from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
@@ -50,6 +50,11 @@ _TMP_PREFIX = ".tmp-"
 _FRESH_PREFIX = ".fresh-"
 _TRASH_PREFIX = ".trash-"
 _UV_MESSAGE_CHARS = 4000
+# uv's environment besides UV_* and LC_*: the warm processes' base allow-list (process.py's
+# BASE_ENV) plus what reaching a package index takes
+BUILD_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME",
+             "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+             "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy")
 
 
 def python_identity() -> dict[str, str]:
@@ -115,9 +120,14 @@ class VenvCache:
     across the worker processes of a pod sharing ``root``."""
 
     def __init__(self, root: Path, *, validate: bool = True,
-                 stats: StatsRecorder | None = None, build_timeout: float = 1800) -> None:
+                 stats: StatsRecorder | None = None, build_timeout: float = 1800,
+                 passthrough: Sequence[str] = (), allow_sdist_builds: bool = False,
+                 prepare: Callable[[Path], None] | None = None) -> None:
         self.root = Path(root)
         self.validate = validate
+        self.passthrough = tuple(passthrough)
+        self.allow_sdist_builds = allow_sdist_builds
+        self.prepare = prepare  # called on a finished build before it is made read-only
         self.stats = stats or StatsRecorder()
         self.build_timeout = build_timeout
         self.root.mkdir(parents=True, exist_ok=True)
@@ -152,9 +162,9 @@ class VenvCache:
                     os.rename(dest, trash)
                 os.rename(tmp, dest)
                 if trash is not None:
-                    shutil.rmtree(trash, ignore_errors=True)
+                    remove_tree(trash)
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_tree(tmp)
             return Venv(dest, key, cache_hit=False)
 
     def fresh(self, requirements: Sequence[str]) -> Venv:
@@ -165,12 +175,12 @@ class VenvCache:
         try:
             self._build(path, key, requirements)
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
             raise
         return Venv(path, key, cache_hit=False, fresh=True)
 
     def remove(self, venv: Venv) -> None:
-        shutil.rmtree(venv.path, ignore_errors=True)
+        remove_tree(venv.path)
 
     # -- validation -----------------------------------------------------------------
 
@@ -238,21 +248,30 @@ class VenvCache:
         if requirements:
             req_file = path / "modelops-requirements.txt"
             req_file.write_text("\n".join(requirements) + "\n")
-            self._uv(["pip", "install", "--python", str(venv_python(path)), "-r",
-                      str(req_file)], requirements)
+            # wheels only unless sdists are allowed: building one runs its build backend
+            # (bundle-chosen code); bytecode compiled now, the venv is read-only after
+            build = [] if self.allow_sdist_builds else ["--no-build"]
+            self._uv(["pip", "install", "--python", str(venv_python(path)), *build,
+                      "--compile-bytecode", "-r", str(req_file)], requirements)
         fingerprint = {"key": key, "format": FORMAT, "requirements": sorted(requirements),
                        "python": python_identity(), "built_at": time.time()}
         tmp_fp = path / (FINGERPRINT + ".tmp")
         tmp_fp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+        if self.prepare is not None:
+            self.prepare(path)
         os.replace(tmp_fp, path / FINGERPRINT)  # written last: its presence means "complete"
+        make_read_only(path)  # warm processes may run it, never change it
         seconds = time.monotonic() - started
         self.stats.venv_built(seconds)
         log.info("built venv %s in %.1fs", key, seconds)
 
     def _uv_env(self) -> dict[str, str]:
-        env = dict(os.environ)  # uv is our tool, not model code: it gets the worker's UV_*
-        for name in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONHOME", "PYTHONPATH"):
-            env.pop(name, None)
+        """uv's environment: the warm processes' allow-list plus uv's own UV_* variables and
+        what reaching an index takes (CA bundle, proxies). A build backend uv runs (only
+        with allow_sdist_builds) sees nothing else of the worker's environment."""
+        allowed = set(BUILD_ENV) | set(self.passthrough)
+        env = {k: v for k, v in os.environ.items()
+               if k in allowed or k.startswith(("UV_", "LC_"))}
         env.setdefault("UV_CACHE_DIR", str(self.root.parent / "uv-cache"))
         env.setdefault("UV_LINK_MODE", "hardlink")
         env.setdefault("UV_PYTHON_DOWNLOADS", "never")
@@ -282,10 +301,15 @@ class VenvCache:
             output = output[-_UV_MESSAGE_CHARS:]
             how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
                    else f"exit code {proc.returncode}")
+            wheels_only = ("source distributions are not built (wheels only): publish a wheel "
+                           "of every dependency on the index, or opt in with "
+                           "worker.executor.allowSdistBuilds=true "
+                           "(MODELOPS_ALLOW_SDIST_BUILDS); "
+                           if "--no-build" in args and "build" in output.lower() else "")
             raise EnvironmentBuildError(
                 f"could not build the bundle's environment for "
-                f"[{', '.join(requirements) or 'no dependencies'}]: `uv {' '.join(args[:2])}` "
-                f"failed ({how}):\n{output}\n"
+                f"[{', '.join(requirements) or 'no dependencies'}]: {wheels_only}"
+                f"`uv {' '.join(args[:2])}` failed ({how}):\n{output}\n"
                 "Fix the bundle's requirements (names and versions must exist on the "
                 "configured index) or the UV_* index settings of the worker.",
                 requirements=list(requirements), uv_output=output)
@@ -309,9 +333,9 @@ class VenvCache:
         # build of this key, whichever host named it, is from a dead builder
         for tmp in self.root.glob(f"{_TMP_PREFIX}{key}-*"):
             log.warning("removing %s, a venv build that did not finish", tmp.name)
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
         for trash in self.root.glob(f"{_TRASH_PREFIX}{key}-*"):
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(trash)
 
     def _remove_dead_leftovers(self) -> None:
         """Fresh venvs and temporary builds left by dead worker processes of this host
@@ -326,4 +350,4 @@ class VenvCache:
             if left_by_dead_local_process(tagged):
                 log.info("removing %s, left by a worker process of this host that is gone",
                          entry.name)
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(entry)
