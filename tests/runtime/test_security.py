@@ -92,12 +92,15 @@ def tamper(params, seed):
 
 
 class Evil:
+    def __init__(self, mark):
+        self.mark = mark
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > " + os.environ["MARK"],))
+        return (os.system, (f"echo pwned > {self.mark}",))
 
 
 def evil_reply(params, seed):
-    return {"value": Evil()}
+    return {"value": Evil(params["mark"])}
 
 
 def ok(params, seed):
@@ -215,3 +218,17 @@ def test_bundle_code_cannot_change_other_bundles_or_venvs(unprivileged):
     (future,) = submit(client, [SimTask(bundle=victim_ref, entrypoint="model:ok", params={},
                                         seed=4)], study=f"security{next(_studies)}")
     assert future.result(timeout=300).outputs == {"victim": 4}
+
+
+def test_a_malicious_reduce_in_a_reply_never_runs_in_the_worker(unprivileged):
+    """Attack: a result whose __reduce__ calls os.system when the worker unpickles it."""
+    cluster, client, root, uid = unprivileged
+    ref = _bundle(root, "evil", {"attacks.py": ATTACKS})
+    mark = root / "tmp" / "pwned"
+    with pytest.raises(SimulationError) as info:
+        _run(client, ref, "evil_reply", mark=str(mark))
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert "posix.system" in message and "does not unpickle" in message, message
+    assert not mark.exists(), "the worker ran the reply's __reduce__"
+    assert _run(client, ref, "ok").outputs == {"seed": 1}  # the worker keeps serving

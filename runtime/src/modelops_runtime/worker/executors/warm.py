@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...bundles import read_dependencies
+from ...bundles import read_dependencies, read_reply_types
 from ...errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
                       SimulationError)
 from ...models import Call, SimResult
@@ -36,6 +36,7 @@ class _Bundle:
     path: Path
     requirements: tuple[str, ...]
     venv_key: str
+    reply_types: frozenset[str]  # extra classes its replies may hold (decode.py)
 
     @property
     def pool_key(self) -> tuple[str, str]:
@@ -105,7 +106,8 @@ class IsolatedWarmExecEnv(ExecEnv):
             return known
         path = Path(self.bundles.path(ref))
         requirements = tuple(read_dependencies(path))
-        bundle = _Bundle(ref, path, requirements, venv_key(requirements))
+        bundle = _Bundle(ref, path, requirements, venv_key(requirements),
+                         frozenset(read_reply_types(path)))
         with self._lock:
             return self._bundles.setdefault(ref, bundle)
 
@@ -119,6 +121,7 @@ class IsolatedWarmExecEnv(ExecEnv):
                 env[WRITABLE_ENV] = ",".join(self.config.warm_writable_paths)
             proc = self.pool.spawn(key=bundle.pool_key, venv=venv, bundle_dir=bundle.path,
                                    env=env, single_use=fresh)
+            proc.reply_types = bundle.reply_types
             digest = package_digest(packages)
             with self._lock:
                 self._package_sets.setdefault(digest, packages)

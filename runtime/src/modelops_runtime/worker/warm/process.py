@@ -24,7 +24,8 @@ from ..stats import RemovalReason
 from .failures import VENV_ERRNOS, Lost, _reason, describe_exit, limit_error
 from .logtail import LogTail
 from .program import runner_program
-from .runner import HEADER_SIZE, decode, encode, header
+from .decode import decode_reply
+from .runner import HEADER_SIZE, encode, header
 from .scratch import make_scratch
 from .venvs import Venv
 from .watch import TICK, _Watch
@@ -79,6 +80,7 @@ class WarmProcess:
         self.last_used = self.started
         self.task_count = 0
         self.lost: RemovalReason | None = None
+        self.reply_types: frozenset[str] = frozenset()  # the bundle's declared ones
         self._req = request_fd
         self._resp = response_fd
         self._lifeline = lifeline_fd
@@ -215,7 +217,7 @@ class WarmProcess:
         head = self._recv(HEADER_SIZE, watch)
         data = self._recv(int.from_bytes(head[1:], "big"), watch)
         try:
-            return decode(bytes(head[:1]), data)
+            return decode_reply(bytes(head[:1]), data, self.reply_types)
         except Exception as exc:  # noqa: BLE001 - e.g. a class the worker cannot import
             return {"ok": False, "kind": "unreadable", "type": type(exc).__name__,
                     "message": str(exc), "traceback": ""}
