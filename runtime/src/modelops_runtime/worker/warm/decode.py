@@ -5,7 +5,7 @@ global the stream names (``os.system`` from a result's ``__reduce__``, say), so 
 replies go through :class:`ReplyUnpickler`, which resolves only allow-listed globals:
 
 - a few builtins (set, frozenset, complex, bytearray, slice, range);
-- datetime, decimal, fractions, uuid and collections value types;
+- datetime, decimal, fractions, uuid, array and collections value types;
 - numpy arrays, dtypes and scalars (numpy 1 and 2 names), if the worker has numpy;
 - the runtime's own contracts (``modelops_runtime.models``, ``modelops_runtime.errors``);
 - the classes the bundle declares in its ``pyproject.toml``::
@@ -38,6 +38,7 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset({
     *(("builtins", n) for n in ("set", "frozenset", "complex", "bytearray", "slice", "range")),
     *(("datetime", n) for n in ("date", "time", "datetime", "timedelta", "timezone")),
     ("decimal", "Decimal"), ("fractions", "Fraction"), ("uuid", "UUID"),
+    ("array", "array"), ("array", "_array_reconstructor"),
     *(("collections", n) for n in ("OrderedDict", "deque", "Counter", "defaultdict")),
     ("numpy", "ndarray"), ("numpy", "dtype"), *_NUMPY,
     ("modelops_runtime.errors", "_restore"),
