@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds the pinned chart tools into .tools/bin from the Go module proxy:
-#   helm  (v3), helm4 (v4), ct (chart-testing v3).
+#   helm  (v3), helm4 (v4), ct (chart-testing v3);
+#   k8s: etcd, kube-apiserver, kube-controller-manager, kubectl (the control plane the
+#   chart tests in tests/cluster/ run against; a cold build takes tens of minutes).
 # Named only: `podman` installs podman, runc and debootstrap from Debian when missing
 # (ci/install-podman.sh; the image tests build and run the worker image with them).
 # ci/tools/<tool>/go.mod is the one place a version is pinned (go.sum holds the hashes,
 # a `tool` directive names the command); a tool already built from the same pin is skipped.
 # Usage: ci/install-tools.sh [TOOLS_DIR [TOOL...]]
-#   TOOLS_DIR defaults to .tools/bin under the repo root; TOOL is helm, helm4 or ct
-#   (default: all three) or podman, e.g. `ci/install-tools.sh .tools/bin helm` for `make run`.
+#   TOOLS_DIR defaults to .tools/bin under the repo root; TOOL is helm, helm4, ct (default:
+#   these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, or k8s for
+#   those four, e.g. `ci/install-tools.sh .tools/bin helm` for `make run`.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,16 +22,30 @@ tools=(
   "helm|helm3|helm.sh/helm/v3/cmd/helm|helm.sh/helm/v3/internal/version.version|helm.sh/helm/v3"
   "helm4|helm4|helm.sh/helm/v4/cmd/helm|helm.sh/helm/v4/internal/version.version|helm.sh/helm/v4"
   "ct|ct|github.com/helm/chart-testing/v3/ct|github.com/helm/chart-testing/v3/ct/cmd.Version|github.com/helm/chart-testing/v3"
+  "etcd|etcd|.|go.etcd.io/etcd/api/v3/version.GitSHA|go.etcd.io/etcd/server/v3"
+  "kube-apiserver|k8s|k8s.io/kubernetes/cmd/kube-apiserver|-|k8s.io/kubernetes"
+  "kube-controller-manager|k8s|k8s.io/kubernetes/cmd/kube-controller-manager|-|k8s.io/kubernetes"
+  "kubectl|k8s|k8s.io/kubernetes/cmd/kubectl|-|k8s.io/kubernetes"
 )
+default_tools=(helm helm4 ct)
+k8s_tools=(etcd kube-apiserver kube-controller-manager kubectl)
 
-selected=()
+wanted=()
 want_podman=
 for want in "$@"; do
-  if [[ "$want" == podman ]]; then want_podman=yes; continue; fi
+  case "$want" in
+    podman) want_podman=yes ;;
+    k8s) wanted+=("${k8s_tools[@]}") ;;
+    *) wanted+=("$want") ;;
+  esac
+done
+(( ${#wanted[@]} )) || [[ -n "$want_podman" ]] || wanted=("${default_tools[@]}")
+selected=()
+for want in "${wanted[@]}"; do
   match=
   for spec in "${tools[@]}"; do [[ "${spec%%|*}" == "$want" ]] && match=$spec; done
   if [[ -z "$match" ]]; then
-    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct, podman (or none for helm, helm4 and ct)." >&2
+    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (none: these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four)." >&2
     exit 2
   fi
   selected+=("$match")
@@ -37,7 +54,6 @@ if [[ -n "$want_podman" ]]; then
   bash "$root/ci/install-podman.sh"
   (( ${#selected[@]} )) || exit 0
 fi
-(( ${#selected[@]} )) || selected=("${tools[@]}")
 
 mkdir -p "$bin"
 bin=$(cd "$bin" && pwd)  # absolute: the builds run from ci/tools/<tool>
@@ -63,9 +79,12 @@ version_on_path() {  # name version → path of a matching binary on PATH, or no
   cand=$(command -v "$name" 2>/dev/null) || return 0
   case "$name" in
     ct) out=$("$cand" version 2>/dev/null | head -1) || true ;;
+    etcd|kube-apiserver|kube-controller-manager) out=$("$cand" --version 2>/dev/null | head -1) || true ;;
+    kubectl) out=$("$cand" version --client 2>/dev/null | head -1) || true ;;
     *) out=$("$cand" version --template '{{.Version}}' 2>/dev/null) || true ;;
   esac
-  if [[ "$out" == *"$want"* ]]; then echo "$cand"; fi  # another version: nothing (not a failure)
+  # etcd prints its version without the v
+  if [[ "$out" == *"$want"* || "$out" == *"Version: ${want#v}"* ]]; then echo "$cand"; fi  # another version: nothing
 }
 
 for spec in "${selected[@]}"; do
@@ -92,13 +111,23 @@ for spec in "${selected[@]}"; do
     exit 1
   fi
   start=$(date +%s)
-  ldflags="-s -w -X $verflag=$version"
+  ldflags="-s -w"
+  [[ "$verflag" == - ]] || ldflags+=" -X $verflag=$version"
   if [[ "$name" == helm ]]; then
     # Helm 3 takes the Kubernetes version it lints and renders against from ldflags, as
     # its own Makefile does: client-go v0.X.Y → Kubernetes 1.X.
     kminor=$(pinned_version k8s.io/client-go "$dir" | cut -d. -f2)
     ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$kminor"
     ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor"
+  fi
+  if [[ "$dir" == k8s ]]; then
+    # What Kubernetes' hack/lib/version.sh sets. Without gitVersion the API server reports
+    # v0.0.0-master+$Format:%H$ and helm refuses every chart with a kubeVersion constraint.
+    kmajor=${version#v}; kmajor=${kmajor%%.*}
+    kminor=$(cut -d. -f2 <<<"$version")
+    for vpkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+      ldflags+=" -X $vpkg.gitVersion=$version -X $vpkg.gitMajor=$kmajor -X $vpkg.gitMinor=$kminor -X $vpkg.gitTreeState=clean"
+    done
   fi
   echo "tools: building $name $version from the Go module proxy ..."
   (cd "$root/ci/tools/$dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \

@@ -113,10 +113,11 @@ def test_named_tools_only(tmp_path):
 
 
 def test_unknown_tool_is_refused_before_anything_is_made(tmp_path):
-    out = _run([str(tmp_path / "bin"), "helm", "kubectl"], os.environ["PATH"], tmp_path)
+    out = _run([str(tmp_path / "bin"), "helm", "kubelet"], os.environ["PATH"], tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == ("tools: unknown tool 'kubectl'; allowed: helm, helm4, ct, "
-                                  "podman (or none for helm, helm4 and ct).")
+    assert out.stderr.strip() == (
+        "tools: unknown tool 'kubelet'; allowed: helm, helm4, ct (none: these three), podman, "
+        "etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four).")
     assert not (tmp_path / "bin").exists()
 
 
@@ -196,3 +197,52 @@ def test_podman_without_apt_says_what_to_install(tmp_path):
     assert lines[0].startswith("tools: cannot install podman "), lines[0]
     assert lines[0].endswith(": no apt-get here (not Debian); install podman, runc and "
                              "debootstrap with your package manager."), lines[0]
+
+
+K8S_PINS = {"etcd": "v3.7.3", "kube-apiserver": "v1.37.2", "kube-controller-manager": "v1.37.2",
+            "kubectl": "v1.37.2"}
+
+
+def _built_k8s_tools(tmp_path: Path) -> Path:
+    from support import controlplane
+
+    reason = controlplane.unavailable(TOOLS)
+    if reason:
+        pytest.skip(reason)
+    missing = [n for n in K8S_PINS if not (TOOLS / f".{n}.stamp").is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not built in {TOOLS}: run `make tools-k8s` first")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name in K8S_PINS:
+        (tools / name).symlink_to(TOOLS / name)
+        shutil.copy2(TOOLS / f".{name}.stamp", tools / f".{name}.stamp")
+    return tools
+
+
+def test_k8s_tools_are_reused_and_report_their_versions(tmp_path):
+    """`k8s` names the control plane's four binaries; built ones are reused, and the
+    version ldflags are set (helm refuses a chart's kubeVersion against v0.0.0-master)."""
+    tools = _built_k8s_tools(tmp_path)
+    out = _run([str(tools), "k8s"], os.environ["PATH"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"tools: {n} {v} already built ({tools / n})"
+                                       for n, v in K8S_PINS.items()]
+    for name, args in (("kube-apiserver", ["--version"]), ("kubectl", ["version", "--client"]),
+                       ("etcd", ["--version"])):
+        said = subprocess.run([str(tools / name), *args], capture_output=True, text=True,
+                              timeout=60).stdout
+        assert K8S_PINS[name].lstrip("v" if name == "etcd" else "") in said, said
+
+
+def test_without_go_pinned_k8s_tools_on_path_are_linked(tmp_path):
+    tools = _built_k8s_tools(tmp_path)
+    path = _clean_path(tmp_path, {n: TOOLS / n for n in ("etcd", "kubectl")})
+    bin_dir = tmp_path / "bin"
+    out = _run([str(bin_dir), "etcd", "kubectl"], path, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"tools: using {n} {K8S_PINS[n]} from PATH ({tmp_path / 'path' / n})"
+        for n in ("etcd", "kubectl")]
+    for n in ("etcd", "kubectl"):
+        assert (bin_dir / f".{n}.stamp").read_text() == (tools / f".{n}.stamp").read_text()
