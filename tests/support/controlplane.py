@@ -1,0 +1,356 @@
+"""A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager
+as plain local processes on free loopback ports, with their own CA, client certificates and
+service-account key (no container engine, no kubelet, no scheduler: objects are validated,
+defaulted, admitted and stored, controllers reconcile Deployments into ReplicaSets and Pod
+objects, and pods stay Pending).
+
+The binaries are the ones ci/install-tools.sh builds into .tools/bin (`make tools-k8s`).
+Use :class:`ControlPlane` as a context manager: everything it started is stopped and its
+state directory removed when the block ends, also on an exception or Ctrl-C. Each child is
+also started with PR_SET_PDEATHSIG, so even a SIGKILLed test process leaves none behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from support.cluster import tail, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / ".tools" / "bin"
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+SERVICE_CIDR = "10.96.0.0/16"  # only allocated from: nothing routes to it
+READY_TIMEOUT = 180  # seconds; a loaded 2-core machine needs far less, but never hangs
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def unavailable(tools: Path = TOOLS) -> str | None:
+    """Why the control plane cannot run on this machine (one line), or None if it can.
+    Binaries that are missing while Go is installed are not a reason: the caller fails
+    and says to build them."""
+    if sys.platform != "linux":
+        return (f"the local Kubernetes control plane runs on Linux only (this is {sys.platform}); "
+                "the chart is tested against a real API server in CI")
+    missing = [b for b in BINARIES if not os.access(tools / b, os.X_OK)]
+    if missing and shutil.which("go") is None:
+        return (f"no Go to build {', '.join(missing)} (the API-server chart tests): "
+                "install Go 1.26+ and run `make tools-k8s`")
+    return None
+
+
+def missing_binaries(tools: Path = TOOLS) -> list[str]:
+    return [b for b in BINARIES if not os.access(tools / b, os.X_OK)]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that nothing listens on right now."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---- certificates -------------------------------------------------------------------------
+
+def make_pki(directory: Path) -> Path:
+    """A throwaway CA (ECDSA P-256, valid one day), the API server's serving certificate,
+    client certificates for the admin (system:masters) and the controller-manager, and the
+    service-account signing key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+
+    def key(name: str):
+        k = ec.generate_private_key(ec.SECP256R1())
+        (directory / f"{name}.key").write_bytes(k.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        return k
+
+    def subject(cn: str, org: str | None = None) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []
+        return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = key("ca")
+    ca_name = subject("modelops-test-kubernetes-ca")
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(
+              digital_signature=True, key_cert_sign=True, crl_sign=True,
+              content_commitment=False, key_encipherment=False, data_encipherment=False,
+              key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def leaf(name: str, subj: x509.Name, usage, sans=None) -> None:
+        k = key(name)
+        b = (x509.CertificateBuilder().subject_name(subj).issuer_name(ca_name)
+             .public_key(k.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(start).not_valid_after(end)
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())
+        (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+           "kubernetes.default.svc.cluster.local"]
+    service_ip = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
+    leaf("apiserver", subject("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH,
+         [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(service_ip),
+          *(x509.DNSName(d) for d in dns)])
+    leaf("admin", subject("kubernetes-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    leaf("kcm", subject("system:kube-controller-manager"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    sa = key("sa")
+    (directory / "sa.pub").write_bytes(sa.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return directory
+
+
+def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> Path:
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: {server}
+    certificate-authority: {pki / "ca.crt"}
+users:
+- name: {user}
+  user:
+    client-certificate: {pki / (user + ".crt")}
+    client-key: {pki / (user + ".key")}
+contexts:
+- name: local
+  context: {{cluster: local, user: {user}}}
+current-context: local
+""")
+    path.chmod(0o600)
+    return path
+
+
+# ---- the processes ----------------------------------------------------------------------
+
+@dataclass
+class Running:
+    name: str
+    popen: subprocess.Popen
+    proc: psutil.Process  # pid + start time: never confused with a later process on that pid
+    log: Path
+
+
+@dataclass
+class ControlPlane:
+    """etcd + kube-apiserver (+ kube-controller-manager) on loopback ports. ``root`` (a new
+    temporary directory by default) holds certificates, etcd's data, logs and kubeconfigs,
+    and is removed by :meth:`stop`."""
+
+    tools: Path = TOOLS
+    with_kcm: bool = True
+    root: Path | None = None
+    running: list[Running] = field(default_factory=list)
+    api_url: str = ""
+    kubeconfig: Path | None = None
+    version: str = ""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> ControlPlane:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        missing = missing_binaries(self.tools)
+        if missing:
+            raise AssertionError(f"{', '.join(missing)} not built in {self.tools}: "
+                                 "run `make tools-k8s` (ci/install-tools.sh .tools/bin k8s)")
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="modelops-k8s-"))
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        pki = make_pki(self.root / "pki")  # ca, apiserver, admin, kcm (.crt/.key), sa.key/.pub
+        etcd_port, etcd_peer, api_port, kcm_port = free_ports(4)
+        self.api_url = f"https://127.0.0.1:{api_port}"
+        self.kubeconfig = write_kubeconfig(self.root / "kubeconfig", self.api_url, pki, "admin")
+        kcm_kubeconfig = write_kubeconfig(self.root / "kcm.kubeconfig", self.api_url, pki, "kcm")
+
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        peer_url = f"http://127.0.0.1:{etcd_peer}"
+        etcd = self._spawn("etcd", [
+            "--name", "local", "--data-dir", str(self.root / "etcd"),
+            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"local={peer_url}",
+            "--log-level", "warn", "--unsafe-no-fsync"])  # throwaway data
+        self._wait(etcd, lambda: _http_ok(f"{etcd_url}/health"), "etcd /health")
+
+        api = self._spawn("kube-apiserver", [
+            "--etcd-servers", etcd_url,
+            "--bind-address", "127.0.0.1", "--secure-port", str(api_port),
+            "--advertise-address", "127.0.0.1", "--endpoint-reconciler-type", "none",
+            "--cert-dir", str(pki),
+            "--tls-cert-file", str(pki / "apiserver.crt"),
+            "--tls-private-key-file", str(pki / "apiserver.key"),
+            "--client-ca-file", str(pki / "ca.crt"),
+            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+            "--service-account-key-file", str(pki / "sa.pub"),
+            "--service-account-signing-key-file", str(pki / "sa.key"),
+            "--service-cluster-ip-range", SERVICE_CIDR,
+            "--authorization-mode", "Node,RBAC", "--profiling=false"])
+        admin = _admin_context(pki)
+        self._wait(api, lambda: _http_ok(f"{self.api_url}/readyz", admin) == "ok",
+                   "kube-apiserver /readyz")
+        self.version = _http_ok(f"{self.api_url}/version", admin) or ""
+
+        if self.with_kcm:
+            kcm = self._spawn("kube-controller-manager", [
+                "--kubeconfig", str(kcm_kubeconfig),
+                "--authentication-kubeconfig", str(kcm_kubeconfig),
+                "--authorization-kubeconfig", str(kcm_kubeconfig),
+                "--authentication-skip-lookup", "--client-ca-file", str(pki / "ca.crt"),
+                "--bind-address", "127.0.0.1", "--secure-port", str(kcm_port),
+                "--cert-dir", str(self.root / "kcm-certs"),
+                "--leader-elect=false", "--use-service-account-credentials",
+                "--service-account-private-key-file", str(pki / "sa.key"),
+                "--root-ca-file", str(pki / "ca.crt"),
+                "--cluster-signing-cert-file", str(pki / "ca.crt"),
+                "--cluster-signing-key-file", str(pki / "ca.key"),
+                "--service-cluster-ip-range", SERVICE_CIDR, "--profiling=false"])
+            insecure = ssl.create_default_context()
+            insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+            # Healthy, and its serviceaccount controller works: the ServiceAccount admission
+            # plugin refuses pods in a namespace until its `default` ServiceAccount exists.
+            self._wait(kcm, lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure)
+                       and _http_ok(f"{self.api_url}/api/v1/namespaces/default/serviceaccounts/"
+                                    "default", admin),
+                       "kube-controller-manager /healthz and the default ServiceAccount")
+
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM the newest first, SIGKILL what is left after ``grace`` s, reap, remove
+        the state directory. Idempotent."""
+        for r in reversed(self.running):
+            if r.popen.returncode is None:  # unreaped: the pid is still ours
+                with contextlib.suppress(ProcessLookupError):
+                    r.popen.send_signal(signal.SIGTERM)
+                try:
+                    r.popen.wait(grace)
+                except subprocess.TimeoutExpired:
+                    r.popen.kill()
+                    r.popen.wait(30)
+        self.running.clear()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- helpers --------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """Environment for kubectl and helm against this control plane only: its
+        kubeconfig, and caches/config inside its state directory (not the user's ~)."""
+        assert self.root is not None and self.kubeconfig is not None
+        home = self.root / "home"
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+                "KUBECACHEDIR": str(home / "kube-cache"),
+                "HELM_CACHE_HOME": str(home / "helm-cache"),
+                "HELM_CONFIG_HOME": str(home / "helm-config"),
+                "HELM_DATA_HOME": str(home / "helm-data"), "HELM_DEBUG": "false"}
+
+    def pids(self) -> list[psutil.Process]:
+        return [r.proc for r in self.running]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {r.name} ({r.log}) ---\n{tail(r.log, 30)}" for r in self.running)
+
+    def _spawn(self, name: str, args: list[str]) -> Running:
+        assert self.root is not None
+        log = self.root / "logs" / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen([str(self.tools / name), *args], stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=self.root, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+        running = Running(name, popen, psutil.Process(popen.pid), log)
+        self.running.append(running)
+        return running
+
+    def _wait(self, r: Running, ready, what: str) -> None:
+        wait_for(lambda: r.popen.poll() is not None or ready(), READY_TIMEOUT, what,
+                 interval=0.1, on_fail=self.logs)
+        if r.popen.returncode is not None:
+            raise AssertionError(f"{r.name} exited with {r.popen.returncode} before {what} "
+                                 f"answered:\n{tail(r.log, 40)}")
+
+
+def _admin_context(pki: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return ctx
+
+
+def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> str | None:
+    """The body of a 200 answer, or None (refused, not yet listening, not 200)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
+            return resp.read().decode() if resp.status == 200 else None
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return None
+
+
+def still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` (pid + start time) that still run (not zombies)."""
+    alive = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
+
+
+if __name__ == "__main__":  # a control plane for a shell: prints KUBECONFIG, Ctrl-C stops it
+    with ControlPlane() as cp:
+        print(f"export KUBECONFIG={cp.kubeconfig}  # {cp.api_url}; Ctrl-C stops it", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
