@@ -42,16 +42,16 @@ tools:
 tool-podman:
 	@bash ci/install-tools.sh $(TOOLS) podman || echo "tools: (the image tests will say why they cannot run)"
 
-# The Kubernetes control plane tests/cluster runs the chart against (etcd, kube-apiserver,
+# The Kubernetes control plane tests/cluster/apiserver runs the chart against (etcd, kube-apiserver,
 # kube-controller-manager, kubectl; tens of minutes cold, nothing once built). Only `make
 # test` needs it. Without Go (and no such binaries on PATH) or off Linux those tests skip
 # with one line, which fails under CI=true; with Go a failed build fails here.
 tool-k8s:
 ifeq ($(shell uname -s),Linux)
 	@if command -v go >/dev/null 2>&1; then bash ci/install-tools.sh $(TOOLS) k8s; \
-	else bash ci/install-tools.sh $(TOOLS) k8s || echo "== tests/cluster (the chart against a real API server) will skip"; fi
+	else bash ci/install-tools.sh $(TOOLS) k8s || echo "== tests/cluster/apiserver (the chart against a real API server) will skip"; fi
 else
-	@echo "== not Linux: tests/cluster (the chart against a real API server) will skip"
+	@echo "== not Linux: tests/cluster/apiserver (the chart against a real API server) will skip"
 endif
 
 # `make run` renders the chart with helm 3 only: it does not wait for helm4 and ct builds

@@ -2,7 +2,7 @@
 # Builds the pinned chart tools into .tools/bin from the Go module proxy:
 #   helm  (v3), helm4 (v4), ct (chart-testing v3);
 #   k8s: etcd, kube-apiserver, kube-controller-manager, kubectl (the control plane the
-#   chart tests in tests/cluster/ run against; a cold build takes tens of minutes).
+#   chart tests in tests/cluster/apiserver/ run against; a cold build takes tens of minutes).
 # Named only: `podman` installs podman, runc and debootstrap from Debian when missing
 # (ci/install-podman.sh; the image tests build and run the worker image with them).
 # ci/tools/<tool>/go.mod is the one place a version is pinned (go.sum holds the hashes,

@@ -211,7 +211,7 @@ def _built_k8s_tools(tmp_path: Path) -> Path:
         pytest.skip(reason)
     missing = [n for n in K8S_PINS if not (TOOLS / f".{n}.stamp").is_file()]
     if missing:
-        pytest.fail(f"{', '.join(missing)} not built in {TOOLS}: run `make tools-k8s` first")
+        pytest.fail(f"{', '.join(missing)} not built in {TOOLS}: run `make tool-k8s` first")
     tools = tmp_path / "tools"
     tools.mkdir()
     for name in K8S_PINS:

@@ -4,7 +4,7 @@ service-account key (no container engine, no kubelet, no scheduler: objects are 
 defaulted, admitted and stored, controllers reconcile Deployments into ReplicaSets and Pod
 objects, and pods stay Pending).
 
-The binaries are the ones ci/install-tools.sh builds into .tools/bin (`make tools-k8s`).
+The binaries are the ones ci/install-tools.sh builds into .tools/bin (`make tool-k8s`).
 Use :class:`ControlPlane` as a context manager: everything it started is stopped and its
 state directory removed when the block ends, also on an exception or Ctrl-C. Each child is
 also started with PR_SET_PDEATHSIG, so even a SIGKILLed test process leaves none behind.
@@ -54,7 +54,7 @@ def unavailable(tools: Path = TOOLS) -> str | None:
     missing = [b for b in BINARIES if not os.access(tools / b, os.X_OK)]
     if missing and shutil.which("go") is None:
         return (f"no Go to build {', '.join(missing)} (the API-server chart tests): "
-                "install Go 1.26+ and run `make tools-k8s`")
+                "install Go 1.26+ and run `make tool-k8s`")
     return None
 
 
@@ -205,10 +205,11 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> None:
-        missing = missing_binaries(self.tools)
+        need = ["etcd", "kube-apiserver"] + (["kube-controller-manager"] if self.with_kcm else [])
+        missing = [b for b in missing_binaries(self.tools) if b in need]
         if missing:
             raise AssertionError(f"{', '.join(missing)} not built in {self.tools}: "
-                                 "run `make tools-k8s` (ci/install-tools.sh .tools/bin k8s)")
+                                 "run `make tool-k8s` (ci/install-tools.sh .tools/bin k8s)")
         if self.root is None:
             self.root = Path(tempfile.mkdtemp(prefix="modelops-k8s-"))
         (self.root / "logs").mkdir(parents=True, exist_ok=True)

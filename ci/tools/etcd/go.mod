@@ -1,4 +1,4 @@
-// Pins the etcd the chart tests' kube-apiserver stores into (tests/cluster/), built by
+// Pins the etcd the chart tests' kube-apiserver stores into (tests/cluster/apiserver/), built by
 // ci/install-tools.sh from main.go. etcd's server module carries replace directives
 // (../api, ../pkg, ...), so `go install` of it is refused; this module requires it instead.
 module modelops-dask/ci/tools/etcd

@@ -1,4 +1,4 @@
-// Pins the Kubernetes control plane the chart tests run against (tests/cluster/):
+// Pins the Kubernetes control plane the chart tests run against (tests/cluster/apiserver/):
 // kube-apiserver, kube-controller-manager and kubectl, built by ci/install-tools.sh.
 // k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
 // ./staging/...; as a dependency those replaces are ignored, so `go install ...@v1.37.2`

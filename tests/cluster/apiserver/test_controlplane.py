@@ -19,7 +19,7 @@ import pytest
 from support import controlplane
 from support.cluster import wait_for
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import json, sys, time
 from support.controlplane import ControlPlane

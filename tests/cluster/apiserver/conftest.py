@@ -1,5 +1,5 @@
 """The chart against a real Kubernetes API server: one control plane (etcd, kube-apiserver,
-kube-controller-manager from .tools/bin, `make tools-k8s`) for the whole session, stopped
+kube-controller-manager from .tools/bin, `make tool-k8s`) for the whole session, stopped
 with nothing left behind. On a machine that cannot run it (not Linux, no Go to build it)
 every test here skips with one line; under CI=true that skip fails (tests/conftest.py)."""
 

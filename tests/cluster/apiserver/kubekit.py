@@ -16,7 +16,7 @@ import yaml
 from support.cluster import wait_for
 from support.controlplane import ControlPlane
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "chart"
 PRESETS_DIR = REPO / "values-examples"
 PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
