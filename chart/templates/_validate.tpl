@@ -30,6 +30,10 @@ If the release was upgraded from an older chart version with --reuse-values, hel
 {{- include "modelops-dask.validate.schedulerService" . -}}
 {{- include "modelops-dask.validate.ingress" . -}}
 {{- include "modelops-dask.validate.topologySpread" . -}}
+{{- include "modelops-dask.validate.requestsWithinLimits" . -}}
+{{- include "modelops-dask.validate.scheduling" . -}}
+{{- include "modelops-dask.validate.podSecurity" . -}}
+{{- include "modelops-dask.validate.monitors" . -}}
 {{- end -}}
 
 {{/*
@@ -391,5 +395,119 @@ silently shadowing the caches).
 {{- fail (printf "worker.topologySpreadConstraints has two constraints with topologyKey %s and whenUnsatisfiable %s: Kubernetes refuses the duplicate. Merge them into one (the chart's default is kubernetes.io/hostname with ScheduleAnyway; a list you set replaces it)." .topologyKey .whenUnsatisfiable) -}}
 {{- end -}}
 {{- $_ := set $seen $pair true -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A Kubernetes quantity as the schema admits it (2, 0.5, "250m", "1Gi", "500M") → a float64 in
+base units (cores, bytes), to compare a request with its limit whatever their suffixes.
+*/}}
+{{- define "modelops-dask.quantity" -}}
+{{- $s := toString . -}}
+{{- $suffix := regexFind "[A-Za-z]+$" $s -}}
+{{- $factor := get (dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0) $suffix -}}
+{{- mulf (float64 (trimSuffix $suffix $s)) $factor -}}
+{{- end -}}
+
+{{/*
+No request above its limit, for every resource of both containers (the API server refuses
+the Deployment: "must be less than or equal to ... limit"; helm has then sent the objects
+before it). The worker's are checked as rendered, derived memory and cpu included.
+*/}}
+{{- define "modelops-dask.validate.requestsWithinLimits" -}}
+{{- $worker := include "modelops-dask.workerResources" . | fromYaml -}}
+{{- range $who, $res := dict "scheduler" (.Values.scheduler.resources | default dict) "worker" $worker -}}
+{{- $limits := $res.limits | default dict -}}
+{{- range $name, $request := ($res.requests | default dict) -}}
+{{- if hasKey $limits $name -}}
+{{- $limit := get $limits $name -}}
+{{- if gt (include "modelops-dask.quantity" $request | float64) (include "modelops-dask.quantity" $limit | float64) -}}
+{{- fail (printf "%s.resources.requests.%s (%v) is above %s.resources.limits.%s (%v): Kubernetes refuses a container whose request exceeds its limit. Lower the request or raise the limit." $who $name $request $who $name $limit) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Tolerations and node selectors go to the pods as they are: refuse what the API server would
+refuse, and a misspelt toleration field, which it only drops with a warning (the pods then
+tolerate something else than meant).
+*/}}
+{{- define "modelops-dask.validate.scheduling" -}}
+{{- $fields := list "key" "operator" "value" "effect" "tolerationSeconds" -}}
+{{- $effects := list "NoSchedule" "PreferNoSchedule" "NoExecute" -}}
+{{- $name := "^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$" -}}
+{{- $prefix := "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" -}}
+{{- range $who := list "scheduler" "worker" -}}
+{{- $values := index $.Values $who -}}
+{{- range $i, $t := $values.tolerations -}}
+{{- $at := printf "%s.tolerations[%d]" $who $i -}}
+{{- range $field, $_ := $t -}}
+{{- if not (has $field $fields) -}}
+{{- fail (printf "%s has an unknown field %q: a toleration has only %s (Kubernetes would drop %q with a warning, and the pods would not tolerate what you meant). Fix the field name." $at $field (join ", " $fields) $field) -}}
+{{- end -}}
+{{- end -}}
+{{- $op := $t.operator | default "Equal" -}}
+{{- if not (has $op (list "Equal" "Exists")) -}}
+{{- fail (printf "%s has operator %q: allowed are Equal (the default) and Exists." $at $op) -}}
+{{- end -}}
+{{- if and (eq $op "Exists") (not (empty $t.value)) -}}
+{{- fail (printf "%s has operator Exists and a value (%q): Exists matches every value of the key and Kubernetes refuses a value with it. Remove the value, or use operator Equal." $at (toString $t.value)) -}}
+{{- end -}}
+{{- if and (empty $t.key) (ne $op "Exists") -}}
+{{- fail (printf "%s has no key: only operator Exists may leave it empty (to tolerate every taint). Set a key, or operator: Exists." $at) -}}
+{{- end -}}
+{{- if and $t.effect (not (has $t.effect $effects)) -}}
+{{- fail (printf "%s has effect %q: allowed are %s (or none: all effects)." $at $t.effect (join ", " $effects)) -}}
+{{- end -}}
+{{- if and (hasKey $t "tolerationSeconds") (ne ($t.effect | default "") "NoExecute") -}}
+{{- fail (printf "%s sets tolerationSeconds without effect NoExecute: Kubernetes allows it only with NoExecute. Set effect: NoExecute, or remove tolerationSeconds." $at) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $value := $values.nodeSelector -}}
+{{- $parts := splitList "/" $key -}}
+{{- $p := ternary (first $parts) "" (eq (len $parts) 2) -}}
+{{- if or (gt (len $parts) 2) (not (regexMatch $name (last $parts))) (and (eq (len $parts) 2) (or (not (regexMatch $prefix $p)) (gt (len $p) 253))) -}}
+{{- fail (printf "%s.nodeSelector key %q is not a Kubernetes label key: [prefix/]name, the name at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit, the optional prefix a DNS subdomain (e.g. node.kubernetes.io/instance-type). Use the label key your nodes have." $who $key) -}}
+{{- end -}}
+{{- if not (regexMatch "^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$" (toString $value)) -}}
+{{- fail (printf "%s.nodeSelector[%q]=%q is not a Kubernetes label value: at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit (or empty)." $who $key (toString $value)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Privilege escalation: Pod Security refuses it in every pod (`baseline` refuses privileged
+containers, `restricted` also requires allowPrivilegeEscalation: false). The API server
+only warns about a Deployment's template: helm reports the release deployed, then every pod
+creation of the ReplicaSets is refused. (Root, added capabilities and the seccomp profile
+remain yours to choose: see validate.securityContext and the NOTES warnings.)
+*/}}
+{{- define "modelops-dask.validate.podSecurity" -}}
+{{- $components := list "scheduler" "worker" -}}
+{{- if .Values.tests.enabled }}{{ $components = append $components "test" }}{{ end -}}
+{{- range $component := $components -}}
+{{- $ctr := include "modelops-dask.containerSecurityContext" (dict "ctx" $ "component" $component) | fromYaml -}}
+{{- $why := printf "the %s pods would be refused by Pod Security (helm would report the release deployed, then every pod creation fails)" $component -}}
+{{- if ne (toString $ctr.allowPrivilegeEscalation) "false" -}}
+{{- fail (printf "containerSecurityContext.allowPrivilegeEscalation=%v: %s; it must be false. Remove your override (the chart's default is false), also in scheduler/worker.containerSecurityContext." $ctr.allowPrivilegeEscalation $why) -}}
+{{- end -}}
+{{- if $ctr.privileged -}}
+{{- fail (printf "containerSecurityContext.privileged=true: %s; privileged containers are not allowed. Remove it." $why) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+PodMonitor and ServiceMonitor are Prometheus Operator custom resources: without their CRD
+the API server answers only "no matches for kind" once helm has rendered everything.
+*/}}
+{{- define "modelops-dask.validate.monitors" -}}
+{{- range $kind, $value := dict "PodMonitor" "podMonitor" "ServiceMonitor" "serviceMonitor" -}}
+{{- if and (index $.Values.metrics $value).enabled (not ($.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}
+{{- fail (printf "metrics.%s.enabled=true needs the %s CRD (monitoring.coreos.com/v1, from the Prometheus Operator), which this cluster does not serve. Install the Prometheus Operator (or its CRDs) first, or set metrics.%s.enabled=false and rely on metrics.scrapeAnnotations. (helm template knows no cluster: pass --api-versions monitoring.coreos.com/v1/%s.)" $value $kind $value $kind) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}

@@ -20,6 +20,11 @@ PRESETS_DIR = REPO / "values-examples"
 RELEASE = "mo"
 NAMESPACE = "sims"
 
+# The Prometheus Operator's CRDs as a cluster serving them reports them: without them the
+# chart refuses metrics.podMonitor/serviceMonitor (.Capabilities.APIVersions).
+API_VERSIONS = ("--api-versions", "monitoring.coreos.com/v1/PodMonitor",
+                "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+
 HELMS = {
     "helm3": REPO / ".tools" / "bin" / "helm",
     "helm4": REPO / ".tools" / "bin" / "helm4",

@@ -304,6 +304,53 @@ CASES = {
         "worker: {resources: {requests: {cpu: 1500m}, limits: {cpu: 1.2}}}", (),
         ["worker.resources.requests.cpu=1500m is larger than worker.resources.limits.cpu=1.2: "
          "Kubernetes refuses a request above its limit"]),
+    # What only the API server caught (tests/cluster/apiserver/test_refusals.py proves it)
+    "scheduler memory request above its limit": (
+        "scheduler: {resources: {requests: {memory: 2Gi}}}", (),
+        ["scheduler.resources.requests.memory (2Gi) is above scheduler.resources.limits.memory "
+         "(1Gi): Kubernetes refuses a container whose request exceeds its limit"]),
+    "worker ephemeral-storage request above its limit": (
+        "worker: {resources: {requests: {ephemeral-storage: 2Gi}, "
+        "limits: {ephemeral-storage: 2G}}}", (),
+        ["worker.resources.requests.ephemeral-storage (2Gi) is above "
+         "worker.resources.limits.ephemeral-storage (2G)"]),
+    "toleration Exists with a value": (
+        "worker: {tolerations: [{key: dedicated, operator: Exists, value: sims}]}", (),
+        ['worker.tolerations[0] has operator Exists and a value ("sims"): Exists matches every '
+         "value of the key and Kubernetes refuses a value with it"]),
+    "toleration field misspelt": (
+        "scheduler: {tolerations: [{key: dedicated, operater: Exists}]}", (),
+        ['scheduler.tolerations[0] has an unknown field "operater": a toleration has only key, '
+         "operator, value, effect, tolerationSeconds"]),
+    "toleration seconds without NoExecute": (
+        "worker: {tolerations: [{key: a, operator: Exists, tolerationSeconds: 60}]}", (),
+        ["worker.tolerations[0] sets tolerationSeconds without effect NoExecute"]),
+    "nodeSelector key with a space": (
+        "worker: {nodeSelector: {'bad key': x}}", (),
+        ['worker.nodeSelector key "bad key" is not a Kubernetes label key']),
+    "nodeSelector value too long": (
+        "scheduler: {nodeSelector: {pool: " + "x" * 64 + "}}", (),
+        ['scheduler.nodeSelector["pool"]="' + "x" * 64 + '" is not a Kubernetes label value']),
+    "privilege escalation allowed": (
+        "containerSecurityContext: {allowPrivilegeEscalation: true}", (),
+        ["containerSecurityContext.allowPrivilegeEscalation=true: the scheduler pods would be "
+         "refused by Pod Security"]),
+    "privilege escalation allowed in the workers only": (
+        "worker: {containerSecurityContext: {allowPrivilegeEscalation: true}}", (),
+        ["containerSecurityContext.allowPrivilegeEscalation=true: the worker pods would be "
+         "refused by Pod Security"]),
+    "privileged container": (
+        "scheduler: {containerSecurityContext: {privileged: true}}", (),
+        ["containerSecurityContext.privileged=true: the scheduler pods would be refused by Pod "
+         "Security"]),
+    "PodMonitor without its CRD": (
+        "metrics: {podMonitor: {enabled: true}}", (),
+        ["metrics.podMonitor.enabled=true needs the PodMonitor CRD (monitoring.coreos.com/v1, "
+         "from the Prometheus Operator), which this cluster does not serve",
+         "pass --api-versions monitoring.coreos.com/v1/PodMonitor"]),
+    "ServiceMonitor without its CRD": (
+        "metrics: {serviceMonitor: {enabled: true}}", (),
+        ["metrics.serviceMonitor.enabled=true needs the ServiceMonitor CRD"]),
     "kubernetes older than supported": (
         "", ("--kube-version", "1.28.0"),
         ["chart requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.0"]),
@@ -348,6 +395,12 @@ def test_an_install_without_a_bundle_repository_is_refused(helm, preset):
     "scheduler: {ingress: {enabled: true, hosts: ['*.dask.example.com', dask-1.internal]}}",
     "worker: {topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: "
     "DoNotSchedule}, {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway}]}",
+    "worker: {tolerations: [{operator: Exists}, {key: a, operator: Exists, effect: NoExecute, "
+    "tolerationSeconds: 30}], nodeSelector: {node.kubernetes.io/instance-type: m5.large, "
+    "empty: ''}}",
+    "scheduler: {resources: {requests: {memory: 1Gi, ephemeral-storage: 1G}, "
+    "limits: {memory: 1024Mi, ephemeral-storage: 1Gi}}}",
+    "containerSecurityContext: {privileged: false}",
     "worker: {extraVolumes: [{name: a, emptyDir: {}}], "
     "extraVolumeMounts: [{name: a, mountPath: /var/cache/modelops/other}, "
     "{name: venv-cache, mountPath: /opt/venvs, subPath: venvs}]}",

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import chartkit
-from chartkit import PRESETS, render
+from chartkit import API_VERSIONS, PRESETS, render
 
 _KUBE = yaml.safe_load((chartkit.CHART / "Chart.yaml").read_text())["kubeVersion"]
 OLDEST = re.match(r">=\s*(\d+\.\d+\.\d+)", _KUBE).group(1)
@@ -113,8 +113,8 @@ NOT_VALIDATED = {("monitoring.coreos.com/v1", "PodMonitor"),
 
 def _render(helm: str, name: str, version: str) -> chartkit.Render:
     extra = ("--kube-version", version)
-    if name == "everything":
-        return render(helm, values=EVERYTHING, extra=extra)
+    if name == "everything":  # with the Prometheus Operator's CRDs
+        return render(helm, values=EVERYTHING, extra=extra + API_VERSIONS)
     if name.startswith("mode="):
         return render(helm, sets=(name,), extra=extra)
     return render(helm, *VALUE_SETS[name], extra=extra)

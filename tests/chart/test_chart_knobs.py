@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from chartkit import render
+from chartkit import API_VERSIONS, render
 
 DIGEST = "sha256:" + "ab" * 32
 WORKER_LABELS = {"app.kubernetes.io/name": "modelops-dask", "app.kubernetes.io/instance": "mo",
@@ -235,7 +235,7 @@ def test_dashboard_ingress_without_hosts_serves_every_host(helm):
 
 def test_scheduler_service_monitor(helm):
     out = render(helm, values="metrics: {serviceMonitor: {enabled: true, interval: 15s, "
-                              "labels: {release: prometheus}}}")
+                              "labels: {release: prometheus}}}", extra=API_VERSIONS)
     monitor = out.one("ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"] == [{"port": "dashboard", "path": "/metrics",

@@ -72,6 +72,16 @@ def test_notes_give_the_upgrade_line_of_every_preset():
     assert "port-forward svc/mo-modelops-dask-scheduler 8786:8786 8787:8787" in text
 
 
+def test_notes_upgrade_lines_roll_a_failed_upgrade_back():
+    """helm 4's --rollback-on-failure (helm 3's --atomic: tests/cluster/apiserver, where
+    helm 3 renders NOTES against a real API server) on every upgrade line."""
+    text = _notes()
+    lines = [line for line in text.splitlines() if line.strip().startswith("helm upgrade mo")]
+    assert len(lines) == len(PRESETS)
+    assert all(" --rollback-on-failure " in line for line in lines), lines
+    assert "--rollback-on-failure rolls a failed upgrade back as a whole" in text
+
+
 def test_notes_say_where_the_workers_get_bundles():
     assert "bundles:        s3://modelops-tests/bundles (fetched by the workers through fsspec)" \
         in _notes()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from chartkit import PRESETS, render
+from chartkit import API_VERSIONS, PRESETS, render
 
 HARDENED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                 "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -40,7 +40,8 @@ def test_every_pod_is_hardened_by_default(helm, preset):
 
 def test_every_object_has_the_standard_labels(helm):
     out = render(helm, sets=("worker.podDisruptionBudget.enabled=true",
-                             "networkPolicy.enabled=true", "metrics.podMonitor.enabled=true"))
+                             "networkPolicy.enabled=true", "metrics.podMonitor.enabled=true"),
+                 extra=API_VERSIONS)
     for obj in out.objects:
         assert STANDARD_LABELS <= set(obj["metadata"]["labels"]), obj["kind"]
 
@@ -116,7 +117,7 @@ def test_no_pod_monitor_by_default(helm):
 
 def test_pod_monitor_scrapes_the_worker_dashboard_port(helm):
     out = render(helm, values="metrics: {podMonitor: {enabled: true, interval: 15s, "
-                              "labels: {release: prometheus}}}")
+                              "labels: {release: prometheus}}}", extra=API_VERSIONS)
     monitor = out.one("PodMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
