@@ -506,7 +506,8 @@ the API server answers only "no matches for kind" once helm has rendered everyth
 */}}
 {{- define "modelops-dask.validate.monitors" -}}
 {{- range $kind, $value := dict "PodMonitor" "podMonitor" "ServiceMonitor" "serviceMonitor" -}}
-{{- if and (index $.Values.metrics $value).enabled (not ($.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}
+{{- $block := index ($.Values.metrics | default dict) $value | default dict -}}
+{{- if and $block.enabled (not ($.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}
 {{- fail (printf "metrics.%s.enabled=true needs the %s CRD (monitoring.coreos.com/v1, from the Prometheus Operator), which this cluster does not serve. Install the Prometheus Operator (or its CRDs) first, or set metrics.%s.enabled=false and rely on metrics.scrapeAnnotations. (helm template knows no cluster: pass --api-versions monitoring.coreos.com/v1/%s.)" $value $kind $value $kind) -}}
 {{- end -}}
 {{- end -}}

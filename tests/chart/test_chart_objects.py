@@ -163,7 +163,8 @@ networkPolicy:
     for component, spec in by_component.items():
         assert spec["podSelector"] == out.one("Deployment", component)["spec"]["selector"]
     # with the scheduler's ServiceMonitor, Prometheus (metricsFrom) may scrape 8787 too
-    with_monitor = render(helm, values=values + "metrics: {serviceMonitor: {enabled: true}}")
+    with_monitor = render(helm, values=values + "metrics: {serviceMonitor: {enabled: true}}",
+                          extra=API_VERSIONS)
     (scheduler_policy,) = [p["spec"] for p in with_monitor.objects if p["kind"] == "NetworkPolicy"
                            and p["metadata"]["labels"]["app.kubernetes.io/component"] == "scheduler"]
     assert scheduler_policy["ingress"][2] == {
