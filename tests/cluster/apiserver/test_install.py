@@ -77,6 +77,5 @@ def test_bad_values_fail_before_anything_is_sent(kube, helm, namespace, sets, me
     out = kube.helm(helm, "install", RELEASE, str(CHART), "-n", namespace, *args, check=False)
     assert out.returncode != 0
     assert message in out.stderr, out.stderr
-    assert kube.leftovers(namespace) == []
-    assert kube.helm(helm, "list", "-a", "-q", "-n", namespace).stdout.strip() == ""
+    assert kube.leftovers(namespace) == []  # no object, and no release (helm's Secret)
     kubekit.CASES["refused install"] += 1
