@@ -5,7 +5,7 @@
 #
 # usage: runtime/image/build.sh [full|slim]     (default full)
 #   tag: localhost/modelops-dask:<appVersion> (full), localhost/modelops-dask:<appVersion>-slim
-# env:   BASE_IMAGE       use this base instead of making one (a CPython >= 3.11.4 image)
+# env:   BASE_IMAGE       use this base instead of making one (a CPython >= 3.11 image)
 #        IMAGE_TAG        another tag
 #        BUILD_CA         CA bundle for the build's pip (default: the host's bundle, which
 #                         holds a TLS-intercepting proxy's CA where there is one; empty: none)
@@ -38,6 +38,12 @@ CA=${BUILD_CA-/etc/ssl/certs/ca-certificates.crt}
 [[ -n "${PIP_CONFIG_FILE:-}" && -s "$PIP_CONFIG_FILE" ]] && args+=(--secret "id=pipconf,src=$PIP_CONFIG_FILE")
 
 start=$(date +%s)
+before=$(podman image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 podman build "${args[@]}" -f "$REPO/runtime/Dockerfile" -t "$TAG" "$REPO" >&2
+# the image this tag held before, now untagged: removed (unless a container still uses it)
+after=$(podman image inspect --format '{{.Id}}' "$TAG")
+if [[ -n "$before" && "$before" != "$after" ]]; then
+  podman rmi "$before" >/dev/null 2>&1 || true
+fi
 echo "image: built $TAG ($FLAVOUR) in $(( $(date +%s) - start ))s on $BASE_IMAGE" >&2
 echo "$TAG"

@@ -5,8 +5,9 @@
 # runtime/Dockerfile builds on it unchanged via --build-arg BASE_IMAGE=<printed tag>.
 #
 # CPython comes from a prefix built on Debian 12 (pyenv's $(pyenv root)/versions/<version>,
-# or PYTHON_PREFIX): python.org is not reachable from the CI machines, and Debian 12's own
-# python3 (3.11.2) is below the runtime's minimum (3.11.4, tarfile's extraction filters).
+# or PYTHON_PREFIX): the same 3.11.7 the tests' and `make run`'s clients run, since Dask
+# wants client and workers on one Python. python.org is not reachable from the CI machines;
+# Debian 12's own python3 is 3.11.2 and Debian 13's is 3.13.
 # Only the standard library is copied (no site-packages, tests, IDLE or tkinter); pip comes
 # from its own ensurepip.
 #
@@ -79,7 +80,7 @@ tar -C "$PYTHON_PREFIX/lib" -c \
     "python$V" | tar -C "$ROOT/usr/local/lib" -x
 ln -sf "python$V" "$ROOT/usr/local/bin/python3"; ln -sf python3 "$ROOT/usr/local/bin/python"
 chroot "$ROOT" /sbin/ldconfig      # libpython from /usr/local/lib (its RUNPATH names the old prefix)
-chroot "$ROOT" /usr/local/bin/python3 -m ensurepip --default-pip >/dev/null
+PIP_ROOT_USER_ACTION=ignore chroot "$ROOT" /usr/local/bin/python3 -m ensurepip --default-pip >/dev/null
 chroot "$ROOT" /usr/local/bin/python3 -m compileall -q "/usr/local/lib/python$V" >/dev/null || true
 ln -sf pip3 "$ROOT/usr/local/bin/pip"
 # what a slim image does not carry
