@@ -78,17 +78,17 @@ def build(flavour: str) -> tuple[str, float]:
 # ---- the chart rendered and played ------------------------------------------------------
 
 def render(release: str, preset: str, image: str, bundle_repo: Path,
-           extra_env: dict[str, str] | None = None) -> list[dict]:
-    """``helm template`` of ``preset`` with the image and a hostPath bundle volume."""
+           values: dict[str, object] | None = None) -> list[dict]:
+    """``helm template`` of ``preset`` with the image, a hostPath bundle volume and
+    ``values`` (dotted key → value, as ``--set-json``)."""
     repo, tag = image.rsplit(":", 1)
     args = [str(HELM), "template", release, str(REPO / "chart"),
             "-f", str(REPO / "values-examples" / f"{preset}.yaml"),
             "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
             "--set", f"bundles.repo={BUNDLE_REPO_PATH}",
             "--set-json", "bundles.volume=" + json.dumps({"hostPath": {"path": str(bundle_repo)}})]
-    if extra_env:
-        env = [{"name": k, "value": v} for k, v in extra_env.items()]
-        args += ["--set-json", "worker.extraEnv=" + json.dumps(env)]
+    for key, value in (values or {}).items():
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]

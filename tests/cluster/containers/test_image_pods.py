@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import ssl
 import time
 
 import pytest
@@ -31,7 +33,8 @@ def simulate(params, seed):
 def total(outputs):
     return {{"total": sum(o["value"] for o in outputs), "n": len(outputs)}}
 '''
-WHEELS = "wheels"   # inside the bundle repository volume: what uv installs from, offline
+WHEELS = "/opt/wheels"     # worker.extraVolumes: the wheels uv installs from, offline
+CA_DIR = "/etc/ssl/corp"   # worker.extraVolumes: a proxy's CA bundle, named by SSL_CERT_FILE
 
 # preset → flavour, executor the runtime must report, whether the bundle needs a wheel
 CASES = {
@@ -47,20 +50,42 @@ def _quantity(q: str | int) -> float:
     return float(m.group(1)) * units[m.group(2)]
 
 
-def _bundle_repo(tmp_path, needs_wheel: bool) -> tuple[object, str]:
+def _readable(path) -> None:
+    for root, dirs, names in os.walk(path):   # read by uid 10001 in the containers
+        os.chmod(root, 0o755)
+        for n in names:
+            os.chmod(os.path.join(root, n), 0o644)
+
+
+def _bundle_repo(tmp_path, needs_wheel: bool) -> tuple[object, str, dict]:
+    """→ (repository dir, bundle ref, chart values for the wheels and a CA bundle)."""
     repo = tmp_path / "bundle-repo"
     repo.mkdir()
     files = {"model.py": MODEL.format(import_line="import tinylib" if needs_wheel else "pass",
                                       lib="tinylib.VERSION" if needs_wheel else "None")}
+    values: dict = {}
     if needs_wheel:
         files["requirements.txt"] = "tinylib==1.0\n"
-        build_wheel(repo / WHEELS, "tinylib", "1.0", {"tinylib/__init__.py": "VERSION = '1.0'\n"})
+        wheels, ca = tmp_path / "wheels", tmp_path / "ca"
+        build_wheel(wheels, "tinylib", "1.0", {"tinylib/__init__.py": "VERSION = '1.0'\n"})
+        ca.mkdir()
+        shutil.copy(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt",
+                    ca / "ca.pem")
+        _readable(wheels)
+        _readable(ca)
+        # how a user behind a TLS-intercepting proxy gives uv (and fsspec) its CA
+        values = {
+            "worker.extraVolumes": [{"name": "wheels", "hostPath": {"path": str(wheels)}},
+                                    {"name": "ca", "hostPath": {"path": str(ca)}}],
+            "worker.extraVolumeMounts": [{"name": "wheels", "mountPath": WHEELS, "readOnly": True},
+                                         {"name": "ca", "mountPath": CA_DIR, "readOnly": True}],
+            "worker.extraEnv": [{"name": k, "value": v} for k, v in {
+                "UV_FIND_LINKS": WHEELS, "UV_NO_INDEX": "1", "UV_OFFLINE": "1",
+                "SSL_CERT_FILE": f"{CA_DIR}/ca.pem"}.items()],
+        }
     ref = make_bundle(tmp_path / "src", repo, files)
-    for root, dirs, names in os.walk(repo):   # read by uid 10001 in the containers
-        os.chmod(root, 0o755)
-        for n in names:
-            os.chmod(os.path.join(root, n), 0o644)
-    return repo, ref
+    _readable(repo)
+    return repo, ref, values
 
 
 @pytest.fixture
@@ -120,10 +145,8 @@ def _check_hardening(rel: Release, played) -> None:
 def test_preset_pods_run_a_study_and_pass_helm_test(preset, images, release, tmp_path, capsys):
     flavour, executor, needs_wheel = CASES[preset]
     image = images(flavour)
-    repo, ref = _bundle_repo(tmp_path, needs_wheel)
-    uv_env = ({"UV_FIND_LINKS": f"/var/lib/modelops/bundle-repo/{WHEELS}", "UV_NO_INDEX": "1",
-               "UV_OFFLINE": "1"} if needs_wheel else None)
-    rel = release(lambda name: render(name, preset, image, repo, uv_env))
+    repo, ref, values = _bundle_repo(tmp_path, needs_wheel)
+    rel = release(lambda name: render(name, preset, image, repo, values))
     worker_doc = rel.find("Deployment", "worker")
     args = pod_spec(worker_doc)["containers"][0]["args"]
     nworkers = int(args[args.index("--nworkers") + 1])
@@ -153,6 +176,11 @@ def test_preset_pods_run_a_study_and_pass_helm_test(preset, images, release, tmp
 
     _check_hardening(rel, scheduler)
     _check_hardening(rel, worker)
+    if values:   # the CA bundle mounted through worker.extraVolumes is what TLS would use
+        out = podman("exec", worker.container(), "python", "-c",
+                     "import os, ssl; print(ssl.get_default_verify_paths().openssl_cafile_env, "
+                     "len(ssl.create_default_context().get_ca_certs()) > 0, os.environ['SSL_CERT_FILE'])")
+        assert out.stdout.split() == ["SSL_CERT_FILE", "True", f"{CA_DIR}/ca.pem"], out.stdout
 
     # the chart's `helm test` Pod, as rendered, in its own container against the release
     test_doc = rel.find("Pod", "test")
