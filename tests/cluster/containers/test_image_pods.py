@@ -17,7 +17,7 @@ import pytest
 from distributed import Client, as_completed
 
 from modelops_runtime.client import SimTask, aggregate, gather_study, submit
-from podkit import Release, leftovers, pod_spec, podman, render
+from podkit import Release, for_podman, pod_spec, podman, render
 from support.bundles import make_bundle
 from support.cluster import wait_for
 from support.wheels import build_wheel
@@ -194,3 +194,33 @@ def test_preset_pods_run_a_study_and_pass_helm_test(preset, images, release, tmp
     with capsys.disabled():
         print(f"\n[{preset}/{flavour}] kube play → first finished task: {first_task_s:.1f}s")
 
+
+
+def test_podman_gets_the_rendered_spec_with_only_the_named_adjustments(tmp_path):
+    """for_podman changes emptyDir names, host ports and hostAliases, nothing else: what
+    podman plays is the chart's rendering, not a hand-written copy of it."""
+    docs = render("mo000000", "prod-warm", "localhost/modelops-dask:0.1.0", tmp_path)
+    for doc in (d for d in docs if d["kind"] in {"Deployment", "Pod"}):
+        played = for_podman(doc, {"mo000000-modelops-dask-scheduler": "10.0.0.2"})
+        spec, orig = pod_spec(played), pod_spec(doc)
+        owner = doc["metadata"]["name"]
+        assert spec["hostAliases"] == [{"ip": "10.0.0.2",
+                                        "hostnames": ["mo000000-modelops-dask-scheduler"]}]
+        for vol, was in zip(spec.get("volumes", []), orig.get("volumes", [])):
+            assert vol["name"] == (f"{owner}-{was['name']}" if "emptyDir" in was else was["name"])
+        for c in spec["containers"]:
+            for p in c.get("ports", []):
+                assert p["hostIP"] == "127.0.0.1" and p["hostPort"] > 1024
+        # undo the three adjustments: the rest is the rendered object, byte for byte
+        undone = json.loads(json.dumps(played))
+        s = pod_spec(undone)
+        del s["hostAliases"]
+        names = {f"{owner}-{v['name']}": v["name"] for v in orig.get("volumes", []) if "emptyDir" in v}
+        for v in s.get("volumes", []):
+            v["name"] = names.get(v["name"], v["name"])
+        for c in s["containers"]:
+            for m in c.get("volumeMounts", []):
+                m["name"] = names.get(m["name"], m["name"])
+            for p in c.get("ports", []):
+                del p["hostIP"], p["hostPort"]
+        assert undone == doc
