@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterable
 
 import psutil
 import pytest
 
+from modelops_runtime.bundles import BundleStore
+from modelops_runtime.config import RuntimeConfig
+from modelops_runtime.worker.executors.warm import IsolatedWarmExecEnv
+from modelops_runtime.worker.warm.scratch import SCRATCH_PREFIX
 from support.cluster import wait_for
+from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 
 class Processes:
@@ -82,3 +88,48 @@ def parked_in(thread, function: str, module_file: str) -> bool:
 def waits_in():
     """``waits_in(thread, function, module_file)``: see :func:`parked_in`."""
     return parked_in
+
+
+# -- warm executors driven in this process (test_warm_pool.py, test_warm_regressions.py) --
+
+@pytest.fixture
+def uv_offline(monkeypatch, wheelhouse):  # noqa: F811 - fixture
+    for key, value in offline_uv_env(wheelhouse).items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def scratch_root(tmp_path, monkeypatch):
+    """This process's TMPDIR for the test (where warm processes get their working dirs)."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setenv("TMPDIR", str(root))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))  # gettempdir() caches its answer
+    return root
+
+
+@pytest.fixture
+def warm(tmp_path, uv_offline, scratch_root, procs):
+    """Factory: ``warm(**settings)`` → executor. Every executor is shut down at teardown;
+    none of its warm processes and none of their working directories may survive."""
+    made: list[IsolatedWarmExecEnv] = []
+
+    def make(**settings):
+        env = {"MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"),
+               "MODELOPS_BUNDLE_CACHE_DIR": str(tmp_path / "bundles"),
+               "MODELOPS_VENVS_DIR": str(tmp_path / "venvs"),
+               # the models write their "started" marks here (warm processes are sandboxed)
+               "MODELOPS_WARM_WRITABLE_PATHS": str(tmp_path)}
+        env.update({f"MODELOPS_{k.upper()}": str(v) for k, v in settings.items()})
+        config = RuntimeConfig.from_env(env)
+        executor = IsolatedWarmExecEnv(config, BundleStore(config))
+        made.append(executor)
+        return executor
+
+    yield make
+    seen = []
+    for executor in made:
+        seen += [procs.track(pid) for pid in executor.warm_pids()]
+        executor.shutdown()
+    assert not procs.running(seen), "warm processes survived shutdown"
+    assert not list(scratch_root.glob(f"{SCRATCH_PREFIX}*")), "working directories left"

@@ -22,7 +22,7 @@ SIDES = ["contracts", "bundles", "worker", "client", "local", "cli"]
 
 def side_of(module: str) -> str:
     parts = module.split(".")[1:]  # without "modelops_runtime"
-    if not parts or parts[0] in ("config", "errors", "models"):
+    if not parts or parts[0] in ("config", "errors", "models", "locks"):
         return "contracts"
     if parts[0] == "preload":  # `--preload modelops_runtime.preload`: delegates to worker/
         return "worker"

@@ -9,14 +9,15 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-BUNDLE_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
-ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# fullmatch, never match with `$`: `$` also matches before a trailing newline
+BUNDLE_REF = re.compile(r"sha256:[0-9a-f]{64}")
+ENTRYPOINT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 Scalar = str | int | float | bool | None
 
 
 def check_bundle_ref(ref: str) -> str:
-    if not BUNDLE_REF.match(ref):
+    if not BUNDLE_REF.fullmatch(ref):
         raise ValueError(
             f"bundle reference {ref!r} is not of the form 'sha256:<64 lowercase hex>'; "
             "use the reference printed by `modelops-runtime bundle pack`"
@@ -25,7 +26,7 @@ def check_bundle_ref(ref: str) -> str:
 
 
 def check_entrypoint(ep: str) -> str:
-    if not ENTRYPOINT.match(ep):
+    if not ENTRYPOINT.fullmatch(ep):
         raise ValueError(
             f"entrypoint {ep!r} is not of the form 'module:function' (e.g. 'model.sir:simulate')"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import logging
@@ -11,7 +10,6 @@ import os
 import posixpath
 import shutil
 import tarfile
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import (BundleDigestMismatch, BundleError, BundleNotFound, ConfigError,
                       UnsafeBundle)
+from ..locks import file_lock
 from ..models import BUNDLE_REF
 from .pack import ARCHIVE_SUFFIX, FORMAT_KEY, FORMAT_VERSION, archive_path, repo_fs
 from .readonly import make_read_only, remove_tree
@@ -71,12 +70,10 @@ class BundleStore:
     def __init__(self, config: "RuntimeConfig") -> None:
         self.repo = config.bundle_repo
         self.cache_dir = Path(config.bundle_cache_dir)
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
 
     def path(self, ref: str) -> Path:
         """The unpacked directory of bundle ``ref`` (fetched and verified on first use)."""
-        if not isinstance(ref, str) or not BUNDLE_REF.match(ref):
+        if not isinstance(ref, str) or not BUNDLE_REF.fullmatch(ref):
             raise BundleError(
                 f"bundle reference {ref!r} is not of the form 'sha256:<64 lowercase hex>'; "
                 "use the reference printed by `modelops-runtime bundle pack`", ref=ref)
@@ -84,17 +81,13 @@ class BundleStore:
         final = self.cache_dir / hexdigest
         if final.is_dir():  # complete: only ever created by an atomic rename
             return final
-        with self._thread_lock(hexdigest), self._file_lock(hexdigest):
+        with self._file_lock(hexdigest):
             if final.is_dir():
                 return final
             self._fetch_and_unpack(ref, hexdigest, final)
         return final
 
     # -- internals ---------------------------------------------------------------------
-
-    def _thread_lock(self, hexdigest: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(hexdigest, threading.Lock())
 
     @contextlib.contextmanager
     def _file_lock(self, hexdigest: str) -> Iterator[None]:
@@ -107,12 +100,8 @@ class BundleStore:
                 "MODELOPS_BUNDLE_CACHE_DIR to a writable directory",
                 variable="MODELOPS_BUNDLE_CACHE_DIR", value=str(self.cache_dir),
                 allowed="a writable directory") from None
-        with open(lock_dir / f"{hexdigest}.lock", "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed (or we die)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(lock_dir / f"{hexdigest}.lock"):
+            yield
 
     def _fetch_and_unpack(self, ref: str, hexdigest: str, final: Path) -> None:
         if not self.repo:

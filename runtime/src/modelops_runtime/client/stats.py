@@ -1,8 +1,8 @@
 """Executor figures of a whole cluster, read from a client: every worker process's
 figures through the scheduler (``client.run``) and their sum.
 
-``cluster_stats(client)`` sums the warm pools' counters of a connected client (the study
-report); ``read_cluster(address)`` connects itself and reads every worker's full figures
+One reading and summing path for both users: ``cluster_stats(client)`` for a connected
+client (the study report), ``read_cluster(address)`` connecting itself
 (``modelops-runtime stats``).
 """
 
@@ -25,24 +25,15 @@ class ClusterStats(BaseModel):
     workers: dict[str, WarmStats]
 
 
-def _worker_stats(dask_worker=None) -> dict[str, Any]:
-    """Run on a worker by ``client.run``: the modelops executor's stats (empty if none)."""
-    plugin = (getattr(dask_worker, "plugins", None) or {}).get("modelops")
-    executor = getattr(plugin, "executor", None)
-    return executor.stats() if executor is not None else {}
-
-
 def cluster_stats(client) -> ClusterStats:
-    """Stats of every worker process of the cluster ``client`` is connected to, and their sum.
-
-    Workers whose executor keeps no stats (e.g. ``direct``) are left out.
-    """
-    per_worker = {addr: WarmStats.model_validate(raw)
-                  for addr, raw in client.run(_worker_stats).items() if raw}
-    total = WarmStats(workers=0)
-    for stats in per_worker.values():
-        total = total + stats
-    return ClusterStats(total=total, workers=per_worker)
+    """Stats of every worker process of the cluster ``client`` is connected to, and their
+    sum: the same reading and summing as ``modelops-runtime stats``. Workers without a
+    modelops runtime are left out; a ``direct`` worker adds the one figure it counts
+    (tasks)."""
+    cluster = summarize("", _rows(client.run(worker_figures, on_error="return"), {}))
+    return ClusterStats(total=cluster.total,
+                        workers={r.address: r.figures.stats for r in cluster.workers
+                                 if r.figures.executor is not None})
 
 
 class StatsError(ModelOpsError):
@@ -75,6 +66,11 @@ async def _read(address: str, timeout: float) -> ClusterFigures:
         names = {addr: str(info.get("name", addr))
                  for addr, info in identity.get("workers", {}).items()}
         raw = await client.run(worker_figures, on_error="return") if names else {}
+    return summarize(address, _rows(raw, names))
+
+
+def _rows(raw: dict[str, Any], names: dict[str, str]) -> list[WorkerRow]:
+    """One row per worker from ``client.run(worker_figures)``, sorted by name, address."""
     rows = []
     for addr, value in raw.items():
         if isinstance(value, BaseException):  # the worker answered with an error
@@ -84,7 +80,7 @@ async def _read(address: str, timeout: float) -> ClusterFigures:
             figures = WorkerFigures.model_validate(value)
         rows.append(WorkerRow(address=addr, name=names.get(addr, addr), figures=figures))
     rows.sort(key=lambda r: (r.name, r.address))
-    return summarize(address, rows)
+    return rows
 
 
 def summarize(scheduler: str, rows: list[WorkerRow]) -> ClusterFigures:

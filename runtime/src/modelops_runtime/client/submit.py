@@ -55,11 +55,11 @@ def run_aggregation(results: Sequence[SimResult | Any], bundle: str, entrypoint:
 
 # -- client side -----------------------------------------------------------------------
 
-_STUDY = re.compile(r"^[A-Za-z0-9_.]+$")
+_STUDY = re.compile(r"[A-Za-z0-9_.]+")  # fullmatch: `$` would accept a trailing newline
 
 
 def _check_study(study: str) -> str:
-    if not _STUDY.match(study):
+    if not _STUDY.fullmatch(study):
         raise ValueError(f"study name {study!r} may only hold letters, digits, '_' and '.'")
     return study
 

@@ -139,11 +139,8 @@ class _Rewriter:
 def _quantity(text: str) -> float | None:
     """Bytes of a ``--memory-limit`` value (Kubernetes or Dask units); None for 'auto',
     fractions and anything else Dask resolves itself."""
-    from dask.utils import parse_bytes as dask_bytes
-
-    for parse in (parse_bytes, dask_bytes):
-        with contextlib.suppress(ValueError, TypeError):
-            return float(parse(text))
+    with contextlib.suppress(ValueError):
+        return parse_bytes(text)
     return None
 
 

@@ -133,7 +133,8 @@ def metric_families(processes: Iterable[WorkerFigures]) -> Iterator[Metric]:
     warm = GaugeMetricFamily(f"{PREFIX}_warm_processes", "Warm processes alive now",
                              labels=[*base, "state"])
     rss = GaugeMetricFamily(f"{PREFIX}_warm_rss_bytes",
-                            "Resident memory of all warm process trees now", labels=base)
+                            "Resident memory (PSS where available) of all warm process "
+                            "trees now", labels=base)
     for fig in procs:
         labels = [fig.executor, fig.worker]
         info.add_metric(labels, {"version": fig.version, **fig.settings})

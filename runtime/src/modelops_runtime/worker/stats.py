@@ -66,7 +66,8 @@ class WarmStats(BaseModel):
     removals: Removals = Field(default_factory=Removals)
     size: int = Field(0, description="warm processes alive now (idle + busy)")
     busy: int = 0
-    rss_bytes: int = Field(0, description="resident memory of all warm process trees now")
+    rss_bytes: int = Field(0, description="resident memory (PSS where available) of all warm "
+                                          "process trees now")
 
     def __add__(self, other: "WarmStats") -> "WarmStats":
         values = {k: getattr(self, k) + getattr(other, k) for k in WarmStats.model_fields}

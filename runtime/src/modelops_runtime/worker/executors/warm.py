@@ -15,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from ...bundles import read_dependencies, read_reply_types
-from ...errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
-                      SimulationError)
+from ...errors import (BundleError, EntrypointError, MemoryLimitExceeded, MissingDependencyError,
+                      ModelOpsError, SimulationError)
 from ...models import Call, SimResult
-from ..stats import StatsRecorder
+from ..stats import RemovalReason, StatsRecorder
 from ..warm.failures import Lost
 from ..warm.pool import WarmPool
-from ..warm.program import compile_runner
-from ..warm.process import WarmProcess, warm_env
 from ..native import thread_env
 from ..packages import package_digest, venv_packages
+from ..warm.process import WarmProcess, data_cap, warm_env
+from ..warm.program import compile_runner
 from ..warm.runner import WRITABLE_ENV
-from ..warm.venvs import VenvCache, venv_key
+from ..warm.venvs import Venv, VenvCache, venv_key
 from .base import ExecEnv
 
 
@@ -70,7 +70,10 @@ class IsolatedWarmExecEnv(ExecEnv):
         bundle = self._bundle(call.bundle)
         if self.config.force_fresh_venv:
             return self._run_fresh(call, bundle, started)
-        proc, reused = self.pool.acquire(bundle.pool_key, lambda: self._spawn(bundle))
+        venv: list[Venv] = []  # got before a slot is taken: a failed build evicts nothing
+        proc, reused = self.pool.acquire(
+            bundle.pool_key, lambda: self._spawn(bundle, venv[0]),
+            prepare=lambda: venv.append(self.venvs.get(bundle.requirements)))
         try:
             outputs = self._send(proc, call, bundle)
             # read while this thread owns the process: once released, another thread may
@@ -111,8 +114,7 @@ class IsolatedWarmExecEnv(ExecEnv):
         with self._lock:
             return self._bundles.setdefault(ref, bundle)
 
-    def _spawn(self, bundle: _Bundle, *, fresh: bool = False) -> WarmProcess:
-        venv = (self.venvs.fresh if fresh else self.venvs.get)(bundle.requirements)
+    def _spawn(self, bundle: _Bundle, venv: Venv, *, fresh: bool = False) -> WarmProcess:
         try:
             packages = venv_packages(venv.path)
             env = {**warm_env(venv, self.config.env_passthrough),
@@ -120,7 +122,8 @@ class IsolatedWarmExecEnv(ExecEnv):
             if self.config.warm_writable_paths:  # read (and dropped) by the runner's sandbox
                 env[WRITABLE_ENV] = ",".join(self.config.warm_writable_paths)
             proc = self.pool.spawn(key=bundle.pool_key, venv=venv, bundle_dir=bundle.path,
-                                   env=env, single_use=fresh)
+                                   env=env, single_use=fresh,
+                                   mem_limit=self.config.mem_limit_bytes)
             proc.reply_types = bundle.reply_types
             digest = package_digest(packages)
             with self._lock:
@@ -134,14 +137,16 @@ class IsolatedWarmExecEnv(ExecEnv):
 
     def _run_fresh(self, call: Call, bundle: _Bundle, started: float) -> SimResult:
         """FORCE_FRESH_VENV: a new venv and process for this task, both removed after it."""
-        proc = self._spawn(bundle, fresh=True)
-        self.pool.track_unpooled(proc)
+        proc = self._spawn(bundle, self.venvs.fresh(bundle.requirements), fresh=True)
         try:
+            self.pool.track_unpooled(proc)
             outputs = self._send(proc, call, bundle)
             pid, count = proc.pid, proc.task_count
             env_digest = self._env_of.get(proc, "")
         finally:
             self.pool.drop_unpooled(proc)
+            # the reaper stops it; its venv goes once nothing runs in it any more
+            self.pool.wait_gone(proc, self.pool.stop_grace + 60)
             self.venvs.remove(proc.venv)
         return self._result(outputs, pid, count, False, started, env_digest)
 
@@ -157,6 +162,17 @@ class IsolatedWarmExecEnv(ExecEnv):
             raise lost.error from None
         if reply.get("ok"):
             return reply["result"]
+        if reply.get("kind") == "memory":  # at its data cap: its heap is suspect, replace it
+            proc.kill()
+            proc.lost = RemovalReason.mem_limit
+            limit = self.config.mem_limit_bytes
+            raise MemoryLimitExceeded(
+                f"{label} ran out of memory ({reply.get('type')}: {reply.get('message')}): "
+                f"an allocation passed the warm process's hard cap of {data_cap(limit)} bytes "
+                f"(derived from MODELOPS_MEM_LIMIT_BYTES={limit}) or the machine's memory; its "
+                f"warm process (pid {proc.pid}) was killed and will be replaced. Reduce the "
+                "model's memory use or raise the limit.", limit_bytes=limit,
+                peak_bytes=None, pid=proc.pid, log_tail=proc.log.tail(mark))
         raise _user_error(reply, call, bundle, proc.log.tail(mark))
 
     def _result(self, outputs: Any, pid: int, task_count: int, venv_hit: bool,
@@ -186,6 +202,14 @@ def _user_error(reply: dict, call: Call, bundle: _Bundle, log_tail: str) -> Mode
             f"bundle does not contain. Add {_module_file(missing)} to the bundle (or fix the "
             "import) and repack.",
             missing=missing, entrypoint=call.entrypoint, bundle=call.bundle, **remote)
+    if kind == "missing_dependency" and reply.get("in_request"):
+        missing = reply.get("missing", "")
+        return MissingDependencyError(
+            f"{call.entrypoint}: the task's arguments hold an object of module {missing!r}, "
+            f"which the bundle's environment does not have ({what}). Pass plain data (dicts, "
+            "lists, numbers, strings), or add the package that provides it to the bundle's "
+            "requirements.", missing=missing, requirements=list(bundle.requirements),
+            **remote)
     if kind == "missing_dependency":
         deps = ", ".join(bundle.requirements) or "none"
         missing = reply.get("missing", "")
@@ -196,6 +220,11 @@ def _user_error(reply: dict, call: Call, bundle: _Bundle, log_tail: str) -> Mode
             f"(if {missing!r} is your own code, add {_module_file(missing)} to the bundle "
             "directory).",
             missing=missing, requirements=list(bundle.requirements), **remote)
+    if kind == "request":
+        return SimulationError(
+            f"{call.entrypoint}: the task's arguments cannot be read in the bundle's "
+            f"environment ({what}). Pass plain data (dicts, lists, numbers, strings) or "
+            "objects of packages the bundle declares.", **remote)
     if kind in ("result", "unreadable"):
         return SimulationError(
             f"{call.entrypoint} returned outputs that cannot travel back to the worker "

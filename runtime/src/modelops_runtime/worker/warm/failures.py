@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import errno
 import signal
+import tempfile
 
-from ...errors import ModelOpsError, ProcessStartFailed
+from ...errors import EnvironmentBuildError, ModelOpsError, ProcessStartFailed
 from ..stats import RemovalReason
 
 # exec errors that mean the venv's interpreter is missing or unusable (anything else, e.g.
@@ -54,6 +55,23 @@ def limit_error(exc: OSError, what: str) -> ProcessStartFailed:
     return ProcessStartFailed(
         f"{what} failed: {reason}. This is a limit or fault of the Dask worker process, not "
         f"of the bundle or its venv: {hint}.", errno_name=name, strerror=exc.strerror)
+
+
+def start_error(exc: OSError, venv, step: str) -> ModelOpsError:
+    """The typed error for a warm process that could not be started in ``venv`` (a
+    :class:`~.venvs.Venv`): the venv's fault only if exec'ing its interpreter failed with
+    an errno that means so."""
+    if step == "exec" and exc.errno in VENV_ERRNOS and exc.filename == str(venv.python):
+        reason, name = _reason(exc)
+        return EnvironmentBuildError(
+            f"cannot start a warm process: {venv.python}: {reason}. The venv {venv.path} is "
+            "damaged (its interpreter is missing, not executable, or links to a Python that "
+            "is gone); remove that directory and the next task rebuilds it.",
+            requirements=[], uv_output="", errno_name=name, strerror=exc.strerror)
+    what = {"pipes": "creating its pipes",
+            "scratch": f"creating its working directory in {tempfile.gettempdir()}",
+            "exec": f"starting {venv.python}"}[step]
+    return limit_error(exc, f"cannot start a warm process: {what}")
 
 
 class Lost(Exception):

@@ -69,6 +69,3 @@ class LogTail:
             data = bytes(self._buf[len(self._buf) - size:]) if size > 0 else b""
         text = data.decode(errors="replace")
         return text[-chars:]
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)

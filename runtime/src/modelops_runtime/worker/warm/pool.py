@@ -1,49 +1,57 @@
-"""The warm process pool of one Dask worker process (thread-safe).
+"""The warm process pool of one Dask worker process: the policy (thread-safe).
 
-A :class:`WarmProcess` is ``<venv>/bin/python -I -u runner`` bound to one bundle; it
-runs one task at a time. The :class:`WarmPool` hands processes to task threads
-(checkout → health check → task → checkin), spawns when none is idle, evicts idle ones
-LRU when full or over the memory budget, retires them after MAX_PROCESS_REUSE tasks or
-PROCESS_TTL seconds (only between tasks) and kills them on crash, timeout or memory
-limit. While a task runs, the waiting thread itself watches the process: deadline, RSS of
-the process tree (psutil, every TICK seconds), death (pidfd / waitid).
+The pool decides which process serves a task and when a process goes; the process itself
+(:class:`~.process.WarmProcess`, the *handle*) knows how to start, talk and stop. Every
+process the pool is responsible for has one entry with an explicit :class:`State`, and
+every change of state happens in :meth:`WarmPool._move`, under the pool's one lock:
 
-Retiring a process after its task (reuse limit, TTL) means waiting for it to exit; the
-task's result must not wait for that, so retirements go to one reaper thread. A retiring
-process keeps its slot until it is gone (MAX_WARM_PROCESSES bounds live processes), and
-shutdown drains the reaper.
+    (spawned) → busy ⇄ idle          checkout / checkin
+    (spawned) → unpooled             a single-use process (FORCE_FRESH_VENV)
+    idle | busy | unpooled → stopping  retired (reuse, TTL), evicted (LRU, memory budget),
+                                     lost (crash, timeout, memory limit, health check) or
+                                     shut down: counted once, handed to the reaper
+    stopping → (gone)                only the reaper, once the process tree is gone
 
-Each process works in its own scratch directory under the worker's TMPDIR (the bundle is
-only on its ``sys.path``): relative writes of model code never reach the shared bundle
-cache or another process. The directory goes when the process is stopped; a worker process
-removes the ones its dead predecessors on this host left behind.
-
-A task whose process is stopped by the worker's shutdown fails with WorkerStopping, not as
-a crash; a process that cannot be started fails with the real errno, blaming the venv only
-when exec'ing its interpreter says so.
+A stopping process keeps its slot until it is gone (MAX_WARM_PROCESSES bounds live
+processes) and stays in :meth:`pids` and in :meth:`shutdown`'s reach. Only the reaper stops
+processes: a task evicting an idle process of another bundle waits for the reaper too.
+Threads: the reaper (a few, so one slow exit never holds another slot), the housekeeper
+(TTL, deaths, memory budget; every second), the spawner (forks from one long-lived thread:
+PR_SET_PDEATHSIG fires when the forking *thread* ends).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import queue
 import random
 import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...errors import WorkerStopping
 from ..stats import RemovalReason, StatsRecorder, WarmStats
-from .memory import _mb, rss_of_trees
+from .memory import MemorySampler, _mb
+from .orphans import become_subreaper
 from .process import WarmProcess
 from .scratch import remove_dead_scratch
 from .venvs import Venv
 
 log = logging.getLogger("modelops_runtime.pool")
+
+# stopped gently (EOF on the request pipe, TERM after a second): nothing went wrong
+GRACEFUL = frozenset({RemovalReason.reuse, RemovalReason.ttl, RemovalReason.lru,
+                      RemovalReason.memory_budget, RemovalReason.fresh_venv})
+# worth a warning: the process failed, not the pool's policy
+FAILURES = frozenset({RemovalReason.crash, RemovalReason.timeout, RemovalReason.mem_limit,
+                      RemovalReason.unhealthy})
+REAPER_THREADS = 4
 
 
 def jittered_reuse(limit: int) -> int:
@@ -57,13 +65,38 @@ def jittered_ttl(seconds: float) -> float:
     return seconds * (1 - 0.1 * random.random())
 
 
+class State(enum.Enum):
+    idle = "idle"          # warm, waiting for a task of its key
+    busy = "busy"          # checked out to one task thread (health check included)
+    unpooled = "unpooled"  # single-use, busy with its one task; never idle
+    stopping = "stopping"  # handed to the reaper; keeps its slot until gone
+
+
+_MOVES = {None: {State.busy, State.unpooled},
+          State.idle: {State.busy, State.stopping},
+          State.busy: {State.idle, State.stopping},
+          State.unpooled: {State.stopping},
+          State.stopping: set()}
+
+
+_WAIT = object()  # _checkout: no slot yet
+
+
+@dataclass(eq=False)
+class _Entry:
+    proc: Any                       # the handle: a WarmProcess (or a test's stand-in)
+    state: State | None = None
+    reason: RemovalReason | None = None
+
+
 class WarmPool:
     """Warm processes of one Dask worker process, keyed by (bundle, venv)."""
 
     def __init__(self, *, max_processes: int, max_reuse: int, ttl: float,
                  memory_budget: int | None = None, stats: StatsRecorder | None = None,
                  health_timeout: float = 5.0, start_timeout: float = 120.0,
-                 stop_grace: float = 5.0, housekeeping_period: float = 1.0) -> None:
+                 stop_grace: float = 5.0, housekeeping_period: float = 1.0,
+                 sampler: MemorySampler | None = None) -> None:
         self.max_processes = max_processes
         self.max_reuse = max_reuse
         self.ttl = ttl
@@ -72,83 +105,137 @@ class WarmPool:
         self.health_timeout = health_timeout
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
-        self._cond = threading.Condition()
-        self._idle: OrderedDict[WarmProcess, None] = OrderedDict()  # LRU first
-        self._busy: set[WarmProcess] = set()
-        self._unpooled: set[WarmProcess] = set()
-        self._retiring: set[WarmProcess] = set()  # handed to the reaper, not gone yet
-        self._reserved = 0  # slots being spawned
+        self.sampler = sampler or MemorySampler()
+        self._cond = threading.Condition(threading.RLock())
+        self._entries: dict[Any, _Entry] = {}
+        self._idle: OrderedDict[Any, None] = OrderedDict()  # index of idle entries, LRU first
+        self._reserved = 0  # slots being spawned into
+        self._stopping = 0  # entries in State.stopping
         self._closed = False
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="modelops-spawn")
-        self._reap_queue: queue.SimpleQueue[WarmProcess | None] = queue.SimpleQueue()
-        self._reaper = threading.Thread(target=self._reap, daemon=True,
-                                        name="modelops-pool-reaper")
-        self._reaper.start()
+        self._reaper = ThreadPoolExecutor(REAPER_THREADS, thread_name_prefix="modelops-reaper")
         self._stop_event = threading.Event()
         self._housekeeper = threading.Thread(target=self._housekeep, args=(housekeeping_period,),
                                              daemon=True, name="modelops-pool-housekeeper")
         self._housekeeper.start()
         remove_dead_scratch()
+        become_subreaper()  # orphans of warm processes stay ours (see orphans.py)
+
+    # -- the one place a process changes state ---------------------------------------------
+
+    def _move(self, entry: _Entry, new: State, reason: RemovalReason | None = None) -> None:
+        """Change ``entry``'s state (the caller holds the lock). Stopping counts the reason
+        once and hands the process to the reaper."""
+        if new not in _MOVES[entry.state]:  # pragma: no cover - a bug in this module
+            raise AssertionError(f"warm process {entry.proc.pid}: {entry.state} → {new}")
+        if entry.state is State.idle:
+            del self._idle[entry.proc]
+        entry.state = new
+        if new is State.idle:
+            self._idle[entry.proc] = None
+        elif new is State.stopping:
+            entry.reason = reason
+            self.stats.removed(reason)
+            self._stopping += 1
+            try:
+                self._reaper.submit(self._reap, entry)
+            except RuntimeError:  # after shutdown's deadline: a thread of its own
+                threading.Thread(target=self._reap, args=(entry,), daemon=True,
+                                 name="modelops-late-reaper").start()
+        self._cond.notify_all()
+
+    def _reap(self, entry: _Entry) -> None:
+        """Reaper thread: stop the process tree, then free its slot."""
+        proc, reason = entry.proc, entry.reason
+        try:
+            proc.stop(graceful=reason in GRACEFUL, grace=self.stop_grace)
+        except Exception:  # noqa: BLE001 - never leave a process behind
+            log.exception("stopping warm process %d failed; killing it", proc.pid)
+            proc.signal_group(signal.SIGKILL)
+        if reason in FAILURES and not self._closed:
+            log.warning("warm process %d removed (%s); a new one replaces it on demand",
+                        proc.pid, reason.value)
+        else:
+            log.debug("warm process %d removed: %s", proc.pid, reason.value)
+        with self._cond:
+            del self._entries[proc]
+            self._stopping -= 1
+            self._cond.notify_all()  # its slot is free
 
     # -- spawning --------------------------------------------------------------------
 
     def spawn(self, *, key: Hashable, venv: Venv, bundle_dir: Path, env: dict[str, str],
-              single_use: bool = False) -> WarmProcess:
+              single_use: bool = False, mem_limit: int | None = None) -> WarmProcess:
+        """A new warm process (not yet the pool's: :meth:`acquire` or :meth:`track_unpooled`
+        takes it)."""
         proc = WarmProcess.spawn(
             key=key, venv=venv, bundle_dir=bundle_dir, env=env,
             max_tasks=1 if single_use else jittered_reuse(self.max_reuse),
             ttl=jittered_ttl(self.ttl), start_timeout=self.start_timeout,
-            popen=lambda fn: self._spawner.submit(fn).result())
+            popen=self._fork, mem_limit=mem_limit, sampler=self.sampler)
         self.stats.incr("spawns")
         return proc
 
+    def _fork(self, fn: Callable[[], Any]) -> Any:
+        try:
+            future = self._spawner.submit(fn)
+        except RuntimeError:  # the spawner is shut down: so is the pool
+            self._check_open()
+            raise
+        return future.result()
+
     # -- checkout / checkin ----------------------------------------------------------
 
-    def acquire(self, key: Hashable, spawn: Callable[[], WarmProcess]) -> tuple[WarmProcess, bool]:
-        """A healthy process for ``key`` and whether it was reused. Waits while the pool is
-        full of busy processes; evicts the least recently used idle process of another key
-        when full; spawns (outside the lock) into a reserved slot otherwise."""
+    def acquire(self, key: Hashable, spawn: Callable[[], Any],
+                prepare: Callable[[], None] | None = None) -> tuple[Any, bool]:
+        """A healthy process for ``key`` and whether it was reused. ``prepare`` (e.g. get the
+        venv) runs before a new process would need a slot: if it fails, nothing was evicted
+        or reserved. Waits while the pool is full of busy or stopping processes; when full,
+        evicts the least recently used idle process of another key and waits for its slot."""
+        prepared = prepare is None
         while True:
-            candidate = victim = None
             with self._cond:
-                while True:
-                    self._check_open()
-                    candidate = self._take_idle(key)
-                    if candidate is not None:
-                        self._busy.add(candidate)
-                        break
-                    if self._size() < self.max_processes:
-                        self._reserved += 1
-                        break
-                    if self._idle:
-                        victim = next(iter(self._idle))
-                        del self._idle[victim]
-                        self._reserved += 1
-                        break
-                    self._cond.wait()
-            if victim is not None:
-                self._remove(victim, RemovalReason.lru)
-            if candidate is None:
+                while (entry := self._checkout(key, prepared)) is _WAIT:
+                    self._cond.wait()  # for a slot (an evicted process's, or any)
+            if entry is None:  # no idle process: prepare outside the lock, then look again
+                prepare()
+                prepared = True
+                continue
+            if entry.state is None:  # a reserved slot
                 return self._spawn_reserved(spawn), False
-            reason = candidate.health(self.health_timeout)
+            reason = entry.proc.health(self.health_timeout)
             if reason is None:
                 self.stats.incr("reuses")
-                return candidate, True
-            log.warning("idle warm process %d failed its health check (%s); replacing it",
-                        candidate.pid, reason.value)
+                return entry.proc, True
+            if entry.proc.worker_stopping:  # the shutdown stopped it, not a fault
+                reason = RemovalReason.shutdown
+            else:
+                log.warning("idle warm process %d failed its health check (%s); replacing it",
+                            entry.proc.pid, reason.value)
             with self._cond:
-                self._busy.discard(candidate)
-            self._remove(candidate, reason)
+                self._move(entry, State.stopping, reason)
 
-    def _take_idle(self, key: Hashable) -> WarmProcess | None:
+    def _checkout(self, key: Hashable, prepared: bool) -> _Entry | None:
+        """Under the lock: an idle entry of ``key`` (now busy), a reservation (an entry
+        without state), None if ``prepare`` must run first, or _WAIT for a slot."""
+        self._check_open()
         now = time.monotonic()
         for proc in reversed(self._idle):  # most recently used first: warmest caches
             if proc.key == key and now < proc.expires_at:
-                del self._idle[proc]
-                return proc
-        return None
+                entry = self._entries[proc]
+                self._move(entry, State.busy)
+                return entry
+        if not prepared:
+            return None
+        if self._size() < self.max_processes:
+            self._reserved += 1
+            return _Entry(proc=None)
+        if self._idle and not self._stopping:  # else a slot is being freed already
+            victim = self._entries[next(iter(self._idle))]
+            self._move(victim, State.stopping, RemovalReason.lru)
+        return _WAIT
 
-    def _spawn_reserved(self, spawn: Callable[[], WarmProcess]) -> WarmProcess:
+    def _spawn_reserved(self, spawn: Callable[[], Any]) -> Any:
         try:
             proc = spawn()
         except BaseException:
@@ -158,14 +245,15 @@ class WarmPool:
             raise
         with self._cond:
             self._reserved -= 1
-            self._busy.add(proc)
-            closed = self._closed
-        if closed:
-            self.release(proc)
-            self._check_open()
+            entry = self._entries[proc] = _Entry(proc)
+            self._move(entry, State.busy)
+            if self._closed:  # shut down while it started: it never runs a task
+                proc.worker_stopping = True
+                self._move(entry, State.stopping, RemovalReason.shutdown)
+        self._check_open()
         return proc
 
-    def release(self, proc: WarmProcess) -> None:
+    def release(self, proc: Any) -> None:
         """Check a process back in after a task: keep it warm, retire it, or drop it."""
         reason = proc.lost
         if reason is None and proc.task_count >= proc.max_tasks:
@@ -173,80 +261,40 @@ class WarmPool:
         elif reason is None and time.monotonic() >= proc.expires_at:
             reason = RemovalReason.ttl
         with self._cond:
-            self._busy.discard(proc)
-            if reason is None and not self._closed:
-                self._idle[proc] = None
-                self._cond.notify_all()
-                return
-        if reason in (RemovalReason.reuse, RemovalReason.ttl):
-            self._retire(proc, reason)
-        elif reason is None or proc.worker_stopping:  # closed meanwhile / stopped by shutdown
-            proc.stop(grace=self.stop_grace)
-            self.stats.removed(RemovalReason.shutdown)
-        else:
-            self._remove(proc, reason)
+            entry = self._entries[proc]
+            if proc.worker_stopping or (reason is None and self._closed):
+                reason = RemovalReason.shutdown
+            if reason is None:
+                self._move(entry, State.idle)
+            else:
+                self._move(entry, State.stopping, reason)
 
-    def _retire(self, proc: WarmProcess, reason: RemovalReason) -> None:
-        """Retire a healthy process that is in no set: tell it to exit and let the reaper
-        wait for that, so the caller (a task's thread) returns at once. Counted now."""
-        proc.close_requests()  # before the hand-over: the reaper owns it afterwards
-        with self._cond:
-            handed = not self._closed  # after shutdown's drain request nobody would reap it
-            if handed:
-                self._retiring.add(proc)
-                self._reap_queue.put(proc)
-        if not handed:
-            self._remove(proc, reason)
-            return
-        self.stats.removed(reason)
-        log.debug("warm process %d retired: %s", proc.pid, reason.value)
-
-    def _reap(self) -> None:
-        """The reaper thread: finish retirements in hand-over order. Each process was told
-        to exit when it was handed over, so they exit concurrently and the grace periods
-        run from then, not from when the reaper gets to them. None ends the thread."""
-        while (proc := self._reap_queue.get()) is not None:
-            try:
-                proc.stop(graceful=True, grace=self.stop_grace)
-            except Exception:  # noqa: BLE001 - never let the reaper die; never leave it
-                log.exception("stopping retired warm process %d failed; killing it", proc.pid)
-                proc.signal_group(signal.SIGKILL)
-            finally:
-                with self._cond:
-                    self._retiring.discard(proc)
-                    self._cond.notify_all()  # its slot is free
-
-    def track_unpooled(self, proc: WarmProcess) -> None:
+    def track_unpooled(self, proc: Any) -> None:
         """A single-use process (FORCE_FRESH_VENV): never pooled, but stopped at shutdown."""
         with self._cond:
-            self._unpooled.add(proc)
+            entry = self._entries[proc] = _Entry(proc)
+            self._move(entry, State.unpooled)
+            if self._closed:
+                proc.worker_stopping = True
+                self._move(entry, State.stopping, RemovalReason.shutdown)
+        self._check_open()
 
-    def drop_unpooled(self, proc: WarmProcess) -> None:
+    def drop_unpooled(self, proc: Any) -> None:
         with self._cond:
-            self._unpooled.discard(proc)
-        if proc.worker_stopping:  # stopped by shutdown: not a crash to warn about
-            proc.stop(grace=self.stop_grace)
-            self.stats.removed(RemovalReason.shutdown)
-            return
-        self._remove(proc, proc.lost or RemovalReason.fresh_venv)
+            entry = self._entries.get(proc)
+            if entry is None or entry.state is State.stopping:
+                return  # taken by the shutdown already
+            reason = (RemovalReason.shutdown if proc.worker_stopping
+                      else proc.lost or RemovalReason.fresh_venv)
+            self._move(entry, State.stopping, reason)
 
-    def _remove(self, proc: WarmProcess, reason: RemovalReason) -> None:
-        """Stop a process that is no longer in any set, count why, free its slot."""
-        proc.stop(graceful=reason in (RemovalReason.reuse, RemovalReason.ttl, RemovalReason.lru,
-                                      RemovalReason.memory_budget, RemovalReason.fresh_venv),
-                  grace=self.stop_grace)
-        self.stats.removed(reason)
-        if reason in (RemovalReason.crash, RemovalReason.timeout, RemovalReason.mem_limit,
-                      RemovalReason.unhealthy) and not self._closed:
-            log.warning("warm process %d removed (%s); a new one replaces it on demand",
-                        proc.pid, reason.value)
-        else:
-            log.debug("warm process %d removed: %s", proc.pid, reason.value)
+    def wait_gone(self, proc: Any, timeout: float) -> bool:
+        """Wait until the reaper has finished ``proc`` (e.g. before removing its venv)."""
         with self._cond:
-            self._cond.notify_all()
+            return self._cond.wait_for(lambda: proc not in self._entries, timeout)
 
     def _size(self) -> int:
-        return len(self._idle) + len(self._busy) + len(self._retiring) + self._reserved
+        return len(self._entries) + self._reserved
 
     def _check_open(self) -> None:
         if self._closed:
@@ -267,87 +315,81 @@ class WarmPool:
     def housekeep(self) -> None:
         """Retire idle processes past their TTL or dead, evict LRU over the memory budget."""
         now = time.monotonic()
-        doomed: list[tuple[WarmProcess, RemovalReason]] = []
         with self._cond:
             for proc in list(self._idle):
                 if proc.exited():
-                    doomed.append((proc, RemovalReason.crash))
+                    self._move(self._entries[proc], State.stopping, RemovalReason.crash)
                 elif now >= proc.expires_at:
-                    doomed.append((proc, RemovalReason.ttl))
-            for proc, _ in doomed:
-                del self._idle[proc]
-            if self.memory_budget is not None:
-                procs = list(self._idle) + list(self._busy)
-        for proc, reason in doomed:
-            if reason is RemovalReason.ttl:
-                self._retire(proc, reason)
-            else:
-                self._remove(proc, reason)
-        if self.memory_budget is None:
-            return
-        rss = rss_of_trees(procs)
-        total = sum(rss.values())
-        while total > self.memory_budget:
-            with self._cond:
-                victim = next((p for p in self._idle if p in rss), None)
-                if victim is None:
-                    return  # only busy processes left: they finish first
-                del self._idle[victim]
-            log.info("pool RSS %s over MODELOPS_POOL_MEMORY_BYTES=%d: evicting idle warm "
-                     "process %d", _mb(total), self.memory_budget, victim.pid)
-            total -= rss[victim]
-            self._remove(victim, RemovalReason.memory_budget)
+                    self._move(self._entries[proc], State.stopping, RemovalReason.ttl)
+            if self.memory_budget is None:
+                return
+            procs = self._alive()
+        used = self.sampler.measure(procs)
+        total = sum(used.values())
+        with self._cond:
+            for proc in list(self._idle):  # LRU first
+                if total <= self.memory_budget:
+                    break
+                if proc not in used:
+                    continue
+                log.info("pool memory %s over MODELOPS_POOL_MEMORY_BYTES=%d: evicting idle "
+                         "warm process %d", _mb(total), self.memory_budget, proc.pid)
+                total -= used[proc]
+                self._move(self._entries[proc], State.stopping, RemovalReason.memory_budget)
 
     # -- observability and shutdown ----------------------------------------------------
 
+    def _alive(self, states: Iterable[State] = (State.idle, State.busy, State.unpooled)
+               ) -> list[Any]:
+        return [e.proc for e in self._entries.values() if e.state in states]
+
     def snapshot(self) -> WarmStats:
-        """Counters, size and memory now. Retiring processes (exiting, slot not yet free)
+        """Counters, size and memory now. Stopping processes (exiting, slot not yet free)
         are in neither ``size`` nor ``rss_bytes``."""
         with self._cond:
-            procs = list(self._idle) + list(self._busy) + list(self._unpooled)
-            busy = len(self._busy) + len(self._unpooled)
+            procs = self._alive()
+            busy = len(self._alive((State.busy, State.unpooled)))
         return self.stats.snapshot(size=len(procs), busy=busy,
-                                   rss_bytes=sum(rss_of_trees(procs).values()))
+                                   rss_bytes=sum(self.sampler.measure(procs).values()))
 
     def pids(self) -> list[int]:
-        """Every warm process the pool is responsible for, retiring ones included."""
+        """Every warm process the pool is responsible for, stopping ones included."""
         with self._cond:
-            return [p.pid for p in (*self._idle, *self._busy, *self._unpooled,
-                                    *self._retiring)]
+            return [e.proc.pid for e in self._entries.values()]
 
-    def shutdown(self, reaper_timeout: float = 60.0) -> None:
-        """Stop every warm process: TERM to each process group, KILL after the grace; then
-        wait for the reaper to have finished every retirement."""
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop every warm process: TERM to each process group, KILL after the grace; busy
+        ones are finished by their task threads (which see WorkerStopping), everything
+        through the reaper. Returns once no process is left (bounded by ``timeout``)."""
         with self._cond:
             self._closed = True
-            idle = set(self._idle)
-            procs = [*self._idle, *self._busy, *self._unpooled, *self._retiring]
-            self._idle.clear()
-            self._cond.notify_all()
-            self._reap_queue.put(None)  # after every retirement handed over (under the lock)
+            procs = [e.proc for e in self._entries.values()]
+            for proc in procs:
+                proc.worker_stopping = True  # before the signal: a task thread seeing the
+            for proc in list(self._idle):    # death reports WorkerStopping, not a crash
+                self._move(self._entries[proc], State.stopping, RemovalReason.shutdown)
         self._stop_event.set()
         for proc in procs:
-            proc.worker_stopping = True  # before the signal: a task thread seeing the death
-        for proc in procs:               # reports WorkerStopping, not a crash
             proc.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace
         for proc in procs:
-            proc._wait_exit(max(0.0, deadline - time.monotonic()))
-        busy = []
+            proc.wait_exit(max(0.0, deadline - time.monotonic()))
         for proc in procs:
-            if proc in idle:
-                proc.stop(graceful=False)
-                self.stats.removed(RemovalReason.shutdown)
-            else:  # busy: its task thread sees the death, reports it and closes the pipes;
-                proc.signal_group(signal.SIGKILL)  # retiring: the reaper reaps it
-                busy.append(proc)
-        for proc in busy:  # the task thread removes it too, but the worker may exit first
-            proc._wait_exit(5.0)
-            proc.remove_scratch()
-        if self._reaper is not threading.current_thread():
-            self._reaper.join(reaper_timeout)
-            if self._reaper.is_alive():  # pragma: no cover - stop() itself is bounded
-                log.error("the warm pool's reaper did not finish within %gs", reaper_timeout)
+            proc.signal_group(signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._entries or self._reserved:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error("warm pool shutdown: %d process(es) still not reaped after "
+                              "%gs: %s", len(self._entries), timeout, sorted(self.pids()))
+                    break
+                self._cond.wait(left)
+        self._reaper.shutdown(wait=False)
         self._spawner.shutdown(wait=False)
+        self.sampler.close()
         if self._housekeeper is not threading.current_thread():
             self._housekeeper.join(5)
+
+
+__all__ = ["WarmPool", "State", "jittered_reuse", "jittered_ttl"]

@@ -11,18 +11,20 @@ import select
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 
 import psutil
 
-from ...errors import EnvironmentBuildError, ModelOpsError, ProcessCrashed
+from ...errors import ProcessCrashed
 from ..stats import RemovalReason
-from .failures import VENV_ERRNOS, Lost, _reason, describe_exit, limit_error
+from .failures import Lost, describe_exit, start_error
 from .logtail import LogTail
+from .memory import MemorySampler
+from .orphans import adopted_descendants, wait_gone
 from .program import runner_program
 from .decode import decode_reply
 from .runner import HEADER_SIZE, encode, header
@@ -30,8 +32,17 @@ from .scratch import make_scratch
 from .venvs import Venv
 from .watch import TICK, _Watch
 
+TOKEN_VAR = "_MODELOPS_WARM_PROCESS"  # in each warm process's environment: marks its tree
 PIPE_SIZE = 1 << 20                # larger pipes: fewer wakeups for big payloads
 BASE_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME")
+
+
+def data_cap(mem_limit: int | None) -> int:
+    """The runner's hard cap on its data size (RLIMIT_DATA, 0: none) for a tree limit of
+    ``mem_limit``: the backstop against a spike between two samples. Twice the limit plus
+    256 MiB, because the cap counts address space reserved but never touched (thread
+    stacks, BLAS buffers), which the sampler rightly does not."""
+    return 0 if mem_limit is None else 2 * mem_limit + (256 << 20)
 
 
 def warm_env(venv: Venv, passthrough: Iterable[str] = ()) -> dict[str, str]:
@@ -41,23 +52,6 @@ def warm_env(venv: Venv, passthrough: Iterable[str] = ()) -> dict[str, str]:
     env["VIRTUAL_ENV"] = str(venv.path)
     env["PATH"] = f"{venv.path / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
     return env
-
-
-def start_error(exc: OSError, venv: Venv, step: str) -> ModelOpsError:
-    """The typed error for a warm process that could not be started: the venv's fault
-    only if exec'ing its interpreter failed with an errno that means so."""
-    if step == "exec" and exc.errno in VENV_ERRNOS and exc.filename == str(venv.python):
-        reason, name = _reason(exc)
-        return EnvironmentBuildError(
-            f"cannot start a warm process: {venv.python}: {reason}. The venv {venv.path} is "
-            "damaged (its interpreter is missing, not executable, or links to a Python that "
-            "is gone); remove that directory and the next task rebuilds it.",
-            requirements=[], uv_output="", errno_name=name, strerror=exc.strerror)
-    what = {"pipes": "creating its pipes",
-            "scratch": f"creating its working directory in {tempfile.gettempdir()}",
-            "exec": f"starting {venv.python}"}[step]
-    return limit_error(exc, f"cannot start a warm process: {what}")
-
 
 
 class WarmProcess:
@@ -81,6 +75,9 @@ class WarmProcess:
         self.task_count = 0
         self.lost: RemovalReason | None = None
         self.reply_types: frozenset[str] = frozenset()  # the bundle's declared ones
+        self.memory_exceeded: int | None = None  # peak, set by the sampler that killed it
+        self.sampler: MemorySampler | None = None  # watches its memory during tasks
+        self.token = ""  # MODELOPS_WARM_PROCESS of its environment: marks its descendants
         self._req = request_fd
         self._resp = response_fd
         self._lifeline = lifeline_fd
@@ -98,10 +95,14 @@ class WarmProcess:
     @classmethod
     def spawn(cls, *, key: Hashable, venv: Venv, bundle_dir: Path, env: dict[str, str],
               max_tasks: int, ttl: float, start_timeout: float,
-              popen: Callable[[Callable[[], subprocess.Popen]], subprocess.Popen]
+              popen: Callable[[Callable[[], subprocess.Popen]], subprocess.Popen],
+              mem_limit: int | None = None, sampler: MemorySampler | None = None
               ) -> "WarmProcess":
         """Start a runner and wait for its hello. ``popen`` runs the fork in the pool's
-        long-lived spawner thread (PR_SET_PDEATHSIG fires when the forking *thread* ends)."""
+        long-lived spawner thread (PR_SET_PDEATHSIG fires when the forking *thread* ends).
+        With ``mem_limit`` the runner caps its own data size (see :func:`data_cap`)."""
+        token = uuid.uuid4().hex
+        env = {**env, TOKEN_VAR: token}
         fds: list[int] = []
         scratch: Path | None = None
         step = "pipes"
@@ -118,7 +119,7 @@ class WarmProcess:
             cmd = [str(venv.python), "-I", "-u", str(runner_program(venv)),
                    "--request-fd", str(req_r), "--response-fd", str(resp_w),
                    "--lifeline-fd", str(life_r), "--parent-pid", str(os.getpid()),
-                   "--bundle-dir", str(bundle_dir)]
+                   "--data-limit", str(data_cap(mem_limit)), "--bundle-dir", str(bundle_dir)]
             # the bundle is only on sys.path (-I keeps the cwd off it); the cwd is private
             proc = popen(lambda: subprocess.Popen(
                 cmd, pass_fds=(req_r, resp_w, life_r), stdin=subprocess.DEVNULL,
@@ -149,6 +150,7 @@ class WarmProcess:
         self = cls(proc, key=key, venv=venv, request_fd=req_w, response_fd=resp_r,
                    lifeline_fd=life_w, log=log_tail, max_tasks=max_tasks, ttl=ttl,
                    scratch=scratch)
+        self.token, self.sampler = token, sampler
         try:
             hello = self.exchange(None, timeout=start_timeout, label="the runner's start")
         except Lost as lost:
@@ -176,6 +178,9 @@ class WarmProcess:
         self.task_count += 1
         self.last_used = time.monotonic()
         mark = self.log.mark()
+        watched = mem_limit is not None and self.sampler is not None
+        if watched:
+            self.sampler.watch(self, mem_limit)
         try:
             return self.exchange(request, timeout=timeout, mem_limit=mem_limit,
                                  label=label, mark=mark), mark
@@ -183,17 +188,18 @@ class WarmProcess:
             raise
         except BaseException:
             # anything else mid-exchange leaves the framing unknown: never reuse it
-            self.stop(graceful=False)
+            self.kill()
             self.lost = RemovalReason.crash
             raise
         finally:
+            if watched:
+                self.sampler.unwatch(self)
             self.last_used = time.monotonic()
 
     def health(self, timeout: float) -> RemovalReason | None:
         """Checkout health check of an idle process: None if it is alive and answers within
-        ``timeout``, else why it must be replaced (it is then already stopped)."""
+        ``timeout``, else why it must be replaced (the pool then stops it)."""
         if self.exited():
-            self.stop(graceful=False)
             return RemovalReason.crash
         try:
             reply = self.exchange({"op": "ping"}, timeout=timeout, label="a health check")
@@ -202,8 +208,7 @@ class WarmProcess:
                 else RemovalReason.unhealthy
         if reply.get("op") == "pong":
             return None
-        self.stop(graceful=False)  # pragma: no cover - protocol guard
-        return RemovalReason.unhealthy
+        return RemovalReason.unhealthy  # pragma: no cover - protocol guard
 
     def exchange(self, request: dict | None, *, timeout: float | None,
                  mem_limit: int | None = None, label: str, mark: int | None = None) -> dict:
@@ -268,19 +273,23 @@ class WarmProcess:
         except ChildProcessError:
             return True
 
-    def tree_rss(self) -> int:
-        """Resident memory of the process and all its descendants, in bytes."""
-        total = 0
+    def exit_status(self) -> int | None:
+        """The return code (negative: the signal) once it has exited, without reaping it."""
+        if self._stopped:
+            return self.popen.returncode
         try:
-            procs = [self._ps, *self._ps.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self.popen.returncode
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
-    def _wait_exit(self, timeout: float) -> bool:
+    def kill(self) -> None:
+        """SIGKILL the process group, from any thread; the reaper stops it for good."""
+        self.signal_group(signal.SIGKILL)
+
+    def wait_exit(self, timeout: float) -> bool:
         if self._stopped:
             return True
         if self._pidfd is not None:
@@ -319,15 +328,20 @@ class WarmProcess:
     def stop(self, *, graceful: bool = True, grace: float = 5.0) -> str:
         """End the process and everything it started; return how it ended. Graceful: EOF on
         the request pipe (the runner returns; counted from :meth:`close_requests` if that
-        came first), TERM after up to 1 s, KILL after ``grace`` more. Only the thread owning
-        the process calls this (it closes the pipes)."""
+        came first), TERM after up to 1 s, KILL after ``grace`` more. Only the pool's reaper
+        calls this (it closes the pipes), or :meth:`spawn` before the pool has the process.
+
+        Descendants: those still in its tree are found by parentage while it lives; those
+        orphaned (it died first, or they were double-forked) were adopted by the worker
+        process (a child subreaper, see :func:`become_subreaper`) and are found among its
+        children by the _MODELOPS_WARM_PROCESS mark in their environment."""
         if self._stopped:
             return describe_exit(self.popen.returncode)[0]
         if graceful:
             term_at = self.close_requests() + min(grace, 1.0)
-            if not self._wait_exit(term_at - time.monotonic()):
+            if not self.wait_exit(term_at - time.monotonic()):
                 self.signal_group(signal.SIGTERM)
-                self._wait_exit(term_at + grace - time.monotonic())
+                self.wait_exit(term_at + grace - time.monotonic())
         with self._reap_lock:
             if not self._stopped:
                 # descendants that left the process group are found by parentage while the
@@ -336,19 +350,25 @@ class WarmProcess:
                     tree = [] if self.exited() else self._ps.children(recursive=True)
                 except psutil.Error:
                     tree = []
+                adopted = adopted_descendants(self.token)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.pid, signal.SIGKILL)  # leader not reaped: the id is ours
-                for child in tree:
+                for child in (*tree, *adopted):
                     with contextlib.suppress(psutil.Error):
                         child.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(30)
-                _wait_gone(tree, timeout=10)  # gone when stop() returns
+                wait_gone(tree, timeout=10)  # gone when stop() returns
+                for child in adopted:  # our children now: reap them
+                    with contextlib.suppress(psutil.Error, subprocess.TimeoutExpired):
+                        child.wait(10)
                 self._stopped = True
-        for fd in (self._req, self._resp, self._lifeline, self._pidfd):
+        for name in ("_req", "_resp", "_lifeline", "_pidfd"):
+            fd = getattr(self, name)
             if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            setattr(self, name, -1 if name != "_pidfd" else None)
         self.log.sync()
         self.remove_scratch()
         return describe_exit(self.popen.returncode)[0]
@@ -357,17 +377,3 @@ class WarmProcess:
         """Remove the working directory (once the process tree is gone)."""
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
-    """Wait until every process has exited; a zombie counts as gone (its parent may be a
-    PID 1 that never reaps adopted orphans)."""
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        while time.monotonic() < deadline:
-            try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    break
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.005)

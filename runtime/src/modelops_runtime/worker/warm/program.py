@@ -14,7 +14,7 @@ import threading
 import types
 from pathlib import Path
 
-from .venvs import Venv
+from .venvs import FINGERPRINT, Venv
 
 log = logging.getLogger("modelops_runtime.pool")
 
@@ -27,6 +27,7 @@ def _runner_digest() -> str:
 
 
 _good_programs: dict[Path, tuple[int, int, int]] = {}  # compiled runner → stat when checked
+_uncompilable: dict[Path, tuple[int, int, int] | None] = {}  # → venv fingerprint's stat
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -71,16 +72,20 @@ def runner_program(venv: Venv) -> Path:
     if seen is not None and _loads_as_code(program):
         _good_programs[program] = seen
         return program
+    venv_id = _identity(venv.path / FINGERPRINT)  # a rebuilt venv is tried again
+    if _uncompilable.get(program) == venv_id:
+        return RUNNER  # failed before in this very venv (e.g. read-only): warned once
     tmp = program.with_name(f".{program.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         py_compile.compile(str(RUNNER), cfile=str(tmp), doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         os.replace(tmp, program)  # atomic: other worker processes may race us
     except (OSError, py_compile.PyCompileError) as exc:
-        log.warning("cannot compile the runner into %s (%s); starting it from source",
-                    venv.path, exc)
+        log.warning("cannot compile the runner into %s (%s); starting it from source "
+                    "(warned once per venv)", venv.path, exc)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _uncompilable[program] = venv_id
         return RUNNER
     if seen is not None:
         log.warning("replaced a damaged compiled runner in %s", venv.path)

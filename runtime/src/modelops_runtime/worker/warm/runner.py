@@ -7,13 +7,17 @@ and a body: marshal (``M``) for small plain data (:func:`is_plain`: no import ne
 either side), pickle protocol 5 (``P``) for anything else. The pool imports the codec
 from here, so both ends always agree.
 
-Requests: ``{"op": "run", "entrypoint": "mod:fn", "args": (...)}`` and ``{"op": "ping"}``.
+Requests: ``{"op": "run", "entrypoint": "mod:fn", "args": (...)}`` and ``{"op": "ping"}``;
+EOF on the request pipe ends the process.
 Replies: ``{"op": "hello", ...}`` once at start, ``{"op": "pong"}``, and for runs
 ``{"ok": True, "result": ...}`` or ``{"ok": False, "kind", "type", "message",
 "traceback", "missing"}`` with plain strings only (user exception classes may not
 unpickle in the worker). ``kind`` is ``user`` (anything the model raised, SystemExit and
 KeyboardInterrupt included), ``entrypoint``, ``bundle_module`` (a module of the bundle
-itself is missing), ``missing_dependency`` or ``result``.
+itself is missing), ``missing_dependency`` (also for a request naming a class this venv
+lacks), ``request`` (a request that cannot be decoded here), ``memory`` (MemoryError,
+e.g. at the data cap) or ``result``. Nothing a model does to its outputs or exceptions
+ends the process: only a crash, an exit from native code or a signal does.
 
 Before any bundle code runs, the process confines itself with Landlock (:func:`_sandbox`):
 it may write only in its scratch directory (its cwd, also its TMPDIR) and /dev, never in
@@ -45,7 +49,8 @@ PLAIN = frozenset({str, int, float, bool, bytes, type(None)})  # + dict, list, t
 PLAIN_ITEMS = 1000   # objects in a message beyond which pickle is used (bounds the walk)
 PROTOCOL = 5
 WRITABLE_ENV = "MODELOPS_WARM_WRITABLE_PATHS"  # extra writable dirs (comma-separated)
-OPTIONS = ("--request-fd", "--response-fd", "--lifeline-fd", "--parent-pid", "--bundle-dir")
+OPTIONS = ("--request-fd", "--response-fd", "--lifeline-fd", "--parent-pid", "--data-limit",
+           "--bundle-dir")
 
 
 def read_exact(fd: int, n: int) -> bytearray | None:
@@ -203,6 +208,19 @@ def _sandbox(writable: tuple[str, ...]) -> str:
     return ""
 
 
+def _cap_data(limit: int) -> None:
+    """RLIMIT_DATA: the hard backstop of the memory limit. An allocation past it fails with
+    MemoryError at once, however fast it came (the pool samples memory only every 100 ms).
+    RLIMIT_DATA, not RLIMIT_AS: it leaves out shared libraries and reservations that are
+    not writable (e.g. malloc arenas), so imports like numpy's are unaffected."""
+    import resource  # C extension, ~0.1 ms; only with a memory limit
+
+    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
 def _watch_lifeline(fd: int) -> None:
     """The lifeline thread: block on the lifeline pipe; EOF means the worker process is
     gone (even if we missed it until now)."""
@@ -224,10 +242,27 @@ def _error(kind: str, exc: BaseException, **extra) -> dict:
     return {
         "ok": False, "kind": kind,
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+        "message": _text(exc),
+        "traceback": _traceback(traceback, exc, tb),
         **extra,
     }
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, also for an exception whose ``__str__`` itself raises."""
+    try:
+        return str(exc)
+    except BaseException as inner:  # noqa: BLE001 - user code
+        return (f"<str() of this {type(exc).__name__} raised "
+                f"{type(inner).__name__}: {_text(inner) if inner is not exc else ''}>")
+
+
+def _traceback(traceback, exc: BaseException, tb) -> str:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:  # noqa: BLE001 - e.g. __str__ raising again while formatting
+        lines = traceback.format_tb(tb)
+        return "".join(lines) + f"{type(exc).__qualname__}: {_text(exc)}\n"
 
 
 def _missing(exc: ModuleNotFoundError, bundle_dir: str) -> dict:
@@ -274,6 +309,8 @@ def _run(request: dict, cache: dict, bundle_dir: str) -> dict:
         result = func(*request["args"])
     except ModuleNotFoundError as exc:  # a lazy import the bundle or its venv lacks
         return _missing(exc, bundle_dir)
+    except MemoryError as exc:  # over the data cap (or the machine is out of memory)
+        return _error("memory", exc)
     except BaseException as exc:  # noqa: BLE001 - reported to the worker as SimulationError
         # SystemExit and KeyboardInterrupt too: a model calling sys.exit() fails its task
         # (as under executor=direct) and must not end this warm process
@@ -281,22 +318,22 @@ def _run(request: dict, cache: dict, bundle_dir: str) -> dict:
     return {"ok": True, "result": result}
 
 
-def parse_options(argv: list[str]) -> tuple[int, int, int, int, str]:
+def parse_options(argv: list[str]) -> tuple[int, int, int, int, int, str]:
     """The values of OPTIONS, each given once as ``--name value``, all but the last a
     number (by hand: argparse costs ~6 ms per start)."""
     opts = dict(zip(argv[0::2], argv[1::2], strict=False))  # odd lengths: rejected below
     if (len(argv) != 2 * len(OPTIONS) or sorted(opts) != sorted(OPTIONS)
-            or not all(opts[name].isdigit() for name in OPTIONS[:4])):
+            or not all(opts[name].isdigit() for name in OPTIONS[:5])):
         usage = " ".join(f"{name} {'PATH' if name == '--bundle-dir' else 'N'}"
                          for name in OPTIONS)
         sys.stderr.write(f"usage: runner {usage}\n(the warm pool starts this program; got: "
                          f"{' '.join(argv) or 'no arguments'})\n")
         raise SystemExit(2)
-    return (*(int(opts[name]) for name in OPTIONS[:4]), opts["--bundle-dir"])
+    return (*(int(opts[name]) for name in OPTIONS[:5]), opts["--bundle-dir"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    request_fd, response_fd, lifeline_fd, parent_pid, bundle_dir = parse_options(
+    request_fd, response_fd, lifeline_fd, parent_pid, data_limit, bundle_dir = parse_options(
         sys.argv[1:] if argv is None else argv)
 
     for fd in (request_fd, response_fd, lifeline_fd):
@@ -310,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     unconfined = _sandbox((scratch, "/dev", *extra))
     if unconfined:
         sys.stderr.write(f"modelops runner: no filesystem sandbox: {unconfined}\n")
+    if data_limit:
+        _cap_data(data_limit)
     _thread.start_new_thread(_watch_lifeline, (lifeline_fd,))
     faulthandler.enable()  # a segfault's Python stack lands in the log tail
     sys.path.insert(0, bundle_dir)
@@ -319,13 +358,21 @@ def main(argv: list[str] | None = None) -> int:
                               "sandbox": unconfined or "landlock"})
     cache: dict = {}
     while True:
-        request = read_frame(request_fd)
-        if request is None or request.get("op") == "exit":
-            return 0
-        if request.get("op") == "ping":
-            reply = {"op": "pong"}
+        try:
+            request = read_frame(request_fd)
+        except OSError:
+            raise  # the pipe itself failed: nothing sensible is left to do
+        except ModuleNotFoundError as exc:  # an argument of a class this venv lacks
+            request, reply = {}, {**_missing(exc, bundle_dir), "in_request": True}
+        except BaseException as exc:  # noqa: BLE001 - a frame that cannot be decoded here
+            request, reply = {}, _error("request", exc)
         else:
-            reply = _run(request, cache, bundle_dir)
+            if request is None:
+                return 0
+            if request.get("op") == "ping":
+                reply = {"op": "pong"}
+            else:
+                reply = _run(request, cache, bundle_dir)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -333,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         try:
             codec, body = encode(reply)
-        except Exception as exc:  # noqa: BLE001 - outputs are not plain data
-            codec, body = encode(_error("result", exc))
+        except BaseException as exc:  # noqa: BLE001 - outputs are not plain data (their
+            codec, body = encode(_error("result", exc))  # __reduce__ may even raise SystemExit)
         del reply
         try:
             send_body(response_fd, codec, body)

@@ -18,8 +18,6 @@ gone. Another pod's are never touched, except temporary builds of a key whose lo
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -28,10 +26,9 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +36,7 @@ import psutil
 
 from ...bundles import make_read_only, remove_tree
 from ...errors import EnvironmentBuildError
+from ...locks import file_lock
 from ..stats import StatsRecorder
 from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
 
@@ -55,6 +53,7 @@ _UV_MESSAGE_CHARS = 4000
 BUILD_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME",
              "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
              "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy")
+FAILED_BUILD_MEMORY = 30.0  # s a failed build of a key is answered from memory, not rebuilt
 
 
 def python_identity() -> dict[str, str]:
@@ -98,6 +97,19 @@ def _uv_bin() -> str:
     return find_uv_bin()
 
 
+def _die_with_parent():
+    """A preexec_fn that arms PR_SET_PDEATHSIG (SIGKILL) in the child: uv must not outlive a
+    SIGKILLed worker and go on writing into a build directory that the next builder
+    removes. It fires when the forking *thread* ends; the task thread forking uv waits for
+    it. Resolved here, so that the child only makes one foreign call between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+
+
 def owner_tag() -> str:
     """``<host>-<pid>`` of this process: names what it leaves in shared directories."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -132,8 +144,7 @@ class VenvCache:
         self.build_timeout = build_timeout
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / ".locks").mkdir(exist_ok=True)
-        self._key_locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self._failed: dict[str, tuple[float, EnvironmentBuildError]] = {}  # key → last failure
         self._checked: dict[Path, tuple] = {}  # venv → fingerprint stat that passed validation
         self._remove_dead_leftovers()
 
@@ -146,6 +157,7 @@ class VenvCache:
         if self._usable(dest, key, requirements):
             self.stats.incr("venv_hits")
             return Venv(dest, key, cache_hit=True)
+        self._raise_recent_failure(key)
         with self._locked(key):
             # another thread or worker process may have built it while we waited
             if self._usable(dest, key, requirements, log_reason=True):
@@ -155,7 +167,11 @@ class VenvCache:
             self._remove_stale_builds(key)
             tmp = self.root / f"{_TMP_PREFIX}{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
             try:
-                self._build(tmp, key, requirements)
+                try:
+                    self._build(tmp, key, requirements)
+                except EnvironmentBuildError as exc:
+                    self._failed[key] = (time.monotonic(), exc)
+                    raise
                 trash = None
                 if dest.exists():  # swap, then delete: the path is never missing for long
                     trash = self.root / f"{_TRASH_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
@@ -166,6 +182,22 @@ class VenvCache:
             finally:
                 remove_tree(tmp)
             return Venv(dest, key, cache_hit=False)
+
+    def _raise_recent_failure(self, key: str) -> None:
+        """A build of ``key`` failed less than FAILED_BUILD_MEMORY seconds ago: fail the same
+        way at once instead of running uv again for every task of the bundle."""
+        failed = self._failed.get(key)
+        if failed is None:
+            return
+        when, exc = failed
+        ago = time.monotonic() - when
+        if ago >= FAILED_BUILD_MEMORY:
+            self._failed.pop(key, None)
+            return
+        raise EnvironmentBuildError(
+            f"{exc.message}\n(This build failed {ago:.0f}s ago in this worker process; it is "
+            f"tried again {FAILED_BUILD_MEMORY:.0f}s after the failure.)",
+            **exc.fields)
 
     def fresh(self, requirements: Sequence[str]) -> Venv:
         """A new venv for one task (FORCE_FRESH_VENV); the caller removes it with :meth:`remove`."""
@@ -282,7 +314,8 @@ class VenvCache:
         cmd = [_uv_bin(), *args]
         try:
             proc = subprocess.run(cmd, env=self._uv_env(), cwd=self.root, capture_output=True,
-                                  stdin=subprocess.DEVNULL, timeout=self.build_timeout)
+                                  stdin=subprocess.DEVNULL, timeout=self.build_timeout,
+                                  preexec_fn=_die_with_parent())
         except OSError as exc:
             if exc.errno in LIMIT_ERRNOS:
                 raise limit_error(exc, f"running `uv {args[0]}` to build the bundle's "
@@ -316,17 +349,9 @@ class VenvCache:
 
     # -- locking and leftovers ------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        """One builder per key: a thread lock in this process, flock across processes."""
-        with self._guard:
-            thread_lock = self._key_locks.setdefault(key, threading.Lock())
-        with thread_lock, open(self.root / ".locks" / f"{key}.lock", "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # released by the kernel if this process dies
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self, key: str):
+        """One builder per key, across threads, processes and pods sharing the cache."""
+        return file_lock(self.root / ".locks" / f"{key}.lock")
 
     def _remove_stale_builds(self, key: str) -> None:
         # we hold the key's lock (flock, also across pods on a shared volume): any temporary

@@ -1,4 +1,4 @@
-"""What a thread waiting on a warm process checks: deadline, memory limit, liveness."""
+"""What a thread waiting on a warm process checks: deadline, liveness, and why it died."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from ..stats import RemovalReason
 from .failures import Lost, describe_exit
 from .memory import _mb
 
-TICK = 0.05                        # s between liveness/deadline checks of a busy process
-MEM_SAMPLE = 0.1                   # s between RSS samples of a busy process tree
+TICK = 0.05  # s between liveness/deadline checks of a busy process
 
 
 class _Watch:
-    """Deadline, memory limit and liveness checks while a thread waits on ``proc`` (a
-    :class:`~.process.WarmProcess`)."""
+    """Deadline and liveness checks while a thread waits on ``proc`` (a
+    :class:`~.process.WarmProcess`). The memory limit is the pool's sampler's: it kills a
+    tree over the limit, and the death is reported here as MemoryLimitExceeded."""
 
     def __init__(self, proc, timeout: float | None, mem_limit: int | None,
                  label: str, mark: int | None) -> None:
@@ -25,28 +25,12 @@ class _Watch:
         self.mem_limit = mem_limit
         self.label = label
         self.mark = mark
-        self.peak = 0
-        self.next_sample = 0.0
 
     def check(self, alive: bool = True) -> None:
-        now = time.monotonic()
         if alive and self.proc.exited():
             raise self.died()
-        if self.mem_limit is not None and now >= self.next_sample:
-            self.next_sample = now + MEM_SAMPLE
-            rss = self.proc.tree_rss()
-            self.peak = max(self.peak, rss)
-            if rss > self.mem_limit:
-                self.proc.stop(graceful=False)
-                raise Lost(RemovalReason.mem_limit, MemoryLimitExceeded(
-                    f"{self.label} used {_mb(self.peak)} (RSS of its process tree), over "
-                    f"MODELOPS_MEM_LIMIT_BYTES={self.mem_limit} ({_mb(self.mem_limit)}); its "
-                    f"warm process (pid {self.proc.pid}) was killed and will be replaced. "
-                    "Reduce the model's memory use or raise the limit.",
-                    limit_bytes=self.mem_limit, peak_bytes=self.peak, pid=self.proc.pid,
-                    log_tail=self.proc.log.tail(self.mark)))
-        if self.deadline is not None and now > self.deadline:
-            self.proc.stop(graceful=False)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.proc.kill()
             raise Lost(RemovalReason.timeout, TaskTimeout(
                 f"{self.label} did not finish within {self.timeout:g}s; its warm process "
                 f"(pid {self.proc.pid}) was killed and will be replaced. Make the task "
@@ -55,12 +39,22 @@ class _Watch:
                 log_tail=self.proc.log.tail(self.mark)))
 
     def died(self) -> Lost:
-        """The process ended by itself (EOF/EPIPE on its pipes, or it exited), or the
-        worker is shutting down and stopped it."""
-        self.proc._wait_exit(5.0)
-        how = self.proc.stop(graceful=False)
-        text, code, sig = describe_exit(self.proc.popen.returncode)
+        """The process ended by itself (EOF/EPIPE on its pipes, or it exited), was killed
+        over its memory limit, or the worker is shutting down and stopped it."""
+        if not self.proc.wait_exit(5.0):
+            self.proc.kill()  # its pipes are closed but it lingers: it is lost anyway
+            self.proc.wait_exit(5.0)
+        how, code, sig = describe_exit(self.proc.exit_status())
         tail = self.proc.log.tail(self.mark)
+        peak = self.proc.memory_exceeded
+        if peak is not None and self.mem_limit is not None:
+            return Lost(RemovalReason.mem_limit, MemoryLimitExceeded(
+                f"{self.label} used {_mb(peak)} (memory of its process tree), over "
+                f"MODELOPS_MEM_LIMIT_BYTES={self.mem_limit} ({_mb(self.mem_limit)}); its "
+                f"warm process (pid {self.proc.pid}) was killed and will be replaced. "
+                "Reduce the model's memory use or raise the limit.",
+                limit_bytes=self.mem_limit, peak_bytes=peak, pid=self.proc.pid,
+                log_tail=tail))
         if self.proc.worker_stopping:
             return Lost(RemovalReason.shutdown, WorkerStopping(
                 f"{self.label} was interrupted because this Dask worker process is shutting "
