@@ -1,2 +1,4 @@
-"""The warm process pool of one Dask worker process: the process handle (process.py),
-the pool policy (pool.py), memory (memory.py, watch.py), the runner program, the venv store."""
+"""The warm process pool of one Dask worker process: the handle of one process (process.py,
+with watch.py, logtail.py, failures.py, orphans.py), the pool policy (pool.py), the memory
+sampler (memory.py), the runner program (runner.py, program.py), scratch dirs and the venv
+store (venvs.py)."""
