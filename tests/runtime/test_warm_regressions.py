@@ -313,7 +313,9 @@ def test_a_venv_without_room_for_the_compiled_runner_warns_once(tmp_path, warm, 
     ref = _bundle(tmp_path)
     venv = ex.venvs.get([])  # the bundle's venv (no requirements)
     blocker = venv.path / f"modelops-runner-{program._runner_digest()}.pyc"
-    blocker.mkdir()  # the compiled runner cannot be written there (even by root)
+    venv.path.chmod(0o755)  # published venvs are read-only; the test's own files
+    blocker.unlink(missing_ok=True)  # compiled at build: gone (e.g. a venv of an older
+    blocker.mkdir()                  # runtime), and it cannot be written there, even by root
     (blocker / "x").touch()
     with caplog.at_level(logging.WARNING):
         pids = {ex.run(_call(ref, seed=s)).pid for s in range(3)}
