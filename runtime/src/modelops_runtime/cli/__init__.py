@@ -18,6 +18,7 @@ COMMANDS = [
     "bundle",
     "local",
     "compare",
+    "diagnose",
     "stats",
 ]
 
