@@ -259,6 +259,38 @@ def test_validate_deps_rebuilds_a_venv_whose_interpreter_does_not_start(tmp_path
     assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
 
 
+@pytest.mark.parametrize("change", ["pip-install", "deleted-file"])
+def test_validate_deps_rebuilds_a_venv_whose_installed_distributions_changed(
+        tmp_path, warm, wheelhouse, change):  # noqa: F811 - fixture
+    """A venv changed after its build (a `pip install` into it, a deleted file) fails
+    validation, is rebuilt and counted as such; without validation it is reused as is."""
+    ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
+    trusting = warm(validate_deps="false", max_process_reuse=1)
+    assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
+    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    if change == "pip-install":
+        subprocess.run([str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet",
+                        "--python", str(venv / "bin" / "python"), "tinylib==2.0"],
+                       env={**os.environ, **offline_uv_env(wheelhouse),
+                            "UV_CACHE_DIR": str(tmp_path / "uv-cache-test")},
+                       check=True, capture_output=True, timeout=120)
+        modified = {"version": "2.0"}
+    else:
+        next(venv.glob("lib/python*/site-packages/tinylib/__init__.py")).unlink()
+        modified = None
+    if modified is not None:   # the trusting worker reuses the modified venv as it is
+        assert trusting.run(_call(ref, "imports_tinylib")).outputs == modified
+
+    validating = warm(max_process_reuse=1)
+    result = validating.run(_call(ref, "imports_tinylib"))
+    assert result.outputs == {"version": "1.0"} and result.venv_cache_hit is False
+    stats = validating.stats()
+    assert stats["venv_builds"] == 1 and stats["venv_invalid"] == 1, stats
+    # the rebuilt venv validates again: the next task reuses it
+    again = validating.run(_call(ref, "imports_tinylib"))
+    assert again.venv_cache_hit is True and validating.stats()["venv_invalid"] == 1
+
+
 def test_lru_eviction_and_waiting_when_all_busy(tmp_path, warm, procs, waits_in):
     ex = warm(max_warm_processes=1)
     a, b = _bundle(tmp_path, "a"), _bundle(tmp_path, "b", extra={"other.py": "X = 1\n"})

@@ -54,6 +54,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "venv_hits": ("venv_cache_hits", "Venv lookups served from the venv cache"),
     "venv_misses": ("venv_cache_misses", "Venv lookups that needed a build"),
     "venv_builds": ("venv_builds", "Venvs built (uv)"),
+    "venv_invalid": ("venv_invalid", "Cached venvs rebuilt because validation failed "
+                     "(interpreter broken, installed distributions changed)"),
     "venv_build_seconds": ("venv_build_seconds", "Seconds spent building venvs"),
 }
 

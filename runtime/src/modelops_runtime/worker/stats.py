@@ -62,6 +62,8 @@ class WarmStats(BaseModel):
     venv_hits: int = 0
     venv_misses: int = 0
     venv_builds: int = 0
+    venv_invalid: int = Field(0, description="cached venvs rebuilt because validation failed "
+                              "(interpreter broken, installed distributions changed)")
     venv_build_seconds: float = 0.0
     removals: Removals = Field(default_factory=Removals)
     size: int = Field(0, description="warm processes alive now (idle + busy)")
@@ -74,7 +76,8 @@ class WarmStats(BaseModel):
         return WarmStats(**values)
 
 
-_COUNTERS = ("tasks", "spawns", "reuses", "venv_hits", "venv_misses", "venv_builds")
+_COUNTERS = ("tasks", "spawns", "reuses", "venv_hits", "venv_misses", "venv_builds",
+             "venv_invalid")
 
 
 class StatsRecorder:

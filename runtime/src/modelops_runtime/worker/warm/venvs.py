@@ -37,6 +37,7 @@ import psutil
 from ...bundles import make_read_only, remove_tree
 from ...errors import EnvironmentBuildError
 from ...locks import file_lock
+from ..packages import installed_digest
 from ..stats import StatsRecorder
 from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
 
@@ -164,6 +165,8 @@ class VenvCache:
                 self.stats.incr("venv_hits")
                 return Venv(dest, key, cache_hit=True)
             self.stats.incr("venv_misses")
+            if (dest / FINGERPRINT).exists():
+                self.stats.incr("venv_invalid")   # a complete venv failed validation
             self._remove_stale_builds(key)
             tmp = self.root / f"{_TMP_PREFIX}{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
             try:
@@ -243,6 +246,9 @@ class VenvCache:
             if fingerprint.get(field) != value:
                 return (f"its fingerprint's {field} is {fingerprint.get(field)!r}, "
                         f"expected {value!r}")
+        if "installed" in fingerprint and installed_digest(dest) != fingerprint["installed"]:
+            return ("its installed distributions changed after it was built (a package "
+                    "installed, upgraded or removed in it, or an installed file deleted)")
         identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if self._checked.get(dest) == identity:
             return None  # the interpreter already started since this fingerprint was written
@@ -286,7 +292,8 @@ class VenvCache:
             self._uv(["pip", "install", "--python", str(venv_python(path)), *build,
                       "--compile-bytecode", "-r", str(req_file)], requirements)
         fingerprint = {"key": key, "format": FORMAT, "requirements": sorted(requirements),
-                       "python": python_identity(), "built_at": time.time()}
+                       "python": python_identity(), "built_at": time.time(),
+                       "installed": installed_digest(path)}
         tmp_fp = path / (FINGERPRINT + ".tmp")
         tmp_fp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
         if self.prepare is not None:
