@@ -164,8 +164,8 @@ class LocalCli:
     def __init__(self) -> None:
         self.runs: list[LocalRun] = []
 
-    def start(self, args: list, env: dict[str, str]) -> LocalRun:
-        popen = subprocess.Popen([CLI, "local", *map(str, args)], env=env, cwd=REPO,
+    def start(self, args: list, env: dict[str, str], command: str = "local") -> LocalRun:
+        popen = subprocess.Popen([CLI, command, *map(str, args)], env=env, cwd=REPO,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  start_new_session=True)
         run = LocalRun(popen)
@@ -178,12 +178,13 @@ class LocalCli:
         threading.Thread(target=run.watch, daemon=True).start()
         return run
 
-    def run(self, args: list, env: dict[str, str], timeout: float = 400) -> LocalRun:
-        r = self.start(args, env)
+    def run(self, args: list, env: dict[str, str], timeout: float = 400,
+            command: str = "local") -> LocalRun:
+        r = self.start(args, env, command)
         try:
             r.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"`modelops-runtime local` did not finish in {timeout}s:\n"
+            raise AssertionError(f"`modelops-runtime {command}` did not finish in {timeout}s:\n"
                                  f"{r.output}") from None
         return r
 

@@ -1,0 +1,246 @@
+"""`modelops-runtime diagnose` against planted bugs: each bundle below hides one kind of
+state, environment or threading bug (the six of issue 16's table, a model that ignores its
+seed, a native-threads dependence, and a clean model), and diagnose must name the right
+layer, with the evidence, from real local clusters rendered from the user's values.
+
+``numlite`` stands in for numpy: a wheel built here in two versions (1.0 and 2.0, whose
+``total`` differs in the last digits, like a changed BLAS default) with a module-level RNG
+(``numlite.random``, like ``np.random``); the bundles' venvs install it from local
+find-links, and the "worker image" (for the direct step) has 1.0 installed. No network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e_support import assert_nothing_left
+from support.bundles import write_bundle
+from support.wheels import build_wheel, offline_uv_env
+
+SIMS = 12
+
+NUMLITE = '''
+"""numlite {version}: a stand-in for numpy (test wheel)."""
+import random as _random
+
+VERSION = "{version}"
+
+
+class _Random:
+    def __init__(self):
+        self._rng = _random.Random(12345)
+
+    def seed(self, n):
+        self._rng.seed(n)
+
+    def random(self):
+        return self._rng.random()
+
+
+random = _Random()   # module-level RNG state, like np.random
+
+
+def total(values):
+    return sum(values) * {factor}
+'''
+
+HEAD = "import builtins, os, random, time\nimport numlite\n\n"
+
+
+def draws(seed: str = "seed") -> str:
+    return f"[random.Random({seed}).random() for _ in range(50)]"
+
+
+CLEAN = HEAD + f'''
+def simulate(params, seed):
+    return {{"total": numlite.total({draws()})}}
+'''
+
+PLANTED = {
+    # 1. a module-level list: outputs change from the 2nd call in a process
+    "module_state": HEAD + f'''
+_SEEN = []
+
+def simulate(params, seed):
+    _SEEN.append(seed)
+    return {{"total": numlite.total({draws()}) + len(_SEEN) - 1}}
+''',
+    # 2. numpy's global RNG seeded once per process (the flag kept in builtins)
+    "process_state_rng": HEAD + '''
+def simulate(params, seed):
+    if not getattr(builtins, "_sim_seeded", False):
+        numlite.random.seed(42)
+        builtins._sim_seeded = True
+    return {"total": numlite.total([numlite.random.random() for _ in range(50)])}
+''',
+    # 3. a counter stored on the already-imported numpy module
+    "process_state_counter": HEAD + f'''
+def simulate(params, seed):
+    numlite._calls = getattr(numlite, "_calls", 0) + 1
+    return {{"total": numlite.total({draws()}) + numlite._calls - 1}}
+''',
+    # 4. an unlocked module-level scratch buffer: a thread bug (needs two tasks of one
+    #    process at once, which the runtime never does)
+    "thread_buffer": HEAD + '''
+_BUFFER = []
+
+def simulate(params, seed):
+    _BUFFER.clear()
+    rng = random.Random(seed)
+    for _ in range(50):
+        _BUFFER.append(rng.random())
+        time.sleep(0.0002)
+    return {"total": numlite.total(_BUFFER)}
+''',
+    # 5. the cached venv modified after its build (numlite 2.0 installed into it)
+    "modified_venv": CLEAN,
+    # 6. unpinned: the worker environment has 1.0, the bundle's venv resolves 2.0
+    "unpinned": CLEAN,
+    # the model ignores its seed
+    "nondeterministic": HEAD + f'''
+def simulate(params, seed):
+    return {{"total": numlite.total({draws("")})}}
+''',
+    # a result that depends on the native thread count (as a BLAS reduction does)
+    "native_threads": HEAD + f'''
+def simulate(params, seed):
+    threads = int(os.environ.get("OPENBLAS_NUM_THREADS", "0"))
+    return {{"total": numlite.total({draws()}) * (1 + 1e-9 * threads)}}
+''',
+    "clean": CLEAN,
+}
+
+# planted bug → (exit code, first finding's layer or None, text the evidence must hold)
+EXPECTED = {
+    "module_state": (3, "module_state", "ran after other tasks of their process"),
+    "process_state_rng": (3, "process_state", "direct differs from fresh-process too"),
+    "process_state_counter": (3, "process_state", "direct differs from fresh-process too"),
+    "thread_buffer": (0, None, "never runs two tasks in one Python process at once"),
+    "modified_venv": (3, "cached_venv", "numlite 2.0 (fresh-process, bundle venv) vs 1.0 "
+                                        "(fresh-venv, bundle venv)"),
+    "unpinned": (3, "worker_env", "numlite 2.0 (fresh-process, bundle venv) vs 1.0 (direct, "
+                                  "worker environment)"),
+    "nondeterministic": (3, "nondeterministic", "every task ran as the first of its process"),
+    "native_threads": (3, "native_threads", "differ between fresh-process and native-threads=2"),
+    "clean": (0, None, "not reproduced in any mode"),
+}
+
+
+@pytest.fixture(scope="module")
+def numlite_wheels(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("numlite-wheels")
+    build_wheel(root, "numlite", "1.0",
+                {"numlite/__init__.py": NUMLITE.format(version="1.0", factor="1.0")})
+    build_wheel(root, "numlite", "2.0",
+                {"numlite/__init__.py": NUMLITE.format(version="2.0", factor="(1 + 1e-12)")})
+    return root
+
+
+@pytest.fixture(scope="module")
+def worker_site(numlite_wheels, tmp_path_factory) -> Path:
+    """numlite 1.0 installed as a worker image would have it (for the direct step)."""
+    site = tmp_path_factory.mktemp("worker-site")
+    subprocess.run([str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet",
+                    "--python", sys.executable, "--target", str(site), "numlite==1.0"],
+                   env={**os.environ, **offline_uv_env(numlite_wheels),
+                        "UV_CACHE_DIR": str(site.parent / "uv-cache")},
+                   check=True, capture_output=True, timeout=120)
+    return site
+
+
+@pytest.fixture(scope="module")
+def shared_state(tmp_path_factory) -> Path:
+    """One state directory (uv, bundle and venv caches) for the planted bugs that do not
+    touch the caches, as a user's repeated diagnose runs would share it."""
+    return tmp_path_factory.mktemp("diagnose-state")
+
+
+def env_for(wheels: Path, site: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELOPS_")}
+    env.update(offline_uv_env(wheels), PYTHONUNBUFFERED="1", PYTHONPATH=str(site))
+    return env
+
+
+def study(tmp_path: Path, name: str) -> Path:
+    requirement = "numlite>=1.0" if name == "unpinned" else "numlite==1.0"
+    write_bundle(tmp_path / name / "bundle", {"model.py": PLANTED[name],
+                                               "requirements.txt": requirement + "\n"})
+    (tmp_path / name / "study.yaml").write_text(
+        f"name: {name}\nbundle: bundle\nentrypoint: model:simulate\nsims: {SIMS}\n")
+    return tmp_path / name
+
+
+def values(tmp_path: Path, *, threads: int = 1, validate_deps: bool = True) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(f"mode: prod-warm\nworker:\n  processes: 2\n  threads: {threads}\n"
+                    f"  executor: {{validateDeps: {str(validate_deps).lower()}}}\n")
+    return path
+
+
+def diagnose(local_cli, args: list, env: dict, timeout: float = 900):
+    run = local_cli.run(args, env, timeout=timeout, command="diagnose")
+    assert_nothing_left(run)
+    return run
+
+
+def modify_cached_venv(state: Path, wheels: Path) -> None:
+    """Install numlite 2.0 into the venv the first run cached (as a `pip install` into it
+    would)."""
+    venvs = [p.parent for p in state.glob("volumes/**/pyvenv.cfg")]
+    assert len(venvs) == 1, venvs
+    subprocess.run([str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet",
+                    "--python", str(venvs[0] / "bin" / "python"), "numlite==2.0"],
+                   env={**os.environ, **offline_uv_env(wheels),
+                        "UV_CACHE_DIR": str(state / "uv-cache-test")},
+                   check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("bug", list(EXPECTED))
+def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worker_site,
+                                           shared_state, tmp_path):
+    code, layer, evidence = EXPECTED[bug]
+    env = env_for(numlite_wheels, worker_site)
+    state = shared_state
+    vals = values(tmp_path, threads=2 if bug == "thread_buffer" else 1,
+                  validate_deps=bug != "modified_venv")
+    if bug == "modified_venv":
+        # the user's own run built and cached the venv; then it was modified
+        state = tmp_path / "state"
+        run = local_cli.run(["-f", vals, "--study", study(tmp_path, bug), "--sims", 2,
+                             "--state-dir", state, "--no-progress"], env)
+        assert run.popen.returncode == 0, run.output
+        modify_cached_venv(state, numlite_wheels)
+    report = tmp_path / "report.html"
+    run = diagnose(local_cli, ["-f", vals, "--study", study(tmp_path, bug), "--sims", SIMS,
+                               "--state-dir", state, "--json", "--report", report], env)
+    assert run.popen.returncode == code, run.output
+    doc = json.loads(run.stdout)
+    findings = doc["findings"]
+    if layer is None:
+        assert findings == [], run.output
+        assert evidence in doc["summary"] + " ".join(doc["next_steps"]), run.output
+    else:
+        assert findings and findings[0]["layer"] == layer, run.output
+        assert evidence in " ".join(findings[0]["evidence"]), run.output
+    # a progress line per step, with its time; the picture in a self-contained page
+    ran = [s for s in doc["steps"] if s["ran"]]
+    for s in ran:
+        assert f"diagnose: step {s['index']} {s['name']}: " in run.stderr, run.output
+        assert Path(s["results"]).is_file()
+    page = report.read_text()
+    assert "<svg" in page and doc["summary"].split(":")[0] in page
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    names = [s["name"] for s in ran]
+    if bug in ("module_state", "process_state_rng", "process_state_counter"):
+        # fresh-process explained it: the costly fresh-venv step was skipped
+        assert "fresh-venv" not in names, names
+    if bug == "nondeterministic":
+        assert names == ["your-mode", "your-mode-again", "fresh-process",
+                         "fresh-process-again"], names
