@@ -138,6 +138,12 @@ direct (direct runs tasks inside the Dask worker process, covered by memoryPerPr
 {{- dict "mi" $total "formula" $formula | toJson -}}
 {{- end -}}
 
+{{/* The thread-count variables of native libraries that worker.executor.nativeThreads sets
+(the runtime's modelops_runtime.worker.native.THREAD_VARS; a test keeps them equal). */}}
+{{- define "modelops-dask.nativeThreadVars" -}}
+BLIS_NUM_THREADS MKL_NUM_THREADS NUMBA_NUM_THREADS NUMEXPR_MAX_THREADS NUMEXPR_NUM_THREADS OMP_NUM_THREADS OPENBLAS_NUM_THREADS VECLIB_MAXIMUM_THREADS
+{{- end -}}
+
 {{/* Where the worker's cache volumes are mounted (the image creates these paths). */}}
 {{- define "modelops-dask.cacheRoot" -}}
 /var/cache/modelops
@@ -172,6 +178,10 @@ The worker container's env: the runtime's MODELOPS_* variables rendered from typ
 {{- if not (kindIs "invalid" $x.taskTimeout) }}{{ $_ := set $env "MODELOPS_TASK_TIMEOUT" (int64 $x.taskTimeout | toString) }}{{ end -}}
 {{- with $x.envPassthrough }}{{ $_ := set $env "MODELOPS_ENV_PASSTHROUGH" (join "," .) }}{{ end -}}
 {{- with $x.writablePaths }}{{ $_ := set $env "MODELOPS_WARM_WRITABLE_PATHS" (join "," .) }}{{ end -}}
+{{- /* native libraries size their thread pools when loaded, and `import distributed`
+       loads numpy before any preload runs: the Dask worker processes must start with
+       these (the nanny passes its own environment's values over its pre-spawn-environ) */ -}}
+{{- range (include "modelops-dask.nativeThreadVars" . | splitList " ") }}{{ $_ := set $env . (int64 $x.nativeThreads | toString) }}{{ end -}}
 {{- range $name, $value := $env }}
 - name: {{ $name }}
   value: {{ $value | quote }}

@@ -133,6 +133,9 @@ count; more than zero. Said in words, because the schema's pattern message would
   "MODELOPS_LOG_LEVEL" "worker.logLevel"
   "MODELOPS_BUNDLE_REPO" "bundles.repo"
 -}}
+{{- range (include "modelops-dask.nativeThreadVars" . | splitList " ") -}}
+{{- $_ := set $owners . "worker.executor.nativeThreads" -}}
+{{- end -}}
 {{- $fixed := dict
   "MODELOPS_BUNDLE_CACHE_DIR" "it is the path of the bundle-cache volume"
   "MODELOPS_VENVS_DIR" "it is a path on the venv-cache volume"

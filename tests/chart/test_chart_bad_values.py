@@ -213,6 +213,10 @@ CASES = {
     "native threads as extraEnv": (
         "worker: {extraEnv: [{name: MODELOPS_NATIVE_THREADS, value: '4'}]}", (),
         ["MODELOPS_NATIVE_THREADS", "worker.executor.nativeThreads"]),
+    "a native thread variable as extraEnv": (
+        "worker: {extraEnv: [{name: OMP_NUM_THREADS, value: '4'}]}", (),
+        ["worker.extraEnv sets OMP_NUM_THREADS, which the chart renders from "
+         "worker.executor.nativeThreads"]),
     "zero task timeout": (
         "worker: {executor: {taskTimeout: 0}}", (),
         [SCHEMA, "/worker/executor/taskTimeout"]),

@@ -79,7 +79,7 @@ worker:
   executor: {memLimitPerProcess: 1Gi, poolMemoryPerProcess: 2500M, taskTimeout: 600,
              envPassthrough: [OMP_NUM_THREADS, SSL_CERT_FILE]}
   extraEnv:
-    - {name: OMP_NUM_THREADS, value: "1"}
+    - {name: MY_SETTING, value: "1"}
     - {name: SSL_CERT_FILE, value: /etc/ssl/corp/ca.pem}
     - name: POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}

@@ -36,7 +36,9 @@ def test_the_runtime_accepts_what_each_preset_renders(preset):
     assert config.max_process_reuse == int(env["MODELOPS_MAX_PROCESS_REUSE"])
     assert config.pool_memory_bytes == parse_bytes(env["MODELOPS_POOL_MEMORY_BYTES"])
     assert str(config.venvs_dir) == env["MODELOPS_VENVS_DIR"]
-    assert set(env) - {"UV_CACHE_DIR"} <= set(RuntimeConfig.env_names())
+    from modelops_runtime.worker.native import THREAD_VARS
+    assert set(env) - {"UV_CACHE_DIR"} - set(THREAD_VARS) <= set(RuntimeConfig.env_names())
+    assert {env[v] for v in THREAD_VARS} == {str(config.native_threads)}
 
 
 def test_the_runtime_accepts_every_optional_value():

@@ -34,9 +34,20 @@ def expected_args(processes: str, threads: str) -> list[str]:
             "--dashboard-address", ":8788"]
 
 
+NATIVE_THREAD_VARS = ["BLIS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                      "NUMEXPR_MAX_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS",
+                      "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"]
+
+
+def test_the_chart_renders_every_thread_variable_the_runtime_sets():
+    from modelops_runtime.worker.native import THREAD_VARS
+    assert sorted(THREAD_VARS) == NATIVE_THREAD_VARS
+
+
 def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
     env = {
         "MODELOPS_ALLOW_SDIST_BUILDS": "false",
+        **dict.fromkeys(NATIVE_THREAD_VARS[:2], "1"),
         "MODELOPS_BUNDLE_CACHE_DIR": "/var/cache/modelops/bundles",
         "MODELOPS_BUNDLE_REPO": chartkit.MY_REPO,
         "MODELOPS_EXECUTOR_TYPE": executor,
@@ -49,9 +60,10 @@ def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
         "MODELOPS_PROCESS_TTL": "3600",
         "MODELOPS_VALIDATE_DEPS": "true",
         "MODELOPS_VENVS_DIR": "/var/cache/modelops/envs/venvs",
+        **dict.fromkeys(NATIVE_THREAD_VARS[2:], "1"),
         "UV_CACHE_DIR": "/var/cache/modelops/envs/uv",
     }
-    return [{"name": k, "value": v} for k, v in env.items()]
+    return [{"name": k, "value": v} for k, v in sorted(env.items())]  # helm ranges sorted
 
 
 def test_every_preset_has_an_expected_mode():
@@ -111,7 +123,7 @@ worker:
     writablePaths: [/data/out, /home/model]
     allowSdistBuilds: true
   extraEnv:
-    - {name: OMP_NUM_THREADS, value: "1"}
+    - {name: MY_TOKEN, value: "1"}
   extraEnvFrom:
     - secretRef: {name: bundle-credentials}
 bundles:
@@ -122,8 +134,9 @@ bundles:
         "worker", SCHEDULER, "--nworkers", "4", "--nthreads", "1", "--memory-limit", "3Gi",
         "--resources", "aggregation=2 gpu=1", "--preload", "modelops_runtime.preload",
         "--preload-nanny", "modelops_runtime.preload", "--dashboard-address", ":8788", "--death-timeout", "60"]
-    assert worker["env"] == [{"name": k, "value": v} for k, v in [
+    assert worker["env"] == [{"name": k, "value": v} for k, v in sorted([
         ("MODELOPS_ALLOW_SDIST_BUILDS", "true"),
+        *[(k, "3") for k in NATIVE_THREAD_VARS[:2]],
         ("MODELOPS_BUNDLE_CACHE_DIR", "/var/cache/modelops/bundles"),
         ("MODELOPS_BUNDLE_REPO", "s3://models/bundles"),
         ("MODELOPS_ENV_PASSTHROUGH", "OMP_NUM_THREADS,MY_TOKEN"),
@@ -140,9 +153,9 @@ bundles:
         ("MODELOPS_VALIDATE_DEPS", "false"),
         ("MODELOPS_VENVS_DIR", "/var/cache/modelops/envs/venvs"),
         ("MODELOPS_WARM_WRITABLE_PATHS", "/data/out,/home/model"),
+        *[(k, "3") for k in NATIVE_THREAD_VARS[2:]],
         ("UV_CACHE_DIR", "/var/cache/modelops/envs/uv"),
-        ("OMP_NUM_THREADS", "1"),
-    ]]
+    ]) + [("MY_TOKEN", "1")]]   # the chart's env sorted, then worker.extraEnv
     assert worker["envFrom"] == [{"secretRef": {"name": "bundle-credentials"}}]
     # 4 × (3072Mi + 1536Mi) + 512Mi
     assert worker["resources"]["limits"] == {"cpu": "4", "memory": "18944Mi"}

@@ -130,19 +130,23 @@ def where_it_ran(view: RunView) -> str:
 
 
 def package_differences(a: RunView, b: RunView, limit: int = 8) -> list[str]:
-    """``numpy 1.26.4 (A, worker environment) vs 2.4.6 (B, bundle venv)`` for every
-    package whose versions differ between the two runs (present in one only included)."""
+    """``numpy 1.26.4 (A, worker environment) vs 2.4.6 (B, bundle venv)`` for every package
+    both runs had in other versions, then (one entry) the packages only one of them had:
+    a worker environment holds the runtime's own packages too, which a venv never has."""
     va, vb = _versions(a), _versions(b)
     if not va or not vb:
         return []
     out = []
-    for name in sorted(set(va) | set(vb)):
-        if va.get(name) != vb.get(name):
-            sa = "/".join(sorted(va.get(name, {"(absent)"})))
-            sb = "/".join(sorted(vb.get(name, {"(absent)"})))
-            out.append(f"{name} {sa} ({a.label}, {where_it_ran(a)}) vs {sb} ({b.label}, "
-                       f"{where_it_ran(b)})")
-    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+    for name in sorted(set(va) & set(vb)):
+        if va[name] != vb[name]:
+            out.append(f"{name} {'/'.join(sorted(va[name]))} ({a.label}, {where_it_ran(a)}) "
+                       f"vs {'/'.join(sorted(vb[name]))} ({b.label}, {where_it_ran(b)})")
+    shown = out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+    for label, only in ((a.label, sorted(set(va) - set(vb))), (b.label, sorted(set(vb) - set(va)))):
+        if only:
+            names = ", ".join(only[:5]) + (f" and {len(only) - 5} more" if len(only) > 5 else "")
+            shown.append(f"only in {label}: {names}")
+    return shown
 
 
 # -- outcomes ----------------------------------------------------------------------------

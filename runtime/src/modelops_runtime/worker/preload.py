@@ -57,7 +57,14 @@ async def dask_setup(worker) -> None:
     logs.configure(config.log_level.value)
     # before any task: bundle code run by executor=direct loads its native libraries here
     from .native import apply_to_this_process
-    apply_to_this_process(config.native_threads)
+    late = apply_to_this_process(config.native_threads)
+    if late:
+        logs.log.warning(
+            "modelops runtime: MODELOPS_NATIVE_THREADS=%s changed %s after numpy (or another "
+            "native library) was loaded in this worker process; its thread pool keeps the old "
+            "size. Set these variables in the worker's environment (the chart does) so that "
+            "executor=direct tasks get %s native thread(s)", config.native_threads,
+            ", ".join(late), config.native_threads)
     try:
         await worker.plugin_add(ModelOpsPlugin(), name=PLUGIN_NAME, catch_errors=False)
     except Exception as exc:  # setup failed: do not serve tasks without an executor
