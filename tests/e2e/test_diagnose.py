@@ -244,3 +244,43 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
     if bug == "nondeterministic":
         assert names == ["your-mode", "your-mode-again", "fresh-process",
                          "fresh-process-again"], names
+
+
+@pytest.mark.parametrize("case", ["missing-study", "values-do-not-render", "every-sim-fails"])
+def test_bad_input_is_one_error_line_and_nothing_is_left(case, local_cli, numlite_wheels,
+                                                        worker_site, shared_state, tmp_path):
+    env = env_for(numlite_wheels, worker_site)
+    vals, the_study = values(tmp_path), tmp_path / "nowhere"
+    expected = f"error: no study at {the_study}"
+    if case == "values-do-not-render":
+        the_study = study(tmp_path, "clean")
+        vals.write_text("worker: {processes: 0}\n")
+        expected = "error: the chart rejected these values"
+    elif case == "every-sim-fails":
+        the_study = study(tmp_path, "clean")
+        (the_study / "bundle" / "model.py").write_text(
+            "def simulate(params, seed):\n    raise ValueError('broken model')\n")
+        expected = (f"error: every one of the {SIMS} sims failed in your mode, so there is "
+                    "nothing to compare (first: seed ")
+    run = local_cli.run(["-f", vals, "--study", the_study, "--sims", SIMS, "--state-dir",
+                         shared_state, "--json"], env, timeout=600, command="diagnose")
+    assert run.popen.returncode == 1, run.output
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(expected), run.output
+    assert "Traceback" not in run.stderr and run.stdout == "", run.output
+    if case == "every-sim-fails":
+        assert "ValueError: broken model" in errors[0]
+        assert_nothing_left(run)
+    assert not run.alive()
+
+
+def test_ctrl_c_stops_the_running_step_and_leaves_nothing(local_cli, numlite_wheels,
+                                                          worker_site, shared_state, tmp_path):
+    env = env_for(numlite_wheels, worker_site)
+    run = local_cli.start(["-f", values(tmp_path), "--study", study(tmp_path, "clean"),
+                           "--sims", SIMS, "--state-dir", shared_state], env, "diagnose")
+    run.wait_for_line("diagnose: step 2 your-mode-again: your values again", timeout=600)
+    os.killpg(run.popen.pid, signal.SIGINT)
+    assert run.wait(120) == 130, run.output
+    assert "interrupted: the running step's cluster was stopped" in run.stderr, run.output
+    assert_nothing_left(run)

@@ -65,6 +65,7 @@ class StepRun:
     mode: str = ""
     workers: str = ""
     failures: int = 0
+    total: int = 0                  # runs of the step: (set, seed) pairs
     first_failure: str = ""         # "seed N: Type: message" of the first failed sim
 
     @property
@@ -79,7 +80,7 @@ class Context:
     study: Study
     values: list[Path]
     sets: list[str]
-    sims: int
+    sims: int | None              # seeds (per set); None: the study's own
     chart: Path
     state_dir: Path
     out_dir: Path
@@ -116,7 +117,7 @@ def prepare(study_path: Path, values: Sequence[Path], sets: Sequence[str], *,
             fh.write(line.rstrip("\n") + "\n")
 
     return Context(study=study, values=list(values), sets=list(sets),
-                   sims=sims or study.sims, chart=chart, state_dir=state, out_dir=out,
+                   sims=sims, chart=chart, state_dir=state, out_dir=out,
                    release=release, start_timeout=start_timeout, say=say, log=log,
                    config=launch.config, launch=launch)
 
@@ -203,6 +204,7 @@ def run_step(ctx: Context, step: Step, index: int) -> StepRun:
         expected_threads=launch.expected_threads), indent=1))
     sr.view = view_of(run, step.name, mode=launch.config.summary(), workers=sr.workers)
     failed = sr.failures = len(run.failures)
+    sr.total = len(run.sims) + failed
     if run.failures:
         f = run.failures[0]
         sr.first_failure = (f"seed {f.seed}: {f.error_type}: "

@@ -50,7 +50,7 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
         sr = run_step(ctx, step, len([r for r in runs if r.index]) + 1)
         runs.append(sr)
         if sr.ran:
-            ctx.say(f"diagnose: step {sr.index} {step.name}: {ctx.sims - sr.failures} ok, "
+            ctx.say(f"diagnose: step {sr.index} {step.name}: {sr.total - sr.failures} ok, "
                     f"{sr.failures} failed in {sr.elapsed_s:.1f} s"
                     + _hint(sr, runs[0] if runs[0].ran else None))
         return sr
@@ -60,9 +60,9 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
         ctx.say(f"diagnose: {step.name}: skipped: {why}")
 
     first = do(steps[0])
-    if first.failures == ctx.sims:
+    if first.ran and first.failures == first.total:
         raise LocalModeError(
-            f"every one of the {ctx.sims} sims failed in your mode, so there is nothing to "
+            f"every one of the {first.total} sims failed in your mode, so there is nothing to "
             f"compare (first: {first.first_failure}); fix the model or the study first "
             f"(step logs: {ctx.out_dir})")
     stop = ""
@@ -107,7 +107,8 @@ def main(args: argparse.Namespace) -> int:
                       state_dir=args.state_dir, out_dir=args.out, release=args.release,
                       say=say, start_timeout=args.start_timeout)
         steps, skipped = planned_steps(ctx.config, ctx.launch)
-        say(f"diagnose: study {ctx.study.name}, {ctx.sims} seeds; your mode: "
+        say(f"diagnose: study {ctx.study.name}, "
+            f"{ctx.sims or 'the study' + chr(39) + 's'} seeds; your mode: "
             f"{describe_mode(ctx.config, ctx.launch)}")
         say(f"diagnose: steps: {', '.join(s.name for s in steps)}"
             + (f" (skipped: {', '.join(skipped)})" if skipped else "")

@@ -114,11 +114,17 @@ class LocalCluster:
 
     def _spawn(self, spec: ProcessSpec, argv: list[str]) -> _Started:
         spec.log.parent.mkdir(parents=True, exist_ok=True)
-        with spec.log.open("wb") as log:
+        # a Ctrl-C between fork and recording the pid would leave a process nobody knows
+        with _interrupts_deferred(), spec.log.open("wb") as log:
             popen = subprocess.Popen(argv, env=spec.env, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        self._procs.add_tree(popen.pid)
-        return _Started(spec, popen)
+            self._procs.add_tree(popen.pid)
+            started = _Started(spec, popen)
+            if spec is self.plan.scheduler:
+                self.scheduler = started
+            else:
+                self.workers.append(started)
+        return started
 
     def start(self, timeout: float | None = None) -> None:
         timeout = self.start_timeout if timeout is None else timeout
@@ -131,7 +137,7 @@ class LocalCluster:
                                          daemon=True)
         self._tracker.start()
 
-        self.scheduler = self._spawn(p.scheduler, p.scheduler.argv)
+        self._spawn(p.scheduler, p.scheduler.argv)
         deadline = time.monotonic() + timeout
         while not (p.scheduler_file.exists() and p.scheduler_file.stat().st_size > 0):
             self._check_exited([self.scheduler], " during startup")
@@ -144,7 +150,7 @@ class LocalCluster:
 
         for spec in p.workers:
             argv = [self.address if a == SCHEDULER_TOKEN else a for a in spec.argv]
-            self.workers.append(self._spawn(spec, argv))
+            self._spawn(spec, argv)
         self.wait_for_workers(p.expected_workers, timeout=max(10.0, deadline - time.monotonic()))
 
     def _read_address(self, deadline: float) -> str:
