@@ -46,21 +46,41 @@ def unchanging(kube, namespace) -> dict:
             "service selector": svc["spec"]["selector"]}
 
 
-def test_upgrade_through_every_preset_and_rollback(kube, helm, namespace):
-    kube.helm(helm, "install", RELEASE, str(CHART), "-n", namespace, *values_args(START))
+# The two ways to switch a mode the README and NOTES give: the preset file after your own
+# values (what is rendered: -f my-values.yaml -f values-examples/<preset>.yaml), or the
+# chart's own preset by name (rendered: -f my-values.yaml --set mode=<preset>).
+WAYS = {
+    "preset-file": (lambda p: values_args(p), lambda p: values_args(p)),
+    "set-mode": (lambda p: ["--reuse-values", "--set", f"mode={p}"],
+                 lambda p: values_args(None, f"mode={p}")),
+}
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_upgrade_through_every_preset_and_rollback(kube, helm, namespace, way):
+    upgrade_args, rendered_as = WAYS[way]
+
+    def rendered(preset):
+        (dep,) = [o for o in docs(kube.template(helm, *rendered_as(preset), namespace=namespace))
+                  if o["kind"] == "Deployment"
+                  and o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"]
+        return dep["spec"]["template"]
+
+    kube.helm(helm, "install", RELEASE, str(CHART), "-n", namespace, *rendered_as(START))
     first_rs = kube.wait_rolled(namespace, "worker")["metadata"]["name"]
     kube.wait_rolled(namespace, "scheduler")
     fixed = unchanging(kube, namespace)
-    templates = {START: rendered_worker(kube, helm, namespace, START)}
+    templates = {START: rendered(START)}
     seen_rs = [first_rs]
     revisions = {1: START}
 
     for revision, preset in enumerate(SWITCHES, start=2):
         out = kube.helm(helm, "upgrade", RELEASE, str(CHART), "-n", namespace,
-                        *values_args(preset))
+                        *upgrade_args(preset))
         assert f"REVISION: {revision}" in out.stdout and "Warning" not in out.stderr, out.stderr
+        assert "WARNING" not in out.stdout, out.stdout  # NOTES: the mode is the preset's
         revisions[revision] = preset
-        templates.setdefault(preset, rendered_worker(kube, helm, namespace, preset))
+        templates.setdefault(preset, rendered(preset))
         assert_worker_is(kube, namespace, templates[preset], preset)
         rs = kube.wait_rolled(namespace, "worker")["metadata"]["name"]
         if preset == START:  # the same template again: its first ReplicaSet is scaled back up
