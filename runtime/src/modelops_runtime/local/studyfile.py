@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+                      field_validator, model_validator)
 
 from ..client.plan import Seeds, StudyPlan
 from ..errors import LocalModeError
@@ -46,11 +47,21 @@ class Study(BaseModel):
     grid: dict[str, list[Any]] | None = None
     sets: list[dict[str, Any]] | None = None
     sets_file: Path | None = None      # relative to the study file
-    sims: int | None = Field(None, ge=1)
-    seeds_per_set: int | None = Field(None, ge=1)
+    sims: int = Field(DEFAULT_SIMS, ge=1)             # seeds per set (the historic name)
+    seeds_per_set: int | None = Field(None, ge=1)     # the same number, read into sims
     first_seed: int = 0
 
     _source: Any = PrivateAttr(None)   # the expanded sets, built once per study object
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seeds_per_set(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("seeds_per_set") is not None:
+            if data.get("sims") is not None:
+                raise ValueError("sims and seeds_per_set are both given: they are the same "
+                                 "number (seeds each set runs); keep one")
+            data = {**data, "sims": data["seeds_per_set"]}
+        return data
 
     _entry = field_validator("entrypoint")(classmethod(lambda cls, v: check_entrypoint(v)))
 
@@ -111,9 +122,6 @@ class Study(BaseModel):
         if len(given) > 1:
             raise ValueError(f"{' and '.join(given)} are both given: a study's sets come from "
                              f"one of {', '.join(MANY)} (put values every set shares in params)")
-        if self.sims is not None and self.seeds_per_set is not None:
-            raise ValueError("sims and seeds_per_set are both given: they are the same "
-                             "number (seeds each set runs); keep one")
         if self.aggregate_sets and not self.aggregate:
             raise ValueError("aggregate_sets is called with every set's aggregate, so it "
                              "needs aggregate (the per-set aggregation) too")
@@ -198,7 +206,7 @@ class Study(BaseModel):
 
     @property
     def seeds_each(self) -> int:
-        return self.seeds_per_set or self.sims or DEFAULT_SIMS
+        return self.sims
 
     def seeds(self, sims: int | None = None) -> Seeds:
         return Seeds(first=self.first_seed, count=sims or self.seeds_each)
