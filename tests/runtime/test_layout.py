@@ -176,5 +176,6 @@ def test_the_documented_entry_points_import():
     client = importlib.import_module("modelops_runtime.client")
     for name in ("submit", "aggregate", "gather_study", "task_key", "run_simulation",
                  "run_aggregation", "StudyResult", "TaskFailure", "cluster_stats", "SimTask",
-                 "SimResult"):
+                 "SimResult", "submit_study", "StudyPlan", "ParamSet", "Seeds",
+                 "StudySetsResult"):
         assert hasattr(client, name), name
