@@ -302,3 +302,17 @@ def test_a_parquet_results_file_without_pyarrow_is_refused_before_anything_runs(
     assert out.stdout.startswith("LocalModeError --results r.parquet: writing Parquet needs "
                                  "pyarrow"), out
     assert "or write --results r.csv instead" in out.stdout
+
+
+def test_a_parquet_sets_file_without_pyarrow_says_what_to_do(tmp_path):
+    pq.write_table(pa.table({"beta": [0.2]}), tmp_path / "sets.parquet")
+    study = study_file(tmp_path, sets_file="sets.parquet")
+    code = ("import sys; sys.modules['pyarrow'] = None; sys.modules['pyarrow.parquet'] = None\n"
+            "from modelops_runtime.local.studyfile import Study\n"
+            f"try:\n    Study.load({str(study)!r})\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.startswith("LocalModeError study file "), out
+    assert ("Parquet sets files need pyarrow, which is not installed here: pip install "
+            "pyarrow (or modelops-runtime[parquet]), or give the sets as CSV") in out.stdout
