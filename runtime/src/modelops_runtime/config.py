@@ -31,6 +31,13 @@ class ExecutorType(str, enum.Enum):
     direct = "direct"
 
 
+class FreshProcessFrom(str, enum.Enum):
+    """How MAX_PROCESS_REUSE=1 makes a fresh process per task."""
+
+    template = "template"  # fork a template that has imported the entrypoint module
+    exec = "exec"          # start a new interpreter (and import everything) per task
+
+
 class LogLevel(str, enum.Enum):
     DEBUG = "DEBUG"
     INFO = "INFO"
@@ -100,6 +107,10 @@ class RuntimeConfig(BaseSettings):
         True, description="verify a cached venv's fingerprint before reuse")
     max_process_reuse: int = Field(
         1000, ge=1, description="tasks a warm process runs before retirement (1 = fresh process per task)")
+    fresh_process_from: FreshProcessFrom = Field(
+        FreshProcessFrom.template, description="with max_process_reuse=1: `template` forks "
+        "each task's process from a per-(bundle, venv) template that has imported the "
+        "entrypoint module; `exec` starts a new interpreter per task")
     process_ttl: float = Field(
         3600, gt=0, description="seconds a warm process lives before retirement")
     mem_limit_bytes: ByteCount = Field(
@@ -134,7 +145,7 @@ class RuntimeConfig(BaseSettings):
     def _level_any_case(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("executor_type", mode="before")
+    @field_validator("executor_type", "fresh_process_from", mode="before")
     @classmethod
     def _executor_lower(cls, v: Any) -> Any:
         return v.strip().lower() if isinstance(v, str) else v
@@ -165,7 +176,8 @@ class RuntimeConfig(BaseSettings):
 
     def summary(self) -> str:
         """One line of the settings that decide behaviour (for the startup log)."""
-        keys = ["executor_type", "max_warm_processes", "max_process_reuse", "process_ttl",
+        keys = ["executor_type", "max_warm_processes", "max_process_reuse",
+                "fresh_process_from", "process_ttl",
                 "force_fresh_venv", "validate_deps", "native_threads", "mem_limit_bytes", "pool_memory_bytes",
                 "task_timeout"]
         parts = []
@@ -194,6 +206,8 @@ def _allowed(field: str) -> str:
     ann = info.annotation
     if field == "executor_type":
         return "one of: " + ", ".join(e.value for e in ExecutorType)
+    if field == "fresh_process_from":
+        return "one of: " + ", ".join(e.value for e in FreshProcessFrom)
     if field == "log_level":
         return "one of: " + ", ".join(e.value for e in LogLevel)
     if field in ("mem_limit_bytes", "pool_memory_bytes", "venvs_max_bytes",

@@ -25,6 +25,7 @@ class RemovalReason(str, enum.Enum):
     timeout = "timeout"              # killed during a task: over TASK_TIMEOUT
     unhealthy = "unhealthy"          # idle but stopped answering the checkout health check
     fresh_venv = "fresh_venv"        # FORCE_FRESH_VENV: the single-use process ended with its task
+    venv_changed = "venv_changed"    # a template whose venv was rebuilt (replaced by a new one)
     shutdown = "shutdown"            # stopped because the worker process is stopping
 
 
@@ -42,6 +43,7 @@ class Removals(BaseModel):
     timeout: int = 0
     unhealthy: int = 0
     fresh_venv: int = 0
+    venv_changed: int = 0
     shutdown: int = 0
 
     def __add__(self, other: "Removals") -> "Removals":

@@ -17,6 +17,7 @@ from typing import Any
 from ...bundles import read_dependencies, read_reply_types
 from ...errors import (BundleError, EntrypointError, MemoryLimitExceeded, MissingDependencyError,
                       ModelOpsError, SimulationError)
+from ...config import FreshProcessFrom
 from ...models import Call, SimResult
 from ..stats import RemovalReason, StatsRecorder
 from ..warm.failures import Lost
@@ -26,6 +27,7 @@ from ..packages import package_digest, venv_packages
 from ..warm.process import WarmProcess, data_cap, warm_env
 from ..warm.program import compile_runner
 from ..warm.runner import WRITABLE_ENV
+from ..warm.template import Templates
 from ..warm.venvs import Venv, VenvCache, venv_key
 from .base import ExecEnv
 
@@ -58,6 +60,13 @@ class IsolatedWarmExecEnv(ExecEnv):
                              max_reuse=config.max_process_reuse, ttl=config.process_ttl,
                              memory_budget=config.pool_memory_bytes, stats=self._stats)
         self._bundles: dict[str, _Bundle] = {}
+        # MAX_PROCESS_REUSE=1: fork each task's process from a template (template.py)
+        self.templates: Templates | None = None
+        if (config.max_process_reuse == 1 and not config.force_fresh_venv
+                and config.fresh_process_from is FreshProcessFrom.template
+                and self.pool.subreaper):
+            self.templates = Templates(ttl=config.process_ttl, track=self.pool.track_unpooled,
+                                       drop=self.pool.drop_unpooled)
         self._lock = threading.Lock()
         # package set of each warm process's venv, read when it was spawned
         self._env_of: weakref.WeakKeyDictionary[WarmProcess, str] = weakref.WeakKeyDictionary()
@@ -70,6 +79,8 @@ class IsolatedWarmExecEnv(ExecEnv):
         bundle = self._bundle(call.bundle)
         if self.config.force_fresh_venv:
             return self._run_fresh(call, bundle, started)
+        if self.templates is not None:
+            return self._run_forked(call, bundle, started)
         venv: list[Venv] = []  # got before a slot is taken: a failed build evicts nothing
         proc, reused = self.pool.acquire(
             bundle.pool_key, lambda: self._spawn(bundle, venv[0]),
@@ -86,6 +97,8 @@ class IsolatedWarmExecEnv(ExecEnv):
                             started, env_digest)
 
     def shutdown(self) -> None:
+        if self.templates is not None:
+            self.templates.close()
         self.pool.shutdown()
 
     def stats(self) -> dict[str, Any]:
@@ -94,6 +107,10 @@ class IsolatedWarmExecEnv(ExecEnv):
     def package_sets(self) -> dict[str, list[str]]:
         with self._lock:
             return {k: list(v) for k, v in self._package_sets.items()}
+
+    def template_pids(self) -> list[int]:
+        """Pids of the templates alive now (MAX_PROCESS_REUSE=1 from templates)."""
+        return [] if self.templates is None else self.templates.pids()
 
     def warm_pids(self) -> list[int]:
         """Pids of the warm processes alive now (for diagnostics and tests)."""
@@ -114,16 +131,18 @@ class IsolatedWarmExecEnv(ExecEnv):
         with self._lock:
             return self._bundles.setdefault(ref, bundle)
 
-    def _spawn(self, bundle: _Bundle, venv: Venv, *, fresh: bool = False) -> WarmProcess:
+    def _spawn(self, bundle: _Bundle, venv: Venv, *, fresh: bool = False,
+               template: str | None = None) -> WarmProcess:
         try:
             packages = venv_packages(venv.path)
             env = {**warm_env(venv, self.config.env_passthrough),
                    **thread_env(self.config.native_threads)}
             if self.config.warm_writable_paths:  # read (and dropped) by the runner's sandbox
                 env[WRITABLE_ENV] = ",".join(self.config.warm_writable_paths)
+            extra = {} if template is None else {"template": template}
             proc = self.pool.spawn(key=bundle.pool_key, venv=venv, bundle_dir=bundle.path,
                                    env=env, single_use=fresh,
-                                   mem_limit=self.config.mem_limit_bytes)
+                                   mem_limit=self.config.mem_limit_bytes, **extra)
             proc.reply_types = bundle.reply_types
             digest = package_digest(packages)
             with self._lock:
@@ -149,6 +168,36 @@ class IsolatedWarmExecEnv(ExecEnv):
             self.pool.wait_gone(proc, self.pool.stop_grace + 60)
             self.venvs.remove(proc.venv)
         return self._result(outputs, pid, count, False, started, env_digest)
+
+    def _run_forked(self, call: Call, bundle: _Bundle, started: float) -> SimResult:
+        """MAX_PROCESS_REUSE=1 from a template: a process forked for this task alone from
+        the template of (bundle, venv, entrypoint module), stopped after it."""
+        venv = self.venvs.get(bundle.requirements)
+        module = call.entrypoint.partition(":")[0]
+
+        def spawn_template() -> WarmProcess:
+            template = self._spawn(bundle, venv, template=module)
+            template.module = module
+            return template
+
+        key = (*bundle.pool_key, module)
+        label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"
+        template_of: list[WarmProcess] = []
+        proc = self.templates.fork(key, venv, spawn_template,
+                                   start_timeout=self.pool.start_timeout,
+                                   sampler=self.pool.sampler, label=label,
+                                   picked=template_of.append)
+        self._stats.incr("spawns")
+        try:
+            self.pool.track_unpooled(proc)
+            with self._lock:
+                self._env_of[proc] = self._env_of.get(template_of[-1], "")
+            outputs = self._send(proc, call, bundle)
+            pid, count = proc.pid, proc.task_count
+            env_digest = self._env_of.get(proc, "")
+        finally:
+            self.pool.drop_unpooled(proc, RemovalReason.reuse)
+        return self._result(outputs, pid, count, venv.cache_hit, started, env_digest)
 
     def _send(self, proc: WarmProcess, call: Call, bundle: _Bundle) -> Any:
         label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"

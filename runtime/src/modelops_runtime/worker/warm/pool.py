@@ -40,6 +40,8 @@ from ..stats import RemovalReason, StatsRecorder, WarmStats
 from .memory import MemorySampler, _mb
 from .orphans import become_subreaper
 from .process import WarmProcess
+from .runner import NO_TEMPLATE
+from .template import TemplateProcess
 from .scratch import remove_dead_scratch
 from .venvs import Venv
 
@@ -47,7 +49,8 @@ log = logging.getLogger("modelops_runtime.pool")
 
 # stopped gently (EOF on the request pipe, TERM after a second): nothing went wrong
 GRACEFUL = frozenset({RemovalReason.reuse, RemovalReason.ttl, RemovalReason.lru,
-                      RemovalReason.memory_budget, RemovalReason.fresh_venv})
+                      RemovalReason.memory_budget, RemovalReason.fresh_venv,
+                      RemovalReason.venv_changed})
 # worth a warning: the process failed, not the pool's policy
 FAILURES = frozenset({RemovalReason.crash, RemovalReason.timeout, RemovalReason.mem_limit,
                       RemovalReason.unhealthy})
@@ -119,7 +122,8 @@ class WarmPool:
                                              daemon=True, name="modelops-pool-housekeeper")
         self._housekeeper.start()
         remove_dead_scratch()
-        become_subreaper()  # orphans of warm processes stay ours (see orphans.py)
+        # orphans of warm processes stay ours (see orphans.py); templates need it too
+        self.subreaper = become_subreaper()
 
     # -- the one place a process changes state ---------------------------------------------
 
@@ -165,14 +169,16 @@ class WarmPool:
     # -- spawning --------------------------------------------------------------------
 
     def spawn(self, *, key: Hashable, venv: Venv, bundle_dir: Path, env: dict[str, str],
-              single_use: bool = False, mem_limit: int | None = None) -> WarmProcess:
+              single_use: bool = False, mem_limit: int | None = None,
+              template: str = NO_TEMPLATE) -> WarmProcess:
         """A new warm process (not yet the pool's: :meth:`acquire` or :meth:`track_unpooled`
-        takes it)."""
-        proc = WarmProcess.spawn(
+        takes it); with ``template`` (a module), a :class:`~.template.TemplateProcess`."""
+        kind = WarmProcess if template == NO_TEMPLATE else TemplateProcess
+        proc = kind.spawn(
             key=key, venv=venv, bundle_dir=bundle_dir, env=env,
             max_tasks=1 if single_use else jittered_reuse(self.max_reuse),
             ttl=jittered_ttl(self.ttl), start_timeout=self.start_timeout,
-            popen=self._fork, mem_limit=mem_limit, sampler=self.sampler)
+            popen=self._fork, mem_limit=mem_limit, sampler=self.sampler, template=template)
         self.stats.incr("spawns")
         return proc
 
@@ -270,7 +276,8 @@ class WarmPool:
                 self._move(entry, State.stopping, reason)
 
     def track_unpooled(self, proc: Any) -> None:
-        """A single-use process (FORCE_FRESH_VENV): never pooled, but stopped at shutdown."""
+        """A single-use process (FORCE_FRESH_VENV, or forked from a template) or a template:
+        never pooled, but stopped at shutdown."""
         with self._cond:
             entry = self._entries[proc] = _Entry(proc)
             self._move(entry, State.unpooled)
@@ -279,13 +286,15 @@ class WarmPool:
                 self._move(entry, State.stopping, RemovalReason.shutdown)
         self._check_open()
 
-    def drop_unpooled(self, proc: Any) -> None:
+    def drop_unpooled(self, proc: Any,
+                      reason: RemovalReason = RemovalReason.fresh_venv) -> None:
+        """Hand an unpooled process to the reaper (``reason`` unless it was lost)."""
         with self._cond:
             entry = self._entries.get(proc)
             if entry is None or entry.state is State.stopping:
                 return  # taken by the shutdown already
             reason = (RemovalReason.shutdown if proc.worker_stopping
-                      else proc.lost or RemovalReason.fresh_venv)
+                      else proc.lost or reason)
             self._move(entry, State.stopping, reason)
 
     def wait_gone(self, proc: Any, timeout: float) -> bool:

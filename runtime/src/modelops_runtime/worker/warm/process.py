@@ -10,6 +10,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -27,12 +28,11 @@ from .memory import MemorySampler
 from .orphans import adopted_descendants, wait_gone
 from .program import runner_program
 from .decode import decode_reply
-from .runner import HEADER_SIZE, encode, header
+from .runner import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
 from .scratch import make_scratch
 from .venvs import Venv
 from .watch import TICK, _Watch
 
-TOKEN_VAR = "_MODELOPS_WARM_PROCESS"  # in each warm process's environment: marks its tree
 PIPE_SIZE = 1 << 20                # larger pipes: fewer wakeups for big payloads
 BASE_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME")
 
@@ -96,18 +96,25 @@ class WarmProcess:
     def spawn(cls, *, key: Hashable, venv: Venv, bundle_dir: Path, env: dict[str, str],
               max_tasks: int, ttl: float, start_timeout: float,
               popen: Callable[[Callable[[], subprocess.Popen]], subprocess.Popen],
-              mem_limit: int | None = None, sampler: MemorySampler | None = None
-              ) -> "WarmProcess":
+              mem_limit: int | None = None, sampler: MemorySampler | None = None,
+              template: str = NO_TEMPLATE) -> "WarmProcess":
         """Start a runner and wait for its hello. ``popen`` runs the fork in the pool's
         long-lived spawner thread (PR_SET_PDEATHSIG fires when the forking *thread* ends).
-        With ``mem_limit`` the runner caps its own data size (see :func:`data_cap`)."""
+        With ``mem_limit`` the runner caps its own data size (see :func:`data_cap`). With
+        ``template`` (a module) it is a template (template.py): its request channel is a
+        socket that carries the pipes of the processes it forks."""
         token = uuid.uuid4().hex
         env = {**env, TOKEN_VAR: token}
         fds: list[int] = []
         scratch: Path | None = None
         step = "pipes"
         try:  # every failure closes what was opened so far
-            for _ in range(4):
+            if template == NO_TEMPLATE:
+                fds.extend(os.pipe())
+            else:  # (read end, write end) as for the pipe: the runner's end first
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                fds.extend((theirs.detach(), ours.detach()))
+            for _ in range(3):
                 fds.extend(os.pipe())
             req_r, req_w, resp_r, resp_w, life_r, life_w, log_r, log_w = fds
             for fd in (req_w, resp_r):
@@ -119,7 +126,8 @@ class WarmProcess:
             cmd = [str(venv.python), "-I", "-u", str(runner_program(venv)),
                    "--request-fd", str(req_r), "--response-fd", str(resp_w),
                    "--lifeline-fd", str(life_r), "--parent-pid", str(os.getpid()),
-                   "--data-limit", str(data_cap(mem_limit)), "--bundle-dir", str(bundle_dir)]
+                   "--data-limit", str(data_cap(mem_limit)), "--bundle-dir", str(bundle_dir),
+                   "--template", template]
             # the bundle is only on sys.path (-I keeps the cwd off it); the cwd is private
             proc = popen(lambda: subprocess.Popen(
                 cmd, pass_fds=(req_r, resp_w, life_r), stdin=subprocess.DEVNULL,

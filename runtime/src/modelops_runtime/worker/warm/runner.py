@@ -50,7 +50,10 @@ PLAIN_ITEMS = 1000   # objects in a message beyond which pickle is used (bounds 
 PROTOCOL = 5
 WRITABLE_ENV = "MODELOPS_WARM_WRITABLE_PATHS"  # extra writable dirs (comma-separated)
 OPTIONS = ("--request-fd", "--response-fd", "--lifeline-fd", "--parent-pid", "--data-limit",
-           "--bundle-dir")
+           "--bundle-dir", "--template")
+NO_TEMPLATE = "-"  # --template value of a process that runs tasks itself
+TOKEN_VAR = "_MODELOPS_WARM_PROCESS"  # marks a warm process's descendants (see orphans.py)
+REPARENT_WAIT = 5.0  # s a forked task process waits to be adopted by the worker
 
 
 def read_exact(fd: int, n: int) -> bytearray | None:
@@ -318,23 +321,23 @@ def _run(request: dict, cache: dict, bundle_dir: str) -> dict:
     return {"ok": True, "result": result}
 
 
-def parse_options(argv: list[str]) -> tuple[int, int, int, int, int, str]:
-    """The values of OPTIONS, each given once as ``--name value``, all but the last a
+def parse_options(argv: list[str]) -> tuple[int, int, int, int, int, str, str]:
+    """The values of OPTIONS, each given once as ``--name value``, all but the last two a
     number (by hand: argparse costs ~6 ms per start)."""
     opts = dict(zip(argv[0::2], argv[1::2], strict=False))  # odd lengths: rejected below
     if (len(argv) != 2 * len(OPTIONS) or sorted(opts) != sorted(OPTIONS)
             or not all(opts[name].isdigit() for name in OPTIONS[:5])):
-        usage = " ".join(f"{name} {'PATH' if name == '--bundle-dir' else 'N'}"
+        usage = " ".join(f"{name} {'PATH' if name == '--bundle-dir' else 'MODULE|-' if name == '--template' else 'N'}"
                          for name in OPTIONS)
         sys.stderr.write(f"usage: runner {usage}\n(the warm pool starts this program; got: "
                          f"{' '.join(argv) or 'no arguments'})\n")
         raise SystemExit(2)
-    return (*(int(opts[name]) for name in OPTIONS[:5]), opts["--bundle-dir"])
+    return (*(int(opts[name]) for name in OPTIONS[:5]), opts["--bundle-dir"], opts["--template"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    request_fd, response_fd, lifeline_fd, parent_pid, data_limit, bundle_dir = parse_options(
-        sys.argv[1:] if argv is None else argv)
+    (request_fd, response_fd, lifeline_fd, parent_pid, data_limit, bundle_dir,
+     template) = parse_options(sys.argv[1:] if argv is None else argv)
 
     for fd in (request_fd, response_fd, lifeline_fd):
         os.set_inheritable(fd, False)  # user subprocesses must not hold our pipes open
@@ -352,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     _thread.start_new_thread(_watch_lifeline, (lifeline_fd,))
     faulthandler.enable()  # a segfault's Python stack lands in the log tail
     sys.path.insert(0, bundle_dir)
+    if template != NO_TEMPLATE:  # returns only in a forked task process, with its pipes
+        request_fd, response_fd = _serve_forks(request_fd, response_fd, lifeline_fd,
+                                               parent_pid, template,
+                                               None if unconfined else ("/dev", *extra))
 
     write_frame(response_fd, {"op": "hello", "pid": os.getpid(),
                               "python": sys.version.split()[0], "prefix": sys.prefix,
@@ -388,6 +395,137 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:
             return 0
         del request, body  # do not hold a large payload while idle
+
+
+# -- the template (MAX_PROCESS_REUSE=1 with FRESH_PROCESS_FROM=template) ----------------------
+#
+# A template has imported one entrypoint module of the bundle (and so its dependencies) and
+# runs nothing else; for each task the worker sends it, over a socket, the four pipe ends of
+# a new task process, and it forks one. The fork is doubled: the middle process exits at
+# once, so the task process is adopted by the worker (a child subreaper, see orphans.py),
+# which then waits for it, signals its group and reads its exit status like any process it
+# spawned. The task process makes itself a session leader, moves onto its own pipes,
+# scratch directory and mark, arms PR_SET_PDEATHSIG against the worker and starts its own
+# lifeline thread, then runs the ordinary loop below. What fork does not renew is in the
+# README ("fresh-process from a template").
+
+
+def _serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: int,
+                 module: str, writable: tuple[str, ...] | None) -> tuple[int, int]:
+    """The template's loop: import ``module`` once, then fork a task process per order.
+    Returns only in a task process (its request and response fds); the template itself
+    exits when the worker closes the socket."""
+    import _socket  # the C half of `socket` (which would add enum, selectors... to every
+    # task process); SCM_RIGHTS parsed by hand
+    preload = ""
+    try:
+        __import__(module)
+    except BaseException as exc:  # noqa: BLE001 - the task process imports it again and
+        preload = f"{type(exc).__name__}: {_text(exc)}"  # reports the error typed
+    write_frame(response_fd, {"op": "hello", "pid": os.getpid(), "template": module,
+                              "preload_error": preload})
+    sock = _socket.socket(fileno=sock_fd)
+    space = _socket.CMSG_SPACE(4 * 4)
+    while True:
+        try:
+            order, ancillary, _flags, _addr = sock.recvmsg(1 << 16, space)
+        except OSError:
+            os._exit(0)
+        fds = []
+        for level, kind, data in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds += [int.from_bytes(data[i:i + 4], sys.byteorder, signed=True)
+                        for i in range(0, len(data) - len(data) % 4, 4)]
+        if not order:  # the worker closed the socket: retire
+            os._exit(0)
+        child = _fork_task_process(marshal.loads(order), fds, response_fd, worker_pid,
+                                   writable)
+        if child is not None:  # in the task process: leave the template's loop
+            sock.close()
+            for fd in (response_fd, lifeline_fd):
+                os.close(fd)
+            return child
+
+
+def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int,
+                       writable: tuple[str, ...] | None):
+    """Fork one task process (in the template: None after replying with its pid; in the
+    task process: its (request fd, response fd))."""
+    if len(fds) != 4:
+        for fd in fds:
+            os.close(fd)
+        write_frame(response_fd, {"op": "forked", "pid": 0,
+                                  "error": f"got {len(fds)} file descriptors, not 4"})
+        return None
+    report_r, report_w = os.pipe()
+    try:
+        middle = os.fork()
+    except OSError as exc:
+        middle, error = -1, f"fork: {exc}"
+    if middle == 0:
+        in_task_process = False
+        me = os.getpid()
+        try:
+            child = os.fork()
+            if child == 0:
+                in_task_process = True
+                os.close(report_r)
+                os.close(report_w)
+                return _become_task_process(order, fds, me, worker_pid, writable)
+            os.write(report_w, child.to_bytes(4, "big"))
+        finally:
+            if not in_task_process:
+                os._exit(0)
+    for fd in (*fds, report_w):
+        os.close(fd)
+    pid = 0
+    if middle > 0:
+        got = read_exact(report_r, 4)
+        os.waitpid(middle, 0)  # once it is reaped, the task process is the worker's child
+        pid = int.from_bytes(got, "big") if got else 0
+        error = "" if pid else "the second fork failed"
+    os.close(report_r)
+    write_frame(response_fd, {"op": "forked", "pid": pid, "error": error})
+    return None
+
+
+def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
+                         writable: tuple[str, ...] | None):
+    request_fd, response_fd, lifeline_fd, log_fd = fds
+    os.setsid()  # its own session: the worker's killpg reaches it and its children only
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    for fd in (request_fd, response_fd, lifeline_fd):
+        os.set_inheritable(fd, False)
+    scratch = order["scratch"]
+    os.chdir(scratch)
+    os.environ["TMPDIR"] = scratch
+    os.environ[TOKEN_VAR] = order["token"]  # what it execs carries its own mark
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:
+        tempfile.tempdir = None  # computed again from TMPDIR, as in a fresh process
+    if writable is not None:  # a second Landlock layer: of the template's scratch, only its own
+        unconfined = _sandbox((scratch, *writable))
+        if unconfined:
+            sys.stderr.write(f"modelops runner: no own filesystem sandbox: {unconfined}\n")
+    _adopted(middle)
+    _set_parent_death_signal(worker_pid)
+    _thread.start_new_thread(_watch_lifeline, (lifeline_fd,))
+    return request_fd, response_fd
+
+
+def _adopted(middle: int) -> None:
+    """Wait until the middle process has exited and the worker adopted us (bounded)."""
+    import time
+
+    deadline = time.monotonic() + REPARENT_WAIT
+    while os.getppid() == middle:
+        if time.monotonic() > deadline:
+            sys.stderr.write("modelops runner: the forked task process was not adopted by "
+                             "the worker\n")
+            os._exit(1)
+        time.sleep(0.0002)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,259 @@
+"""Fresh processes from a template (MAX_PROCESS_REUSE=1, FRESH_PROCESS_FROM=template).
+
+A template is a warm process (the runner started with ``--template MODULE``) that has
+started the interpreter, imported one entrypoint module of a bundle and its dependencies,
+and runs nothing else. For each task the worker hands it the four pipe ends of a new task
+process over a socket; it forks one (a double fork: the task process is adopted by the
+worker, a child subreaper, so the worker waits for it, signals its process group and reads
+its exit status as for any process it spawned). The task process runs exactly one task,
+starting from the state a fresh process has after those imports.
+
+:class:`TemplateProcess` is the handle of a template; :class:`Templates` keeps one per
+(bundle, venv, module), replaces one that died, whose venv was rebuilt or that is past the
+TTL, and registers each in the pool, whose reaper stops it and whose shutdown reaches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import marshal
+import os
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Hashable
+from pathlib import Path
+
+from ...errors import ProcessCrashed
+from ..stats import RemovalReason
+from .failures import Lost, describe_exit, limit_error
+from .logtail import LogTail
+from .memory import MemorySampler
+from .process import PIPE_SIZE, WarmProcess
+from .venvs import FINGERPRINT, Venv
+
+
+def venv_identity(venv: Venv) -> tuple:
+    """What changes when a venv is rebuilt in place: its fingerprint file's inode/mtime."""
+    try:
+        st = (venv.path / FINGERPRINT).stat()
+    except OSError:
+        return (str(venv.path), None)
+    return (str(venv.path), st.st_ino, st.st_mtime_ns)
+
+
+class TemplateLost(Exception):
+    """The template ended (or broke its protocol) while asked for a fork."""
+
+
+class _Adopted:
+    """The ``Popen`` part a :class:`WarmProcess` needs, for a process the worker adopted
+    (forked by a template, then reparented to the worker): wait and returncode."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # not ours (any more): nothing to report
+                self.returncode = -9
+                break
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+
+class TemplateProcess(WarmProcess):
+    """A template: forks task processes; never runs a task itself."""
+
+    module = ""
+    venv_id: tuple = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._fork_lock = threading.Lock()  # one order on the socket at a time
+
+    def fork(self, *, start_timeout: float, sampler: MemorySampler | None,
+             label: str) -> WarmProcess:
+        """A new task process, forked from this template and said hello. Raises
+        :class:`TemplateLost` if the template is gone (the caller replaces it),
+        :class:`~...errors.ProcessCrashed` if the task process died starting, or a limit
+        error of the worker."""
+        token = uuid.uuid4().hex
+        fds: list[int] = []
+        scratch = None
+        try:
+            # beneath the template's scratch: its filesystem sandbox allows writes there
+            scratch = Path(tempfile.mkdtemp(prefix="task-", dir=self.scratch))
+            for _ in range(4):
+                fds.extend(os.pipe())
+        except OSError as exc:
+            _close(fds)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise limit_error(exc, "cannot start a task process from a template") from exc
+        req_r, req_w, resp_r, resp_w, life_r, life_w, log_r, log_w = fds
+        for fd in (req_w, resp_r):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        order = marshal.dumps({"scratch": str(scratch), "token": token})
+        try:
+            with self._fork_lock:
+                self._order(order, [req_r, resp_w, life_r, log_w])
+                _close([req_r, resp_w, life_r, log_w])  # the task process has them now
+                reply = self.exchange(None, timeout=start_timeout,
+                                      label=f"a fork of the template of {self.module}")
+        except BaseException as exc:
+            _close(fds)
+            shutil.rmtree(scratch, ignore_errors=True)
+            if isinstance(exc, Lost):
+                raise TemplateLost(f"template {self.pid}: {exc}") from None
+            raise
+        pid = reply.get("pid") if reply.get("op") == "forked" else 0
+        if not pid:
+            _close([req_w, resp_r, life_w, log_r])
+            shutil.rmtree(scratch, ignore_errors=True)
+            if reply.get("op") != "forked":
+                self.kill()
+                raise TemplateLost(f"template {self.pid} answered {reply!r}")
+            raise limit_error(OSError(0, reply.get("error", "fork failed")),
+                              f"template {self.pid} could not fork a task process")
+        os.set_blocking(req_w, False)
+        os.set_blocking(resp_r, False)
+        child = WarmProcess(_Adopted(pid), key=self.key, venv=self.venv, request_fd=req_w,
+                            response_fd=resp_r, lifeline_fd=life_w, log=LogTail(log_r),
+                            max_tasks=1, ttl=float("inf"), scratch=scratch)
+        child.token, child.sampler = token, sampler
+        try:
+            hello = child.exchange(None, timeout=start_timeout, label="a forked start")
+        except Lost:
+            child.stop(graceful=False)
+            how, code, sig = describe_exit(child.popen.returncode)
+            tail = child.log.tail()
+            raise ProcessCrashed(
+                f"a task process forked from the template of {self.module} (pid {self.pid}) "
+                f"died before running {label}: {how}. Its output:\n{tail or '(none)'}",
+                exit_code=code, signal_name=sig, pid=pid, log_tail=tail) from None
+        if hello.get("op") != "hello":  # pragma: no cover - protocol guard
+            child.stop(graceful=False)
+            raise ProcessCrashed(f"forked process {pid} sent {hello!r} instead of hello",
+                                 exit_code=None, signal_name=None, log_tail="")
+        return child
+
+    def _order(self, order: bytes, fds: list[int]) -> None:
+        if self._req < 0 or self.exited():
+            raise TemplateLost(f"template {self.pid} has ended")
+        sock = socket.socket(fileno=self._req)
+        try:
+            poller = select.poll()
+            poller.register(self._req, select.POLLOUT)
+            if not poller.poll(5000):
+                raise TemplateLost(f"template {self.pid} takes no orders")
+            socket.send_fds(sock, [order], fds)
+        except OSError as exc:  # EPIPE, ECONNRESET: it ended
+            raise TemplateLost(f"template {self.pid}: {exc}") from None
+        finally:
+            sock.detach()
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class Templates:
+    """One template per key; thread-safe. ``spawn(venv)`` starts one (through the pool),
+    ``track``/``drop`` register it with the pool (which stops it)."""
+
+    def __init__(self, *, ttl: float, track: Callable[[WarmProcess], None],
+                 drop: Callable[[WarmProcess, RemovalReason], None]) -> None:
+        self.ttl = ttl
+        self._track = track
+        self._drop = drop
+        self._lock = threading.Lock()
+        self._locks: dict[Hashable, threading.Lock] = {}
+        self._current: dict[Hashable, TemplateProcess] = {}
+
+    def fork(self, key: Hashable, venv: Venv, spawn: Callable[[], TemplateProcess], *,
+             start_timeout: float, sampler: MemorySampler | None, label: str,
+             picked: Callable[[TemplateProcess], None] = lambda t: None) -> WarmProcess:
+        """A task process forked from the template of ``key`` (started or replaced first
+        if needed; ``picked`` is told which). A template that died is replaced once."""
+        for attempt in (1, 2):
+            template = self._template(key, venv, spawn)
+            try:
+                picked(template)
+                return template.fork(start_timeout=start_timeout, sampler=sampler,
+                                     label=label)
+            except TemplateLost as exc:
+                self._retire(key, template, RemovalReason.crash)
+                if attempt == 2:
+                    tail = template.log.tail()
+                    how, code, sig = describe_exit(template.exit_status())
+                    raise ProcessCrashed(
+                        f"the template process for {label} ended twice in a row ({exc}; "
+                        f"{how}). Its output:\n{tail or '(none)'}\nCheck that the entrypoint "
+                        "module imports cleanly, or set worker.executor.freshProcessFrom: "
+                        "exec.", exit_code=code, signal_name=sig, pid=template.pid,
+                        log_tail=tail) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _template(self, key: Hashable, venv: Venv,
+                  spawn: Callable[[], TemplateProcess]) -> TemplateProcess:
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            current = self._current.get(key)
+            if current is not None:
+                reason = None
+                if current.exited():
+                    reason = RemovalReason.crash
+                elif current.venv_id != venv_identity(venv):
+                    reason = RemovalReason.venv_changed
+                elif time.monotonic() >= current.expires_at:
+                    reason = RemovalReason.ttl
+                if reason is None:
+                    return current
+                self._retire(key, current, reason)
+            template = spawn()
+            template.venv_id = venv_identity(venv)
+            template.token = ""  # its task processes carry its mark: never scanned as orphans
+            self._track(template)
+            self._current[key] = template
+            return template
+
+    def _retire(self, key: Hashable, template: TemplateProcess, reason: RemovalReason) -> None:
+        with self._lock:
+            if self._current.get(key) is template:
+                del self._current[key]
+        self._drop(template, reason)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [t.pid for t in self._current.values()]
+
+    def close(self) -> None:
+        """Hand every template to the pool's reaper (the worker is stopping). Task
+        processes already forked are not theirs: they are stopped as the pool's."""
+        with self._lock:
+            current, self._current = self._current, {}
+        for template in current.values():
+            self._drop(template, RemovalReason.shutdown)
+
+
+__all__ = ["TemplateProcess", "Templates", "TemplateLost", "venv_identity"]

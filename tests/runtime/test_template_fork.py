@@ -1,0 +1,189 @@
+"""Fresh processes forked from a template (MAX_PROCESS_REUSE=1, FRESH_PROCESS_FROM=template),
+driven directly in this process: real venvs, real templates, real forks and signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from modelops_runtime.errors import (MemoryLimitExceeded, ProcessCrashed, SimulationError,
+                                     TaskTimeout)
+from modelops_runtime.models import Call
+from modelops_runtime.worker.warm.runner import TOKEN_VAR
+from modelops_runtime.worker.warm.venvs import FINGERPRINT
+from support.bundles import make_bundle
+
+MODEL = '''
+import os, random, sys, time
+
+IMPORTED_IN = os.getpid()   # the process that ran the module's top level
+COUNT = 0                   # the planted bug: module state carried between tasks
+CACHE = []
+
+def sim(params, seed):
+    global COUNT
+    COUNT += 1
+    CACHE.append(seed)
+    return {"count": COUNT, "cache": list(CACHE), "pid": os.getpid(),
+            "imported_in": IMPORTED_IN, "random": random.random()}
+
+def where(params, seed):
+    open("out.txt", "w").write("x")
+    fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    return {"cwd": os.getcwd(), "tmpdir": os.environ.get("TMPDIR"), "pid": os.getpid(),
+            "token": os.environ.get("%s"), "sid": os.getsid(0), "ppid": os.getppid(),
+            "fds": fds, "pdeathsig": _pdeathsig()}
+
+def _pdeathsig():
+    import ctypes
+    sig = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return sig.value
+
+def segfault(params, seed):
+    print("about to crash")
+    os.kill(os.getpid(), 11)
+
+def quits(params, seed):
+    os._exit(7)
+
+def sleeps(params, seed):
+    time.sleep(60)
+
+def hog(params, seed):
+    CACHE.append(bytearray(params["mb"] << 20))
+    time.sleep(30)
+    return {}
+
+def boom(params, seed):
+    raise ValueError("bad x")
+''' % TOKEN_VAR
+
+OTHER = '''
+import os
+IMPORTED_IN = os.getpid()
+
+def run(params, seed):
+    return {"imported_in": IMPORTED_IN, "pid": os.getpid()}
+'''
+
+
+def _bundle(tmp_path) -> str:
+    return make_bundle(tmp_path / "src", tmp_path / "repo",
+                       {"model.py": MODEL, "other.py": OTHER, "requirements.txt": ""},
+                       name="t")
+
+
+def _call(ref, fn="sim", seed=0, module="model", **params):
+    return Call(bundle=ref, entrypoint=f"{module}:{fn}", args=(params, seed))
+
+
+def test_planted_module_global_shows_in_prod_warm_and_not_from_the_template(tmp_path, warm):
+    ref = _bundle(tmp_path)
+    prod = warm(max_process_reuse=1000)
+    assert [prod.run(_call(ref, seed=s)).outputs["count"] for s in range(3)] == [1, 2, 3]
+
+    fresh = warm(max_process_reuse=1)
+    results = [fresh.run(_call(ref, seed=s)).outputs for s in range(4)]
+    templates = fresh.template_pids()
+    assert len(templates) == 1
+    # every task starts from the module state of a fresh import, none of an earlier task's
+    assert [r["count"] for r in results] == [1, 1, 1, 1]
+    assert [r["cache"] for r in results] == [[0], [1], [2], [3]]
+    # ... imported once, in the template, and each task in a process of its own
+    assert {r["imported_in"] for r in results} == set(templates)
+    assert len({r["pid"] for r in results}) == 4 and not {r["pid"] for r in results} & set(templates)
+    # Python's `random` is reseeded in each forked process (numpy's legacy one is not)
+    assert len({r["random"] for r in results}) == 4
+    stats = fresh.stats()
+    assert stats["removals"]["reuse"] >= 4 and stats["removals"]["crash"] == 0
+
+    # another entrypoint module gets its own template; the first one stays
+    other = fresh.run(_call(ref, "run", module="other")).outputs
+    assert other["imported_in"] in fresh.template_pids() and len(fresh.template_pids()) == 2
+    assert templates[0] in fresh.template_pids()
+
+
+def test_a_forked_process_is_its_own_session_with_its_own_pipes_dir_and_mark(tmp_path, warm):
+    ex = warm(max_process_reuse=1)
+    ref = _bundle(tmp_path)
+    first, second = (ex.run(_call(ref, "where")).outputs for _ in range(2))
+    assert first["sid"] == first["pid"]            # a session leader: killpg reaches its tree
+    assert first["ppid"] == os.getpid()            # adopted by the worker (a subreaper)
+    assert first["pdeathsig"] == signal.SIGKILL    # armed against the worker's death
+    assert first["cwd"] != second["cwd"] and first["tmpdir"] == first["cwd"]
+    assert first["token"] and first["token"] != second["token"]
+    # stdin, stdout, stderr and its own request, response and lifeline pipes: nothing of
+    # the template's (its socket, its response pipe, its lifeline)
+    assert len(first["fds"]) == len(second["fds"]) and len(first["fds"]) <= 7, first["fds"]
+    assert not os.path.exists(first["cwd"])        # removed with the process
+
+
+@pytest.mark.parametrize("fn, error, check", [
+    ("segfault", ProcessCrashed, lambda e: e.signal_name == "SIGSEGV"
+     and "about to crash" in e.log_tail),
+    ("quits", ProcessCrashed, lambda e: e.exit_code == 7),
+], ids=["segfault", "os-exit"])
+def test_a_crash_in_a_forked_process_is_typed_and_the_template_survives(tmp_path, warm,
+                                                                        fn, error, check):
+    ex = warm(max_process_reuse=1)
+    ref = _bundle(tmp_path)
+    ex.run(_call(ref))
+    template = ex.template_pids()
+    with pytest.raises(error) as err:
+        ex.run(_call(ref, fn))
+    assert check(err.value), err.value
+    assert ex.template_pids() == template
+    assert ex.run(_call(ref)).outputs["count"] == 1
+    with pytest.raises(SimulationError, match="bad x"):
+        ex.run(_call(ref, "boom"))
+    assert ex.template_pids() == template
+
+
+def test_timeout_and_memory_limit_of_a_forked_process(tmp_path, warm):
+    ex = warm(max_process_reuse=1, task_timeout=3, mem_limit_bytes="150Mi")
+    ref = _bundle(tmp_path)
+    ex.run(_call(ref))
+    template = ex.template_pids()
+    with pytest.raises(TaskTimeout) as err:
+        ex.run(_call(ref, "sleeps"))
+    assert err.value.timeout_s == 3
+    with pytest.raises(MemoryLimitExceeded):
+        ex.run(_call(ref, "hog", mb=400))
+    assert ex.template_pids() == template
+    assert ex.run(_call(ref)).outputs["count"] == 1
+    stats = ex.stats()["removals"]
+    assert stats["timeout"] == 1 and stats["mem_limit"] == 1
+
+
+def test_a_template_whose_venv_is_rebuilt_is_replaced(tmp_path, warm, procs):
+    ex = warm(max_process_reuse=1)
+    ref = _bundle(tmp_path)
+    before = ex.run(_call(ref)).outputs["imported_in"]
+    old = procs.track(before)
+    (next((tmp_path / "venvs").glob("[0-9a-f]*")) / FINGERPRINT).unlink()  # → rebuilt
+    after = ex.run(_call(ref)).outputs
+    assert after["imported_in"] != before and ex.template_pids() == [after["imported_in"]]
+    procs.wait_gone([old])
+    assert ex.stats()["removals"]["venv_changed"] == 1
+
+
+def test_a_dead_template_is_replaced(tmp_path, warm, procs):
+    ex = warm(max_process_reuse=1)
+    ref = _bundle(tmp_path)
+    (template,) = ex.template_pids() or [ex.run(_call(ref)).outputs["imported_in"]]
+    os.kill(template, signal.SIGKILL)
+    procs.wait_gone([procs.track(template)])
+    out = ex.run(_call(ref)).outputs
+    assert out["imported_in"] != template and out["count"] == 1
+
+
+def test_exec_keeps_the_plain_path(tmp_path, warm):
+    ex = warm(max_process_reuse=1, fresh_process_from="exec")
+    ref = _bundle(tmp_path)
+    results = [ex.run(_call(ref)).outputs for _ in range(2)]
+    assert ex.template_pids() == []
+    assert [r["count"] for r in results] == [1, 1]
+    assert all(r["imported_in"] == r["pid"] for r in results)  # imported by itself
