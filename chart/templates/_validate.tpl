@@ -123,6 +123,7 @@ count; more than zero. Said in words, because the schema's pattern message would
   "MODELOPS_VALIDATE_DEPS" "worker.executor.validateDeps"
   "MODELOPS_MAX_PROCESS_REUSE" "worker.executor.maxProcessReuse"
   "MODELOPS_PROCESS_TTL" "worker.executor.processTTL"
+  "MODELOPS_FRESH_PROCESS_FROM" "worker.executor.freshProcessFrom"
   "MODELOPS_NATIVE_THREADS" "worker.executor.nativeThreads"
   "MODELOPS_MEM_LIMIT_BYTES" "worker.executor.memLimitPerProcess"
   "MODELOPS_POOL_MEMORY_BYTES" "worker.executor.poolMemoryPerProcess"

@@ -240,7 +240,7 @@ def test_half_built_venv_without_fingerprint_is_rebuilt(tmp_path, warm):
 
 def test_validate_deps_rebuilds_a_venv_whose_interpreter_does_not_start(tmp_path, warm):
     ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
-    trusting = warm(validate_deps="false", max_process_reuse=1)
+    trusting = warm(validate_deps="false", max_process_reuse=1, fresh_process_from="exec")
     assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
     python = tmp_path / "venvs" / venv_key(["tinylib==1.0"]) / "bin" / "python"
     python.unlink()
@@ -252,7 +252,7 @@ def test_validate_deps_rebuilds_a_venv_whose_interpreter_does_not_start(tmp_path
     # nothing kept of the failed start; the first task's process retires in the background
     wait_for(lambda: trusting.warm_pids() == [], 60, "the retired process to be reaped")
 
-    validating = warm(max_process_reuse=1)
+    validating = warm(max_process_reuse=1, fresh_process_from="exec")
     result = validating.run(_call(ref, "imports_tinylib"))
     assert result.outputs == {"version": "1.0"} and result.venv_cache_hit is False
     assert validating.stats()["venv_builds"] == 1
@@ -429,7 +429,7 @@ def _lingering(ref, flag, ignore_term=True):
 
 def test_retirement_does_not_hold_the_result_and_leaves_nothing(tmp_path, warm, wait_gone,
                                                                  procs):
-    ex = warm(max_process_reuse=1)
+    ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ex.pool.stop_grace = 60.0  # the slow exit is ended by the flag here, not by signals
     ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
     flag = tmp_path / "flag"
@@ -452,7 +452,7 @@ def test_retirement_does_not_hold_the_result_and_leaves_nothing(tmp_path, warm, 
 
 
 def test_a_retiring_process_keeps_its_slot_until_it_is_gone(tmp_path, warm, procs, waits_in):
-    ex = warm(max_process_reuse=1, max_warm_processes=1)
+    ex = warm(max_process_reuse=1, fresh_process_from="exec", max_warm_processes=1)
     ex.pool.stop_grace = 60.0
     ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
     flag = tmp_path / "flag"
@@ -476,7 +476,7 @@ def test_a_retiring_process_keeps_its_slot_until_it_is_gone(tmp_path, warm, proc
 
 
 def test_shutdown_waits_for_the_reaper_and_kills_stubborn_retirees(tmp_path, warm, procs):
-    ex = warm(max_process_reuse=1)
+    ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ex.pool.stop_grace = 1.0
     ref = _bundle(tmp_path, extra={"slowexit.py": SLOW_EXIT})
     # ignores SIGTERM and waits at exit for a flag that never comes
@@ -495,7 +495,7 @@ def test_shutdown_waits_for_the_reaper_and_kills_stubborn_retirees(tmp_path, war
 def test_fresh_process_starts_lean_and_armed_against_parent_death(tmp_path, warm):
     """MAX_PROCESS_REUSE=1 pays the runner's start on every task: it must not load what it
     does not need (argparse, threading, pickle... cost milliseconds each)."""
-    ex = warm(max_process_reuse=1)
+    ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path, extra={"lean.py": LEAN})
     loaded = set(ex.run(Call(bundle=ref, entrypoint="lean:loaded", args=({}, 0)))
                  .outputs["modules"])
@@ -539,7 +539,7 @@ def test_runner_rejects_bad_arguments_with_its_usage(args):
 
 
 def test_damaged_compiled_runner_is_replaced(tmp_path, warm):
-    ex = warm(max_process_reuse=1)
+    ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path)
     first = ex.run(_call(ref))
     venv = tmp_path / "venvs" / venv_key([])
@@ -655,7 +655,7 @@ def _tree_snapshot(root: Path) -> dict[str, bytes]:
 
 def test_each_warm_process_writes_into_its_own_scratch_dir(tmp_path, warm, procs,
                                                             scratch_root):
-    ex = warm(max_process_reuse=1)  # every task in a new process
+    ex = warm(max_process_reuse=1, fresh_process_from="exec")  # every task in a new process
     ref = _bundle(tmp_path)
     bundle_dir = ex.bundles.path(ref)
     before = _tree_snapshot(bundle_dir)
@@ -702,7 +702,7 @@ def test_a_task_ended_by_the_worker_shutting_down_says_so(tmp_path, warm, procs)
 
 
 def test_a_venv_whose_interpreter_is_gone_names_the_real_error(tmp_path, warm, scratch_root):
-    ex = warm(validate_deps="false", max_process_reuse=1)
+    ex = warm(validate_deps="false", max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
     assert ex.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
     wait_for(lambda: ex.warm_pids() == [], 60, "the retired process to be reaped")
@@ -786,7 +786,8 @@ def test_running_out_of_file_descriptors_is_not_blamed_on_the_venv(tmp_path, scr
     ref = _bundle(tmp_path)
     env = {**os.environ, "MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"),
            "MODELOPS_BUNDLE_CACHE_DIR": str(tmp_path / "bundles"),
-           "MODELOPS_VENVS_DIR": str(tmp_path / "venvs"), "MODELOPS_MAX_PROCESS_REUSE": "1"}
+           "MODELOPS_VENVS_DIR": str(tmp_path / "venvs"), "MODELOPS_MAX_PROCESS_REUSE": "1",
+           "MODELOPS_FRESH_PROCESS_FROM": "exec"}
     child = subprocess.run([sys.executable, "-c", _AT_FD_LIMIT, ref], env=env, timeout=300,
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert child.returncode == 0, child.stderr[-3000:]

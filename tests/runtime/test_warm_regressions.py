@@ -200,7 +200,7 @@ def test_a_descendant_in_its_own_session_dies_with_a_crashed_process(tmp_path, w
 
 
 def test_a_descendant_in_its_own_session_dies_with_a_retired_process(tmp_path, warm, procs):
-    ex = warm(max_process_reuse=1)
+    ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path, extra={"escapes.py": ESCAPES})
     child = procs.track(ex.run(_escape(ref)).outputs["child"])
     wait_for(lambda: ex.warm_pids() == [], 60, "the retired process to be reaped")
@@ -309,7 +309,7 @@ def test_a_stopped_process_forgets_its_fds(tmp_path, warm):
 
 
 def test_a_venv_without_room_for_the_compiled_runner_warns_once(tmp_path, warm, caplog):
-    ex = warm(max_process_reuse=1)
+    ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path)
     venv = ex.venvs.get([])  # the bundle's venv (no requirements)
     blocker = venv.path / f"modelops-runner-{program._runner_digest()}.pyc"
