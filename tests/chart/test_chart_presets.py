@@ -52,6 +52,7 @@ def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
         "MODELOPS_BUNDLE_REPO": chartkit.MY_REPO,
         "MODELOPS_EXECUTOR_TYPE": executor,
         "MODELOPS_FORCE_FRESH_VENV": fresh,
+        "MODELOPS_FRESH_PROCESS_FROM": "template",
         "MODELOPS_LOG_LEVEL": "INFO",
         "MODELOPS_MAX_PROCESS_REUSE": reuse,
         "MODELOPS_MAX_WARM_PROCESSES": "8",
@@ -115,6 +116,7 @@ worker:
     maxWarmProcesses: 3
     validateDeps: false
     processTTL: 120
+    freshProcessFrom: exec
     nativeThreads: 3
     memLimitPerProcess: 512Mi
     poolMemoryPerProcess: 1536Mi
@@ -142,6 +144,7 @@ bundles:
         ("MODELOPS_ENV_PASSTHROUGH", "OMP_NUM_THREADS,MY_TOKEN"),
         ("MODELOPS_EXECUTOR_TYPE", "isolated_warm"),
         ("MODELOPS_FORCE_FRESH_VENV", "false"),
+        ("MODELOPS_FRESH_PROCESS_FROM", "exec"),
         ("MODELOPS_LOG_LEVEL", "DEBUG"),
         ("MODELOPS_MAX_PROCESS_REUSE", "1000"),
         ("MODELOPS_MAX_WARM_PROCESSES", "3"),
