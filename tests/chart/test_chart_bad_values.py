@@ -217,6 +217,12 @@ CASES = {
         "worker: {extraEnv: [{name: OMP_NUM_THREADS, value: '4'}]}", (),
         ["worker.extraEnv sets OMP_NUM_THREADS, which the chart renders from "
          "worker.executor.nativeThreads"]),
+    "unknown freshProcessFrom": (
+        "worker: {executor: {freshProcessFrom: zygote}}", (),
+        [SCHEMA, "/worker/executor/freshProcessFrom", "template", "exec"]),
+    "freshProcessFrom as extraEnv": (
+        "worker: {extraEnv: [{name: MODELOPS_FRESH_PROCESS_FROM, value: exec}]}", (),
+        ["MODELOPS_FRESH_PROCESS_FROM", "worker.executor.freshProcessFrom"]),
     "zero task timeout": (
         "worker: {executor: {taskTimeout: 0}}", (),
         [SCHEMA, "/worker/executor/taskTimeout"]),

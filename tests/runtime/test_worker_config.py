@@ -24,6 +24,9 @@ BAD = [
     ("MODELOPS_FORCE_FRESH_VENV", "maybe",
      "invalid configuration: MODELOPS_FORCE_FRESH_VENV='maybe' is not allowed; expected true "
      "or false."),
+    ("MODELOPS_FRESH_PROCESS_FROM", "zygote",
+     "invalid configuration: MODELOPS_FRESH_PROCESS_FROM='zygote' is not allowed; expected "
+     "one of: template, exec."),
 ]
 
 
