@@ -42,6 +42,15 @@ def _pdeathsig():
     ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
     return sig.value
 
+def escape(params, seed):
+    """Attack: write next to its own scratch dir, into the template's (shared by every
+    task process it forks)."""
+    try:
+        open(os.path.join(os.path.dirname(os.getcwd()), "planted.txt"), "w").write("x")
+    except OSError as exc:
+        return {"escape": type(exc).__name__}
+    return {"escape": "written"}
+
 def segfault(params, seed):
     print("about to crash")
     os.kill(os.getpid(), 11)
@@ -119,6 +128,23 @@ def test_a_forked_process_is_its_own_session_with_its_own_pipes_dir_and_mark(tmp
     # the template's (its socket, its response pipe, its lifeline)
     assert len(first["fds"]) == len(second["fds"]) and len(first["fds"]) <= 7, first["fds"]
     assert not os.path.exists(first["cwd"])        # removed with the process
+
+
+def _landlock_abi() -> int:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).syscall(444, None, 0, 1)  # its version
+
+
+def test_a_forked_process_may_write_only_in_its_own_scratch_dir(tmp_path, warm):
+    if _landlock_abi() < 1:
+        pytest.skip("this kernel has no Landlock: warm processes run without a sandbox")
+    elsewhere = tmp_path / "elsewhere"  # not the test's whole tmp_path (the fixture's)
+    elsewhere.mkdir()
+    ex = warm(max_process_reuse=1, warm_writable_paths=str(elsewhere))
+    ref = _bundle(tmp_path)
+    assert ex.run(_call(ref, "escape")).outputs == {"escape": "PermissionError"}
+    assert ex.run(_call(ref, "where")).outputs["cwd"]  # its own dir stays writable
 
 
 @pytest.mark.parametrize("fn, error, check", [
