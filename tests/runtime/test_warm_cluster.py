@@ -160,7 +160,7 @@ def test_module_state_carried_over_with_reuse_never_with_reuse_1(dask_cluster, t
 
     stats = cluster_stats(client)
     assert stats.total.venv_builds == 1  # one pod-wide venv, shared by both workers
-    assert stats.workers[names["fresh"]].spawns == 10
+    assert stats.workers[names["fresh"]].spawns == 10 + 1  # 10 forked from 1 template
     assert stats.workers[names["fresh"]].removals.reuse == 10
     assert stats.workers[names["w0"]].reuses == 9
 

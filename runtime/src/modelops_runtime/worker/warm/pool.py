@@ -357,7 +357,8 @@ class WarmPool:
         are in neither ``size`` nor ``rss_bytes``."""
         with self._cond:
             procs = self._alive()
-            busy = len(self._alive((State.busy, State.unpooled)))
+            busy = sum(1 for p in self._alive((State.busy, State.unpooled))
+                       if not isinstance(p, TemplateProcess))  # a template only forks
         return self.stats.snapshot(size=len(procs), busy=busy,
                                    rss_bytes=sum(self.sampler.measure(procs).values()))
 
