@@ -1,22 +1,17 @@
 """The warm process pool of one Dask worker process: the policy (thread-safe).
 
-The pool decides which process serves a task and when a process goes; the process itself
-(:class:`~.process.WarmProcess`, the *handle*) knows how to start, talk and stop. Every
-process the pool is responsible for has one entry with an explicit :class:`State`, and
-every change of state happens in :meth:`WarmPool._move`, under the pool's one lock:
-
-    (spawned) → busy ⇄ idle          checkout / checkin
-    (spawned) → unpooled             a single-use process (FORCE_FRESH_VENV)
-    idle | busy | unpooled → stopping  retired (reuse, TTL), evicted (LRU, memory budget),
-                                     lost (crash, timeout, memory limit, health check) or
-                                     shut down: counted once, handed to the reaper
-    stopping → (gone)                only the reaper, once the process tree is gone
+The pool decides which process serves a task and when one goes; the handle
+(:class:`~.process.WarmProcess`) knows how to start, talk and stop. Each process has one
+entry with an explicit :class:`State`; every change happens in :meth:`WarmPool._move`
+under the one lock: (spawned) → busy ⇄ idle; (spawned) → unpooled (single-use, templates);
+idle | busy | unpooled → stopping (retired, evicted, lost or shut down: counted once,
+handed to the reaper); stopping → gone (only the reaper, once the process tree is gone).
 
 A stopping process keeps its slot until it is gone (MAX_WARM_PROCESSES bounds live
 processes) and stays in :meth:`pids` and in :meth:`shutdown`'s reach. Only the reaper stops
 processes: a task evicting an idle process of another bundle waits for the reaper too.
-Threads: the reaper (a few, so one slow exit never holds another slot), the housekeeper
-(TTL, deaths, memory budget; every second), the spawner (forks from one long-lived thread:
+Threads: the reaper (a few: one slow exit never holds another slot), the housekeeper (TTL,
+deaths, memory budget; every second), the spawner (forks from one long-lived thread:
 PR_SET_PDEATHSIG fires when the forking *thread* ends).
 """
 
