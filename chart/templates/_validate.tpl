@@ -130,6 +130,8 @@ count; more than zero. Said in words, because the schema's pattern message would
   "MODELOPS_TASK_TIMEOUT" "worker.executor.taskTimeout"
   "MODELOPS_ENV_PASSTHROUGH" "worker.executor.envPassthrough"
   "MODELOPS_WARM_WRITABLE_PATHS" "worker.executor.writablePaths"
+  "MODELOPS_VENVS_MAX_BYTES" "worker.cache.venvsBudget"
+  "MODELOPS_BUNDLES_MAX_BYTES" "worker.cache.bundlesBudget"
   "MODELOPS_ALLOW_SDIST_BUILDS" "worker.executor.allowSdistBuilds"
   "MODELOPS_LOG_LEVEL" "worker.logLevel"
   "MODELOPS_BUNDLE_REPO" "bundles.repo"

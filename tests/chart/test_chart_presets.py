@@ -48,6 +48,7 @@ def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
     env = {
         "MODELOPS_ALLOW_SDIST_BUILDS": "false",
         **dict.fromkeys(NATIVE_THREAD_VARS[:2], "1"),
+        "MODELOPS_BUNDLES_MAX_BYTES": "1536Mi",
         "MODELOPS_BUNDLE_CACHE_DIR": "/var/cache/modelops/bundles",
         "MODELOPS_BUNDLE_REPO": chartkit.MY_REPO,
         "MODELOPS_EXECUTOR_TYPE": executor,
@@ -61,6 +62,7 @@ def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
         "MODELOPS_PROCESS_TTL": "3600",
         "MODELOPS_VALIDATE_DEPS": "true",
         "MODELOPS_VENVS_DIR": "/var/cache/modelops/envs/venvs",
+        "MODELOPS_VENVS_MAX_BYTES": "6Gi",
         **dict.fromkeys(NATIVE_THREAD_VARS[2:], "1"),
         "UV_CACHE_DIR": "/var/cache/modelops/envs/uv",
     }
@@ -139,6 +141,7 @@ bundles:
     assert worker["env"] == [{"name": k, "value": v} for k, v in sorted([
         ("MODELOPS_ALLOW_SDIST_BUILDS", "true"),
         *[(k, "3") for k in NATIVE_THREAD_VARS[:2]],
+        ("MODELOPS_BUNDLES_MAX_BYTES", "1536Mi"),
         ("MODELOPS_BUNDLE_CACHE_DIR", "/var/cache/modelops/bundles"),
         ("MODELOPS_BUNDLE_REPO", "s3://models/bundles"),
         ("MODELOPS_ENV_PASSTHROUGH", "OMP_NUM_THREADS,MY_TOKEN"),
@@ -155,6 +158,7 @@ bundles:
         ("MODELOPS_TASK_TIMEOUT", "900"),
         ("MODELOPS_VALIDATE_DEPS", "false"),
         ("MODELOPS_VENVS_DIR", "/var/cache/modelops/envs/venvs"),
+        ("MODELOPS_VENVS_MAX_BYTES", "6Gi"),
         ("MODELOPS_WARM_WRITABLE_PATHS", "/data/out,/home/model"),
         *[(k, "3") for k in NATIVE_THREAD_VARS[2:]],
         ("UV_CACHE_DIR", "/var/cache/modelops/envs/uv"),

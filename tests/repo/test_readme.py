@@ -35,3 +35,17 @@ def test_tool_and_venv_dirs_are_ignored():
     out = subprocess.run(["git", "check-ignore", ".venv/x", ".tools/bin/helm", ".state/x"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.stdout.split() == [".venv/x", ".tools/bin/helm", ".state/x"], out
+
+
+def test_every_test_the_security_section_names_exists():
+    """README "Security" backs each claim with a test: those tests must exist."""
+    start = README.index("## Security")
+    section = README[start:README.index("\n## ", start + 1)]
+    named = set(re.findall(r"`(?:(\w+\.py)::)?(test_\w+)`", section))
+    named |= {("", n) for n in re.findall(r"::(test_\w+)", section)}
+    files = set(re.findall(r"`(test_\w+\.py)", section))
+    sources = {p.name: p.read_text() for p in (REPO / "tests" / "runtime").glob("test_*.py")}
+    assert files and files <= set(sources), files - set(sources)
+    every = "\n".join(sources.values())
+    missing = [name for _, name in named if f"def {name}(" not in every]
+    assert not missing, f"README Security names tests that do not exist: {missing}"

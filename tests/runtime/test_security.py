@@ -52,8 +52,11 @@ def _parent(pid):
 def environ(params, seed):
     worker = os.getppid()
     with open("/proc/self/status") as fh:
-        caps = fh.read().split("CapEff:")[1].split()[0]
-    return {"uid": os.getuid(), "caps": int(caps, 16), "own": _environ(os.getpid()),
+        status = fh.read()
+    caps = status.split("CapEff:")[1].split()[0]
+    nnp = status.split("NoNewPrivs:")[1].split()[0]
+    return {"uid": os.getuid(), "caps": int(caps, 16), "no_new_privs": nnp,
+            "own": _environ(os.getpid()),
             "worker": _environ(worker), "nanny": _environ(_parent(worker))}
 
 
@@ -186,7 +189,7 @@ def test_bundle_code_cannot_read_the_worker_or_nanny_environment(unprivileged):
     cluster, client, root, uid = unprivileged
     ref = _bundle(root, "environ", {"attacks.py": ATTACKS})
     out = _run(client, ref, "environ").outputs
-    assert (out["uid"], out["caps"]) == (uid, 0)
+    assert (out["uid"], out["caps"], out["no_new_privs"]) == (uid, 0, "1")
     assert "PATH=" in out["own"]  # reading /proc works: the refusals below are the point
     assert SECRET not in out["own"]  # the allow-listed environment
     assert out["worker"] == "refused: PermissionError", out["worker"][:200]

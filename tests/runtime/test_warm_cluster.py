@@ -117,6 +117,11 @@ def run_one(client, ref, fn, seed=0, params=None, **kwargs):
     return future.result(timeout=300)
 
 
+def _published(venvs: Path) -> list[Path]:
+    """The published venvs: ``<key>`` links to their current generation ``<key>@<id>``."""
+    return [p for p in venvs.iterdir() if not p.name.startswith(".") and p.is_symlink()]
+
+
 def _addresses(client) -> dict[str, str]:
     """Worker name → address."""
     return {w["name"]: addr for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
@@ -252,7 +257,7 @@ def test_16_threads_at_once_on_a_new_bundle_build_one_venv(dask_cluster, tmp_pat
         assert sum(per_worker.removals.model_dump().values()) == 0
     assert len(_warm_pids(cluster, procs)) == stats.total.size
     # the venv links the shared uv cache instead of copying packages
-    venvs = [p for p in (cluster.root / "venvs").iterdir() if not p.name.startswith(".")]
+    venvs = _published(cluster.root / "venvs")
     assert len(venvs) == 1
     (installed,) = venvs[0].glob("lib/python*/site-packages/tinylib/__init__.py")
     assert installed.stat().st_nlink > 1
@@ -304,7 +309,7 @@ def test_venv_build_killed_half_way_is_rebuilt(dask_cluster, tmp_path,
         stats = cluster_stats(client)
         assert stats.total.venv_builds == 1  # the new worker process built it again
         assert not [p.name for p in venvs.iterdir() if p.name.startswith(".tmp-")]
-        (venv,) = [p for p in venvs.iterdir() if not p.name.startswith(".")]
+        (venv,) = _published(venvs)
         assert json.loads((venv / FINGERPRINT).read_text())["requirements"] == ["tinylib==1.0"]
     finally:
         handler.gate.set()
@@ -324,7 +329,7 @@ def test_tampered_fingerprint_is_rebuilt_when_validating(dask_cluster, tmp_path,
     first = run_one(client, ref, "versions", workers=[names["w0"]])
     assert first.outputs["tinylib"] == "1.0" and first.venv_cache_hit is False
 
-    (venv,) = [p for p in (cluster.root / "venvs").iterdir() if not p.name.startswith(".")]
+    (venv,) = _published(cluster.root / "venvs")
     fingerprint = json.loads((venv / FINGERPRINT).read_text())
     fingerprint["requirements"] = ["tinylib==2.0"]
     (venv / FINGERPRINT).write_text(json.dumps(fingerprint))

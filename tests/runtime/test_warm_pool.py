@@ -229,12 +229,16 @@ def test_failed_install_is_typed_and_leaves_nothing(tmp_path, warm):
 def test_half_built_venv_without_fingerprint_is_rebuilt(tmp_path, warm):
     ex = warm()
     ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
-    half = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    # a generation published without its fingerprint (e.g. by hand, or damaged)
+    link = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    half = tmp_path / "venvs" / f"{link.name}@{'0' * 12}"
     (half / "bin").mkdir(parents=True)
     (half / "junk").write_text("a build that died here")
+    link.symlink_to(half.name)
     result = ex.run(_call(ref, "imports_tinylib"))
     assert result.outputs == {"version": "1.0"} and result.venv_cache_hit is False
-    assert not (half / "junk").exists() and (half / FINGERPRINT).is_file()
+    assert os.readlink(link) != half.name and (link / FINGERPRINT).is_file()
+    assert not (link / "junk").exists()
     assert ex.stats()["venv_builds"] == 1
 
 
@@ -706,7 +710,7 @@ def test_a_venv_whose_interpreter_is_gone_names_the_real_error(tmp_path, warm, s
     ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
     assert ex.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
     wait_for(lambda: ex.warm_pids() == [], 60, "the retired process to be reaped")
-    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    venv = (tmp_path / "venvs" / venv_key(["tinylib==1.0"])).resolve()  # its generation
     (venv / "bin" / "python").unlink()
 
     def fds():

@@ -138,6 +138,12 @@ class RuntimeConfig(BaseSettings):
     allow_sdist_builds: bool = Field(
         False, description="let uv build source distributions when it builds a venv (runs "
                            "their build backends); false: wheels only (uv --no-build)")
+    venvs_max_bytes: ByteCount = Field(
+        None, description="size budget of the venv cache; above it, venvs no warm process "
+                          "uses are removed least recently used first (unset: no limit)")
+    bundles_max_bytes: ByteCount = Field(
+        None, description="size budget of the bundle cache; above it, bundles no warm "
+                          "process uses are removed least recently used first (unset: no limit)")
     log_level: LogLevel = Field(LogLevel.INFO, description="runtime log level")
 
     @field_validator("log_level", mode="before")

@@ -8,10 +8,11 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 import shutil
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -20,12 +21,14 @@ from ..errors import (BundleDigestMismatch, BundleError, BundleNotFound, ConfigE
 from ..locks import file_lock
 from ..models import BUNDLE_REF
 from .pack import ARCHIVE_SUFFIX, FORMAT_KEY, FORMAT_VERSION, archive_path, repo_fs
+from .cache import CacheEntries, Collected
 from .readonly import make_read_only, remove_tree
 
 if TYPE_CHECKING:
     from ..config import RuntimeConfig
 
 _CHUNK = 1 << 20
+_HEX = re.compile(r"^[0-9a-f]{64}$")  # an unpacked bundle's directory name
 log = logging.getLogger("modelops_runtime.bundles")
 
 
@@ -70,6 +73,9 @@ class BundleStore:
     def __init__(self, config: "RuntimeConfig") -> None:
         self.repo = config.bundle_repo
         self.cache_dir = Path(config.bundle_cache_dir)
+        self.max_bytes = config.bundles_max_bytes
+        self.entries = CacheEntries(self.cache_dir)
+        self.on_collect: Callable[[Collected], None] | None = None  # e.g. counting in stats
 
     def path(self, ref: str) -> Path:
         """The unpacked directory of bundle ``ref`` (fetched and verified on first use)."""
@@ -85,7 +91,31 @@ class BundleStore:
             if final.is_dir():
                 return final
             self._fetch_and_unpack(ref, hexdigest, final)
+        self.collect(keep=hexdigest)  # never the one just fetched for our caller
         return final
+
+    def lease(self, ref: str) -> tuple[Path, int]:
+        """The unpacked directory of ``ref`` and an open fd holding a shared lock on it:
+        until the fd is closed, garbage collection never removes the bundle."""
+        for _ in range(5):  # collected between path() and the lock: fetch it again
+            final = self.path(ref)
+            fd = self.entries.lease(final.name)
+            if fd is not None:
+                return final, fd
+        raise BundleError(f"bundle {ref} was removed from the cache again and again while "
+                          "being leased; raise MODELOPS_BUNDLES_MAX_BYTES "
+                          "(worker.cache.bundlesBudget)", ref=ref)
+
+    def collect(self, keep: str = "") -> None:
+        """Remove bundles nobody uses (but ``keep``), least recently used first, while the
+        cache is above its budget (MODELOPS_BUNDLES_MAX_BYTES)."""
+        if self.max_bytes is None or not self.cache_dir.is_dir():
+            return
+        names = [e.name for e in self.cache_dir.iterdir()
+                 if _HEX.match(e.name) and e.name != keep]
+        done = self.entries.collect(names, budget=self.max_bytes)
+        if done and done.entries and self.on_collect is not None:
+            self.on_collect(done)
 
     # -- internals ---------------------------------------------------------------------
 

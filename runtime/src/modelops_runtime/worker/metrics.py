@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -38,6 +39,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pydantic import BaseModel, Field, ValidationError
 
 from .. import __version__
+from ..errors import ConfigError
 from .stats import RemovalReason, WarmStats
 
 log = logging.getLogger("modelops_runtime.metrics")
@@ -57,6 +59,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "venv_invalid": ("venv_invalid", "Cached venvs rebuilt because validation failed "
                      "(interpreter broken, installed distributions changed)"),
     "venv_build_seconds": ("venv_build_seconds", "Seconds spent building venvs"),
+    "venvs_collected": ("venvs_collected", "Venvs removed by cache garbage collection"),
+    "bundles_collected": ("bundles_collected", "Bundles removed by cache garbage collection"),
 }
 
 
@@ -167,13 +171,37 @@ def pod_dir(parent: int | None = None) -> Path:
     return Path(tempfile.gettempdir()) / "modelops-metrics" / str(parent)
 
 
+def private_dir(directory: Path) -> Path:
+    """``directory`` and its parent, created 0700 if missing, checked to be real
+    directories of this uid that nobody else can write: another user's (or a planted
+    symlink) is refused with ConfigError instead of being written into."""
+    for path in (directory.parent, directory):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700, parents=True)
+        st = os.lstat(path)
+        if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+                or st.st_mode & 0o022):
+            raise ConfigError(
+                f"metrics directory {path} is not a private directory of uid {os.geteuid()} "
+                f"(owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}); the worker does not "
+                "write its figures there. Remove it, or give the worker its own TMPDIR",
+                variable="TMPDIR", value=str(path.parent), allowed="a private directory")
+    return directory
+
+
 def publish(figures: WorkerFigures, directory: Path) -> None:
-    """Write this process's figures atomically (readers never see half a file)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{figures.pid}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(figures.model_dump_json())
-    os.replace(tmp, path)
+    """Write this process's figures atomically (readers never see half a file), through
+    a temporary file of an unpredictable name in a checked private directory."""
+    private_dir(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{figures.pid}-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(figures.model_dump_json())
+        os.replace(tmp, directory / f"{figures.pid}.json")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def siblings(directory: Path, own_pid: int) -> list[WorkerFigures]:
@@ -215,6 +243,7 @@ class ModelOpsCollector(Collector):
 
 def _publish_loop(directory: Path, stop: threading.Event) -> None:
     path = directory / f"{os.getpid()}.json"
+    warned = False
     while True:
         try:
             figures = local_figures()
@@ -223,6 +252,10 @@ def _publish_loop(directory: Path, stop: threading.Event) -> None:
                     path.unlink()
             else:
                 publish(figures, directory)
+        except ConfigError as exc:  # an unsafe directory: say so once, keep serving
+            if not warned:
+                log.warning("%s", exc)
+                warned = True
         except Exception as exc:  # noqa: BLE001 - observability must not kill the worker
             log.debug("publishing figures to %s failed: %s", directory, exc)
         if stop.wait(PUBLISH_PERIOD):

@@ -67,6 +67,8 @@ class WarmStats(BaseModel):
     venv_invalid: int = Field(0, description="cached venvs rebuilt because validation failed "
                               "(interpreter broken, installed distributions changed)")
     venv_build_seconds: float = 0.0
+    venvs_collected: int = Field(0, description="venvs removed by cache garbage collection")
+    bundles_collected: int = Field(0, description="bundles removed by cache garbage collection")
     removals: Removals = Field(default_factory=Removals)
     size: int = Field(0, description="warm processes alive now (idle + busy)")
     busy: int = 0
@@ -79,7 +81,7 @@ class WarmStats(BaseModel):
 
 
 _COUNTERS = ("tasks", "spawns", "reuses", "venv_hits", "venv_misses", "venv_builds",
-             "venv_invalid")
+             "venv_invalid", "venvs_collected", "bundles_collected")
 
 
 class StatsRecorder:

@@ -72,14 +72,17 @@ class DirectExecEnv(ExecEnv):
             check_entrypoint(call.entrypoint)
         except ValueError as exc:
             raise EntrypointError(str(exc), entrypoint=call.entrypoint) from None
-        bundle_dir = self.bundles.path(call.bundle)
-        with _PROCESS_LOCK:
-            env_digest = self._package_set()[0]
-            self._tasks += 1
-            count = self._tasks
-            start = time.perf_counter()
-            outputs = self._run_locked(call, bundle_dir)
-            duration = time.perf_counter() - start
+        bundle_dir, lease = self.bundles.lease(call.bundle)  # not collected while it runs
+        try:
+            with _PROCESS_LOCK:
+                env_digest = self._package_set()[0]
+                self._tasks += 1
+                count = self._tasks
+                start = time.perf_counter()
+                outputs = self._run_locked(call, bundle_dir)
+                duration = time.perf_counter() - start
+        finally:
+            os.close(lease)
         return SimResult(outputs=outputs, executor=self.name, pid=os.getpid(),
                          process_task_count=count, venv_cache_hit=None, duration_s=duration,
                          env_digest=env_digest)

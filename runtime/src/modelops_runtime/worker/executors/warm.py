@@ -7,6 +7,9 @@ come back as plain data, failures as the typed errors of errors.py.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import threading
 import time
 import weakref
@@ -55,7 +58,9 @@ class IsolatedWarmExecEnv(ExecEnv):
         self.venvs = VenvCache(config.venvs_dir, validate=config.validate_deps,
                                stats=self._stats, passthrough=config.env_passthrough,
                                allow_sdist_builds=config.allow_sdist_builds,
-                               prepare=compile_runner)
+                               prepare=compile_runner, max_bytes=config.venvs_max_bytes)
+        self.bundles.on_collect = lambda done: self._stats.incr("bundles_collected",
+                                                                  done.entries)
         self.pool = WarmPool(max_processes=config.max_warm_processes,
                              max_reuse=config.max_process_reuse, ttl=config.process_ttl,
                              memory_budget=config.pool_memory_bytes, stats=self._stats)
@@ -82,9 +87,12 @@ class IsolatedWarmExecEnv(ExecEnv):
         if self.templates is not None:
             return self._run_forked(call, bundle, started)
         venv: list[Venv] = []  # got before a slot is taken: a failed build evicts nothing
-        proc, reused = self.pool.acquire(
-            bundle.pool_key, lambda: self._spawn(bundle, venv[0]),
-            prepare=lambda: venv.append(self.venvs.get(bundle.requirements)))
+        try:
+            proc, reused = self.pool.acquire(
+                bundle.pool_key, lambda: self._spawn(bundle, venv[0]),
+                prepare=lambda: venv.append(self.venvs.get(bundle.requirements)))
+        finally:  # our venv lease: a process started in it holds its own copy
+            _close_all([v.lease for v in venv if v.lease is not None])
         try:
             outputs = self._send(proc, call, bundle)
             # read while this thread owns the process: once released, another thread may
@@ -124,15 +132,22 @@ class IsolatedWarmExecEnv(ExecEnv):
             known = self._bundles.get(ref)
         if known is not None:
             return known
-        path = Path(self.bundles.path(ref))
-        requirements = tuple(read_dependencies(path))
-        bundle = _Bundle(ref, path, requirements, venv_key(requirements),
-                         frozenset(read_reply_types(path)))
+        path, lease = self.bundles.lease(ref)
+        try:
+            requirements = tuple(read_dependencies(path))
+            reply_types = frozenset(read_reply_types(path))
+        finally:
+            os.close(lease)
+        bundle = _Bundle(ref, path, requirements, venv_key(requirements), reply_types)
         with self._lock:
             return self._bundles.setdefault(ref, bundle)
 
     def _spawn(self, bundle: _Bundle, venv: Venv, *, fresh: bool = False,
                template: str | None = None) -> WarmProcess:
+        # leases: the warm process inherits them, so its bundle and venv are not collected
+        # while it (or a child of it) lives; the venv's lease is closed by our caller
+        _, bundle_lease = self.bundles.lease(bundle.ref)
+        leases = tuple(fd for fd in (bundle_lease, venv.lease) if fd is not None)
         try:
             packages = venv_packages(venv.path)
             env = {**warm_env(venv, self.config.env_passthrough),
@@ -140,8 +155,9 @@ class IsolatedWarmExecEnv(ExecEnv):
             if self.config.warm_writable_paths:  # read (and dropped) by the runner's sandbox
                 env[WRITABLE_ENV] = ",".join(self.config.warm_writable_paths)
             extra = {} if template is None else {"template": template}
-            proc = self.pool.spawn(key=bundle.pool_key, venv=venv, bundle_dir=bundle.path,
-                                   env=env, single_use=fresh,
+            proc = self.pool.spawn(key=bundle.pool_key,
+                                   venv=dataclasses.replace(venv, hold_fds=leases),
+                                   bundle_dir=bundle.path, env=env, single_use=fresh,
                                    mem_limit=self.config.mem_limit_bytes, **extra)
             proc.reply_types = bundle.reply_types
             digest = package_digest(packages)
@@ -153,6 +169,8 @@ class IsolatedWarmExecEnv(ExecEnv):
             if fresh:
                 self.venvs.remove(venv)
             raise
+        finally:
+            os.close(bundle_lease)  # ours: the process holds its own copy
 
     def _run_fresh(self, call: Call, bundle: _Bundle, started: float) -> SimResult:
         """FORCE_FRESH_VENV: a new venv and process for this task, both removed after it."""
@@ -183,10 +201,13 @@ class IsolatedWarmExecEnv(ExecEnv):
         key = (*bundle.pool_key, module)
         label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"
         template_of: list[WarmProcess] = []
-        proc = self.templates.fork(key, venv, spawn_template,
-                                   start_timeout=self.pool.start_timeout,
-                                   sampler=self.pool.sampler, label=label,
-                                   picked=template_of.append)
+        try:
+            proc = self.templates.fork(key, venv, spawn_template,
+                                       start_timeout=self.pool.start_timeout,
+                                       sampler=self.pool.sampler, label=label,
+                                       picked=template_of.append)
+        finally:  # our venv lease: the template (and what it forks) holds its own copy
+            _close_all([venv.lease] if venv.lease is not None else [])
         self._stats.incr("spawns")
         try:
             self.pool.track_unpooled(proc)
@@ -281,6 +302,12 @@ def _user_error(reply: dict, call: Call, bundle: _Bundle, log_tail: str) -> Mode
     return SimulationError(
         f"{call.entrypoint} raised {what}{_exit_hint(reply.get('type', ''))}\n\n"
         f"Remote traceback:\n{reply.get('traceback', '')}", **remote)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _module_file(name: str) -> str:

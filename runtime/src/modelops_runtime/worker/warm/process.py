@@ -130,7 +130,7 @@ class WarmProcess:
                    "--template", template]
             # the bundle is only on sys.path (-I keeps the cwd off it); the cwd is private
             proc = popen(lambda: subprocess.Popen(
-                cmd, pass_fds=(req_r, resp_w, life_r), stdin=subprocess.DEVNULL,
+                cmd, pass_fds=(req_r, resp_w, life_r, *venv.hold_fds), stdin=subprocess.DEVNULL,
                 stdout=log_w, stderr=log_w, env=env, cwd=scratch, start_new_session=True))
         except BaseException as exc:
             for fd in fds:

@@ -18,65 +18,40 @@ gone. Another pod's are never touched, except temporary builds of a key whose lo
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
-import socket
+import re
 import subprocess
 import sys
-import sysconfig
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 
 from ...bundles import make_read_only, remove_tree
+from ...bundles.cache import CacheEntries
 from ...errors import EnvironmentBuildError
 from ...locks import file_lock
 from ..packages import installed_digest
 from ..stats import StatsRecorder
 from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
+from .uvrun import _die_with_parent, _uv_bin, uv_env
+from .venvkeys import (FORMAT, left_by_dead_local_process, owner_tag, python_identity,
+                       venv_key, venv_python)
 
 log = logging.getLogger("modelops_runtime.venvs")
 
 FINGERPRINT = "modelops-venv.json"
-FORMAT = 1  # bump when the venv layout or fingerprint changes: old venvs are rebuilt
 _TMP_PREFIX = ".tmp-"
 _FRESH_PREFIX = ".fresh-"
 _TRASH_PREFIX = ".trash-"
+_GENERATION = re.compile(r"^[0-9a-f]{32}@[0-9a-f]{12}$")  # <key>@<id>: one venv generation
 _UV_MESSAGE_CHARS = 4000
-# uv's environment besides UV_* and LC_*: the warm processes' base allow-list (process.py's
-# BASE_ENV) plus what reaching a package index takes
-BUILD_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME",
-             "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-             "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy")
 FAILED_BUILD_MEMORY = 30.0  # s a failed build of a key is answered from memory, not rebuilt
-
-
-def python_identity() -> dict[str, str]:
-    """What a venv built on this interpreter is only valid for."""
-    return {
-        "implementation": sys.implementation.name,
-        "version": ".".join(map(str, sys.version_info[:3])),
-        "abi": sysconfig.get_config_var("SOABI") or "",
-        "platform": sysconfig.get_platform(),
-    }
-
-
-def venv_key(requirements: Sequence[str]) -> str:
-    """Cache key of a dependency set (already normalised and sorted by read_dependencies)."""
-    blob = json.dumps({"format": FORMAT, "requirements": sorted(requirements),
-                       "python": python_identity()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
 
 @dataclass(frozen=True)
 class Venv:
@@ -86,46 +61,16 @@ class Venv:
     key: str
     cache_hit: bool
     fresh: bool = False
+    # an open fd holding a shared lock on this venv generation (bundles/cache.py): while it
+    # is open, garbage collection never removes the venv. The user closes it when done.
+    lease: int | None = None
+    # fds a warm process started in this venv inherits and holds for its lifetime (its
+    # leases on the venv and its bundle): released by the kernel when it exits
+    hold_fds: tuple[int, ...] = ()
 
     @property
     def python(self) -> Path:
         return venv_python(self.path)
-
-
-def _uv_bin() -> str:
-    from uv import find_uv_bin
-
-    return find_uv_bin()
-
-
-def _die_with_parent():
-    """A preexec_fn that arms PR_SET_PDEATHSIG (SIGKILL) in the child: uv must not outlive a
-    SIGKILLed worker and go on writing into a build directory that the next builder
-    removes. It fires when the forking *thread* ends; the task thread forking uv waits for
-    it. Resolved here, so that the child only makes one foreign call between fork and exec."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-
-
-def owner_tag() -> str:
-    """``<host>-<pid>`` of this process: names what it leaves in shared directories."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def left_by_dead_local_process(tagged: str) -> bool:
-    """True if ``tagged`` (``<host>-<pid>-<random>``, the part after a name's prefix) was
-    left by a process of this host that no longer runs. Names of other hosts, and names
-    this cannot parse (e.g. an older layout without a host), are never claimed."""
-    parts = tagged.rsplit("-", 2)
-    if len(parts) != 3:
-        return False
-    host, pid, _ = parts
-    return (host == socket.gethostname() and pid.isdigit()
-            and not psutil.pid_exists(int(pid)))
 
 
 class VenvCache:
@@ -135,7 +80,8 @@ class VenvCache:
     def __init__(self, root: Path, *, validate: bool = True,
                  stats: StatsRecorder | None = None, build_timeout: float = 1800,
                  passthrough: Sequence[str] = (), allow_sdist_builds: bool = False,
-                 prepare: Callable[[Path], None] | None = None) -> None:
+                 prepare: Callable[[Path], None] | None = None,
+                 max_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.validate = validate
         self.passthrough = tuple(passthrough)
@@ -147,44 +93,101 @@ class VenvCache:
         (self.root / ".locks").mkdir(exist_ok=True)
         self._failed: dict[str, tuple[float, EnvironmentBuildError]] = {}  # key → last failure
         self._checked: dict[Path, tuple] = {}  # venv → fingerprint stat that passed validation
+        self.max_bytes = max_bytes
+        self.entries = CacheEntries(self.root)
         self._remove_dead_leftovers()
 
     # -- public ---------------------------------------------------------------------
 
     def get(self, requirements: Sequence[str]) -> Venv:
-        """The cached venv for ``requirements``, building it if needed (one build per key)."""
+        """The cached venv for ``requirements``, leased (close ``Venv.lease`` when done),
+        building it if needed (one build per key).
+
+        ``<root>/<key>`` is a symbolic link to the current generation ``<key>@<id>``: a
+        published generation is never changed, renamed or removed in place. A rebuild
+        (the current one failed validation) publishes a new generation by replacing the
+        link atomically; the old one stays for the processes still using it until garbage
+        collection finds it unused."""
         key = venv_key(requirements)
-        dest = self.root / key
-        if self._usable(dest, key, requirements):
+        venv = self._current(key, requirements)
+        if venv is None:
+            self._raise_recent_failure(key)
+            with self._locked(key):
+                # another thread or worker process may have built it while we waited
+                venv = self._current(key, requirements, log_reason=True)
+                if venv is None:
+                    venv = self._build_generation(key, requirements)
+            if not venv.cache_hit:
+                self.collect()
+        if venv.cache_hit:
             self.stats.incr("venv_hits")
-            return Venv(dest, key, cache_hit=True)
-        self._raise_recent_failure(key)
-        with self._locked(key):
-            # another thread or worker process may have built it while we waited
-            if self._usable(dest, key, requirements, log_reason=True):
-                self.stats.incr("venv_hits")
-                return Venv(dest, key, cache_hit=True)
-            self.stats.incr("venv_misses")
-            if (dest / FINGERPRINT).exists():
-                self.stats.incr("venv_invalid")   # a complete venv failed validation
-            self._remove_stale_builds(key)
-            tmp = self.root / f"{_TMP_PREFIX}{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
+        return venv
+
+    def collect(self) -> None:
+        """Remove unused superseded generations, and unused venvs least recently used first
+        while the cache is above its budget (``max_bytes``)."""
+        generations = [e.name for e in self.root.iterdir() if _GENERATION.match(e.name)]
+        current = {self._current_name(key) for key in {g.split("@")[0] for g in generations}}
+        done = self.entries.collect(generations, budget=self.max_bytes,
+                                    obsolete=set(generations) - current,
+                                    unpublish=self._unpublish)
+        if done and done.entries:
+            self.stats.incr("venvs_collected", done.entries)
+
+    def _current_name(self, key: str) -> str | None:
+        with contextlib.suppress(OSError):
+            return os.readlink(self.root / key)
+        return None
+
+    def _current(self, key: str, requirements: Sequence[str],
+                 log_reason: bool = False) -> Venv | None:
+        """The current generation of ``key``, leased, if it is usable."""
+        name = self._current_name(key)
+        if name is None or not _GENERATION.match(name):
+            return None
+        lease = self.entries.lease(name)
+        if lease is None:
+            return None
+        if not self._usable(self.root / name, key, requirements, log_reason):
+            os.close(lease)
+            return None
+        return Venv(self.root / name, key, cache_hit=True, lease=lease)
+
+    def _build_generation(self, key: str, requirements: Sequence[str]) -> Venv:
+        """Build a new generation of ``key`` and publish it (we hold the key's lock)."""
+        self.stats.incr("venv_misses")
+        current = self._current_name(key)
+        if current and (self.root / current / FINGERPRINT).exists():
+            self.stats.incr("venv_invalid")  # a complete venv failed validation
+        self._remove_stale_builds(key)
+        name = f"{key}@{uuid.uuid4().hex[:12]}"
+        tmp = self.root / f"{_TMP_PREFIX}{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
+        try:
             try:
-                try:
-                    self._build(tmp, key, requirements)
-                except EnvironmentBuildError as exc:
-                    self._failed[key] = (time.monotonic(), exc)
-                    raise
-                trash = None
-                if dest.exists():  # swap, then delete: the path is never missing for long
-                    trash = self.root / f"{_TRASH_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
-                    os.rename(dest, trash)
-                os.rename(tmp, dest)
-                if trash is not None:
-                    remove_tree(trash)
-            finally:
-                remove_tree(tmp)
-            return Venv(dest, key, cache_hit=False)
+                self._build(tmp, key, requirements)
+            except EnvironmentBuildError as exc:
+                self._failed[key] = (time.monotonic(), exc)
+                raise
+            os.rename(tmp, self.root / name)
+        finally:
+            remove_tree(tmp)
+        lease = self.entries.lease(name)  # before publishing: collection cannot take it
+        published = self.root / key
+        if published.is_dir() and not published.is_symlink():  # not ours: never a venv
+            junk = self.root / f"{_TRASH_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
+            os.rename(published, junk)
+            remove_tree(junk)
+        link = self.root / f".link-{name}"
+        os.symlink(name, link)
+        os.replace(link, published)  # atomic: users see the old or the new one
+        return Venv(self.root / name, key, cache_hit=False, lease=lease)
+
+    def _unpublish(self, name: str) -> None:
+        """Collection is removing generation ``name``: drop the link if it points there."""
+        key = name.split("@")[0]
+        if self._current_name(key) == name:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / key)
 
     def _raise_recent_failure(self, key: str) -> None:
         """A build of ``key`` failed less than FAILED_BUILD_MEMORY seconds ago: fail the same
@@ -305,17 +308,7 @@ class VenvCache:
         log.info("built venv %s in %.1fs", key, seconds)
 
     def _uv_env(self) -> dict[str, str]:
-        """uv's environment: the warm processes' allow-list plus uv's own UV_* variables and
-        what reaching an index takes (CA bundle, proxies). A build backend uv runs (only
-        with allow_sdist_builds) sees nothing else of the worker's environment."""
-        allowed = set(BUILD_ENV) | set(self.passthrough)
-        env = {k: v for k, v in os.environ.items()
-               if k in allowed or k.startswith(("UV_", "LC_"))}
-        env.setdefault("UV_CACHE_DIR", str(self.root.parent / "uv-cache"))
-        env.setdefault("UV_LINK_MODE", "hardlink")
-        env.setdefault("UV_PYTHON_DOWNLOADS", "never")
-        env["UV_NO_PROGRESS"] = "1"
-        return env
+        return uv_env(self.root.parent / "uv-cache", self.passthrough)
 
     def _uv(self, args: list[str], requirements: Sequence[str]) -> None:
         cmd = [_uv_bin(), *args]
