@@ -31,6 +31,7 @@ from modelops_runtime.worker.warm.scratch import SCRATCH_PREFIX
 from modelops_runtime.worker.warm.venvs import FINGERPRINT, venv_key
 from support.bundles import MISSING_INSIDE, make_bundle
 from support.cluster import wait_for
+from support.wheels import offline_uv_env
 
 MODEL = '''
 import os, sys, time
