@@ -7,6 +7,13 @@ fetched on the worker from its own MODELOPS_BUNDLE_REPO.
 Two ways to submit: :func:`submit` (a list of SimTasks, all at once) and
 :func:`submit_study` (a :class:`~.plan.StudyPlan` of sets × seeds, submitted in batches as
 runs finish, so that at most ``window`` runs exist at any time, whatever the study's size).
+
+:func:`submit_study` also groups runs of tiny models into one Dask task each
+(:func:`run_simulations`; Dask's per-task cost, ~1 ms, would otherwise set the pace): the
+first runs go one per task, and once a run's time is measured, runs are grouped so that a
+Dask task takes about ``batch_target`` seconds (default 0.1 s). Each run is still its own
+:class:`RunOutcome` (its own result or typed failure, with its own key); a batch lost with
+its worker is run again by Dask as a whole, giving the same per-run outcomes.
 """
 
 from __future__ import annotations
@@ -16,12 +23,15 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ..errors import WorkerStopping
 from ..models import Call, SimResult, SimTask, check_bundle_ref, check_entrypoint
 from .outcomes import RunFailure, RunOutcome, error_of
 from .plan import ParamSet, StudyPlan, run_key
 
 AGGREGATION_RESOURCE = {"aggregation": 1}
 DEFAULT_WINDOW = 1000      # runs submitted and not yet finished, at most (submit_study)
+BATCH_TARGET = 0.1         # s of model time per Dask task when runs are grouped
+MAX_BATCH = 1000           # runs per Dask task, at most
 
 
 # -- worker side -----------------------------------------------------------------------
@@ -42,6 +52,36 @@ def run_simulation(task: SimTask) -> SimResult:
     from ..worker.runtime import current_executor
 
     return _on_worker(current_executor().run(Call.for_sim(task)))
+
+
+def run_simulations(tasks: Sequence[SimTask]) -> list[SimResult | Exception]:
+    """Run a batch of SimTasks one after the other with this worker process's executor
+    (runs on the worker): one entry per task, its SimResult or the error it raised, so
+    each run keeps its own outcome. A stopping worker fails the whole batch (Dask runs it
+    again elsewhere)."""
+    from ..worker.runtime import current_executor
+
+    executor = current_executor()
+    out: list[SimResult | Exception] = []
+    for task in tasks:
+        try:
+            out.append(_on_worker(executor.run(Call.for_sim(task))))
+        except WorkerStopping:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the run's own failure, as unbatched
+            out.append(exc)
+    return out
+
+
+def batch_size(per_run: float, *, target: float = BATCH_TARGET, left: int | None = None,
+               slots: int = 1) -> int:
+    """Runs per Dask task for runs of ``per_run`` seconds: about ``target`` seconds per
+    task, at most MAX_BATCH, and small enough that the ``left`` runs still make two
+    tasks per slot (thread) of the cluster."""
+    size = int(target / max(per_run, 1e-5))
+    if left is not None:
+        size = min(size, -(-left // (2 * max(1, slots))))
+    return max(1, min(MAX_BATCH, size))
 
 
 def run_aggregation(results: Sequence[SimResult | Any], bundle: str, entrypoint: str) -> SimResult:
@@ -113,25 +153,67 @@ class StudySubmission:
     they are submitted: a 100,000-run study never exists as one list. Consumed once;
     stopping early (``break``, an error, Ctrl-C) cancels the runs still in flight."""
 
-    def __init__(self, client, plan: StudyPlan, window: int = DEFAULT_WINDOW, **kwargs) -> None:
+    def __init__(self, client, plan: StudyPlan, window: int = DEFAULT_WINDOW, *,
+                 batch: int | None = None, batch_target: float = BATCH_TARGET,
+                 **kwargs) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 (runs in flight), got {window}")
+        if batch is not None and batch < 1:
+            raise ValueError(f"batch must be >= 1 (runs per Dask task) or None (measured), "
+                             f"got {batch}")
+        if batch_target <= 0:
+            raise ValueError(f"batch_target must be > 0 seconds, got {batch_target}")
         self.client, self.plan, self.window, self.kwargs = client, plan, window, kwargs
+        self.batch, self.batch_target = batch, batch_target
         self.submitted = 0          # runs submitted so far
         self.max_in_flight = 0      # most runs submitted and not yet finished, at once
+        self.tasks = 0              # Dask tasks submitted (fewer than runs when batched)
+        self._per_run: list[float] = []  # measured model time of finished runs
         self._consumed = False
 
     @property
     def total(self) -> int:
         return self.plan.run_count
 
-    def _submit(self, batch: list[tuple[ParamSet, int]]) -> list:
-        """Submit one batch of runs; one future per run, in order. (One place to change
-        how runs become Dask tasks.)"""
+    def _submit(self, batch: list[tuple[ParamSet, int]]) -> list[tuple[Any, list]]:
+        """Submit runs as Dask tasks: (future, its runs) per task, in order. A task holds
+        one run until a run's time is measured (or ``batch`` says otherwise), then about
+        ``batch_target`` seconds of runs."""
         plan = self.plan
-        keys = [run_key(plan.name, s.id, seed, plan.code) for s, seed in batch]
-        return self.client.map(run_simulation, [plan.task(s, seed) for s, seed in batch],
-                               key=keys, **self.kwargs)
+        size = self._batch_size()
+        if size == 1:
+            keys = [run_key(plan.name, s.id, seed, plan.code) for s, seed in batch]
+            futures = self.client.map(run_simulation, [plan.task(s, seed) for s, seed in batch],
+                                      key=keys, **self.kwargs)
+            self.tasks += len(futures)
+            return [(f, [run]) for f, run in zip(futures, batch)]
+        from dask.base import tokenize
+
+        groups = [batch[i:i + size] for i in range(0, len(batch), size)]
+        keys = [f"modelops-runs-{plan.name}-{tokenize([(s.id, seed) for s, seed in g])}-"
+                f"{plan.code}" for g in groups]
+        futures = self.client.map(run_simulations,
+                                  [[plan.task(s, seed) for s, seed in g] for g in groups],
+                                  key=keys, **self.kwargs)
+        self.tasks += len(futures)
+        return list(zip(futures, groups))
+
+    def _batch_size(self) -> int:
+        if self.batch is not None:
+            return self.batch
+        if not self._per_run:  # nothing measured yet: one run per task
+            return 1
+        per_run = sorted(self._per_run)[len(self._per_run) // 2]
+        try:
+            slots = sum(self.client.nthreads().values())
+        except Exception:  # noqa: BLE001 - e.g. a client without a scheduler answer
+            slots = 1
+        return batch_size(per_run, target=self.batch_target,
+                          left=self.total - self.submitted, slots=slots)
+
+    def _measured(self, result: SimResult) -> None:
+        if len(self._per_run) < 64:
+            self._per_run.append(result.duration_s)
 
     def __iter__(self) -> Iterator[RunOutcome]:
         from distributed import as_completed
@@ -140,44 +222,79 @@ class StudySubmission:
             raise RuntimeError("a StudySubmission is consumed once; call submit_study again")
         self._consumed = True
         runs = self.plan.runs()
-        pending: dict[str, tuple[ParamSet, int, Any]] = {}
+        plan = self.plan
+        pending: dict[str, tuple[list[tuple[ParamSet, int]], Any]] = {}
+        in_flight = 0  # runs (not tasks) submitted and not yet finished
         done = as_completed(with_results=True, raise_errors=False)
-        batch_size = max(1, self.window // 4)
+        top_up_at = max(1, self.window // 4)
+        # measure first: a probe of one run per task, the rest once a run's time is known
+        probe = self.batch is None
 
-        def top_up() -> None:
-            batch = list(itertools.islice(runs, self.window - len(pending)))
+        def top_up(limit: int | None = None) -> None:
+            nonlocal in_flight
+            room = self.window - in_flight
+            batch = list(itertools.islice(runs, room if limit is None else min(room, limit)))
             if not batch:
                 return
-            for (s, seed), future in zip(batch, self._submit(batch)):
-                pending[future.key] = (s, seed, future)
+            for future, group in self._submit(batch):
+                pending[future.key] = (group, future)
                 done.add(future)
+            in_flight += len(batch)
             self.submitted += len(batch)
-            self.max_in_flight = max(self.max_in_flight, len(pending))
+            self.max_in_flight = max(self.max_in_flight, in_flight)
+
+        def outcome(s: ParamSet, seed: int, result: Any = None,
+                    err: BaseException | None = None) -> RunOutcome:
+            key = run_key(plan.name, s.id, seed, plan.code)
+            if err is None:
+                return RunOutcome(set=s, seed=seed, key=key, result=result)
+            return RunOutcome(set=s, seed=seed, key=key, failure=RunFailure(
+                set_id=s.id, seed=seed, key=key, error_type=type(err).__name__,
+                message=str(err), error=err))
 
         try:
-            top_up()
+            if probe:
+                try:
+                    slots = sum(self.client.nthreads().values())
+                except Exception:  # noqa: BLE001
+                    slots = 1
+                top_up(max(1, slots))
+            else:
+                top_up()
             for future, value in done:
-                s, seed, _ = pending.pop(future.key)
-                key = str(future.key)
-                if future.status == "finished":
-                    yield RunOutcome(set=s, seed=seed, key=key, result=value)
-                else:
+                group, _ = pending.pop(future.key)
+                in_flight -= len(group)
+                if future.status != "finished":  # the whole task failed: each run did
                     err = error_of(future, value)
-                    yield RunOutcome(set=s, seed=seed, key=key, failure=RunFailure(
-                        set_id=s.id, seed=seed, key=key, error_type=type(err).__name__,
-                        message=str(err), error=err))
+                    for s, seed in group:
+                        yield outcome(s, seed, err=err)
+                elif len(group) == 1 and isinstance(value, SimResult):
+                    self._measured(value)
+                    yield outcome(*group[0], result=value)
+                else:
+                    for (s, seed), item in zip(group, value):
+                        if isinstance(item, BaseException):
+                            yield outcome(s, seed, err=item)
+                        else:
+                            self._measured(item)
+                            yield outcome(s, seed, result=item)
                 del future, value
-                if self.window - len(pending) >= batch_size:
+                if probe or self.window - in_flight >= top_up_at:
+                    probe = False
                     top_up()
         finally:
             if pending:   # stopped early: nothing of this study keeps running
-                self.client.cancel([f for _, _, f in pending.values()])
+                self.client.cancel([f for _, f in pending.values()])
                 pending.clear()
 
 
 def submit_study(client, plan: StudyPlan, *, window: int = DEFAULT_WINDOW,
+                 batch: int | None = None, batch_target: float = BATCH_TARGET,
                  **kwargs) -> StudySubmission:
     """The plan's runs, submitted lazily in a bounded window (see :class:`StudySubmission`);
     hand the result to :func:`~modelops_runtime.client.gather_study`, or iterate it for
-    each run as it finishes. Extra ``kwargs`` go to ``client.map`` (e.g. ``retries``)."""
-    return StudySubmission(client, plan, window, **kwargs)
+    each run as it finishes. ``batch``: runs per Dask task (None: measured, about
+    ``batch_target`` seconds per task; 1: never grouped). Extra ``kwargs`` go to
+    ``client.map`` (e.g. ``retries``)."""
+    return StudySubmission(client, plan, window, batch=batch, batch_target=batch_target,
+                           **kwargs)
