@@ -117,3 +117,54 @@ def test_bad_batch_settings_are_refused(kwargs, message):
     plan = _plan("sha256:" + "a" * 64, "bad", [ParamSet.of({"x": 1})], 3)
     with pytest.raises(ValueError, match=message):
         submit_study(None, plan, **kwargs)
+
+
+WARM_MODEL = '''
+import os
+COUNT = 0
+
+def sim(params, seed):
+    global COUNT
+    COUNT += 1
+    if seed == params.get("crash"):
+        os.kill(os.getpid(), 9)
+    if seed == params.get("fail"):
+        raise ValueError(f"seed {seed} fails")
+    if seed == params.get("bad_output"):
+        return {"f": lambda: 1}
+    return {"seed": seed, "twice": 2 * seed}
+'''
+
+
+def _kinds(outcomes):
+    return [(type(o).__name__, o.outputs) if not isinstance(o, Exception)
+            else (type(o).__name__, str(o).split("\n")[0][:60]) for o in outcomes]
+
+
+def test_a_warm_process_runs_a_batch_in_one_round_trip_with_per_run_outcomes(tmp_path, warm):
+    from modelops_runtime.models import Call
+
+    ref = make_bundle(tmp_path / "src", tmp_path / "repo",
+                      {"model.py": WARM_MODEL, "requirements.txt": ""}, name="w")
+    ex = warm()
+    params = {"fail": 3, "bad_output": 5}
+    calls = [Call(bundle=ref, entrypoint="model:sim", args=(params, s)) for s in range(8)]
+    single = [ex.run(c) if s not in (3, 5) else None for s, c in enumerate(calls)]
+    batched = ex.run_many(calls)
+    assert [type(b).__name__ for b in batched] == \
+        ["SimResult"] * 3 + ["SimulationError", "SimResult", "SimulationError"] + ["SimResult"] * 2
+    assert [b.outputs for b in batched if not isinstance(b, Exception)] == \
+        [r.outputs for r in single if r is not None]
+    assert "fails" in str(batched[3]) and "cannot travel back" in str(batched[5])
+    counts = [b.process_task_count for b in batched if not isinstance(b, Exception)]
+    assert counts == sorted(counts) and len({b.pid for b in batched
+                                              if not isinstance(b, Exception)}) == 1
+
+    # a run that kills its process mid-batch: the batch runs again one by one, only that
+    # run fails (typed), every other one has its result
+    crash = [Call(bundle=ref, entrypoint="model:sim", args=({"crash": 2}, s)) for s in range(5)]
+    out = ex.run_many(crash)
+    assert [type(o).__name__ for o in out] == \
+        ["SimResult", "SimResult", "ProcessCrashed", "SimResult", "SimResult"]
+    assert out[2].signal_name == "SIGKILL"
+    assert [o.outputs["seed"] for o in out if not isinstance(o, Exception)] == [0, 1, 3, 4]

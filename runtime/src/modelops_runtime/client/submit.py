@@ -23,7 +23,6 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..errors import WorkerStopping
 from ..models import Call, SimResult, SimTask, check_bundle_ref, check_entrypoint
 from .outcomes import RunFailure, RunOutcome, error_of
 from .plan import ParamSet, StudyPlan, run_key
@@ -55,22 +54,14 @@ def run_simulation(task: SimTask) -> SimResult:
 
 
 def run_simulations(tasks: Sequence[SimTask]) -> list[SimResult | Exception]:
-    """Run a batch of SimTasks one after the other with this worker process's executor
-    (runs on the worker): one entry per task, its SimResult or the error it raised, so
-    each run keeps its own outcome. A stopping worker fails the whole batch (Dask runs it
-    again elsewhere)."""
+    """Run a batch of SimTasks with this worker process's executor (runs on the worker;
+    prod-warm: in one round trip to one warm process): one entry per task, its SimResult or
+    the error it raised, so each run keeps its own outcome. A stopping worker fails the
+    whole batch (Dask runs it again elsewhere)."""
     from ..worker.runtime import current_executor
 
-    executor = current_executor()
-    out: list[SimResult | Exception] = []
-    for task in tasks:
-        try:
-            out.append(_on_worker(executor.run(Call.for_sim(task))))
-        except WorkerStopping:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the run's own failure, as unbatched
-            out.append(exc)
-    return out
+    results = current_executor().run_many([Call.for_sim(task) for task in tasks])
+    return [r if isinstance(r, Exception) else _on_worker(r) for r in results]
 
 
 def batch_size(per_run: float, *, target: float = BATCH_TARGET, left: int | None = None,

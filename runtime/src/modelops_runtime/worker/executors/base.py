@@ -29,6 +29,22 @@ class ExecEnv(abc.ABC):
         Raises a :class:`~modelops_runtime.errors.ModelOpsError` subclass on failure; the
         executor stays usable for the next call whatever happened."""
 
+    def run_many(self, calls: "list[Call]") -> "list[SimResult | Exception]":
+        """Run ``calls`` (a batch of tiny runs) one after the other: one entry per call,
+        its result or the error it raised. A stopping worker (WorkerStopping) fails the
+        whole batch. Executors may do it in fewer round trips."""
+        from ...errors import WorkerStopping
+
+        out: "list[SimResult | Exception]" = []
+        for call in calls:
+            try:
+                out.append(self.run(call))
+            except WorkerStopping:
+                raise
+            except Exception as exc:  # noqa: BLE001 - that run's own failure
+                out.append(exc)
+        return out
+
     @abc.abstractmethod
     def shutdown(self) -> None:
         """Release everything: no child process may outlive this call."""

@@ -181,9 +181,10 @@ class WarmProcess:
     # -- talking ---------------------------------------------------------------------
 
     def run(self, request: dict, *, timeout: float | None, mem_limit: int | None,
-            label: str) -> tuple[dict, int]:
-        """Send one task; return (reply, log mark at task start). Raises :class:`Lost`."""
-        self.task_count += 1
+            label: str, tasks: int = 1) -> tuple[dict, int]:
+        """Send one task (or a batch of ``tasks``); return (reply, log mark at task start).
+        Raises :class:`Lost`."""
+        self.task_count += tasks
         self.last_used = time.monotonic()
         mark = self.log.mark()
         watched = mem_limit is not None and self.sampler is not None
