@@ -167,6 +167,7 @@ The worker container's env: the runtime's MODELOPS_* variables rendered from typ
   "MODELOPS_MAX_PROCESS_REUSE" (int64 $x.maxProcessReuse | toString)
   "MODELOPS_PROCESS_TTL" (int64 $x.processTTL | toString)
   "MODELOPS_FRESH_PROCESS_FROM" $x.freshProcessFrom
+  "MODELOPS_FRESH_VENVS_AHEAD" (int64 $x.freshVenvsAhead | toString)
   "MODELOPS_NATIVE_THREADS" (int64 $x.nativeThreads | toString)
   "MODELOPS_POOL_MEMORY_BYTES" $x.poolMemoryPerProcess
   "MODELOPS_LOG_LEVEL" $w.logLevel

@@ -124,6 +124,7 @@ count; more than zero. Said in words, because the schema's pattern message would
   "MODELOPS_MAX_PROCESS_REUSE" "worker.executor.maxProcessReuse"
   "MODELOPS_PROCESS_TTL" "worker.executor.processTTL"
   "MODELOPS_FRESH_PROCESS_FROM" "worker.executor.freshProcessFrom"
+  "MODELOPS_FRESH_VENVS_AHEAD" "worker.executor.freshVenvsAhead"
   "MODELOPS_NATIVE_THREADS" "worker.executor.nativeThreads"
   "MODELOPS_MEM_LIMIT_BYTES" "worker.executor.memLimitPerProcess"
   "MODELOPS_POOL_MEMORY_BYTES" "worker.executor.poolMemoryPerProcess"

@@ -220,6 +220,9 @@ CASES = {
     "unknown freshProcessFrom": (
         "worker: {executor: {freshProcessFrom: zygote}}", (),
         [SCHEMA, "/worker/executor/freshProcessFrom", "template", "exec"]),
+    "negative freshVenvsAhead": (
+        "worker: {executor: {freshVenvsAhead: -1}}", (),
+        [SCHEMA, "at '/worker/executor/freshVenvsAhead': minimum: got -1, want 0"]),
     "freshProcessFrom as extraEnv": (
         "worker: {extraEnv: [{name: MODELOPS_FRESH_PROCESS_FROM, value: exec}]}", (),
         ["MODELOPS_FRESH_PROCESS_FROM", "worker.executor.freshProcessFrom"]),

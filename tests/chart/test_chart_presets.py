@@ -54,6 +54,7 @@ def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
         "MODELOPS_EXECUTOR_TYPE": executor,
         "MODELOPS_FORCE_FRESH_VENV": fresh,
         "MODELOPS_FRESH_PROCESS_FROM": "template",
+        "MODELOPS_FRESH_VENVS_AHEAD": "2",
         "MODELOPS_LOG_LEVEL": "INFO",
         "MODELOPS_MAX_PROCESS_REUSE": reuse,
         "MODELOPS_MAX_WARM_PROCESSES": "8",
@@ -119,6 +120,7 @@ worker:
     validateDeps: false
     processTTL: 120
     freshProcessFrom: exec
+    freshVenvsAhead: 0
     nativeThreads: 3
     memLimitPerProcess: 512Mi
     poolMemoryPerProcess: 1536Mi
@@ -148,6 +150,7 @@ bundles:
         ("MODELOPS_EXECUTOR_TYPE", "isolated_warm"),
         ("MODELOPS_FORCE_FRESH_VENV", "false"),
         ("MODELOPS_FRESH_PROCESS_FROM", "exec"),
+        ("MODELOPS_FRESH_VENVS_AHEAD", "0"),
         ("MODELOPS_LOG_LEVEL", "DEBUG"),
         ("MODELOPS_MAX_PROCESS_REUSE", "1000"),
         ("MODELOPS_MAX_WARM_PROCESSES", "3"),

@@ -215,3 +215,35 @@ def test_exec_keeps_the_plain_path(tmp_path, warm):
     assert ex.template_pids() == []
     assert [r["count"] for r in results] == [1, 1]
     assert all(r["imported_in"] == r["pid"] for r in results)  # imported by itself
+
+
+# -- fresh venvs built ahead (FORCE_FRESH_VENV) --------------------------------------------
+
+PREFIX = '''
+import sys
+
+def prefix(params, seed):
+    return {"prefix": sys.prefix}
+'''
+
+
+def test_fresh_venvs_are_built_ahead_used_once_and_removed(tmp_path, warm):
+    from support.cluster import wait_for
+
+    ref = make_bundle(tmp_path / "src", tmp_path / "repo",
+                      {"model.py": PREFIX, "requirements.txt": ""}, name="p")
+    ex = warm(force_fresh_venv="true", fresh_venvs_ahead=2)
+    venvs = tmp_path / "venvs"
+    prefixes = [ex.run(Call(bundle=ref, entrypoint="model:prefix", args=({}, s)))
+                .outputs["prefix"] for s in range(4)]
+    assert len(set(prefixes)) == 4  # a venv never used before, every time
+
+    def fresh_dirs():
+        return sorted(p for p in venvs.iterdir() if p.name.startswith(".fresh-"))
+
+    # used ones are removed in the background; two wait for the next tasks
+    wait_for(lambda: len(fresh_dirs()) == 2 and not set(map(str, fresh_dirs())) & set(prefixes),
+             120, "two venvs built ahead and the used ones removed",
+             on_fail=lambda: f"left: {fresh_dirs()}")
+    ex.shutdown()
+    assert fresh_dirs() == [], "venvs built ahead survived the shutdown"

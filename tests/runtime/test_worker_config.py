@@ -27,6 +27,9 @@ BAD = [
     ("MODELOPS_FRESH_PROCESS_FROM", "zygote",
      "invalid configuration: MODELOPS_FRESH_PROCESS_FROM='zygote' is not allowed; expected "
      "one of: template, exec."),
+    ("MODELOPS_FRESH_VENVS_AHEAD", "-1",
+     "invalid configuration: MODELOPS_FRESH_VENVS_AHEAD='-1' is not allowed; expected an "
+     "integer >= 0."),
 ]
 
 

@@ -107,6 +107,10 @@ class RuntimeConfig(BaseSettings):
         True, description="verify a cached venv's fingerprint before reuse")
     max_process_reuse: int = Field(
         1000, ge=1, description="tasks a warm process runs before retirement (1 = fresh process per task)")
+    fresh_venvs_ahead: int = Field(
+        2, ge=0, description="with force_fresh_venv: venvs built ahead in the background per "
+        "dependency set while tasks run (each still used by one task only; 0: build each "
+        "when its task starts)")
     fresh_process_from: FreshProcessFrom = Field(
         FreshProcessFrom.template, description="with max_process_reuse=1: `template` forks "
         "each task's process from a per-(bundle, venv) template that has imported the "
@@ -183,7 +187,7 @@ class RuntimeConfig(BaseSettings):
     def summary(self) -> str:
         """One line of the settings that decide behaviour (for the startup log)."""
         keys = ["executor_type", "max_warm_processes", "max_process_reuse",
-                "fresh_process_from", "process_ttl",
+                "fresh_process_from", "fresh_venvs_ahead", "process_ttl",
                 "force_fresh_venv", "validate_deps", "native_threads", "mem_limit_bytes", "pool_memory_bytes",
                 "task_timeout"]
         parts = []

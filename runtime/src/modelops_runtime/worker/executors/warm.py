@@ -30,6 +30,7 @@ from ..packages import package_digest, venv_packages
 from ..warm.process import WarmProcess, data_cap, warm_env
 from ..warm.program import compile_runner
 from ..warm.runner import WRITABLE_ENV
+from ..warm.prefetch import FreshVenvs
 from ..warm.template import Templates
 from ..warm.venvs import Venv, VenvCache, venv_key
 from .base import ExecEnv
@@ -65,6 +66,10 @@ class IsolatedWarmExecEnv(ExecEnv):
                              max_reuse=config.max_process_reuse, ttl=config.process_ttl,
                              memory_budget=config.pool_memory_bytes, stats=self._stats)
         self._bundles: dict[str, _Bundle] = {}
+        # FORCE_FRESH_VENV: the next venvs built while tasks run (prefetch.py)
+        self.fresh_venvs: FreshVenvs | None = None
+        if config.force_fresh_venv and config.fresh_venvs_ahead > 0:
+            self.fresh_venvs = FreshVenvs(self.venvs, config.fresh_venvs_ahead)
         # MAX_PROCESS_REUSE=1: fork each task's process from a template (template.py)
         self.templates: Templates | None = None
         if (config.max_process_reuse == 1 and not config.force_fresh_venv
@@ -157,6 +162,8 @@ class IsolatedWarmExecEnv(ExecEnv):
         if self.templates is not None:
             self.templates.close()
         self.pool.shutdown()
+        if self.fresh_venvs is not None:
+            self.fresh_venvs.close()
 
     def stats(self) -> dict[str, Any]:
         return self.pool.snapshot().model_dump(mode="json")
@@ -223,7 +230,10 @@ class IsolatedWarmExecEnv(ExecEnv):
 
     def _run_fresh(self, call: Call, bundle: _Bundle, started: float) -> SimResult:
         """FORCE_FRESH_VENV: a new venv and process for this task, both removed after it."""
-        proc = self._spawn(bundle, self.venvs.fresh(bundle.requirements), fresh=True)
+        ahead = self.fresh_venvs
+        venv = (ahead.take(bundle.requirements) if ahead is not None
+                else self.venvs.fresh(bundle.requirements))
+        proc = self._spawn(bundle, venv, fresh=True)
         try:
             self.pool.track_unpooled(proc)
             outputs = self._send(proc, call, bundle)
@@ -232,8 +242,12 @@ class IsolatedWarmExecEnv(ExecEnv):
         finally:
             self.pool.drop_unpooled(proc)
             # the reaper stops it; its venv goes once nothing runs in it any more
-            self.pool.wait_gone(proc, self.pool.stop_grace + 60)
-            self.venvs.remove(proc.venv)
+            gone = lambda: self.pool.wait_gone(proc, self.pool.stop_grace + 60)  # noqa: E731
+            if ahead is not None:  # in the background
+                ahead.discard(proc.venv, after=gone)
+            else:
+                gone()
+                self.venvs.remove(proc.venv)
         return self._result(outputs, pid, count, False, started, env_digest)
 
     def _run_forked(self, call: Call, bundle: _Bundle, started: float) -> SimResult:
