@@ -80,6 +80,45 @@ def _rss(r: R) -> tuple[float, str]:
     return extra / 1e6, f"{mb(m['warm_rss_bytes'])} − {mb(m['bare_rss_bytes'])}"
 
 
+def _guarded(fn: Callable[[R], tuple[float, str]]) -> Callable[[R], tuple[float, str]]:
+    """A case of bench/fast.py that failed is a miss saying why, not a crash of the report."""
+    def measure(r: R) -> tuple[float, str]:
+        try:
+            return fn(r)
+        except (KeyError, TypeError, ZeroDivisionError) as exc:
+            errors = [f"{k}: {v['error']}" for k, v in r.get("fast", {}).items()
+                      if isinstance(v, dict) and "error" in v]
+            return float("nan"), "; ".join(errors) or f"not measured ({exc!r})"
+    return measure
+
+
+def _sir(mode: str) -> Callable[[R], tuple[float, str]]:
+    def measure(r: R) -> tuple[float, str]:
+        s = r["fast"]["sir"]
+        other, prod = s[mode]["per_sim_s"], s["prod-warm"]["per_sim_s"]
+        return other / prod, f"{ms(other)} / {ms(prod)} per sim"
+    return measure
+
+
+def _template_overhead(r: R) -> tuple[float, str]:
+    h = r["fast"]["heavy_import"]
+    return h["overhead_s"] * 1e3, (
+        f"{ms(h['fresh process from the template']['median_s'])} − "
+        f"{ms(h['warm hit']['median_s'])} (exec: {ms(h['fresh process by exec']['median_s'])})")
+
+
+def _batched(r: R) -> tuple[float, str]:
+    b = r["fast"]["batched"]["noop"]
+    return b["plain client.map"] / b["batched"], (
+        f"plain {ms(b['plain client.map'])} / batched {ms(b['batched'])} wall time")
+
+
+def _busy(r: R) -> tuple[float, str]:
+    b = r["fast"]["batched"]
+    limit = b["cores"] * 50
+    return b["busy"]["sims_per_s"] / limit, f"{b['busy']['sims_per_s']:.0f} sims/s / {limit}"
+
+
 TARGETS = [
     Target("warm hit ≤ 1.0× ProcessPoolExecutor(1) round trip", "overhead", "≤ 1.0×",
            _warm_vs_ppe, lambda v: v <= 1.0),
@@ -92,6 +131,16 @@ TARGETS = [
            lambda v: v >= 0.5, _e2e_note),
     Target("idle warm process RSS ≤ bare interpreter + 10 MB", "memory", "≤ +10 MB", _rss,
            lambda v: v <= 10),
+    Target("SIR, 300 sims: fresh-process ≤ 1.5× prod-warm", "fast", "≤ 1.5×",
+           _guarded(_sir("fresh-process")), lambda v: v <= 1.5),
+    Target("SIR: diagnose-fresh-venv ≤ 4× prod-warm (per sim)", "fast", "≤ 4×",
+           _guarded(_sir("diagnose-fresh-venv")), lambda v: v <= 4),
+    Target("0.5 s import: fresh-process per-task overhead ≤ 20 ms", "fast", "≤ 20 ms",
+           _guarded(_template_overhead), lambda v: v <= 20),
+    Target("10,000 no-op sims: batched ≥ 5× plain client.map", "fast", "≥ 5×",
+           _guarded(_batched), lambda v: v >= 5),
+    Target("1,000 × 20 ms sims ≥ 0.9 × cores × 50 sims/s", "fast", "≥ 0.9×",
+           _guarded(_busy), lambda v: v >= 0.9),
 ]
 
 
@@ -216,6 +265,38 @@ def details(results: R) -> str:
                           f"{plain / e[name]['median_s']:.2f}×", str(e[name]["n"])]
                          for name in ("prod-warm (modelops submit)", "plain client.map")])
         lines.append("")
+
+    if "fast" in results:
+        f = results["fast"]
+        lines += ["## Isolation without the wait (bench/fast.py)", "",
+                  f"Load average at start {tuple(round(x, 1) for x in f['load_at_start'])}, at "
+                  f"end {tuple(round(x, 1) for x in f['load_at_end'])}.", ""]
+        h = f.get("heavy_import", {})
+        if "warm hit" in h:
+            lines += _table(["0.5 s import: how the task runs", "median", "p90", "n"],
+                            [[name, ms(h[name]["median_s"]), ms(h[name]["p90_s"]),
+                              str(h[name]["n"])] for name in
+                             ("warm hit", "fresh process from the template",
+                              "fresh process by exec")]) + [""]
+        s_ = f.get("sir", {})
+        if "prod-warm" in s_:
+            lines += _table([f"SIR example, {s_['threads']} task threads", "sims", "wall",
+                             "per sim"],
+                            [[name, str(s_[name]["sims"]), ms(s_[name]["wall_s"]),
+                              ms(s_[name]["per_sim_s"])]
+                             for name in ("prod-warm", "fresh-process",
+                                          "diagnose-fresh-venv")]) + [""]
+        b = f.get("batched", {})
+        if "noop" in b:
+            lines += [f"Batched (local cluster, prod-warm, {b['worker_processes']} worker "
+                      f"processes): {b['sims']:,} no-op sims in {ms(b['noop']['batched'])} "
+                      f"({b['noop_dask_tasks']} Dask tasks) against {ms(b['noop']['plain client.map'])} "
+                      f"for plain client.map; {b['busy_sims']:,} sims of 20 ms in "
+                      f"{ms(b['busy']['wall_s'])} ({b['busy']['sims_per_s']:.0f} sims/s, "
+                      f"{b['busy']['dask_tasks']} Dask tasks, {b['cores']} cores).", ""]
+        for name, v in f.items():
+            if isinstance(v, dict) and "error" in v:
+                lines += [f"{name}: failed: {v['error']}", ""]
 
     if "memory" in results:
         m = results["memory"]

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import endtoend  # noqa: E402
+import fast  # noqa: E402
 import machine  # noqa: E402
 import memory  # noqa: E402
 import overhead  # noqa: E402
@@ -33,7 +34,8 @@ import venvbuild  # noqa: E402
 from common import Workspace  # noqa: E402
 from shared import replace_between  # noqa: E402
 
-SECTIONS = {"overhead": overhead, "venv": venvbuild, "e2e": endtoend, "memory": memory}
+SECTIONS = {"overhead": overhead, "venv": venvbuild, "e2e": endtoend, "memory": memory,
+            "fast": fast}
 README = HERE.parent / "README.md"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 

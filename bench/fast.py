@@ -1,0 +1,197 @@
+"""Isolation without the wait (issue #14): fresh processes from a template, batched tiny sims.
+
+* heavy import — a bundle whose module takes 0.5 s to import (a sleep at import, as a real
+  agent-based framework takes seconds): per-task time of a warm hit (prod-warm), a fresh
+  process forked from the template (fresh-process, the default) and one exec'd (the old
+  path, ``freshProcessFrom: exec``); the fresh-process overhead is template − warm hit.
+* SIR — the example model (numpy, from PyPI through uv) through executors as a Dask worker
+  process builds them, 2 task threads each (the machine's cores): prod-warm, fresh-process
+  (template) and diagnose-fresh-venv, per sim; the fresh-venv case runs fewer sims (a venv
+  build per sim) and is compared per sim.
+* batched end to end — a local cluster from values-examples/prod-warm.yaml: 10,000 no-op
+  sims through ``submit_study`` (runs grouped into Dask tasks of ~0.1 s) against plain
+  ``client.map`` of the same function, and 1,000 sims of 20 ms (a busy loop) against the
+  machine's limit (cores × 50 sims/s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from modelops_runtime.bundles import pack
+from modelops_runtime.client import ParamSet, Seeds, StudyPlan, gather_study, submit_study
+from modelops_runtime.local.plan import plan
+from modelops_runtime.local.render import render_cluster
+from modelops_runtime.local.supervise import LocalCluster
+from modelops_runtime.models import Call
+
+from common import NOOP_MODEL, Workspace, side_by_side
+from endtoend import PRESET, _as_main_function, _quiet
+from shared import write_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+SIR = REPO / "runtime" / "examples" / "sir" / "bundle"
+
+HEAVY_MODEL = '''
+import time
+time.sleep(0.5)   # what importing a heavy framework costs
+
+
+def noop(params, seed):
+    return {}
+'''
+
+BUSY_MODEL = '''
+import time
+
+
+def noop(params, seed):
+    return {}
+
+
+def busy(params, seed):
+    """About 20 ms of CPU."""
+    end = time.perf_counter() + params.get("seconds", 0.02)
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return {"n": n}
+'''
+
+
+def heavy_import(ws: Workspace, smoke: bool) -> dict[str, Any]:
+    ref, _ = ws.bundle("heavy", {"model.py": HEAVY_MODEL})
+    call = Call(bundle=ref, entrypoint="model:noop", args=({}, 0))
+    warm = ws.executor(executor_type="isolated_warm")
+    template = ws.executor(executor_type="isolated_warm", max_process_reuse=1)
+    exec_ = ws.executor(executor_type="isolated_warm", max_process_reuse=1,
+                        fresh_process_from="exec")
+    try:
+        samples = side_by_side({"warm hit": lambda: warm.run(call),
+                                "fresh process from the template": lambda: template.run(call),
+                                "fresh process by exec": lambda: exec_.run(call)},
+                               rounds=2 if smoke else 5,
+                               per_round={"warm hit": 20 if smoke else 100,
+                                          "fresh process from the template": 5 if smoke else 40,
+                                          "fresh process by exec": 1 if smoke else 3})
+    finally:
+        for ex in (warm, template, exec_):
+            ex.shutdown()
+    out = {name: {"median_s": s.median, "p90_s": s.p90, "n": len(s.times)}
+           for name, s in samples.items()}
+    out["overhead_s"] = (out["fresh process from the template"]["median_s"]
+                         - out["warm hit"]["median_s"])
+    return out
+
+
+def sir(ws: Workspace, smoke: bool) -> dict[str, Any]:
+    ref = pack(SIR, str(ws.repo))
+    sims = 30 if smoke else 300
+    fresh_venv_sims = 4 if smoke else 30
+    threads = max(1, os.cpu_count() or 1)
+    cases = {"prod-warm": ({"executor_type": "isolated_warm"}, sims),
+             "fresh-process": ({"executor_type": "isolated_warm", "max_process_reuse": 1}, sims),
+             "diagnose-fresh-venv": ({"executor_type": "isolated_warm",
+                                      "force_fresh_venv": True}, fresh_venv_sims)}
+    params = {"population": 10_000, "beta": 0.3, "gamma": 0.1, "days": 160}
+    out: dict[str, Any] = {}
+    executors = {name: ws.executor(**settings) for name, (settings, _) in cases.items()}
+    try:
+        executors["prod-warm"].run(Call(bundle=ref, entrypoint="sir.model:simulate",
+                                        args=(params, 0)))  # builds the cached venv (uv)
+        for name, (_, n) in cases.items():
+            ex = executors[name]
+            ex.run(Call(bundle=ref, entrypoint="sir.model:simulate", args=(params, 0)))
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda s: ex.run(Call(bundle=ref, entrypoint="sir.model:simulate",
+                                                    args=(params, s))), range(n)))
+            wall = time.perf_counter() - t0
+            out[name] = {"sims": n, "wall_s": wall, "per_sim_s": wall / n}
+    finally:
+        for ex in executors.values():
+            ex.shutdown()
+    out["threads"] = threads
+    return out
+
+
+def batched(ws: Workspace, smoke: bool) -> dict[str, Any]:
+    sims = 500 if smoke else 10_000
+    busy_sims = 100 if smoke else 1_000
+    state = ws.root / "local-state"
+    own = [f"bundles.repo=file://{state / 'bundle-repo'}"]
+    rendered = render_cluster([PRESET], own)
+    launch = plan(rendered, state)
+    src = write_bundle(ws.root / "src" / "busy", {"model.py": BUSY_MODEL})
+    launch.bundle_repo.mkdir(parents=True, exist_ok=True)
+    ref = pack(src, str(launch.bundle_repo))
+    noop = _as_main_function(src / "model.py", "noop")
+    out: dict[str, Any] = {"sims": sims, "busy_sims": busy_sims, "cores": os.cpu_count()}
+
+    def study(name: str, entrypoint: str, n: int, params: dict) -> StudyPlan:
+        return StudyPlan(name=name, bundle=ref, entrypoint=entrypoint,
+                         sets=[ParamSet.of(params)], seeds=Seeds(count=n))
+
+    with LocalCluster(launch, echo=_quiet) as cluster:
+        client = cluster.client()
+        out["worker_processes"] = len(client.scheduler_info(n_workers=-1)["workers"])
+        gather_study(client, submit_study(client, study("warmup", "model:noop", 200, {})),
+                     progress=False)
+        client.gather(client.map(noop, [{}] * 50, range(50), key=[f"w-{i}" for i in range(50)]))
+        times: dict[str, list[float]] = {"batched": [], "plain client.map": []}
+        tasks = []
+        for r in range(1 if smoke else 2):
+            t0 = time.perf_counter()
+            sub = submit_study(client, study(f"noop{r}", "model:noop", sims, {}),
+                               window=sims)
+            res = gather_study(client, sub, progress=False)
+            times["batched"].append(time.perf_counter() - t0)
+            assert res.runs == sims and not res.failures
+            tasks.append(sub.tasks)
+            t0 = time.perf_counter()
+            futures = client.map(noop, [{}] * sims, range(sims),
+                                 key=[f"plain-{r}-{i}" for i in range(sims)])
+            assert len(client.gather(futures)) == sims
+            del futures
+            times["plain client.map"].append(time.perf_counter() - t0)
+        out["noop"] = {name: min(v) for name, v in times.items()}
+        out["noop_dask_tasks"] = tasks
+        t0 = time.perf_counter()
+        sub = submit_study(client, study("busy", "model:busy", busy_sims, {"seconds": 0.02}),
+                           window=busy_sims)
+        res = gather_study(client, sub, progress=False)
+        wall = time.perf_counter() - t0
+        assert res.runs == busy_sims and not res.failures
+        out["busy"] = {"wall_s": wall, "sims_per_s": busy_sims / wall,
+                       "dask_tasks": sub.tasks}
+    shutil.rmtree(state, ignore_errors=True)
+    return out
+
+
+def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"load_at_start": os.getloadavg()}
+    for name, fn in (("heavy_import", heavy_import), ("batched", batched), ("sir", sir)):
+        print(f"   {name}", flush=True)
+        sub = ws.root / name
+        sub.mkdir()
+        try:
+            out[name] = fn(Workspace(sub), smoke)
+        except Exception as exc:  # noqa: BLE001 - one case failing must not hide the others
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    out["load_at_end"] = os.getloadavg()
+    return out
+
+
+if __name__ == "__main__":  # quick look: python bench/fast.py [--smoke]
+    import json
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="modelops-bench-") as tmp:
+        print(json.dumps(run(Workspace(Path(tmp)), smoke="--smoke" in sys.argv), indent=1,
+                         default=str))
