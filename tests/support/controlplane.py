@@ -39,6 +39,7 @@ TOOLS = REPO / ".tools" / "bin"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 SERVICE_CIDR = "10.96.0.0/16"  # only allocated from: nothing routes to it
 READY_TIMEOUT = 180  # seconds; a loaded 2-core machine needs far less, but never hangs
+STOP_TIMEOUT = 120  # seconds for stop(): 15 s of grace, then SIGKILL (bounded, even under load)
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -271,17 +272,19 @@ class ControlPlane:
                        "kube-controller-manager /healthz and the default ServiceAccount")
 
     def stop(self, grace: float = 15) -> None:
-        """SIGTERM the newest first, SIGKILL what is left after ``grace`` s, reap, remove
-        the state directory. Idempotent."""
-        for r in reversed(self.running):
-            if r.popen.returncode is None:  # unreaped: the pid is still ours
-                with contextlib.suppress(ProcessLookupError):
-                    r.popen.send_signal(signal.SIGTERM)
-                try:
-                    r.popen.wait(grace)
-                except subprocess.TimeoutExpired:
-                    r.popen.kill()
-                    r.popen.wait(30)
+        """SIGTERM all (the newest first), SIGKILL what is left after ``grace`` s, reap,
+        remove the state directory. Idempotent."""
+        alive = [r for r in reversed(self.running) if r.popen.returncode is None]
+        for r in alive:  # unreaped: the pid is still ours
+            with contextlib.suppress(ProcessLookupError):
+                r.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for r in alive:
+            try:
+                r.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                r.popen.kill()
+                r.popen.wait(30)
         self.running.clear()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -77,7 +77,7 @@ def test_ctrl_c_stops_everything(start):
     assert [p.name() for p in procs] == ["etcd", "kube-apiserver", "kube-controller-manager"]
     assert info["version"].startswith("v1.")
     popen.send_signal(signal.SIGINT)
-    popen.wait(60)
+    popen.wait(controlplane.STOP_TIMEOUT)
     assert "KeyboardInterrupt" in out.read_text()
     assert _gone(procs), controlplane.still_running(procs)
     assert not Path(info["root"]).exists()
@@ -85,7 +85,7 @@ def test_ctrl_c_stops_everything(start):
 
 def test_a_failure_stops_everything(start):
     popen, info, procs, out = start(kcm=False, fail=True)
-    assert popen.wait(60) == 1
+    assert popen.wait(controlplane.STOP_TIMEOUT) == 1
     assert "RuntimeError: a test failed" in out.read_text()
     assert _gone(procs), controlplane.still_running(procs)
     assert not Path(info["root"]).exists()
