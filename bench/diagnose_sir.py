@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--sims", type=int, default=40)
     parser.add_argument("--state-dir", type=Path)
     args = parser.parse_args()
+    machine = describe()
     with tempfile.TemporaryDirectory(prefix="diagnose-bench-") as tmp:
         state = args.state_dir or Path(tmp) / "state"
         cmd = [str(Path(sys.executable).parent / "modelops-runtime"), "diagnose",
@@ -45,7 +46,6 @@ def main() -> int:
         print(proc.stdout, proc.stderr, sep="\n", file=sys.stderr)
         return proc.returncode
     doc = json.loads(proc.stdout)
-    machine = describe()
     lines = [
         "# diagnose on the SIR example",
         "",
@@ -65,7 +65,6 @@ def main() -> int:
         lines.append(f"| {s['name']} | {s['mode'] or '-'} | {status} |")
     lines += ["", "| machine |  |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in machine.items()]
-    lines.append(f"| load average at the end | {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())} |")
     OUT.write_text("\n".join(lines) + "\n")
     print(f"{OUT}: total {total:.0f} s")
     return 0

@@ -11,7 +11,9 @@ The steps, derived from the user's own values (steps their mode already is are s
    and fresh-process does not explain it: a model that differs from itself there is
    nondeterministic, and the search stops.
 4. ``fresh-venv``: a new venv *and* a new process per task: skipped when fresh-process
-   already explains the difference (a venv build per task is the costliest step).
+   already explains the difference (a venv build per task is the costliest step), and
+   run on the first FRESH_VENV_SIMS seeds only: every task uses the venv, so a venv at
+   fault changes the first seeds as much as the others.
 5. ``direct``: the Dask worker's own environment instead of the bundle's venv; bundle
    modules re-imported per task, process state kept (module vs process state).
 6. ``native-threads=N``: fresh-process with another thread count for native libraries.
@@ -47,11 +49,15 @@ DIRECT = ("worker.executor.type=direct",)
 ONE_PROCESS = ("worker.replicas=1", "worker.processes=1", "worker.threads=1")
 
 
+FRESH_VENV_SIMS = 8   # a venv's fault shows in every task that uses it: a sample decides
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
     title: str                      # what this step removes, in a few words
     sets: tuple[str, ...] = ()      # --set added to the user's values
+    sims: int | None = None         # fewer seeds than the other steps (fresh-venv)
 
 
 @dataclass
@@ -143,7 +149,9 @@ def planned_steps(config: RuntimeConfig, launch: LaunchPlan) -> tuple[list[Step]
     else:
         skipped["fresh-process"] = "executor=direct has no warm processes"
     if warm and not config.force_fresh_venv:
-        steps.append(Step("fresh-venv", "a new venv and a new process per task", FRESH_VENV))
+        steps.append(Step("fresh-venv", f"a new venv and a new process per task (the first "
+                          f"{FRESH_VENV_SIMS} seeds: a venv's fault shows in every task)",
+                          FRESH_VENV, sims=FRESH_VENV_SIMS))
     else:
         skipped["fresh-venv"] = ("your mode already builds a fresh venv per task" if warm
                                  else "executor=direct has no venvs")
@@ -194,7 +202,8 @@ def run_step(ctx: Context, step: Step, index: int) -> StepRun:
     started = time.perf_counter()
     with LocalCluster(launch, ctx.log, start_timeout=ctx.start_timeout) as cluster:
         client = cluster.client()
-        run = run_study(client, ctx.study, launch.bundle_repo, sims=ctx.sims, progress=False)
+        sims = ctx.sims if step.sims is None else min(step.sims, ctx.sims or step.sims)
+        run = run_study(client, ctx.study, launch.bundle_repo, sims=sims, progress=False)
     sr.elapsed_s = time.perf_counter() - started
     sr.results = ctx.out_dir / f"{index}-{step.name}.json"
     sr.results.write_text(json.dumps(results_document(
