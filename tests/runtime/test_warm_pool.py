@@ -805,3 +805,23 @@ def test_running_out_of_file_descriptors_is_not_blamed_on_the_venv(tmp_path, scr
     assert report["errno_name"] == "EMFILE"
     assert report["fds_leaked"] == 0 and report["next"] == 0
     assert not list(scratch_root.glob(f"{SCRATCH_PREFIX}*"))
+
+
+def test_validate_deps_notices_a_pip_install_after_the_venv_was_validated(
+        tmp_path, warm, wheelhouse):  # noqa: F811 - fixture
+    """A cache hit does not re-read every installed file (that costs milliseconds per task
+    with numpy-sized venvs): the full check runs on first use and whenever a site-packages
+    directory changes — which a `pip install` into the venv does."""
+    ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
+    validating = warm(max_process_reuse=1, fresh_process_from="exec")
+    assert validating.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
+    assert validating.run(_call(ref, "imports_tinylib")).venv_cache_hit is True
+    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    subprocess.run([str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet",
+                    "--python", str(venv / "bin" / "python"), "tinylib==2.0"],
+                   env={**os.environ, **offline_uv_env(wheelhouse),
+                        "UV_CACHE_DIR": str(tmp_path / "uv-cache-test")},
+                   check=True, capture_output=True, timeout=120)
+    result = validating.run(_call(ref, "imports_tinylib"))
+    assert result.outputs == {"version": "1.0"} and result.venv_cache_hit is False
+    assert validating.stats()["venv_invalid"] == 1

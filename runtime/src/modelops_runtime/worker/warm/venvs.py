@@ -36,7 +36,7 @@ from ...bundles import make_read_only, remove_tree
 from ...bundles.cache import CacheEntries
 from ...errors import EnvironmentBuildError
 from ...locks import file_lock
-from ..packages import installed_digest
+from ..packages import installed_digest, site_packages
 from ..stats import StatsRecorder
 from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
 from .uvrun import _die_with_parent, _uv_bin, uv_env
@@ -249,12 +249,17 @@ class VenvCache:
             if fingerprint.get(field) != value:
                 return (f"its fingerprint's {field} is {fingerprint.get(field)!r}, "
                         f"expected {value!r}")
+        # The full check (every installed file's size, the interpreter starting) runs the
+        # first time this worker process uses the venv, and again whenever a site-packages
+        # directory changes (a package installed, upgraded or removed): a cache hit then
+        # costs a few stat calls, not one per installed file.
+        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size,
+                    tuple(site.stat().st_mtime_ns for site in site_packages(dest)))
+        if self._checked.get(dest) == identity:
+            return None
         if "installed" in fingerprint and installed_digest(dest) != fingerprint["installed"]:
             return ("its installed distributions changed after it was built (a package "
                     "installed, upgraded or removed in it, or an installed file deleted)")
-        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if self._checked.get(dest) == identity:
-            return None  # the interpreter already started since this fingerprint was written
         if problem := self._interpreter_problem(dest):
             return problem
         self._checked[dest] = identity
