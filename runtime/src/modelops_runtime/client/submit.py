@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -159,7 +160,7 @@ class StudySubmission:
         self.submitted = 0          # runs submitted so far
         self.max_in_flight = 0      # most runs submitted and not yet finished, at once
         self.tasks = 0              # Dask tasks submitted (fewer than runs when batched)
-        self._per_run: list[float] = []  # measured model time of finished runs
+        self._per_run: deque[float] = deque(maxlen=64)  # latest runs' measured time
         self._consumed = False
 
     @property
@@ -203,8 +204,7 @@ class StudySubmission:
                           left=self.total - self.submitted, slots=slots)
 
     def _measured(self, result: SimResult) -> None:
-        if len(self._per_run) < 64:
-            self._per_run.append(result.duration_s)
+        self._per_run.append(result.duration_s)
 
     def __iter__(self) -> Iterator[RunOutcome]:
         from distributed import as_completed
@@ -271,8 +271,10 @@ class StudySubmission:
                             yield outcome(s, seed, result=item)
                 del future, value
                 if probe or self.window - in_flight >= top_up_at:
+                    # measured sizes: a quarter of the window at a time, so later runs are
+                    # sized from batched runs' own times (a lone run's includes its round trip)
+                    top_up(top_up_at if self.batch is None else None)
                     probe = False
-                    top_up()
         finally:
             if pending:   # stopped early: nothing of this study keeps running
                 self.client.cancel([f for _, f in pending.values()])
