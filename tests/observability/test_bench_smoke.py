@@ -76,7 +76,7 @@ def test_smoke_run_writes_the_table(tmp_path):
     (raw,) = (tmp_path / "results").glob("*-smoke.json")
     data = json.loads(raw.read_text())
     assert data["smoke"] is True
-    assert set(data["results"]) == {"overhead", "venv", "e2e", "memory"}
+    assert set(data["results"]) == {"overhead", "venv", "e2e", "memory", "fast"}
     # the end-to-end sims really ran through warm processes on every worker process
     pools = data["results"]["e2e"]["pools"]
     assert len(pools) == data["results"]["e2e"]["worker_processes"]
