@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import os
 import subprocess
 import sys
@@ -52,6 +54,36 @@ def test_bundle_pack_prints_the_reference(tmp_path):
     missing = _run(["bundle", "pack", str(tmp_path / "nope"), "--repo", str(tmp_path / "repo")])
     assert missing.returncode == 1
     assert "does not exist or is not a directory" in missing.stderr
+
+
+def _flags_defined(path: Path) -> set[str]:
+    """The option strings a module passes to add_argument."""
+    tree = ast.parse(path.read_text())
+    return {arg.value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+            for arg in node.args
+            if isinstance(arg, ast.Constant) and str(arg.value).startswith("-")}
+
+
+def test_shared_options_have_one_definition():
+    """-f/--values, --set, --study, --state-dir, --json, ...: defined in cli/options.py only,
+    so each has one help text; every command module that takes one gets it from there."""
+    cli = REPO / "runtime" / "src" / "modelops_runtime" / "cli"
+    shared = _flags_defined(cli / "options.py")
+    assert {"--values", "--set", "--state-dir", "--study", "--json"} <= shared
+    for module in sorted(cli.glob("*.py")):
+        if module.name != "options.py":
+            assert not _flags_defined(module) & shared, module.name
+    commands = {name: {s for a in sp._actions for s in a.option_strings}
+                for name, sp in _subparsers().items()}
+    assert {"--values", "--set", "--state-dir"} <= commands["local"] & commands["diagnose"]
+    assert "--json" in commands["compare"] & commands["stats"] & commands["diagnose"]
+
+
+def _subparsers() -> dict:
+    from modelops_runtime.cli import build_parser
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
 
 
 def test_pip_install_runtime_gives_a_working_command(tmp_path):

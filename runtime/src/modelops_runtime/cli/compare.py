@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 from ..errors import ModelOpsError
 from ..local.compare import (EXIT_DIFFERS, EXIT_INPUTS_DIFFER, EXIT_SAME, InputsDiffer,
                              compare_runs, key_label, load_run, package_differences, same_mode)
+from .options import add_command, add_json
 
 EXIT_FAILED = 1
 
@@ -23,17 +23,16 @@ EXIT_CODES = f"""exit codes:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "compare", help="compare two --results files seed by seed",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-        description=textwrap.fill(
+    p = add_command(
+        sub, "compare", help="compare two --results files seed by seed", exit_codes=EXIT_CODES,
+        description=(
             "Compare B with A (both written by `modelops-runtime local --results`) seed by "
             "seed: outputs, or the error type of a failed sim. Runs whose inputs differ are "
             "refused. Differing seeds are broken down by process_task_count, and the "
             "package versions the two runs ran with are set side by side."))
     p.add_argument("a", type=Path, metavar="A.json", help="the reference run")
     p.add_argument("b", type=Path, metavar="B.json", help="the run compared with it")
-    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    add_json(p, "the comparison")
     p.set_defaults(func=main)
 
 

@@ -12,6 +12,7 @@ import sys
 
 from ..client.stats import ClusterFigures, StatsError, read_cluster
 from ..worker.stats import RemovalReason, Removals, WarmStats
+from .options import add_json
 
 
 # -- rendering -------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def register(sub) -> None:
                         "from the chart's scheduler Service)")
     p.add_argument("--timeout", type=float, default=10, metavar="S",
                    help="seconds to wait for the scheduler (default 10)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_json(p, "the figures")
     p.set_defaults(func=run)
 
 
