@@ -125,9 +125,9 @@ def test_every_seed_failing_in_both_runs_says_so(local_cli, local_env, worker_im
     run = run_study(local_cli, local_env, worker_image_site, tmp_path, "prod-warm", study,
                     rc=EXIT_FAILED, compare=base)
     assert compare_lines(run) == [
-        f"compare: every one of the {SIMS} seeds failed in both runs, with the same error "
-        "type (SimulationError): no outputs were compared; fix the failures first (see the "
-        "failed seeds above)"], run.output
+        f"compare: every one of the {SIMS} seeds failed in {base} and in this run, with the "
+        "same error type (SimulationError): no outputs were compared; fix the failures first "
+        "(see the failed seeds above)"], run.output
     assert "seed 100 failed: SimulationError" in run.stdout
 
 
@@ -187,6 +187,6 @@ def test_help_lists_the_exit_codes():
     out = subprocess.run([CLI, "local", "--help"], capture_output=True, text=True, timeout=60,
                          check=True).stdout
     codes = out.split("exit codes:", 1)[1]
-    assert f"  {EXIT_DIFFERS}    --compare: a seed's outputs differ, it failed in only one of " \
-           "the runs" in codes
+    assert f"  {EXIT_DIFFERS}    --compare: a (set, seed) run's outputs differ, it failed in " \
+           "only one of the\n       two" in codes
     assert f"(wins over {EXIT_FAILED})" in codes and "  2    bad command line" in codes

@@ -74,8 +74,8 @@ def test_differences_broken_down_by_process_task_count_and_mode(tmp_path):
     assert lines[1] == (
         f"compare: by process_task_count: of the 2 differing seeds, 2 ran after other tasks "
         f"of their process in {b}, 0 in {a}; every differing seed ran after other tasks of "
-        "its process, and 2 of 2 seeds that were their process's first task in both runs "
-        "agree: state carried between tasks of a process")
+        f"its process, and 2 of 2 seeds that were their process's first task in {b} and in "
+        f"{a} agree: state carried between tasks of a process")
     assert lines[2] == "compare: this mode changes the results"
 
     # the same mode twice: not "this mode"
@@ -84,6 +84,54 @@ def test_differences_broken_down_by_process_task_count_and_mode(tmp_path):
     assert proc.returncode == 3
     assert "this mode changes the results" not in proc.stdout
     assert "both runs were in the same mode and still differ" in proc.stdout
+
+
+def sets_results(path: Path, outputs: dict[tuple[str, int], object], *,
+                 ptc: dict[tuple[str, int], int] | None = None, mode: str = WARM) -> Path:
+    """A results file of a study of two parameter sets, s1 and s2."""
+    sets = {"s1": {"beta": 0.3}, "s2": {"beta": 0.4}}
+    doc = {
+        "format": 3, "mode": mode, "expected_workers": 2, "expected_threads": 2,
+        "inputs": {"bundle": BUNDLE, "entrypoint": "m:sim", "aggregate": None, "sets": sets,
+                   "seeds": {s: sorted(seed for k, seed in outputs if k == s) for s in sets}},
+        "environments": {"d1": ["numlite==2.0"]},
+        "sims": [{"seed": seed, "set": set_id, "result": {
+            "outputs": out, "executor": "isolated_warm", "pid": 100,
+            "process_task_count": (ptc or {}).get((set_id, seed), 1), "venv_cache_hit": True,
+            "duration_s": 0.1, "env_digest": "d1"}} for (set_id, seed), out in outputs.items()],
+        "failures": [],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_study_of_several_sets_is_counted_in_set_seed_runs(tmp_path):
+    """Issue #17's studies: the lines count (set, seed) runs, not seeds, and name each one
+    set:seed (two sets × seeds 0-2: 6 runs, though only 3 seeds)."""
+    keys = [(s, seed) for s in ("s1", "s2") for seed in range(3)]
+    a = sets_results(tmp_path / "a.json", {k: 1 for k in keys}, mode=FRESH)
+    b = sets_results(tmp_path / "b.json", {k: (5 if k[0] == "s2" and k[1] > 0 else 1)
+                                           for k in keys[:-1] + [("s2", 2)]},
+                     ptc={("s2", 1): 4, ("s2", 2): 5})
+    proc = compare(a, b)
+    assert proc.returncode == 3, proc
+    assert proc.stdout.splitlines() == [
+        f"compare: 2 of 6 (set, seed) runs give different outputs than {a} "
+        "(set:seed s2:1, s2:2)",
+        f"compare: by process_task_count: of the 2 differing runs, 2 ran after other tasks "
+        f"of their process in {b}, 0 in {a}; every differing run ran after other tasks of "
+        f"its process, and 4 of 4 runs that were their process's first task in {b} and in "
+        f"{a} agree: state carried between tasks of a process",
+        "compare: this mode changes the results"], proc
+    assert "seed" not in proc.stdout.replace("(set, seed)", "").replace("set:seed", "")
+
+    c = sets_results(tmp_path / "c.json", {k: 1 for k in keys[1:]})
+    proc = compare(a, c)
+    assert proc.returncode == 0, proc
+    assert proc.stdout.splitlines() == [
+        f"compare: note: 1 run(s) of {a} are not in {c} (set:seed s1:0); compared the 5 both "
+        "cover",
+        f"compare: all 5 (set, seed) runs give the same outputs as {a}"], proc
 
 
 def test_package_versions_are_set_side_by_side(tmp_path):

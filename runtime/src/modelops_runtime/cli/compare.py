@@ -1,4 +1,4 @@
-"""`modelops-runtime compare A.json B.json`: two --results files, seed by seed."""
+"""`modelops-runtime compare A.json B.json`: two --results files, (set, seed) by (set, seed)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,22 @@ from .options import add_command, add_json
 EXIT_FAILED = 1
 
 EXIT_CODES = f"""exit codes:
-  {EXIT_SAME}    every seed both files cover has the same outcome (outputs, or error type)
+  {EXIT_SAME}    every (set, seed) run both files cover has the same outcome (outputs, or error type)
   {EXIT_FAILED}    a file could not be read
-  {EXIT_INPUTS_DIFFER}    the runs' inputs differ (bundle, entrypoint, aggregation or a param): not
+  {EXIT_INPUTS_DIFFER}    the files' inputs differ (bundle, entrypoint, aggregation or a param): not
        comparable, one line names the difference; or a bad command line
-  {EXIT_DIFFERS}    a seed both files cover differs (seeds only one covers are a note)"""
+  {EXIT_DIFFERS}    a (set, seed) run both files cover differs (runs only one covers are a note)"""
 
 
 def register(sub) -> None:
     p = add_command(
-        sub, "compare", help="compare two --results files seed by seed", exit_codes=EXIT_CODES,
+        sub, "compare", help="compare two --results files, (set, seed) by (set, seed)", exit_codes=EXIT_CODES,
         description=(
-            "Compare B with A (both written by `modelops-runtime local --results`) seed by "
-            "seed: outputs, or the error type of a failed sim. Runs whose inputs differ are "
-            "refused. Differing seeds are broken down by process_task_count, and the "
-            "package versions the two runs ran with are set side by side."))
+            "Compare B with A (both written by `modelops-runtime local --results`) (set, "
+            "seed) by (set, seed): outputs, or the error type of a failed sim. Files whose "
+            "inputs differ are refused. Differing runs are broken down by "
+            "process_task_count, and the package versions the two files ran with are set "
+            "side by side. A study of one parameter set is compared seed by seed."))
     p.add_argument("a", type=Path, metavar="A.json", help="the reference run")
     p.add_argument("b", type=Path, metavar="B.json", help="the run compared with it")
     add_json(p, "the comparison")

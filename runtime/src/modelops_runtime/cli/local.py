@@ -23,12 +23,12 @@ def register(sub) -> None:
     add_study(p, required=False)
     p.add_argument("--results", type=Path, metavar="FILE", action="append", default=[],
                    help="FILE.json: every result with its execution metadata, and every "
-                        "failed seed with its error type (NaN/inf as NaN/Infinity; what "
+                        "failed (set, seed) run with its error type (NaN/inf as NaN/Infinity; what "
                         "--compare reads); FILE.parquet (needs pyarrow) or FILE.csv: one row "
                         "per (set, seed), params, outputs and execution metadata as columns. "
                         "Repeatable")
     p.add_argument("--compare", type=Path, metavar="FILE",
-                   help="compare seed by seed (outputs, or the error type of a failed sim) "
+                   help="compare (set, seed) by (set, seed) (outputs, or the error type of a failed sim) "
                         "with an earlier --results FILE (exit "
                         f"{EXIT_DIFFERS} if any differ): does this mode change results?")
     p.add_argument("--keep", action="store_true",

@@ -22,12 +22,12 @@ from .table import check_table_target
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 EXIT_CODES = f"""exit codes:
-  {EXIT_OK}    every sim and the aggregation ran (with --compare: every seed as before)
+  {EXIT_OK}    every sim and the aggregation ran (with --compare: every (set, seed) run as before)
   {EXIT_FAILED}    a sim or the aggregation failed, or an error stopped the run (see stderr)
   {EXIT_USAGE}    bad command line, or --compare FILE records other inputs (bundle, entrypoint,
        params) than this study: one line names the difference
-  {EXIT_DIFFERS}    --compare: a seed's outputs differ, it failed in only one of the runs or
-       with another error type, or it is in only one of the runs (wins over {EXIT_FAILED})
+  {EXIT_DIFFERS}    --compare: a (set, seed) run's outputs differ, it failed in only one of the
+       two or with another error type, or it is in only one of the two (wins over {EXIT_FAILED})
   {EXIT_INTERRUPTED}  Ctrl-C, {EXIT_TERMINATED} SIGTERM: the local cluster was stopped, no process is left"""
 
 

@@ -3,12 +3,13 @@
 
 Runs are comparable only if their inputs agree (bundle digest, entrypoint, aggregation,
 every set's params): otherwise a difference would be blamed on the mode when an input
-changed, so :func:`inputs_difference` names what differs and the caller refuses. Seeds
-only one run covers are a note, not a difference. A difference is anything but the same
-outputs (NaN equals NaN) or the same error type; differing seeds are broken down by
-``process_task_count`` (a seed that differs only where its process had run other tasks
-before is the signature of state carried between tasks) and the package versions the two
-runs ran with are set side by side.
+changed, so :func:`inputs_difference` names what differs and the caller refuses. (Set,
+seed) runs only one of them covers are a note, not a difference. A difference is anything
+but the same outputs (NaN equals NaN) or the same error type; differing runs are broken
+down by ``process_task_count`` (a run that differs only where its process had run other
+tasks before is the signature of state carried between tasks) and the package versions the
+two runs ran with are set side by side. The lines say "seeds" for a study of one parameter
+set and "(set, seed) runs", labelled ``set:seed``, for a study of several (:class:`Words`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ EXIT_SAME, EXIT_DIFFERS, EXIT_INPUTS_DIFFER = 0, 3, 2
 
 __all__ = ["RESULTS_FORMAT", "SINGLE_SET", "Comparison", "EXIT_DIFFERS", "EXIT_INPUTS_DIFFER",
            "EXIT_SAME", "FailureRecord", "InputsDiffer", "RunInputs", "RunView", "SeedOutcome",
-           "SimRecord", "StudyRun", "compare_outcomes", "compare_runs", "inputs_difference",
+           "SimRecord", "StudyRun", "Words", "compare_outcomes", "compare_runs", "inputs_difference",
            "load_baseline", "load_run", "outcomes_of", "package_differences", "plain_json",
            "results_document", "same_outputs", "view_of"]
 
@@ -160,6 +161,22 @@ def _seeds(keys: Sequence[Key], label: Callable[[Key], str] = key_label, shown: 
     return ", ".join(map(label, keys[:shown])) + (" ..." if len(keys) > shown else "")
 
 
+class Words(BaseModel):
+    """What a comparison counts, in words: seeds in a study of one parameter set, (set,
+    seed) runs in a study of several (their labels are ``set:seed``)."""
+
+    one: str        # "seed" | "run"
+    many: str       # "seeds" | "runs"
+    counted: str    # "seeds" | "(set, seed) runs": the first count of a line
+    labels: str     # "seeds" | "set:seed": before a list of key labels
+
+    @classmethod
+    def of(cls, keys: Iterable[Key]) -> Words:
+        if all(set_id == SINGLE_SET for set_id, _ in keys):
+            return cls(one="seed", many="seeds", counted="seeds", labels="seeds")
+        return cls(one="run", many="runs", counted="(set, seed) runs", labels="set:seed")
+
+
 def _span(keys: Iterable[Key]) -> str:
     seeds = sorted(k[1] for k in keys)
     return f"seeds {seeds[0]}..{seeds[-1]}" if seeds else "no seeds"
@@ -181,13 +198,17 @@ class Comparison(BaseModel):
     only_before: list[Key]          # in the reference, not in this run
 
     @property
+    def words(self) -> Words:
+        return Words.of([*self.now, *self.before])
+
+    @property
     def differing(self) -> list[Key]:
         return sorted(self.outputs_differ + self.failed_now + self.failed_before
                       + self.error_differs)
 
     @property
     def differs(self) -> bool:
-        """A seed both runs cover has another outcome (coverage alone is a note)."""
+        """A (set, seed) both runs cover has another outcome (coverage alone is a note)."""
         return bool(self.differing)
 
     @property
@@ -195,20 +216,20 @@ class Comparison(BaseModel):
         return bool(self.only_now or self.only_before)
 
     def after_other_tasks(self, side: str) -> list[Key]:
-        """Differing seeds that ran as the 2nd or later task of their process in ``side``
+        """Differing (set, seed) runs that ran as the 2nd or later task of their process in ``side``
         ('now' or 'before')."""
         runs = self.now if side == "now" else self.before
         return [k for k in self.differing if (runs[k].process_task_count or 0) > 1]
 
     def first_tasks_agree(self) -> tuple[int, int]:
-        """(agreeing, total) over the seeds that were their process's first task in both
-        runs."""
+        """(agreeing, total) over the (set, seed) runs that were their process's first task
+        in both runs."""
         firsts = [k for k in self.common if self.now[k].process_task_count == 1
                   and self.before[k].process_task_count == 1]
         return sum(1 for k in firsts if k not in set(self.differing)), len(firsts)
 
     def explained_by_reuse(self) -> bool:
-        """Every differing seed ran after other tasks of its process in at least one run."""
+        """Every differing (set, seed) ran after other tasks of its process in at least one run."""
         d = self.differing
         later = set(self.after_other_tasks("now")) | set(self.after_other_tasks("before"))
         return bool(d) and all(k in later for k in d)
@@ -217,31 +238,34 @@ class Comparison(BaseModel):
                same_mode: bool | None = None) -> list[str]:
         """The lines the user reads, differences first. ``same_mode``: whether both runs
         were in the same mode (None: unknown)."""
-        n, lines = len(self.common), []
+        n, lines, w = len(self.common), [], self.words
         if not self.common:
             lines.append(f"warning: no seed of {now_label} ({_span(self.now)}) is in {ref} "
                          f"({_span(self.before)}): nothing could be compared; run the "
                          "same study with the same first_seed and --sims")
             return lines
         if self.outputs_differ:
-            lines.append(f"{len(self.outputs_differ)} of {n} seeds give different outputs "
-                         f"than {ref} (seeds {_seeds(self.outputs_differ)})")
+            lines.append(f"{len(self.outputs_differ)} of {n} {w.counted} give different outputs "
+                         f"than {ref} ({w.labels} {_seeds(self.outputs_differ)})")
         if self.failed_now:
-            lines.append(f"{len(self.failed_now)} of {n} seeds ok in {ref} failed in "
-                         f"{now_label} (seeds {_seeds(self.failed_now, self._error_now)})")
+            lines.append(f"{len(self.failed_now)} of {n} {w.counted} ok in {ref} failed in "
+                         f"{now_label} ({w.labels} {_seeds(self.failed_now, self._error_now)})")
         if self.failed_before:
-            lines.append(f"{len(self.failed_before)} of {n} seeds failed in {ref} but are "
-                         f"ok in {now_label} (seeds {_seeds(self.failed_before, self._error_before)})")
+            lines.append(f"{len(self.failed_before)} of {n} {w.counted} failed in {ref} but are "
+                         f"ok in {now_label} ({w.labels} "
+                         f"{_seeds(self.failed_before, self._error_before)})")
         if self.error_differs:
-            lines.append(f"{len(self.error_differs)} of {n} seeds failed with a different "
-                         f"error than in {ref} (seeds {_seeds(self.error_differs, self._errors)})")
+            lines.append(f"{len(self.error_differs)} of {n} {w.counted} failed with a different "
+                         f"error than in {ref} ({w.labels} "
+                         f"{_seeds(self.error_differs, self._errors)})")
         if self.only_before:
-            lines.append(f"note: {len(self.only_before)} seed(s) of {ref} are not in "
-                         f"{now_label} (seeds {_seeds(self.only_before)}); compared the "
+            lines.append(f"note: {len(self.only_before)} {w.one}(s) of {ref} are not in "
+                         f"{now_label} ({w.labels} {_seeds(self.only_before)}); compared the "
                          f"{n} both cover")
         if self.only_now:
-            lines.append(f"note: {len(self.only_now)} seed(s) of {now_label} are not in "
-                         f"{ref} (seeds {_seeds(self.only_now)}); compared the {n} both cover")
+            lines.append(f"note: {len(self.only_now)} {w.one}(s) of {now_label} are not in "
+                         f"{ref} ({w.labels} {_seeds(self.only_now)}); compared the {n} both "
+                         "cover")
         types = ", ".join(sorted({self.now[s].error_type or "" for s in self.failed_both}))
         if self.differs:
             lines.extend(self._reuse_lines(ref, now_label))
@@ -253,15 +277,15 @@ class Comparison(BaseModel):
             else:
                 lines.append("this mode changes the results")
         elif len(self.failed_both) == n:
-            lines.append(f"every one of the {n} seeds failed in both runs, with the same "
-                         f"error type ({types}): no outputs were compared; fix the failures "
-                         "first (see the failed seeds above)")
+            lines.append(f"every one of the {n} {w.counted} failed in {ref} and in {now_label}, "
+                         f"with the same error type ({types}): no outputs were compared; fix "
+                         f"the failures first (see the failed {w.many} above)")
         elif self.failed_both:
-            lines.append(f"all {n} seeds give the same outcome as {ref}: "
+            lines.append(f"all {n} {w.counted} give the same outcome as {ref}: "
                          f"{n - len(self.failed_both)} the same outputs, "
                          f"{len(self.failed_both)} the same failure ({types})")
         else:
-            lines.append(f"all {n} seeds give the same outputs as {ref}")
+            lines.append(f"all {n} {w.counted} give the same outputs as {ref}")
         return lines
 
     def _reuse_lines(self, ref: str, now_label: str) -> list[str]:
@@ -269,13 +293,15 @@ class Comparison(BaseModel):
         if not any(self.now[k].process_task_count is not None for k in d):
             return []
         a, b = self.after_other_tasks("now"), self.after_other_tasks("before")
-        line = (f"by process_task_count: of the {len(d)} differing seeds, {len(a)} ran after "
+        w = self.words
+        line = (f"by process_task_count: of the {len(d)} differing {w.many}, {len(a)} ran after "
                 f"other tasks of their process in {now_label}, {len(b)} in {ref}")
         agree, firsts = self.first_tasks_agree()
         if self.explained_by_reuse():
-            line += ("; every differing seed ran after other tasks of its process, "
-                     f"and {agree} of {firsts} seeds that were their process's first task in "
-                     "both runs agree: state carried between tasks of a process")
+            line += (f"; every differing {w.one} ran after other tasks of its process, "
+                     f"and {agree} of {firsts} {w.many} that were their process's first task "
+                     f"in {now_label} and in {ref} agree: state carried between tasks of a "
+                     "process")
         return [line]
 
     def _error_now(self, key: Key) -> str:

@@ -39,7 +39,8 @@ def _hint(sr: StepRun, first: StepRun | None) -> str:
     if first is None or first is sr or not sr.ran:
         return ""
     c = compare_outcomes(sr.view.outcomes, first.view.outcomes)
-    return (f"; {len(c.differing)} of {len(c.common)} seeds differ from {first.step.name}"
+    return (f"; {len(c.differing)} of {len(c.common)} {c.words.counted} differ from "
+            f"{first.step.name}"
             if c.differs else f"; same as {first.step.name}")
 
 

@@ -63,17 +63,18 @@ def _keys(keys: Sequence, shown: int = 12) -> str:
 
 
 def _differ_line(c: Comparison, before: str, now: str) -> str:
-    return (f"{len(c.differing)} of {len(c.common)} seeds differ between {before} and {now}: "
-            f"seeds {_keys(c.differing)}")
+    w = c.words
+    return (f"{len(c.differing)} of {len(c.common)} {w.counted} differ between {before} and "
+            f"{now}: {w.labels} {_keys(c.differing)}")
 
 
 def _reuse_line(c: Comparison, now: str) -> str:
-    later = c.after_other_tasks("now")
+    later, w = c.after_other_tasks("now"), c.words
     agree, firsts = c.first_tasks_agree()
-    line = (f"{len(later)} of the {len(c.differing)} differing seeds ran after other tasks of "
-            f"their process in {now} (process_task_count > 1)")
+    line = (f"{len(later)} of the {len(c.differing)} differing {w.many} ran after other tasks "
+            f"of their process in {now} (process_task_count > 1)")
     if firsts:
-        line += f"; {agree} of the {firsts} seeds that were their process's first task agree"
+        line += f"; {agree} of the {firsts} {w.many} that were their process's first task agree"
     return line
 
 
