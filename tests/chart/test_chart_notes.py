@@ -17,6 +17,8 @@ MODE_LINES = {
         "executor:       direct (tasks run inside the Dask worker processes: no warm processes, "
         "no venvs)",
         "warm processes: 0",
+        "native threads: 1 per task (OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS, "
+        "...), up to 1 × 1 × 1 = 1 per pod (processes × threads × nativeThreads)",
         "memory per pod: 1 processes × (1024Mi memoryPerProcess + 0Mi warm pool (direct)) + "
         "512Mi memoryOverhead = 1536Mi",
     ],
@@ -29,6 +31,8 @@ MODE_LINES = {
         "executor:       isolated_warm (fresh venv per task: false, process reuse: 1000 tasks, "
         "ttl: 3600s, validate deps: true)",
         "warm processes: 1 × 4 × 8 (replicas × processes × maxWarmProcesses) = 32 in total",
+        "native threads: 1 per task (OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS, "
+        "...), up to 4 × 1 × 1 = 4 per pod (processes × threads × nativeThreads)",
         "memory per pod: 4 processes × (1024Mi memoryPerProcess + 2048Mi poolMemoryPerProcess) + "
         "512Mi memoryOverhead = 12800Mi",
     ],
@@ -56,6 +60,21 @@ def test_notes_count_warm_processes_over_all_replicas():
     assert "warm processes: 3 × 2 × 16 (replicas × processes × maxWarmProcesses) = 96 in total" \
         in text
     assert "3 pod(s) × 2 processes × 1 thread(s) = 6 Dask worker processes, 6 threads" in text
+
+
+def test_notes_show_native_threads_per_task_and_per_pod():
+    """worker.executor.nativeThreads (MODELOPS_NATIVE_THREADS) next to the executor lines,
+    with how many native threads a pod may start at once, in either executor."""
+    for executor in ("isolated_warm", "direct"):
+        text = _notes(values=f"worker: {{processes: 2, threads: 3, executor: {{type: {executor}, "
+                             "nativeThreads: 4}}")
+        lines = [line.strip() for line in text.splitlines()]
+        native = next(i for i, line in enumerate(lines) if line.startswith("native threads:"))
+        assert lines[native - 2].startswith("executor:       " + executor), text
+        assert lines[native] == (
+            "native threads: 4 per task (OMP_NUM_THREADS, MKL_NUM_THREADS, "
+            "OPENBLAS_NUM_THREADS, ...), up to 2 × 3 × 4 = 24 per pod (processes × threads × "
+            "nativeThreads)"), text
 
 
 def test_notes_show_an_explicit_memory_limit():
