@@ -4,21 +4,44 @@ are slower than tasks; used ones are removed in the background.
 
 Every venv is still new and used by one task only (built by the store's own
 :meth:`~.venvs.VenvCache.fresh`, removed with :meth:`~.venvs.VenvCache.remove`); at most
-``ahead`` of them wait per dependency set, and the worker's shutdown removes the ones no
-task took.
+``ahead`` of them wait per dependency set.
+
+- **Budget**: venvs built ahead count against the store's budget (``max_bytes``,
+  worker.cache.venvsBudget). None is built ahead while the store's size plus one more venv
+  of the set (measured on its first build) per build not yet finished would exceed it; the
+  task's own venv is still built when it starts.
+- **Close** (the worker's shutdown) is bounded: builds not started are cancelled, the uv of
+  running ones is killed with its process group and their directories removed, finished
+  ones no task took are removed; it waits for none to complete.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
+from ...bundles import remove_tree
+from ...bundles.cache import tree_bytes
+from .uvrun import UvAbort, stopped
 from .venvs import Venv, VenvCache
 
 log = logging.getLogger("modelops_runtime.venvs")
+
+# s close() gives killed builds to end (uv is dead: only their directory's removal is left)
+# before it removes the directories of those still running itself
+CLOSE_WAIT = 10.0
+
+
+@dataclass
+class _Ahead:
+    abort: UvAbort
+    future: Future = field(default_factory=Future)
 
 
 class FreshVenvs:
@@ -27,8 +50,11 @@ class FreshVenvs:
     def __init__(self, venvs: VenvCache, ahead: int) -> None:
         self.venvs = venvs
         self.ahead = ahead
-        self._lock = threading.Lock()
-        self._ready: dict[tuple[str, ...], deque[Future]] = {}
+        self._lock = threading.Condition()
+        self._ready: dict[tuple[str, ...], deque[_Ahead]] = {}
+        self._building: set[UvAbort] = set()  # every build in flight, ahead or a task's own
+        self._sizes: dict[tuple[str, ...], int] = {}  # bytes of one venv of the set
+        self._over_budget = False
         self._closed = False
         self._builder = ThreadPoolExecutor(max(1, ahead), thread_name_prefix="modelops-venv-ahead")
         self._remover = ThreadPoolExecutor(1, thread_name_prefix="modelops-venv-remove")
@@ -38,19 +64,93 @@ class FreshVenvs:
         is still being built), else built now. The next ones are started behind it."""
         key = tuple(requirements)
         with self._lock:
+            if self._closed:
+                raise stopped(requirements)
             queue = self._ready.setdefault(key, deque())
-            future = queue.popleft() if queue else None
-            self._top_up(key, queue)
-        if future is None:
-            return self.venvs.fresh(requirements)
-        return future.result()  # a failed build fails this task, as building it now would
+            ahead = queue.popleft() if queue else None
+        if ahead is None:  # built now, the next ones behind it (and again once it is measured)
+            self._top_up(key, building=1)
+            venv = self._build(key, UvAbort())
+            self._top_up(key)
+            return venv
+        self._top_up(key)
+        try:  # a failed build fails this task, as building it now would
+            return ahead.future.result()
+        except CancelledError:  # close() cancelled it before it started
+            raise stopped(requirements) from None
 
-    def _top_up(self, key: tuple[str, ...], queue: deque) -> None:
-        while not self._closed and len(queue) < self.ahead:
-            try:
-                queue.append(self._builder.submit(self.venvs.fresh, list(key)))
-            except RuntimeError:  # shut down meanwhile
+    def _build(self, key: tuple[str, ...], abort: UvAbort) -> Venv:
+        with self._lock:
+            if self._closed:
+                raise stopped(list(key))
+            self._building.add(abort)
+        try:
+            venv = self.venvs.fresh(list(key), abort=abort)
+        finally:
+            with self._lock:
+                self._building.discard(abort)
+                self._lock.notify_all()
+        if key not in self._sizes and self.venvs.max_bytes is not None:
+            self._sizes[key] = tree_bytes(venv.path, set())
+        return venv
+
+    def ahead_of(self, requirements: Sequence[str]) -> int:
+        """Venvs of this dependency set built or being built ahead now."""
+        with self._lock:
+            return len(self._ready.get(tuple(requirements), ()))
+
+    def _top_up(self, key: tuple[str, ...], building: int = 0) -> None:
+        while True:
+            with self._lock:
+                queue = self._ready.get(key)
+                if self._closed or queue is None or len(queue) >= self.ahead:
+                    return
+                pending = building + sum(not a.future.done() for a in queue)
+            if not self._within_budget(key, pending):
                 return
+            ahead = _Ahead(UvAbort())
+            with self._lock:
+                if self._closed or len(queue) >= self.ahead:
+                    return
+                try:
+                    ahead.future = self._builder.submit(self._build, key, ahead.abort)
+                except RuntimeError:  # shut down meanwhile
+                    return
+                queue.append(ahead)
+
+    def _within_budget(self, key: tuple[str, ...], pending: int) -> bool:
+        """Room in the store's budget for one more venv of ``key`` besides the ``pending``
+        builds (a venv's size is known once one of the set was built)."""
+        budget = self.venvs.max_bytes
+        if budget is None:
+            return True
+        size = self._sizes.get(key)
+        if size is None:
+            return False
+        used = self._store_bytes()
+        fits = used + size * (pending + 1) <= budget
+        if fits == self._over_budget:  # a change: one line each way
+            self._over_budget = not fits
+            if fits:
+                log.info("venvs are built ahead again: the venv store (%s) has room for "
+                         "another venv (%s) within worker.cache.venvsBudget (%s)",
+                         _mib(used), _mib(size), _mib(budget))
+            else:
+                log.warning(
+                    "no venv is built ahead: the venv store (%s) plus another venv (%s) "
+                    "would exceed worker.cache.venvsBudget (%s, MODELOPS_VENVS_MAX_BYTES); "
+                    "each task's venv is built when it starts. Raise the budget or lower "
+                    "worker.executor.freshVenvsAhead", _mib(used), _mib(size), _mib(budget))
+        return fits
+
+    def _store_bytes(self) -> int:
+        seen: set[tuple[int, int]] = set()
+        root = self.venvs.root
+        try:
+            names = [n for n in os.listdir(root) if n != ".locks"]
+        except OSError:
+            return 0
+        return sum(tree_bytes(root / name, seen) for name in names)
 
     def discard(self, venv: Venv, after: Callable[[], object] = lambda: None) -> None:
         """Remove a used venv in the background, once ``after`` returned (e.g. its process
@@ -66,17 +166,39 @@ class FreshVenvs:
             remove()
 
     def close(self) -> None:
-        """Remove every venv built ahead and not taken; wait for the removals."""
+        """Stop building, without waiting for a build to complete: builds not started are
+        cancelled, running ones killed (their uv and its process group) and their
+        directories removed, and venvs built ahead that no task took are removed; then wait
+        for the removals of used venvs."""
         with self._lock:
             self._closed = True
             queues, self._ready = list(self._ready.values()), {}
-        self._builder.shutdown(wait=True, cancel_futures=True)
-        for queue in queues:
-            for future in queue:
-                if future.cancelled() or future.exception() is not None:
-                    continue
+            building = list(self._building)
+        self._builder.shutdown(wait=False, cancel_futures=True)
+        for abort in building:
+            abort.abort()
+        # killed builds end at once (their uv is dead) and remove their own directory
+        deadline = time.monotonic() + CLOSE_WAIT
+        with self._lock:
+            while self._building and time.monotonic() < deadline:
+                self._lock.wait(max(0.0, deadline - time.monotonic()))
+            stuck = list(self._building)
+        for abort in stuck:
+            log.warning("a venv build did not end %.0fs after it was stopped; removing %s",
+                        CLOSE_WAIT, abort.path)
+            if abort.path is not None:
+                remove_tree(abort.path)
+        # a build that ended just before its abort hands its venv to its future
+        futures = [ahead.future for queue in queues for ahead in queue]
+        wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is None:
                 self.venvs.remove(future.result())
         self._remover.shutdown(wait=True)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 __all__ = ["FreshVenvs"]

@@ -1,12 +1,20 @@
 """Running uv for the venv store: its binary, its environment (never the worker's whole
-one: a build backend uv runs sees only this), and a parent-death signal for it."""
+one: a build backend uv runs sees only this), a parent-death signal for it, and a session
+of its own, so that a timeout or :class:`UvAbort` kills uv with everything it started."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+from ...errors import EnvironmentBuildError, WorkerStopping
+
+_UV_MESSAGE_CHARS = 4000
 
 # uv's environment besides UV_* and LC_*: the warm processes' base allow-list (process.py's
 # BASE_ENV) plus what reaching a package index takes
@@ -46,3 +54,95 @@ def uv_env(default_cache: Path, passthrough: Sequence[str] = ()) -> dict[str, st
     env.setdefault("UV_PYTHON_DOWNLOADS", "never")
     env["UV_NO_PROGRESS"] = "1"
     return env
+
+
+class UvAbort:
+    """Stops one venv build from another thread (the worker's shutdown): :meth:`abort` kills
+    the uv process running for it, with its whole process group (build backends included),
+    and every later uv step of the build is refused. ``path``: the build's directory, once
+    the store named it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.aborted = False
+        self.path: Path | None = None
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            for proc in self._running:
+                _kill_group(proc)
+
+    def _started(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.add(proc)
+            if self.aborted:
+                _kill_group(proc)
+
+    def _ended(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL uv's process group. Only while uv is not reaped: until then its pid, which is
+    the group's id, cannot name anyone else's group."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run_uv(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
+           abort: UvAbort | None = None) -> subprocess.CompletedProcess:
+    """Run uv to completion in a session of its own, its output captured. On a timeout (then
+    ``subprocess.TimeoutExpired`` is raised), an abort or any error here, the whole process
+    group is killed and reaped before this returns."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=_die_with_parent())
+    if abort is not None:
+        abort._started(proc)
+    try:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:  # timeout, KeyboardInterrupt…: uv must not go on alone
+            _kill_group(proc)
+            proc.communicate()
+            raise
+    finally:
+        if abort is not None:
+            abort._ended(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def uv_failed(args: Sequence[str], proc: subprocess.CompletedProcess,
+              requirements: Sequence[str]) -> EnvironmentBuildError:
+    """The error a failed uv step of a venv build raises: what uv said, and what to do."""
+    output = (proc.stderr or proc.stdout).decode(errors="replace").strip()
+    output = output[-_UV_MESSAGE_CHARS:]
+    how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+           else f"exit code {proc.returncode}")
+    wheels_only = ("source distributions are not built (wheels only): publish a wheel "
+                   "of every dependency on the index, or opt in with "
+                   "worker.executor.allowSdistBuilds=true "
+                   "(MODELOPS_ALLOW_SDIST_BUILDS); "
+                   if "--no-build" in args and "build" in output.lower() else "")
+    return EnvironmentBuildError(
+        f"could not build the bundle's environment for "
+        f"[{', '.join(requirements) or 'no dependencies'}]: {wheels_only}"
+        f"`uv {' '.join(args[:2])}` failed ({how}):\n{output}\n"
+        "Fix the bundle's requirements (names and versions must exist on the "
+        "configured index) or the UV_* index settings of the worker.",
+        requirements=list(requirements), uv_output=output)
+
+
+def stopped(requirements: Sequence[str]) -> WorkerStopping:
+    """The error of a venv build stopped by :meth:`UvAbort.abort` (the worker's shutdown)."""
+    return WorkerStopping(
+        f"the venv build for [{', '.join(requirements) or 'no dependencies'}] was stopped: "
+        "this Dask worker process is shutting down and takes no new tasks. Dask normally "
+        "runs the task on another worker; if this error reached you, submit it again once "
+        "workers are back.", pid=None)

@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from ...locks import file_lock
 from ..packages import installed_digest, site_packages
 from ..stats import StatsRecorder
 from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
-from .uvrun import _die_with_parent, _uv_bin, uv_env
+from .uvrun import UvAbort, _uv_bin, run_uv, stopped, uv_env, uv_failed
 from .venvkeys import (FORMAT, left_by_dead_local_process, owner_tag, python_identity,
                        venv_key, venv_python)
 
@@ -50,7 +51,6 @@ _TMP_PREFIX = ".tmp-"
 _FRESH_PREFIX = ".fresh-"
 _TRASH_PREFIX = ".trash-"
 _GENERATION = re.compile(r"^[0-9a-f]{32}@[0-9a-f]{12}$")  # <key>@<id>: one venv generation
-_UV_MESSAGE_CHARS = 4000
 FAILED_BUILD_MEMORY = 30.0  # s a failed build of a key is answered from memory, not rebuilt
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class VenvCache:
         self._checked: dict[Path, tuple] = {}  # venv → fingerprint stat that passed validation
         self.max_bytes = max_bytes
         self.entries = CacheEntries(self.root)
+        self._aborts = threading.local()  # .current: the UvAbort of this thread's fresh build
         self._remove_dead_leftovers()
 
     # -- public ---------------------------------------------------------------------
@@ -205,16 +206,24 @@ class VenvCache:
             f"tried again {FAILED_BUILD_MEMORY:.0f}s after the failure.)",
             **exc.fields)
 
-    def fresh(self, requirements: Sequence[str]) -> Venv:
-        """A new venv for one task (FORCE_FRESH_VENV); the caller removes it with :meth:`remove`."""
+    def fresh(self, requirements: Sequence[str], abort: UvAbort | None = None) -> Venv:
+        """A new venv for one task (FORCE_FRESH_VENV); the caller removes it with :meth:`remove`.
+        ``abort.abort()`` (another thread) kills its uv and removes what was built."""
         key = venv_key(requirements)
         path = self.root / f"{_FRESH_PREFIX}{owner_tag()}-{uuid.uuid4().hex[:12]}"
         self.stats.incr("venv_misses")
+        if abort is not None:
+            abort.path = path
+        self._aborts.current = abort
         try:
             self._build(path, key, requirements)
+            if abort is not None and abort.aborted:  # between or after its uv steps
+                raise stopped(requirements)
         except BaseException:
             remove_tree(path)
             raise
+        finally:
+            self._aborts.current = None
         return Venv(path, key, cache_hit=False, fresh=True)
 
     def remove(self, venv: Venv) -> None:
@@ -317,10 +326,12 @@ class VenvCache:
 
     def _uv(self, args: list[str], requirements: Sequence[str]) -> None:
         cmd = [_uv_bin(), *args]
+        abort = getattr(self._aborts, "current", None)
+        if abort is not None and abort.aborted:
+            raise stopped(requirements)
         try:
-            proc = subprocess.run(cmd, env=self._uv_env(), cwd=self.root, capture_output=True,
-                                  stdin=subprocess.DEVNULL, timeout=self.build_timeout,
-                                  preexec_fn=_die_with_parent())
+            proc = run_uv(cmd, env=self._uv_env(), cwd=self.root, timeout=self.build_timeout,
+                          abort=abort)
         except OSError as exc:
             if exc.errno in LIMIT_ERRNOS:
                 raise limit_error(exc, f"running `uv {args[0]}` to build the bundle's "
@@ -334,23 +345,10 @@ class VenvCache:
                 f"building the bundle's environment timed out after {self.build_timeout:.0f}s "
                 f"(uv {args[0]}); check that the package index configured with UV_* variables "
                 "is reachable", requirements=list(requirements), uv_output="") from exc
+        if abort is not None and abort.aborted:
+            raise stopped(requirements)
         if proc.returncode != 0:
-            output = (proc.stderr or proc.stdout).decode(errors="replace").strip()
-            output = output[-_UV_MESSAGE_CHARS:]
-            how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
-                   else f"exit code {proc.returncode}")
-            wheels_only = ("source distributions are not built (wheels only): publish a wheel "
-                           "of every dependency on the index, or opt in with "
-                           "worker.executor.allowSdistBuilds=true "
-                           "(MODELOPS_ALLOW_SDIST_BUILDS); "
-                           if "--no-build" in args and "build" in output.lower() else "")
-            raise EnvironmentBuildError(
-                f"could not build the bundle's environment for "
-                f"[{', '.join(requirements) or 'no dependencies'}]: {wheels_only}"
-                f"`uv {' '.join(args[:2])}` failed ({how}):\n{output}\n"
-                "Fix the bundle's requirements (names and versions must exist on the "
-                "configured index) or the UV_* index settings of the worker.",
-                requirements=list(requirements), uv_output=output)
+            raise uv_failed(args, proc, requirements)
 
     # -- locking and leftovers ------------------------------------------------------
 
@@ -381,3 +379,4 @@ class VenvCache:
                 log.info("removing %s, left by a worker process of this host that is gone",
                          entry.name)
                 remove_tree(entry)
+
