@@ -24,7 +24,7 @@ from modelops_runtime.errors import (EnvironmentBuildError, MemoryLimitExceeded,
 from modelops_runtime.models import SimTask
 from modelops_runtime.worker.warm.venvs import FINGERPRINT
 from support.bundles import make_bundle
-from support.cluster import wait_for
+from support.cluster import tail, wait_for
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 MODEL = '''
@@ -402,7 +402,8 @@ def test_no_warm_process_survives_a_sigkilled_worker(dask_cluster, tmp_path, pro
 def test_force_fresh_venv_leaves_no_venv_or_process(dask_cluster, tmp_path, procs,
                                                     wheelhouse, ahead):  # noqa: F811
     """Every task gets a venv no task used before; with venvs built ahead (the default 2)
-    at most that many more are built, and the ones no task took are removed at shutdown."""
+    at most that many more are built, and the ones no task took are removed by the
+    worker's shutdown."""
     repo = tmp_path / "repo"
     ref = _bundle(tmp_path, "deps", requirements="tinylib==1.0\n")
     cluster, client = dask_cluster(
@@ -419,9 +420,12 @@ def test_force_fresh_venv_leaves_no_venv_or_process(dask_cluster, tmp_path, proc
         assert sorted(p.name for p in (cluster.root / "venvs").iterdir()) == [".locks"]
     assert _warm_pids(cluster, procs) == set()
     client.close(timeout=10)
-    cluster.stop()
-    # venvs built ahead and not taken are removed by the worker's shutdown or, when it was
-    # cut short, by the next worker process of this host that opens the store
-    from modelops_runtime.worker.warm.venvs import VenvCache
-    VenvCache(cluster.root / "venvs")
+    # as Kubernetes stops a pod: SIGTERM to the container's main process only. Venvs built
+    # ahead and not taken (built or still building) are removed by the worker's own
+    # shutdown, which waits for no build: nothing is left for the next worker to reap
+    (worker,) = cluster.workers
+    os.kill(worker.popen.pid, signal.SIGTERM)
+    wait_for(lambda: worker.popen.poll() is not None, 60, "`dask worker` to exit on SIGTERM",
+             on_fail=lambda: tail(worker.log))
+    assert "shutting down executor=isolated_warm" in worker.log_text()
     assert sorted(p.name for p in (cluster.root / "venvs").iterdir()) == [".locks"]

@@ -34,8 +34,9 @@ from .venvs import Venv, VenvCache
 log = logging.getLogger("modelops_runtime.venvs")
 
 # s close() gives killed builds to end (uv is dead: only their directory's removal is left)
-# before it removes the directories of those still running itself
-CLOSE_WAIT = 10.0
+# before it removes the directories of those still running itself (the nanny gives a
+# closing worker process about 5 s)
+CLOSE_WAIT = 3.0
 
 
 @dataclass
@@ -54,7 +55,7 @@ class FreshVenvs:
         self._ready: dict[tuple[str, ...], deque[_Ahead]] = {}
         self._building: set[UvAbort] = set()  # every build in flight, ahead or a task's own
         self._sizes: dict[tuple[str, ...], int] = {}  # bytes of one venv of the set
-        self._over_budget = False
+        self._over_budget = self._warned = False
         self._closed = False
         self._builder = ThreadPoolExecutor(max(1, ahead), thread_name_prefix="modelops-venv-ahead")
         self._remover = ThreadPoolExecutor(1, thread_name_prefix="modelops-venv-remove")
@@ -100,14 +101,26 @@ class FreshVenvs:
             return len(self._ready.get(tuple(requirements), ()))
 
     def _top_up(self, key: tuple[str, ...], building: int = 0) -> None:
+        """Start builds ahead up to ``ahead`` while the budget has room for each (the
+        ``building`` ones and those in flight counted at one venv's size each)."""
+        used: int | None = None
         while True:
             with self._lock:
                 queue = self._ready.get(key)
                 if self._closed or queue is None or len(queue) >= self.ahead:
                     return
                 pending = building + sum(not a.future.done() for a in queue)
-            if not self._within_budget(key, pending):
-                return
+                none_ahead = not queue
+            budget, size = self.venvs.max_bytes, self._sizes.get(key)
+            if budget is not None:
+                if size is None:  # known once the set's first venv was built
+                    return
+                used = self._store_bytes() if used is None else used
+                fits = used + size * (pending + 1) <= budget
+                if none_ahead or fits:
+                    self._budget_state(fits, used, size, budget)
+                if not fits:
+                    return
             ahead = _Ahead(UvAbort())
             with self._lock:
                 if self._closed or len(queue) >= self.ahead:
@@ -118,30 +131,23 @@ class FreshVenvs:
                     return
                 queue.append(ahead)
 
-    def _within_budget(self, key: tuple[str, ...], pending: int) -> bool:
-        """Room in the store's budget for one more venv of ``key`` besides the ``pending``
-        builds (a venv's size is known once one of the set was built)."""
-        budget = self.venvs.max_bytes
-        if budget is None:
-            return True
-        size = self._sizes.get(key)
-        if size is None:
-            return False
-        used = self._store_bytes()
-        fits = used + size * (pending + 1) <= budget
-        if fits == self._over_budget:  # a change: one line each way
-            self._over_budget = not fits
-            if fits:
-                log.info("venvs are built ahead again: the venv store (%s) has room for "
-                         "another venv (%s) within worker.cache.venvsBudget (%s)",
-                         _mib(used), _mib(size), _mib(budget))
-            else:
-                log.warning(
-                    "no venv is built ahead: the venv store (%s) plus another venv (%s) "
-                    "would exceed worker.cache.venvsBudget (%s, MODELOPS_VENVS_MAX_BYTES); "
-                    "each task's venv is built when it starts. Raise the budget or lower "
-                    "worker.executor.freshVenvsAhead", _mib(used), _mib(size), _mib(budget))
-        return fits
+    def _budget_state(self, fits: bool, used: int, size: int, budget: int) -> None:
+        """Log when building ahead stops for the budget (a warning the first time) or
+        starts again."""
+        if fits != self._over_budget:
+            return
+        self._over_budget = not fits
+        if fits:
+            log.debug("venvs are built ahead again: the venv store (%s) has room for another "
+                      "venv (%s) within worker.cache.venvsBudget (%s)",
+                      _mib(used), _mib(size), _mib(budget))
+            return
+        log.log(logging.DEBUG if self._warned else logging.WARNING,
+                "no venv is built ahead: the venv store (%s) plus another venv (%s) would "
+                "exceed worker.cache.venvsBudget (%s, MODELOPS_VENVS_MAX_BYTES); each task's "
+                "venv is built when it starts. Raise the budget or lower "
+                "worker.executor.freshVenvsAhead", _mib(used), _mib(size), _mib(budget))
+        self._warned = True
 
     def _store_bytes(self) -> int:
         seen: set[tuple[int, int]] = set()
