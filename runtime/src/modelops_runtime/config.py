@@ -109,7 +109,8 @@ class RuntimeConfig(BaseSettings):
         1000, ge=1, description="tasks a warm process runs before retirement (1 = fresh process per task)")
     fresh_venvs_ahead: int = Field(
         2, ge=0, description="with force_fresh_venv: venvs built ahead in the background per "
-        "dependency set while tasks run (each still used by one task only; 0: build each "
+        "dependency set while tasks run (each still used by one task only; none while the "
+        "venv cache plus one more venv would exceed MODELOPS_VENVS_MAX_BYTES; 0: build each "
         "when its task starts)")
     fresh_process_from: FreshProcessFrom = Field(
         FreshProcessFrom.template, description="with max_process_reuse=1: `template` forks "
@@ -144,7 +145,8 @@ class RuntimeConfig(BaseSettings):
                            "their build backends); false: wheels only (uv --no-build)")
     venvs_max_bytes: ByteCount = Field(
         None, description="size budget of the venv cache; above it, venvs no warm process "
-                          "uses are removed least recently used first (unset: no limit)")
+                          "uses are removed least recently used first, and fresh venvs are "
+                          "built ahead only within it (unset: no limit)")
     bundles_max_bytes: ByteCount = Field(
         None, description="size budget of the bundle cache; above it, bundles no warm "
                           "process uses are removed least recently used first (unset: no limit)")
