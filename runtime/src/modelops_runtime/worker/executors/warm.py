@@ -159,10 +159,12 @@ class IsolatedWarmExecEnv(ExecEnv):
         return out + super().run_many(left)
 
     def shutdown(self) -> None:
+        if self.fresh_venvs is not None:  # first: no build outlives a shutdown cut short
+            self.fresh_venvs.stop()
         if self.templates is not None:
             self.templates.close()
         self.pool.shutdown()
-        if self.fresh_venvs is not None:
+        if self.fresh_venvs is not None:  # used venvs go once their processes are gone
             self.fresh_venvs.close()
 
     def stats(self) -> dict[str, Any]:

@@ -10,9 +10,10 @@ Every venv is still new and used by one task only (built by the store's own
   worker.cache.venvsBudget). None is built ahead while the store's size plus one more venv
   of the set (measured on its first build) per build not yet finished would exceed it; the
   task's own venv is still built when it starts.
-- **Close** (the worker's shutdown) is bounded: builds not started are cancelled, the uv of
-  running ones is killed with its process group and their directories removed, finished
-  ones no task took are removed; it waits for none to complete.
+- **Stop** (first in the worker's shutdown) is bounded: builds not started are cancelled,
+  the uv of running ones is killed with its process group and their directories removed,
+  finished ones no task took are removed; it waits for none to complete. **Close** then
+  waits for the removals of used venvs.
 """
 
 from __future__ import annotations
@@ -171,11 +172,11 @@ class FreshVenvs:
         except RuntimeError:
             remove()
 
-    def close(self) -> None:
-        """Stop building, without waiting for a build to complete: builds not started are
-        cancelled, running ones killed (their uv and its process group) and their
-        directories removed, and venvs built ahead that no task took are removed; then wait
-        for the removals of used venvs."""
+    def stop(self) -> None:
+        """Stop building, without waiting for a build to complete (idempotent): builds not
+        started are cancelled, running ones killed (their uv and its process group) and
+        their directories removed, and venvs built ahead that no task took are removed.
+        Tasks taking a venv from now on get WorkerStopping."""
         with self._lock:
             self._closed = True
             queues, self._ready = list(self._ready.values()), {}
@@ -200,6 +201,11 @@ class FreshVenvs:
         for future in futures:
             if future.done() and not future.cancelled() and future.exception() is None:
                 self.venvs.remove(future.result())
+
+    def close(self) -> None:
+        """:meth:`stop`, then wait for the removals of used venvs (call it once their
+        processes are stopped)."""
+        self.stop()
         self._remover.shutdown(wait=True)
 
 
