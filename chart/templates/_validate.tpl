@@ -20,6 +20,7 @@ If the release was upgraded from an older chart version with --reuse-values, hel
 {{- include "modelops-dask.validate.workerEnv" . -}}
 {{- include "modelops-dask.validate.workerArgs" . -}}
 {{- include "modelops-dask.validate.executor" . -}}
+{{- include "modelops-dask.validate.cacheBudgets" . -}}
 {{- include "modelops-dask.validate.bundles" . -}}
 {{- include "modelops-dask.validate.workerResources" . -}}
 {{- include "modelops-dask.validate.securityContext" . -}}
@@ -94,6 +95,12 @@ count; more than zero. Said in words, because the schema's pattern message would
   (list "worker.executor.poolMemoryPerProcess" $x.poolMemoryPerProcess) -}}
 {{- if not (kindIs "invalid" $x.memLimitPerProcess) -}}
 {{- $checks = append $checks (list "worker.executor.memLimitPerProcess" $x.memLimitPerProcess) -}}
+{{- end -}}
+{{- range $budget := list "venvsBudget" "bundlesBudget" -}}
+{{- $value := index ($w.cache | default dict) $budget -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- $checks = append $checks (list (printf "worker.cache.%s" $budget) $value) -}}
+{{- end -}}
 {{- end -}}
 {{- $explicit := $w.resources | default dict -}}
 {{- range $kind := list "requests" "limits" -}}
@@ -189,6 +196,32 @@ count; more than zero. Said in words, because the schema's pattern message would
 {{- $pool := include "modelops-dask.mebibytes" $x.poolMemoryPerProcess | atoi -}}
 {{- if gt $limit $pool -}}
 {{- fail (printf "worker.executor.memLimitPerProcess=%s (%dMi) is larger than worker.executor.poolMemoryPerProcess=%s (%dMi): one warm process may not use more than the whole pool budget. Lower memLimitPerProcess or raise poolMemoryPerProcess." $x.memLimitPerProcess $limit $x.poolMemoryPerProcess $pool) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A cache budget must be below the sizeLimit of the emptyDir that holds the cache: the kubelet
+evicts the pod as soon as the volume holds more than its limit, and the runtime's GC frees
+space only once the cache is above its budget, so a budget at or above the limit is never
+reached (the venv volume also holds uv's cache). Compared in bytes through
+modelops-dask.quantity, so 6Gi, 6442450944, 6.5G and 10000Mi compare as Kubernetes would. A
+sizeLimit of 0 is no limit to the kubelet; a venv cache on venvsExistingClaim has none here.
+*/}}
+{{- define "modelops-dask.validate.cacheBudgets" -}}
+{{- $c := .Values.worker.cache | default dict -}}
+{{- $caches := list
+  (dict "budget" "venvsBudget" "limit" "venvsSizeLimit" "volume" "venv-cache" "holds" "the venvs and uv's cache" "default" "6Gi of 10Gi: uv's cache needs room beside the venvs" "skip" $c.venvsExistingClaim)
+  (dict "budget" "bundlesBudget" "limit" "bundlesSizeLimit" "volume" "bundle-cache" "holds" "the unpacked bundles" "default" "1536Mi of 2Gi" "skip" false) -}}
+{{- range $caches -}}
+{{- $budget := index $c .budget -}}
+{{- $limit := index $c .limit -}}
+{{- if and (not (kindIs "invalid" $budget)) (not (kindIs "invalid" $limit)) (not .skip) -}}
+{{- $budgetBytes := include "modelops-dask.quantity" $budget | float64 -}}
+{{- $limitBytes := include "modelops-dask.quantity" $limit | float64 -}}
+{{- if and (gt $limitBytes 0.0) (ge $budgetBytes $limitBytes) -}}
+{{- fail (printf "worker.cache.%s=%v (%.0f bytes) is not below worker.cache.%s=%v (%.0f bytes), the sizeLimit of the %s emptyDir (%s): the kubelet evicts the worker pod once the volume holds more than its limit, while the cache is cleaned only when it grows past its budget, so the pod would be evicted before any cleanup. Set worker.cache.%s below worker.cache.%s with room to spare (the defaults: %s), or raise worker.cache.%s." .budget $budget $budgetBytes .limit $limit $limitBytes .volume .holds .budget .limit .default .limit) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

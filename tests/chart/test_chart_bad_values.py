@@ -285,6 +285,58 @@ CASES = {
         "worker: {executor: {memLimitPerProcess: 4Gi, poolMemoryPerProcess: 2Gi}}", (),
         ["worker.executor.memLimitPerProcess=4Gi (4096Mi) is larger than "
          "worker.executor.poolMemoryPerProcess=2Gi (2048Mi)"]),
+    # A cache budget at or above its emptyDir's sizeLimit: evicted before GC ever runs
+    "venv budget equal to the venv volume's limit": (
+        "worker: {cache: {venvsBudget: 10Gi}}", (),
+        ["worker.cache.venvsBudget=10Gi (10737418240 bytes) is not below "
+         "worker.cache.venvsSizeLimit=10Gi (10737418240 bytes), the sizeLimit of the venv-cache "
+         "emptyDir (the venvs and uv's cache): the kubelet evicts the worker pod once the "
+         "volume holds more than its limit, while the cache is cleaned only when it grows past "
+         "its budget, so the pod would be evicted before any cleanup. Set "
+         "worker.cache.venvsBudget below worker.cache.venvsSizeLimit with room to spare (the "
+         "defaults: 6Gi of 10Gi: uv's cache needs room beside the venvs), or raise "
+         "worker.cache.venvsSizeLimit."]),
+    "venv budget equal to the limit in other units": (
+        "worker: {cache: {venvsBudget: 10240Mi}}", (),
+        ["worker.cache.venvsBudget=10240Mi (10737418240 bytes) is not below "
+         "worker.cache.venvsSizeLimit=10Gi (10737418240 bytes)"]),
+    "venv budget as a byte count equal to the limit": (
+        "worker: {cache: {venvsBudget: '10737418240'}}", (),
+        ["worker.cache.venvsBudget=10737418240 (10737418240 bytes) is not below "
+         "worker.cache.venvsSizeLimit=10Gi"]),
+    "venv budget in powers of 1000 above a limit in powers of 1024": (
+        "worker: {cache: {venvsBudget: 11G, venvsSizeLimit: 10Gi}}", (),
+        ["worker.cache.venvsBudget=11G (11000000000 bytes) is not below "
+         "worker.cache.venvsSizeLimit=10Gi (10737418240 bytes)"]),
+    "venv budget above a decimal limit": (
+        "worker: {cache: {venvsBudget: 2Gi, venvsSizeLimit: 1.5Gi}}", (),
+        ["worker.cache.venvsBudget=2Gi (2147483648 bytes) is not below "
+         "worker.cache.venvsSizeLimit=1.5Gi (1610612736 bytes)"]),
+    "bundle budget equal to the bundle volume's limit": (
+        "worker: {cache: {bundlesBudget: 2Gi}}", (),
+        ["worker.cache.bundlesBudget=2Gi (2147483648 bytes) is not below "
+         "worker.cache.bundlesSizeLimit=2Gi (2147483648 bytes), the sizeLimit of the "
+         "bundle-cache emptyDir (the unpacked bundles)", "Set worker.cache.bundlesBudget below "
+         "worker.cache.bundlesSizeLimit with room to spare (the defaults: 1536Mi of 2Gi), or "
+         "raise worker.cache.bundlesSizeLimit."]),
+    "bundle budget above a limit written as a YAML number": (
+        "worker: {cache: {bundlesBudget: 1.5G, bundlesSizeLimit: 1000000000}}", (),
+        ["worker.cache.bundlesBudget=1.5G (1500000000 bytes) is not below "
+         "worker.cache.bundlesSizeLimit=1e+09 (1000000000 bytes)"]),
+    "bundle budget above a limit in Kubernetes' milli-bytes": (
+        "worker: {cache: {bundlesBudget: 3Gi, bundlesSizeLimit: 3000000000000m}}", (),
+        ["worker.cache.bundlesBudget=3Gi (3221225472 bytes) is not below "
+         "worker.cache.bundlesSizeLimit=3000000000000m (3000000000 bytes)"]),
+    "budget given with --set": (
+        "", ("--set", "worker.cache.bundlesBudget=4Gi"),
+        ["worker.cache.bundlesBudget=4Gi (4294967296 bytes) is not below "
+         "worker.cache.bundlesSizeLimit=2Gi"]),
+    "budget in dask's GB spelling": (
+        "worker: {cache: {venvsBudget: 6GB}}", (),
+        [f"worker.cache.venvsBudget=6GB {NOT_MEMORY}"]),
+    "budget zero": (
+        "worker: {cache: {bundlesBudget: '0'}}", (),
+        ["worker.cache.bundlesBudget=0 is zero: it must be more than 0 (e.g. 512Mi)."]),
     "bundle volume with a URL repository": (
         "bundles: {repo: 's3://b/bundles', volume: {persistentVolumeClaim: {claimName: x}}}", (),
         ['bundles.volume is set but bundles.repo="s3://b/bundles" is a URL, not an absolute '
@@ -414,6 +466,16 @@ def test_an_install_without_a_bundle_repository_is_refused(helm, preset):
     "scheduler: {resources: {requests: {memory: 1Gi, ephemeral-storage: 1G}, "
     "limits: {memory: 1024Mi, ephemeral-storage: 1Gi}}}",
     "containerSecurityContext: {privileged: false}",
+    # cache budgets just below their emptyDir's sizeLimit, in mixed units; none with null;
+    # a venv cache on a claim (its size is not the chart's) and a sizeLimit of 0 (no limit
+    # to the kubelet) are not compared
+    "worker: {cache: {venvsBudget: 10239Mi, bundlesBudget: '2147483647'}}",
+    "worker: {cache: {venvsBudget: 9.99Gi, venvsSizeLimit: 10Gi, bundlesBudget: 1G, "
+    "bundlesSizeLimit: 1000000001}}",
+    "worker: {cache: {venvsBudget: null, bundlesBudget: null, venvsSizeLimit: 1Mi, "
+    "bundlesSizeLimit: 1Mi}}",
+    "worker: {cache: {venvsBudget: 100Gi, venvsExistingClaim: venvs}}",
+    "worker: {cache: {venvsBudget: 100Gi, venvsSizeLimit: 0}}",
     "worker: {extraVolumes: [{name: a, emptyDir: {}}], "
     "extraVolumeMounts: [{name: a, mountPath: /var/cache/modelops/other}, "
     "{name: venv-cache, mountPath: /opt/venvs, subPath: venvs}]}",
