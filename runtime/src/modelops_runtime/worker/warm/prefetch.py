@@ -9,7 +9,9 @@ Every venv is still new and used by one task only (built by the store's own
 - **Budget**: venvs built ahead count against the store's budget (``max_bytes``,
   worker.cache.venvsBudget). None is built ahead while the store's size plus one more venv
   of the set (measured on its first build) per build not yet finished would exceed it; the
-  task's own venv is still built when it starts.
+  task's own venv is still built when it starts. Sizes here count each venv alone, its
+  hard links into uv's cache included (garbage collection counts a shared file once): an
+  overestimate, so building ahead stops early rather than late.
 - **Stop** (first in the worker's shutdown) is bounded: builds not started are cancelled,
   the uv of running ones is killed with its process group and their directories removed,
   finished ones no task took are removed; it waits for none to complete. **Close** then
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from ...bundles import remove_tree
 from ...bundles.cache import tree_bytes
 from .uvrun import UvAbort, stopped
-from .venvs import Venv, VenvCache
+from .venvs import FINGERPRINT, Venv, VenvCache
 
 log = logging.getLogger("modelops_runtime.venvs")
 
@@ -56,6 +58,7 @@ class FreshVenvs:
         self._ready: dict[tuple[str, ...], deque[_Ahead]] = {}
         self._building: set[UvAbort] = set()  # every build in flight, ahead or a task's own
         self._sizes: dict[tuple[str, ...], int] = {}  # bytes of one venv of the set
+        self._entry_bytes: dict[str, int] = {}  # finished entries of the store → bytes
         self._over_budget = self._warned = False
         self._closed = False
         self._builder = ThreadPoolExecutor(max(1, ahead), thread_name_prefix="modelops-venv-ahead")
@@ -151,13 +154,30 @@ class FreshVenvs:
         self._warned = True
 
     def _store_bytes(self) -> int:
-        seen: set[tuple[int, int]] = set()
-        root = self.venvs.root
+        """Bytes of the store's entries, each measured alone (as a venv's expected size is).
+        A finished venv never changes (read-only, its fingerprint written last): it is
+        walked once; builds in progress and other entries are walked every time."""
+        root, known = self.venvs.root, self._entry_bytes
         try:
             names = [n for n in os.listdir(root) if n != ".locks"]
         except OSError:
             return 0
-        return sum(tree_bytes(root / name, seen) for name in names)
+        sizes: dict[str, int] = {}
+        total = 0
+        for name in names:
+            size = known.get(name)
+            if size is None:
+                if os.path.islink(root / name):  # a published key: links a generation
+                    continue
+                finished = (root / name / FINGERPRINT).exists()  # looked at before the walk
+                size = tree_bytes(root / name, set())
+                if not finished:
+                    total += size
+                    continue
+            sizes[name] = size
+            total += size
+        self._entry_bytes = sizes
+        return total
 
     def discard(self, venv: Venv, after: Callable[[], object] = lambda: None) -> None:
         """Remove a used venv in the background, once ``after`` returned (e.g. its process
