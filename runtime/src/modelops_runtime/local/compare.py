@@ -169,12 +169,14 @@ class Words(BaseModel):
     many: str       # "seeds" | "runs"
     counted: str    # "seeds" | "(set, seed) runs": the first count of a line
     labels: str     # "seeds" | "set:seed": before a list of key labels
+    column: str     # "seed" | "set:seed": the heading of a column of key labels
 
     @classmethod
     def of(cls, keys: Iterable[Key]) -> Words:
         if all(set_id == SINGLE_SET for set_id, _ in keys):
-            return cls(one="seed", many="seeds", counted="seeds", labels="seeds")
-        return cls(one="run", many="runs", counted="(set, seed) runs", labels="set:seed")
+            return cls(one="seed", many="seeds", counted="seeds", labels="seeds", column="seed")
+        return cls(one="run", many="runs", counted="(set, seed) runs", labels="set:seed",
+                   column="set:seed")
 
 
 def _span(keys: Iterable[Key]) -> str:

@@ -15,7 +15,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from .compare import key_label, same_outcome
+from .compare import Words, key_label, same_outcome
 from .diagnose import StepRun
 from .diagnose_verdict import Verdict
 from .results import Key, SeedOutcome
@@ -80,10 +80,11 @@ def text(verdict: Verdict, runs: Sequence[StepRun], elapsed: float) -> list[str]
     lines += [f"  next: {n}" for n in verdict.next_steps]
     m = Matrix(runs)
     if m.steps:
+        w = Words.of(m.keys)
         lines.append("")
-        lines.append("seed × step (A = the outcome in your mode, B, C... other outcomes; "
-                     "+ ran after other tasks of its process; ! failed; · not run):")
-        header = ["seed", *[r.step.name for r in m.steps]]
+        lines.append(f"{w.column} × step (A = the outcome in your mode, B, C... other "
+                     "outcomes; + ran after other tasks of its process; ! failed; · not run):")
+        header = [w.column, *[r.step.name for r in m.steps]]
         rows = m.rows()
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
                   for i, h in enumerate(header)]
@@ -91,7 +92,7 @@ def text(verdict: Verdict, runs: Sequence[StepRun], elapsed: float) -> list[str]
         for row in rows[:MAX_TEXT_ROWS]:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)))
         if len(rows) > MAX_TEXT_ROWS:
-            lines.append(f"  ... {len(rows) - MAX_TEXT_ROWS} more seeds (--json or --report)")
+            lines.append(f"  ... {len(rows) - MAX_TEXT_ROWS} more {w.many} (--json or --report)")
     lines.append("")
     for r in runs:
         status = (f"skipped: {r.skipped}" if r.skipped else
@@ -167,7 +168,7 @@ def html_page(verdict: Verdict, runs: Sequence[StepRun], elapsed: float, title: 
     if verdict.next_steps:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in verdict.next_steps) + "</ul>")
     m = Matrix(runs)
-    parts.append("<h2>seed × step</h2><p>Same letter and colour in a row: the same outcome. "
+    parts.append(f"<h2>{Words.of(m.keys).column} × step</h2><p>Same letter and colour in a row: the same outcome. "
                  "A (grey) is the outcome in your mode; + ran after other tasks of its "
                  "process; black: the sim failed; white: not run.</p>")
     parts.append(_svg(m))

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
-from .compare import Comparison, compare_outcomes, key_label, package_differences
+from .compare import Comparison, Words, compare_outcomes, key_label, package_differences
 from .diagnose import StepRun
 
 EXIT_NO_DIFFERENCE, EXIT_FAILED, EXIT_LAYER = 0, 1, 3
@@ -150,7 +150,8 @@ def judge(all_runs: Sequence[StepRun]) -> Verdict:
         again = pair(r, "your-mode", "your-mode-again")
         if again is not None and again.differs:
             evidence.append(f"your mode also differs from itself ({len(again.differing)} "
-                            "seeds): which seeds a process ran before depends on scheduling")
+                            f"{again.words.counted}): which {again.words.many} a process ran "
+                            "before depends on scheduling")
         warm_state = Finding(layer="warm_state", headline="", evidence=evidence,
                              pair=("fresh-process", "your-mode"))
     mine = pair(r, "fresh-process", "your-mode")
@@ -253,9 +254,11 @@ def _verdict(findings: list[Finding], all_runs: Sequence[StepRun]) -> Verdict:
         summary = f"layer found: {first.headline}"
         return Verdict(findings=findings, summary=summary, exit_code=EXIT_LAYER)
     ran = [s.step.name for s in all_runs if s.ran]
+    w = Words.of([k for s in all_runs if s.ran for k in s.view.outcomes])
+    every = "every seed gives" if w.one == "seed" else "every (set, seed) run gives"
     return Verdict(
         findings=[],
-        summary=("no difference: every seed gives the same outcome in every step "
+        summary=(f"no difference: {every} the same outcome in every step "
                  f"({', '.join(ran)}); the bug was not reproduced in any mode"),
         next_steps=[
             "run more seeds (--sims) or the parameters and values of the run that looked wrong",
