@@ -24,6 +24,7 @@ from ...config import FreshProcessFrom
 from ...models import Call, SimResult
 from ..stats import RemovalReason, StatsRecorder
 from ..warm.failures import Lost
+from ..warm.orphans import sweep
 from ..warm.pool import WarmPool
 from ..native import thread_env
 from ..packages import package_digest, venv_packages
@@ -164,6 +165,7 @@ class IsolatedWarmExecEnv(ExecEnv):
         if self.templates is not None:
             self.templates.close()
         self.pool.shutdown()
+        sweep(())  # orphans that exited since the pool's last housekeeping
         if self.fresh_venvs is not None:  # used venvs go once their processes are gone
             self.fresh_venvs.close()
 

@@ -11,8 +11,8 @@ A stopping process keeps its slot until it is gone (MAX_WARM_PROCESSES bounds li
 processes) and stays in :meth:`pids` and in :meth:`shutdown`'s reach. Only the reaper stops
 processes: a task evicting an idle process of another bundle waits for the reaper too.
 Threads: the reaper (a few: one slow exit never holds another slot), the housekeeper (TTL,
-deaths, memory budget; every second), the spawner (forks from one long-lived thread:
-PR_SET_PDEATHSIG fires when the forking *thread* ends).
+deaths, exited orphans, memory budget; every second), the spawner (forks from one
+long-lived thread: PR_SET_PDEATHSIG fires when the forking *thread* ends).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 from ...errors import WorkerStopping
 from ..stats import RemovalReason, StatsRecorder, WarmStats
 from .memory import MemorySampler, _mb
-from .orphans import become_subreaper
+from .orphans import become_subreaper, sweep
 from .process import WarmProcess
 from .runner import NO_TEMPLATE
 from .template import TemplateProcess
@@ -117,8 +117,7 @@ class WarmPool:
                                              daemon=True, name="modelops-pool-housekeeper")
         self._housekeeper.start()
         remove_dead_scratch()
-        # orphans of warm processes stay ours (see orphans.py); templates need it too
-        self.subreaper = become_subreaper()
+        self.subreaper = become_subreaper()  # orphans stay ours (orphans.py); templates need it
 
     # -- the one place a process changes state ---------------------------------------------
 
@@ -317,7 +316,7 @@ class WarmPool:
                 log.exception("warm pool housekeeping failed")
 
     def housekeep(self) -> None:
-        """Retire idle processes past their TTL or dead, evict LRU over the memory budget."""
+        """Retire expired or dead idle processes, reap exited orphans, evict LRU over budget."""
         now = time.monotonic()
         with self._cond:
             for proc in list(self._idle):
@@ -325,9 +324,10 @@ class WarmPool:
                     self._move(self._entries[proc], State.stopping, RemovalReason.crash)
                 elif now >= proc.expires_at:
                     self._move(self._entries[proc], State.stopping, RemovalReason.ttl)
-            if self.memory_budget is None:
-                return
-            procs = self._alive()
+            procs, everyone = self._alive(), list(self._entries)
+        sweep(everyone)  # orphans of warm processes that exited by themselves (orphans.py)
+        if self.memory_budget is None:
+            return
         used = self.sampler.measure(procs)
         total = sum(used.values())
         with self._cond:

@@ -25,7 +25,7 @@ from ..stats import RemovalReason
 from .failures import Lost, describe_exit, start_error
 from .logtail import LogTail
 from .memory import MemorySampler
-from .orphans import adopted_descendants, wait_gone
+from .orphans import adopted_descendants, reap, wait_gone
 from .program import runner_program
 from .decode import decode_reply
 from .runner import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
@@ -359,7 +359,7 @@ class WarmProcess:
                     tree = [] if self.exited() else self._ps.children(recursive=True)
                 except psutil.Error:
                     tree = []
-                adopted = adopted_descendants(self.token)
+                adopted = adopted_descendants(self.token, owner=self.pid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.pid, signal.SIGKILL)  # leader not reaped: the id is ours
                 for child in (*tree, *adopted):
@@ -368,9 +368,8 @@ class WarmProcess:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(30)
                 wait_gone(tree, timeout=10)  # gone when stop() returns
-                for child in adopted:  # our children now: reap them
-                    with contextlib.suppress(psutil.Error, subprocess.TimeoutExpired):
-                        child.wait(10)
+                # ours now (adopted, or reparented when their parent died): reap them
+                reap([*tree, *adopted], timeout=10)
                 self._stopped = True
         for name in ("_req", "_resp", "_lifeline", "_pidfd"):
             fd = getattr(self, name)
