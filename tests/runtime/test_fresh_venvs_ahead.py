@@ -1,5 +1,5 @@
 """Fresh venvs built ahead (worker/warm/prefetch.py) with real uv builds: closing while
-builds are in flight, and the store's budget."""
+builds are in flight, and the store's budget; and a uv build that times out."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from modelops_runtime.bundles.cache import tree_bytes
 from modelops_runtime.client import submit
-from modelops_runtime.errors import WorkerStopping
+from modelops_runtime.errors import EnvironmentBuildError, WorkerStopping
 from modelops_runtime.models import SimTask
 from modelops_runtime.worker.warm.prefetch import FreshVenvs
 from modelops_runtime.worker.warm.venvs import VenvCache
@@ -140,6 +140,21 @@ def test_close_kills_builds_in_flight_and_leaves_no_venv_or_uv(tmp_path, stallin
         taker.join(120)
         fresh.close()
     assert sorted(p.name for p in root.iterdir()) == [".locks"]
+
+
+def test_a_build_that_times_out_leaves_no_venv_or_uv(tmp_path, stalling_index):
+    """uv stuck on the index past MODELOPS' build timeout: the task gets the clear error,
+    and uv (its whole process group) and the half-built venv are gone."""
+    root = tmp_path / "venvs"
+    cache = VenvCache(root, build_timeout=10)  # uv venv, offline, takes well under it
+    with pytest.raises(EnvironmentBuildError) as err:
+        cache.fresh(REQS)
+    assert str(err.value).startswith("building the bundle's environment timed out after 10s "
+                                     "(uv pip); check that the package index configured "
+                                     "with UV_* variables is reachable"), err.value
+    assert stalling_index.paths, "uv never asked the index"
+    assert _fresh_dirs(root) == []
+    assert not _uv_processes(root)
 
 
 def test_a_worker_stopped_mid_build_leaves_no_venv_or_uv(dask_cluster, tmp_path,
