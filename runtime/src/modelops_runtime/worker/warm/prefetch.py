@@ -57,6 +57,7 @@ class FreshVenvs:
         self._lock = threading.Condition()
         self._ready: dict[tuple[str, ...], deque[_Ahead]] = {}
         self._building: set[UvAbort] = set()  # every build in flight, ahead or a task's own
+        self._own: dict[tuple[str, ...], int] = {}  # tasks building their own venv now
         self._sizes: dict[tuple[str, ...], int] = {}  # bytes of one venv of the set
         self._entry_bytes: dict[str, int] = {}  # finished entries of the store → bytes
         self._over_budget = self._warned = False
@@ -74,8 +75,14 @@ class FreshVenvs:
             queue = self._ready.setdefault(key, deque())
             ahead = queue.popleft() if queue else None
         if ahead is None:  # built now, the next ones behind it (and again once it is measured)
-            self._top_up(key, building=1)
-            venv = self._build(key, UvAbort())
+            with self._lock:
+                self._own[key] = self._own.get(key, 0) + 1
+            try:
+                self._top_up(key)
+                venv = self._build(key, UvAbort())
+            finally:
+                with self._lock:
+                    self._own[key] -= 1
             self._top_up(key)
             return venv
         self._top_up(key)
@@ -104,16 +111,16 @@ class FreshVenvs:
         with self._lock:
             return len(self._ready.get(tuple(requirements), ()))
 
-    def _top_up(self, key: tuple[str, ...], building: int = 0) -> None:
-        """Start builds ahead up to ``ahead`` while the budget has room for each (the
-        ``building`` ones and those in flight counted at one venv's size each)."""
+    def _top_up(self, key: tuple[str, ...]) -> None:
+        """Start builds ahead up to ``ahead`` while the budget has room for each (builds
+        not finished, ahead or a task's own, counted at one venv's size each)."""
         used: int | None = None
         while True:
             with self._lock:
                 queue = self._ready.get(key)
                 if self._closed or queue is None or len(queue) >= self.ahead:
                     return
-                pending = building + sum(not a.future.done() for a in queue)
+                pending = self._own.get(key, 0) + sum(not a.future.done() for a in queue)
                 none_ahead = not queue
             budget, size = self.venvs.max_bytes, self._sizes.get(key)
             if budget is not None:
