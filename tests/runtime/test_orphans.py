@@ -13,9 +13,13 @@ import threading
 
 import pytest
 
+from modelops_runtime.client import gather_study, submit
 from modelops_runtime.errors import ProcessCrashed
-from modelops_runtime.models import Call
+from modelops_runtime.models import Call, SimTask
+from support.bundles import make_bundle
 from support.cluster import wait_for
+from support.wheels import wheelhouse  # noqa: F401 - fixture
+from test_warm_cluster import _env
 from test_warm_pool import _bundle
 
 # a daemon started by the model: fork; setsid in the middle process ("middle": the daemon
@@ -52,9 +56,9 @@ def exits(params, seed):
 '''
 
 
-def _children() -> list[int]:
+def _children(pid: int | None = None) -> list[int]:
     out = []
-    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+    for path in glob.glob(f"/proc/{pid or os.getpid()}/task/*/children"):
         try:
             with open(path) as fh:
                 out += [int(p) for p in fh.read().split()]
@@ -74,9 +78,9 @@ def _state(pid: int) -> str | None:
     return None
 
 
-def _zombies() -> set[int]:
-    """Zombie children of this process now."""
-    return {pid for pid in _children() if _state(pid) == "Z"}
+def _zombies(pid: int | None = None) -> set[int]:
+    """Zombie children of this process (or of ``pid``) now."""
+    return {child for child in _children(pid) if _state(child) == "Z"}
 
 
 def _exited_popen(*args, **kwargs) -> subprocess.Popen:
@@ -148,3 +152,27 @@ def test_forked_task_processes_keep_their_exit_status_while_orphans_are_swept(tm
         stop.set()
         thread.join(30)
     assert ex.template_pids(), "the tasks did not run from a template"
+
+
+def test_a_dask_worker_keeps_no_zombies_of_daemons_its_tasks_started(dask_cluster, tmp_path,
+                                                                    wheelhouse):  # noqa: F811
+    """The bug as a user sees it: a long-lived worker process piles up a zombie per daemon
+    that its tasks started and that has exited (every one a pid-table entry)."""
+    repo = tmp_path / "repo"
+    ref = make_bundle(tmp_path / "src", repo, {"daemons.py": DAEMONS, "requirements.txt": ""},
+                      name="daemons")
+    flag = tmp_path / "flag"
+    flag.touch()  # each daemon exits at once, by itself
+    cluster, client = dask_cluster(_env(repo, wheelhouse), nthreads=2)
+    futures = submit(client, [SimTask(bundle=ref, entrypoint="daemons:daemon",
+                                      params={"flag": str(flag), "setsid": "middle"}, seed=s)
+                              for s in range(20)], study="daemons")
+    study = gather_study(client, futures, progress=False)
+    assert study.ok, [f.message for f in study.failures[:3]]
+    ((_, worker),) = client.run(os.getpid).items()
+    daemons = {r.outputs["daemon"] for r in study.results}
+    assert len(daemons) == 20
+    wait_for(lambda: not _zombies(worker), 60,
+             f"worker process {worker} to reap the daemons its tasks started",
+             on_fail=lambda: f"zombie children: {sorted(_zombies(worker))} "
+                             f"(daemons: {sorted(daemons & _zombies(worker))})")
