@@ -238,8 +238,13 @@ def test_fresh_venvs_are_built_ahead_used_once_and_removed(tmp_path, warm):
                 .outputs["prefix"] for s in range(4)]
     assert len(set(prefixes)) == 4  # a venv never used before, every time
 
+    # uv built one pristine venv, never used by a task; every task's venv is a clone of it
+    pristine = ex.venvs.pristines.paths()
+    assert len(pristine) == 1 and str(pristine[0]) not in prefixes
+
     def fresh_dirs():
-        return sorted(p for p in venvs.iterdir() if p.name.startswith(".fresh-"))
+        return sorted(p for p in venvs.iterdir()
+                      if p.name.startswith(".fresh-") and p not in pristine)
 
     # used ones are removed in the background; two wait for the next tasks
     wait_for(lambda: len(fresh_dirs()) == 2 and not set(map(str, fresh_dirs())) & set(prefixes),
@@ -247,3 +252,103 @@ def test_fresh_venvs_are_built_ahead_used_once_and_removed(tmp_path, warm):
              on_fail=lambda: f"left: {fresh_dirs()}")
     ex.shutdown()
     assert fresh_dirs() == [], "venvs built ahead survived the shutdown"
+    assert not pristine[0].exists(), "the pristine venv survived the shutdown"
+
+
+LAZY = '''
+import sys
+import numpy.random   # a stand-in for numpy in the bundle (see NUMPY_STUB)
+
+def run(params, seed):
+    before = {name: name in sys.modules for name in ("colorsys", "lazyhelper")}
+    import colorsys      # a dependency imported on first use (like numpy.random in numpy 2)
+    import lazyhelper    # one of the bundle's own modules, imported lazily on purpose
+    return {"before": before, "reseeded_in": numpy.random.RESEEDED_IN}
+'''
+
+NUMPY_STUB = '''
+import os
+RESEEDED_IN = []
+
+def seed(value=None):
+    """What numpy.random.seed() does with no argument: seed from the OS."""
+    RESEEDED_IN.append(os.getpid())
+'''
+
+
+def test_the_template_imports_what_task_processes_imported_but_not_bundle_modules(
+        tmp_path, warm):
+    """numpy 2 imports numpy.random on first use: a template that only imported the
+    entrypoint module made every task process pay that import (about 18 ms). Modules a task
+    process imported are imported by the template before its next forks; the bundle's own
+    lazily imported modules are not."""
+    ref = make_bundle(tmp_path / "src", tmp_path / "repo",
+                      {"lazy.py": LAZY, "lazyhelper.py": "X = 1\n", "numpy/__init__.py": "",
+                       "numpy/random.py": NUMPY_STUB, "requirements.txt": ""}, name="lazy")
+    ex = warm(max_process_reuse=1)
+    runs = [ex.run(_call(ref, "run", seed=s, module="lazy")).outputs for s in range(3)]
+    assert runs[0]["before"] == {"colorsys": False, "lazyhelper": False}
+    assert [r["before"] for r in runs[1:]] == [{"colorsys": True, "lazyhelper": False}] * 2
+    # numpy's legacy global RNG is seeded from the OS again in every task process, as a
+    # fresh interpreter's is, never left at the template's state
+    assert [len(r["reseeded_in"]) for r in runs] == [1, 1, 1]
+    assert len({r["reseeded_in"][0] for r in runs}) == 3
+    assert not set(ex.template_pids()) & {r["reseeded_in"][0] for r in runs}
+
+
+def test_a_learned_name_that_cannot_be_imported_leaves_the_template_working(tmp_path, warm):
+    """A task process reports what is in its sys.modules, including names a model put there
+    by hand; the template tries such a name once and goes on forking."""
+    ref = make_bundle(tmp_path / "src", tmp_path / "repo",
+                      {"alias.py": ALIAS, "requirements.txt": ""}, name="alias")
+    ex = warm(max_process_reuse=1)
+    outs = [ex.run(_call(ref, "run", seed=s, module="alias")).outputs for s in range(3)]
+    assert [o["had_alias"] for o in outs] == [False, False, False]
+    assert len(ex.template_pids()) == 1 and ex.stats()["removals"]["crash"] == 0
+
+
+ALIAS = '''
+import sys, types
+
+def run(params, seed):
+    had = "not_a_real_module_xyz" in sys.modules
+    sys.modules["not_a_real_module_xyz"] = types.ModuleType("not_a_real_module_xyz")
+    return {"had_alias": had}
+'''
+
+
+TAMPER = '''
+import os, sys, sysconfig
+
+def run(params, seed):
+    site = sysconfig.get_paths()["purelib"]
+    planted = os.path.join(site, "planted.pth")
+    out = {"prefix": sys.prefix, "had_plant": os.path.exists(planted),
+           "cfg": open(os.path.join(sys.prefix, "pyvenv.cfg")).read()}
+    for what, path, mode in (("append", os.path.join(sys.prefix, "pyvenv.cfg"), "a"),
+                             ("plant", planted, "w")):
+        try:
+            with open(path, mode) as f:
+                f.write("import os; os.environ['PWNED'] = '1'\\n")
+            out[what] = "written"
+        except OSError as exc:
+            out[what] = type(exc).__name__
+    return out
+'''
+
+
+def test_a_task_cannot_change_the_pristine_venv_its_fresh_venv_was_cloned_from(tmp_path, warm):
+    """Attack: fresh venvs are hard-link clones of one pristine uv build; a task writing
+    into its own venv would write into the pristine venv and every later task's. Refused."""
+    ref = make_bundle(tmp_path / "src", tmp_path / "repo",
+                      {"tamper.py": TAMPER, "requirements.txt": ""}, name="tamper")
+    (tmp_path / "marks").mkdir()
+    ex = warm(force_fresh_venv="true", fresh_venvs_ahead=0,
+              warm_writable_paths=str(tmp_path / "marks"))  # not the venvs, as in a pod
+    first = ex.run(_call(ref, "run", module="tamper")).outputs
+    assert (first["append"], first["plant"]) == ("PermissionError", "PermissionError")
+    (pristine,) = ex.venvs.pristines.paths()
+    second = ex.run(_call(ref, "run", seed=1, module="tamper")).outputs
+    assert second["prefix"] != first["prefix"] and not second["had_plant"]
+    assert second["cfg"] == first["cfg"] == (pristine / "pyvenv.cfg").read_text()
+    assert not list(pristine.rglob("planted.pth"))

@@ -102,15 +102,16 @@ class RuntimeConfig(BaseSettings):
     max_warm_processes: int = Field(
         128, ge=1, description="warm processes per Dask worker process")
     force_fresh_venv: bool = Field(
-        False, description="build a new venv for every task and remove it after")
+        False, description="give every task a venv no task used before (a hard-link clone "
+        "of one uv build per worker process that no task runs in) and remove it after")
     validate_deps: bool = Field(
         True, description="verify a cached venv's fingerprint before reuse")
     max_process_reuse: int = Field(
         1000, ge=1, description="tasks a warm process runs before retirement (1 = fresh process per task)")
     fresh_venvs_ahead: int = Field(
-        2, ge=0, description="with force_fresh_venv: venvs built ahead in the background per "
+        2, ge=0, description="with force_fresh_venv: venvs cloned ahead in the background per "
         "dependency set while tasks run (each still used by one task only; none while the "
-        "venv cache plus one more venv would exceed MODELOPS_VENVS_MAX_BYTES; 0: build each "
+        "venv cache plus one more venv would exceed MODELOPS_VENVS_MAX_BYTES; 0: clone each "
         "when its task starts)")
     fresh_process_from: FreshProcessFrom = Field(
         FreshProcessFrom.template, description="with max_process_reuse=1: `template` forks "

@@ -168,6 +168,7 @@ class IsolatedWarmExecEnv(ExecEnv):
         sweep(())  # orphans that exited since the pool's last housekeeping
         if self.fresh_venvs is not None:  # used venvs go once their processes are gone
             self.fresh_venvs.close()
+        self.venvs.pristines.close()  # FORCE_FRESH_VENV's uv builds, cloned per task
 
     def stats(self) -> dict[str, Any]:
         return self.pool.snapshot().model_dump(mode="json")
@@ -285,6 +286,7 @@ class IsolatedWarmExecEnv(ExecEnv):
             env_digest = self._env_of.get(proc, "")
         finally:
             self.pool.drop_unpooled(proc, RemovalReason.reuse)
+            template_of[-1].learn(proc.imported)  # what it imported: the next forks have it
         return self._result(outputs, pid, count, venv.cache_hit, started, env_digest)
 
     def _send(self, proc: WarmProcess, call: Call, bundle: _Bundle) -> Any:
@@ -297,6 +299,7 @@ class IsolatedWarmExecEnv(ExecEnv):
         except Lost as lost:
             proc.lost = lost.reason
             raise lost.error from None
+        proc.imported = reply.pop("imported", None)  # a forked task process's imports
         return self._outputs(proc, reply, call, bundle, label, mark)
 
     def _outputs(self, proc: WarmProcess, reply: dict, call: Call, bundle: _Bundle,

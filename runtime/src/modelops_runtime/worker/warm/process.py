@@ -78,6 +78,7 @@ class WarmProcess:
         self.memory_exceeded: int | None = None  # peak, set by the sampler that killed it
         self.sampler: MemorySampler | None = None  # watches its memory during tasks
         self.token = ""  # MODELOPS_WARM_PROCESS of its environment: marks its descendants
+        self.imported: object = None  # forked from a template: what its task imported
         self._req = request_fd
         self._resp = response_fd
         self._lifeline = lifeline_fd

@@ -61,11 +61,12 @@ def runner_program(venv: Venv) -> Path:
     it at every start (scripts are never cached), on a ``.pyc`` it runs it at once. The
     venv's interpreter is the worker's own (same bytecode magic). Named by the source's
     hash, so a changed runner is compiled anew; checked once per worker process before
-    use and replaced if damaged. The source itself for a single-use venv (FORCE_FRESH_VENV:
-    compiling first would not save anything) or a read-only one."""
-    if venv.fresh:
-        return RUNNER
+    use and replaced if damaged. In a single-use venv (FORCE_FRESH_VENV), the program its
+    pristine build compiled (clones.py), else the source; the source also for a read-only
+    venv it cannot be compiled into."""
     program = venv.path / f"modelops-runner-{_runner_digest()}.pyc"
+    if venv.fresh:
+        return program if program.is_file() else RUNNER
     seen = _identity(program)
     if seen is not None and _good_programs.get(program) == seen:
         return program

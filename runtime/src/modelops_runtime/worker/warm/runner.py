@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                 reply = _run_batch(request, cache, bundle_dir)
             else:
                 reply = _run(request, cache, bundle_dir)
+            if _forked and "op" not in reply:
+                reply["imported"] = _imported_since_fork(bundle_dir)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -475,8 +477,9 @@ def _serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: i
                         for i in range(0, len(data) - len(data) % 4, 4)]
         if not order:  # the worker closed the socket: retire
             os._exit(0)
-        child = _fork_task_process(marshal.loads(order), fds, response_fd, worker_pid,
-                                   writable)
+        order = marshal.loads(order)
+        _import_learned(order.get("imports", ()))
+        child = _fork_task_process(order, fds, response_fd, worker_pid, writable)
         if child is not None:  # in the task process: leave the template's loop
             sock.close()
             for fd in (response_fd, lifeline_fd):
@@ -546,8 +549,10 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
         unconfined = _sandbox((scratch, *writable))
         if unconfined:
             sys.stderr.write(f"modelops runner: no own filesystem sandbox: {unconfined}\n")
-    global _forked
+    global _forked, _modules_at_fork
     _forked = True
+    _modules_at_fork = frozenset(sys.modules)
+    _reseed_numpy_legacy_rng()
     _adopted(middle)
     _set_parent_death_signal(worker_pid)
     _thread.start_new_thread(_watch_lifeline, (lifeline_fd,))
@@ -555,6 +560,50 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
 
 
 _forked = False  # this process was forked from a template
+_modules_at_fork: frozenset = frozenset()  # what the template had imported
+_import_failed: set = set()  # learned names the template could not import (not retried)
+LEARNED_MAX = 4000  # module names a template imports on behalf of its task processes
+
+
+def _imported_since_fork(bundle_dir: str) -> list:
+    """Modules this task process imported while running (e.g. ``numpy.random``, which
+    numpy imports on first use), for the template to import before its next forks: so a
+    later task process starts with them, as it starts with the entrypoint's own imports.
+    The bundle's own modules are left out: the model may import those lazily on purpose."""
+    prefix = os.path.join(bundle_dir, "")
+    names = []
+    for name, module in list(sys.modules.items()):
+        if name in _modules_at_fork or module is None:
+            continue
+        where = getattr(module, "__file__", None) or ""
+        if not where.startswith(prefix):
+            names.append(name)
+    return sorted(names)[:LEARNED_MAX]
+
+
+def _import_learned(names) -> None:
+    """In the template: import what task processes imported while running (errors are
+    not the template's: a task process that needs the module imports it and reports)."""
+    for name in names:
+        if name in sys.modules or name in _import_failed:
+            continue
+        try:
+            __import__(name)
+        except BaseException:  # noqa: BLE001 - e.g. an alias some module put in sys.modules
+            _import_failed.add(name)
+
+
+def _reseed_numpy_legacy_rng() -> None:
+    """numpy's legacy global RNG (np.random.rand, ...) is seeded from the OS when
+    numpy.random is imported: a task process forked from a template that imported it would
+    otherwise start from the template's state, the same in every task process. Seeded
+    from the OS again, it starts as in a fresh interpreter."""
+    random = sys.modules.get("numpy.random")
+    if random is not None:
+        try:
+            random.seed()
+        except Exception:  # noqa: BLE001 - an unusual numpy: left as the template had it
+            pass
 
 
 def _quick_exit() -> None:

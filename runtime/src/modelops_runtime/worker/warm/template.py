@@ -39,6 +39,10 @@ from .process import PIPE_SIZE, WarmProcess
 from .venvs import FINGERPRINT, Venv
 
 
+LEARNED_MAX = 4000  # module names a template imports for its task processes (runner.py)
+ORDER_IMPORTS = 500  # ... at most this many with one order (one order is read in 64 KiB)
+
+
 def venv_identity(venv: Venv) -> tuple:
     """What changes when a venv is rebuilt in place: its fingerprint file's inode/mtime."""
     try:
@@ -86,6 +90,21 @@ class TemplateProcess(WarmProcess):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._fork_lock = threading.Lock()  # one order on the socket at a time
+        self._learned: set[str] = set()  # module names told to the template so far
+        self._to_import: list[str] = []  # ... of which not yet sent with an order
+
+    def learn(self, imported: object) -> None:
+        """Module names a task process imported while running: the template imports them
+        before its next fork (runner.py ``_import_learned``), so later task processes start
+        with them. Bounded; anything but a list of names is ignored (it came from a task)."""
+        if not isinstance(imported, list):
+            return
+        with self._fork_lock:
+            for name in imported[:LEARNED_MAX]:
+                if (isinstance(name, str) and name not in self._learned
+                        and len(self._learned) < LEARNED_MAX):
+                    self._learned.add(name)
+                    self._to_import.append(name)
 
     def fork(self, *, start_timeout: float, sampler: MemorySampler | None,
              label: str) -> WarmProcess:
@@ -110,9 +129,11 @@ class TemplateProcess(WarmProcess):
         for fd in (req_w, resp_r):
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        order = marshal.dumps({"scratch": str(scratch), "token": token})
         try:
             with self._fork_lock:
+                imports, self._to_import = self._to_import[:ORDER_IMPORTS], self._to_import[ORDER_IMPORTS:]
+                order = marshal.dumps({"scratch": str(scratch), "token": token,
+                                       "imports": imports})
                 self._order(order, [req_r, resp_w, life_r, log_w])
                 _close([req_r, resp_w, life_r, log_w])  # the task process has them now
                 reply = self.exchange(None, timeout=start_timeout,

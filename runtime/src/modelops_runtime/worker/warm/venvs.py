@@ -39,6 +39,7 @@ from ...errors import EnvironmentBuildError
 from ...locks import file_lock
 from ..packages import installed_digest, site_packages
 from ..stats import StatsRecorder
+from .clones import Pristines, clone_tree
 from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
 from .uvrun import UvAbort, _uv_bin, run_uv, stopped, uv_env, uv_failed
 from .venvkeys import (FORMAT, left_by_dead_local_process, owner_tag, python_identity,
@@ -97,6 +98,9 @@ class VenvCache:
         self.entries = CacheEntries(self.root)
         self._aborts = threading.local()  # .current: the UvAbort of this thread's fresh build
         self._remove_dead_leftovers()
+        # FORCE_FRESH_VENV: one uv build per dependency set, cloned per task (clones.py)
+        self.pristines = Pristines(self._build, lambda key: self.root / (
+            f"{_FRESH_PREFIX}{owner_tag()}-p{uuid.uuid4().hex[:12]}"))
 
     # -- public ---------------------------------------------------------------------
 
@@ -207,18 +211,23 @@ class VenvCache:
             **exc.fields)
 
     def fresh(self, requirements: Sequence[str], abort: UvAbort | None = None) -> Venv:
-        """A new venv for one task (FORCE_FRESH_VENV); the caller removes it with :meth:`remove`.
-        ``abort.abort()`` (another thread) kills its uv and removes what was built."""
+        """A new venv for one task (FORCE_FRESH_VENV): a clone of this process's pristine
+        build of the set (clones.py); the caller removes it with :meth:`remove`.
+        ``abort.abort()`` (another thread) kills the pristine build's uv if this call runs
+        it, and removes what was made."""
         key = venv_key(requirements)
         path = self.root / f"{_FRESH_PREFIX}{owner_tag()}-{uuid.uuid4().hex[:12]}"
         self.stats.incr("venv_misses")
         if abort is not None:
             abort.path = path
-        self._aborts.current = abort
+        self._aborts.current = abort  # the pristine build's uv, if this task starts it
         try:
-            self._build(path, key, requirements)
-            if abort is not None and abort.aborted:  # between or after its uv steps
+            clone_tree(self.pristines.get(key, requirements), path)
+            if abort is not None and abort.aborted:
                 raise stopped(requirements)
+        except OSError as exc:
+            remove_tree(path)
+            raise limit_error(exc, "cloning a fresh venv") from exc
         except BaseException:
             remove_tree(path)
             raise
