@@ -96,9 +96,10 @@ def _uv_processes(root: Path) -> list[psutil.Process]:
 
 def test_close_kills_builds_in_flight_and_leaves_no_venv_or_uv(tmp_path, stalling_index):
     """Regression: close() waited for in-flight uv builds, so a worker whose shutdown was
-    cut short left venvs built ahead behind. Now it stops them: the task's own build and
-    both built ahead are stuck on the index when close() is called; it returns, the task
-    sees WorkerStopping, and no venv directory or uv process is left."""
+    cut short left venvs built ahead behind. Now it stops them: the uv build of the pristine
+    venv every fresh venv is cloned from is stuck on the index, the task's own venv and both
+    ahead wait for it when close() is called; it returns, the task sees WorkerStopping, and
+    no venv directory or uv process is left."""
     root = tmp_path / "venvs"
     fresh = FreshVenvs(VenvCache(root), ahead=2)
     outcome: list[BaseException | object] = []
@@ -112,18 +113,19 @@ def test_close_kills_builds_in_flight_and_leaves_no_venv_or_uv(tmp_path, stallin
     taker = threading.Thread(target=task, daemon=True)
     taker.start()
     try:
-        wait_for(lambda: len(stalling_index.paths) >= 3, 180,
-                 "three uv builds (the task's own, two ahead) to reach the stalling index",
+        wait_for(lambda: stalling_index.paths and len(fresh._building) == 3, 180,
+                 "the pristine venv's uv build to reach the stalling index, with three fresh "
+                 "venvs (the task's own, two ahead) waiting for it",
                  on_fail=lambda: f"requests: {stalling_index.paths}, "
                                  f"dirs: {_fresh_dirs(root)}")
-        assert len(_fresh_dirs(root)) == 3 and len(_uv_processes(root)) == 3
+        assert len(_fresh_dirs(root)) == 1 and len(_uv_processes(root)) == 1
 
         closer = threading.Thread(target=fresh.close, daemon=True)
         closer.start()
         closer.join(120)
         assert not closer.is_alive(), (
-            "close() did not return within 120 s while three uv builds were in flight: it "
-            "waits for them instead of stopping them")
+            "close() did not return within 120 s while a uv build was in flight: it "
+            "waits for it instead of stopping it")
         taker.join(60)
         assert not taker.is_alive(), "the task's take() did not end after close()"
         (error,) = outcome
@@ -160,10 +162,10 @@ def test_a_build_that_times_out_leaves_no_venv_or_uv(tmp_path, stalling_index):
 def test_a_worker_stopped_mid_build_leaves_no_venv_or_uv(dask_cluster, tmp_path,
                                                           stalling_index):
     """The same at the worker's depth, stopped as Kubernetes stops a pod (SIGTERM to the
-    container's main process, the nanny then gives the worker a few seconds to close): a
-    task's venv and two built ahead are stuck on the index; the worker's own shutdown
-    leaves no venv directory and no uv process (on the old code the nanny killed the
-    worker while close() waited, leaving the three directories)."""
+    container's main process, the nanny then gives the worker a few seconds to close): the
+    pristine venv's uv build is stuck on the index, a task's venv and two ahead wait for
+    it; the worker's own shutdown leaves no venv directory and no uv process (on the old
+    code the nanny killed the worker while close() waited, leaving the directories)."""
     repo = tmp_path / "repo"
     ref = make_bundle(tmp_path / "src", repo, {"model.py": "def sim(params, seed):\n"
                                                            "    return {}\n",
@@ -174,10 +176,10 @@ def test_a_worker_stopped_mid_build_leaves_no_venv_or_uv(dask_cluster, tmp_path,
                                     "MODELOPS_FRESH_VENVS_AHEAD": "2"})
     venvs = cluster.root / "venvs"
     submit(client, [SimTask(bundle=ref, entrypoint="model:sim", seed=0)], study="stuck")
-    wait_for(lambda: len(stalling_index.paths) >= 3, 180,
-             "three uv builds (the task's own, two ahead) to reach the stalling index",
+    wait_for(lambda: stalling_index.paths and _uv_processes(venvs), 180,
+             "the pristine venv's uv build to reach the stalling index",
              on_fail=lambda: f"requests: {stalling_index.paths}, dirs: {_fresh_dirs(venvs)}")
-    assert len(_fresh_dirs(venvs)) == 3
+    assert len(_fresh_dirs(venvs)) == 1
 
     (worker,) = cluster.workers
     os.kill(worker.popen.pid, signal.SIGTERM)
@@ -196,12 +198,15 @@ def _one_venv_bytes(root: Path) -> int:
         return tree_bytes(venv.path, set())
     finally:
         cache.remove(venv)
+        cache.pristines.close()
 
 
 def test_venvs_are_built_ahead_only_within_the_budget(tmp_path, uv_offline, caplog):
     """Venvs built ahead count against worker.cache.venvsBudget: with room for the task's
     own venv only, none is built ahead (one log line says why) and each task still gets
-    its venv; with room for one more, one is; without a budget, ``ahead`` are."""
+    its venv; with room for one more, one is; without a budget, ``ahead`` are. The
+    pristine venv they are cloned from is in the store too, and every venv is counted
+    alone, as if its hard links were copies (conservative)."""
     caplog.set_level(logging.DEBUG, "modelops_runtime.venvs")
     root = tmp_path / "venvs"
     size = _one_venv_bytes(root)  # a real tinylib venv, measured the way the store is
@@ -210,7 +215,8 @@ def test_venvs_are_built_ahead_only_within_the_budget(tmp_path, uv_offline, capl
     try:
         taken = [fresh.take(REQS), fresh.take(REQS)]
         assert fresh.ahead_of(REQS) == 0
-        assert _fresh_dirs(root) == sorted(v.path.name for v in taken)
+        (pristine,) = cache.pristines.paths()
+        assert _fresh_dirs(root) == sorted([pristine.name, *(v.path.name for v in taken)])
         assert len({v.path for v in taken}) == 2 and all(v.fresh for v in taken)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
                     and r.getMessage().startswith("no venv is built ahead")]
@@ -220,9 +226,9 @@ def test_venvs_are_built_ahead_only_within_the_budget(tmp_path, uv_offline, capl
         for venv in taken:
             cache.remove(venv)
 
-        # room for the task's own venv and one more (a venv's size is conservative: files
-        # shared by hard links are counted in each venv measured alone)
-        cache.max_bytes = 2 * size + size // 4
+        # room for the pristine venv, the task's own and one more (a venv's size is
+        # conservative: files shared by hard links are counted in each venv measured alone)
+        cache.max_bytes = 3 * size + size // 4
         venv = fresh.take(REQS)
         assert fresh.ahead_of(REQS) == 1
         assert any(r.getMessage().startswith("venvs are built ahead again")

@@ -2,8 +2,9 @@
 dependency set are built in the background, so a task waits for its venv only when builds
 are slower than tasks; used ones are removed in the background.
 
-Every venv is still new and used by one task only (built by the store's own
-:meth:`~.venvs.VenvCache.fresh`, removed with :meth:`~.venvs.VenvCache.remove`); at most
+Every venv is still new and used by one task only (made by the store's own
+:meth:`~.venvs.VenvCache.fresh`: a clone of the set's pristine uv build, see clones.py;
+removed with :meth:`~.venvs.VenvCache.remove`); at most
 ``ahead`` of them wait per dependency set.
 
 - **Budget**: venvs built ahead count against the store's budget (``max_bytes``,
@@ -231,9 +232,10 @@ class FreshVenvs:
 
     def close(self) -> None:
         """:meth:`stop`, then wait for the removals of used venvs (call it once their
-        processes are stopped)."""
+        processes are stopped), then remove the pristine venvs they were cloned from."""
         self.stop()
         self._remover.shutdown(wait=True)
+        self.venvs.pristines.close()
 
 
 def _mib(size: int) -> str:
