@@ -8,6 +8,9 @@
   process builds them, 2 task threads each (the machine's cores): prod-warm, fresh-process
   (template) and diagnose-fresh-venv, per sim; the fresh-venv case runs fewer sims (a venv
   build per sim) and is compared per sim.
+* SIR through ``modelops-runtime local`` — 300 sims of the example as a new user runs it
+  (``make run PRESET=...``) in prod-warm, fresh-process and diagnose-fresh-venv: the whole
+  command's wall time (what the targets compare, as issue #14 measured) and the study's.
 * batched end to end — a local cluster from values-examples/prod-warm.yaml: 10,000 no-op
   sims through ``submit_study`` (runs grouped into Dask tasks of ~0.1 s) against plain
   ``client.map`` of the same function, and 1,000 sims of 20 ms (a busy loop) against the
@@ -17,7 +20,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,7 +97,7 @@ def heavy_import(ws: Workspace, smoke: bool) -> dict[str, Any]:
 
 def sir(ws: Workspace, smoke: bool) -> dict[str, Any]:
     ref = pack(SIR, str(ws.repo))
-    sims = 30 if smoke else 300
+    sims = 10 if smoke else 300
     fresh_venv_sims = 4 if smoke else 30
     threads = max(1, os.cpu_count() or 1)
     cases = {"prod-warm": ({"executor_type": "isolated_warm"}, sims),
@@ -117,6 +123,50 @@ def sir(ws: Workspace, smoke: bool) -> dict[str, Any]:
         for ex in executors.values():
             ex.shutdown()
     out["threads"] = threads
+    return out
+
+
+LOCAL_MODES = ("prod-warm", "fresh-process", "diagnose-fresh-venv")
+_ELAPSED = re.compile(r"sims: (\d+) ok, (\d+) failed; elapsed ([0-9.]+) s")
+
+
+def sir_local(ws: Workspace, smoke: bool) -> dict[str, Any]:
+    """The SIR example as a new user runs it: ``modelops-runtime local -f
+    values-examples/<mode>.yaml --study runtime/examples/sir --sims 300`` (what ``make run
+    PRESET=<mode>`` runs), one state directory per mode kept between runs (its uv cache,
+    bundle and venv caches warm after an untimed first run), the modes interleaved round by
+    round. Whole command (cluster start and stop included: what the user waits for, as
+    issue #14 measured it) and the study alone (the ``elapsed`` the command prints)."""
+    sims = 10 if smoke else 300
+    cli = Path(sys.executable).with_name("modelops-runtime")
+    times: dict[str, dict[str, list[float]]] = {m: {"command_s": [], "study_s": []}
+                                                for m in LOCAL_MODES}
+
+    def once(mode: str, n: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [str(cli), "local", "-f", str(REPO / "values-examples" / f"{mode}.yaml"),
+             "--study", str(REPO / "runtime" / "examples" / "sir"), "--sims", str(n),
+             "--no-progress", "--state-dir", str(ws.root / mode)],
+            capture_output=True, text=True, timeout=3600, cwd=REPO)
+        wall = time.perf_counter() - t0
+        found = _ELAPSED.search(proc.stdout + proc.stderr)
+        if proc.returncode != 0 or not found or int(found[1]) != n:
+            tail = (proc.stdout + proc.stderr)[-1500:]
+            raise RuntimeError(f"`modelops-runtime local` in {mode} exited {proc.returncode}:"
+                               f"\n{tail}")
+        return wall, float(found[3])
+
+    for mode in () if smoke else LOCAL_MODES:
+        once(mode, 8)  # untimed: builds the cached venv, fills uv's cache
+    for _ in range(1 if smoke else 2):
+        for mode in LOCAL_MODES:
+            wall, study = once(mode, sims)
+            times[mode]["command_s"].append(wall)
+            times[mode]["study_s"].append(study)
+    out: dict[str, Any] = {"sims": sims}
+    for mode, t in times.items():
+        out[mode] = {k: min(v) for k, v in t.items()}
     return out
 
 
@@ -175,7 +225,8 @@ def batched(ws: Workspace, smoke: bool) -> dict[str, Any]:
 
 def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"load_at_start": os.getloadavg()}
-    for name, fn in (("heavy_import", heavy_import), ("batched", batched), ("sir", sir)):
+    for name, fn in (("heavy_import", heavy_import), ("batched", batched), ("sir", sir),
+                     ("sir_local", sir_local)):
         print(f"   {name}", flush=True)
         sub = ws.root / name
         sub.mkdir()

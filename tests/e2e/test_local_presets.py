@@ -74,7 +74,9 @@ def test_preset_runs_the_study_the_presets_way(name, local_cli, local_env, worke
         if p.force_fresh_venv:
             assert all(r["venv_cache_hit"] is False for r in results), \
                 "a task reused a cached venv although every task must get a fresh one"
-            assert data["pool_stats"]["pool"]["venv_builds"] >= SIMS
+            # a venv of its own per sim: clones of one uv build per worker process
+            assert data["pool_stats"]["pool"]["venv_misses"] >= SIMS
+            assert data["pool_stats"]["pool"]["venv_builds"] <= p.worker_processes
     assert_nothing_left(run)
     assert not list((tmp_path / "state" / "runs").glob("*/tmp")), "run scratch left behind"
 

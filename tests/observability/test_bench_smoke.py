@@ -62,7 +62,9 @@ def test_smoke_run_writes_the_table(tmp_path):
     targets = md.split("## Targets", 1)[1].split("\n## ", 1)[0]
     for name in ("warm hit ≤ 1.0×", "fresh process ≤ 1.5×", "uv from a warm cache ≥ 15×",
                  "venv cache hit ≤ 5 ms", "prod-warm end to end ≥ 0.5×",
-                 "idle warm process RSS ≤ bare interpreter + 10 MB"):
+                 "idle warm process RSS ≤ bare interpreter + 10 MB",
+                 "through `local`: fresh-process ≤ 1.5×",
+                 "through `local`: diagnose-fresh-venv ≤ 4×"):
         line = next(ln for ln in targets.splitlines() if name in ln)
         assert line.rstrip().endswith(("| met |", "| **not met** |")), line
     for section in ("## Per-task overhead of a no-op entrypoint", "## Venv for a bundle with "
@@ -77,6 +79,11 @@ def test_smoke_run_writes_the_table(tmp_path):
     data = json.loads(raw.read_text())
     assert data["smoke"] is True
     assert set(data["results"]) == {"overhead", "venv", "e2e", "memory", "fast"}
+    # the SIR example ran through `modelops-runtime local` in the three presets compared
+    local = data["results"]["fast"]["sir_local"]
+    assert "error" not in local, local
+    assert all(local[m]["study_s"] > 0 for m in ("prod-warm", "fresh-process",
+                                                 "diagnose-fresh-venv"))
     # the end-to-end sims really ran through warm processes on every worker process
     pools = data["results"]["e2e"]["pools"]
     assert len(pools) == data["results"]["e2e"]["worker_processes"]
