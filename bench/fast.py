@@ -152,7 +152,8 @@ def sir_local(ws: Workspace, smoke: bool) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         found = _ELAPSED.search(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not found or int(found[1]) != n:
-            tail = (proc.stdout + proc.stderr)[-1500:]
+            out = proc.stdout + proc.stderr
+            tail = out if len(out) < 6000 else out[:3000] + "\n...\n" + out[-3000:]
             raise RuntimeError(f"`modelops-runtime local` in {mode} exited {proc.returncode}:"
                                f"\n{tail}")
         return wall, float(found[3])

@@ -79,6 +79,10 @@ def test_preset_runs_the_study_the_presets_way(name, local_cli, local_env, worke
             assert data["pool_stats"]["pool"]["venv_builds"] <= p.worker_processes
     assert_nothing_left(run)
     assert not list((tmp_path / "state" / "runs").glob("*/tmp")), "run scratch left behind"
+    # the workers cleaned up after themselves: local mode stops `dask worker` as Kubernetes
+    # stops a container (SIGTERM to it alone), not its whole process group at once
+    assert not list((tmp_path / "state").glob("volumes/*/venvs/.fresh-*")), \
+        "fresh venvs (or their pristine venv) left by the workers"
 
 
 def test_switching_presets_shows_the_new_mode(local_cli, local_env, worker_image_site,

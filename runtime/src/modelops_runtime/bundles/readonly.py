@@ -29,13 +29,20 @@ def make_read_only(root: Path, *, include_root: bool = True) -> None:
 
 
 def _writable_again(func, path, exc_info) -> None:
-    """rmtree's error hook: give the parent directory its write bit back and retry."""
+    """rmtree's error hook: give the parent directory its write bit back and retry. A path
+    already gone is fine (another process may be removing the same leftovers); a directory
+    rmtree could not open or list is removed again once readable."""
+    if isinstance(exc_info[1], FileNotFoundError):
+        return
     parent = os.path.dirname(path)
     try:
         os.chmod(parent, 0o700)
         if os.path.isdir(path) and not os.path.islink(path):
             os.chmod(path, 0o700)
-        func(path)
+        if func in (os.rmdir, os.unlink, os.remove):
+            func(path)
+        else:  # os.open, os.scandir, os.lstat: the directory itself failed
+            shutil.rmtree(path, ignore_errors=True)
     except OSError:
         pass
 

@@ -269,10 +269,13 @@ class LocalCluster:
         _prune_runs(self.plan.state_dir / "runs", keep=KEEP_RUNS)
 
     def _terminate(self, procs: Sequence[_Started], grace: float) -> list[str]:
-        """SIGTERM each process group (graceful close), SIGKILL what is left after
-        ``grace``; returns the names of the commands that needed SIGKILL."""
+        """SIGTERM each command (graceful close: as Kubernetes stops a container, its main
+        process only, so `dask worker` closes its worker processes, which clean up after
+        themselves), SIGKILL each process group after ``grace``; returns the names of the
+        commands that needed SIGKILL."""
         for s in procs:
-            _killpg(s.popen.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                s.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for s in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
