@@ -112,3 +112,16 @@ def test_switching_presets_shows_the_new_mode(local_cli, local_env, worker_image
     check_outputs(data2, reference, 12)
     assert_nothing_left(run1)
     assert_nothing_left(run2)
+
+
+@pytest.mark.parametrize("batch, tasks", [("1", 12), ("5", 3)])
+def test_batch_sets_the_runs_per_dask_task(batch, tasks, local_cli, local_env,
+                                           worker_image_site, reference, tmp_path):
+    """`--batch N`: N runs per Dask task (1: never grouped), every run still its own
+    result."""
+    p, run, data = run_preset(local_cli, local_env, worker_image_site, tmp_path, "prod-warm",
+                              sims=12, extra=("--batch", batch))
+    check_outputs(data, reference, 12)
+    assert data["dask_tasks"] == tasks
+    assert f"sims: 12 ok, 0 failed; elapsed " in run.stdout
+    assert f"; {tasks} Dask task(s)" in run.stdout

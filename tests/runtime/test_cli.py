@@ -80,6 +80,19 @@ def test_shared_options_have_one_definition():
     assert "--json" in commands["compare"] & commands["stats"] & commands["diagnose"]
 
 
+def test_local_refuses_a_bad_batch_size_before_starting_anything(tmp_path):
+    for flag, value, said in (("--batch", "0", "'0' is not a whole number >= 1"),
+                              ("--batch", "two", "'two' is not a whole number >= 1"),
+                              ("--batch-seconds", "0", "'0' is not a number of seconds > 0"),
+                              ("--batch-seconds", "nan", "'nan' is not a number of seconds > 0")):
+        out = _run(["local", "--study", str(tmp_path), flag, value,
+                    "--state-dir", str(tmp_path / "state")])
+        assert out.returncode == 2, out
+        assert out.stderr.strip().splitlines()[-1] == (
+            f"modelops-runtime local: error: argument {flag}: {said}"), out.stderr
+    assert not (tmp_path / "state").exists()  # refused before anything started
+
+
 def _subparsers() -> dict:
     from modelops_runtime.cli import build_parser
     action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

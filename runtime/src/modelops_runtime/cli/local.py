@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..local.command import EXIT_CODES, EXIT_DIFFERS, main
-from .options import add_command, add_local_cluster, add_study, add_values
+from .options import add_batching, add_command, add_local_cluster, add_study, add_values
 
 
 def register(sub) -> None:
@@ -21,6 +21,7 @@ def register(sub) -> None:
             "Ctrl-C. No process is left behind."))
     add_values(p)
     add_study(p, required=False)
+    add_batching(p)
     p.add_argument("--results", type=Path, metavar="FILE", action="append", default=[],
                    help="FILE.json: every result with its execution metadata, and every "
                         "failed (set, seed) run with its error type (NaN/inf as NaN/Infinity; what "

@@ -11,6 +11,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from ..client import BATCH_TARGET
 from ..local.render import DEFAULT_RELEASE
 from ..local.study import STUDY_FILE
 
@@ -49,6 +50,36 @@ def add_local_cluster(p: argparse.ArgumentParser) -> None:
                         "the bundle repo and logs (default: .state/local in the repository)")
     p.add_argument("--start-timeout", type=float, default=180, metavar="S",
                    help="seconds to wait for every worker process of a cluster to connect")
+
+
+def add_batching(p: argparse.ArgumentParser) -> None:
+    """``--batch`` and ``--batch-seconds``: how runs are grouped into Dask tasks."""
+    p.add_argument("--batch", type=_positive_int, metavar="N",
+                   help="runs per Dask task (default: measured, so that a task holds about "
+                        "--batch-seconds of model time; 1: one run per task, never grouped)")
+    p.add_argument("--batch-seconds", type=_positive_float, default=BATCH_TARGET, metavar="S",
+                   help=f"model time per Dask task when runs are grouped (default "
+                        f"{BATCH_TARGET}; larger: fewer round trips, coarser progress)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
 
 
 def add_json(p: argparse.ArgumentParser, what: str) -> None:

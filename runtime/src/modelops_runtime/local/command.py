@@ -99,7 +99,8 @@ def main(args: argparse.Namespace) -> int:
                 code = run_and_report(
                     client, study, launch, echo, sims=args.sims,
                     progress=not args.no_progress, results=results, values=args.values,
-                    sets=args.set, baseline=baseline)
+                    sets=args.set, baseline=baseline, batch=args.batch,
+                    batch_target=args.batch_seconds)
             if args.keep:
                 echo(f"cluster is up: Client({cluster.address!r}) or --scheduler-file "
                      f"{launch.scheduler_file}; workers fetch bundles from "

@@ -80,6 +80,7 @@ class StudyRun(BaseModel):
     worker_pids: dict[str, int]     # Dask worker address → pid of that worker process
     pool_stats: dict[str, Any]
     elapsed_s: float
+    dask_tasks: int = 0             # Dask tasks the runs were grouped into (batching)
     inputs: RunInputs | None = None
     # package sets the sims ran with: SimResult.env_digest → sorted name==version list
     environments: dict[str, list[str]] = Field(default_factory=dict)

@@ -43,17 +43,20 @@ def pack_study(study: Study, repo: Path) -> str:
 
 
 def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = None,
-              progress: bool = True, window: int | None = None) -> StudyRun:
+              progress: bool = True, window: int | None = None, batch: int | None = None,
+              batch_target: float | None = None) -> StudyRun:
     """Pack the study's bundle, run every (set, seed) with a progress bar (submitted in a
     bounded window), then each set's aggregation over its successful runs (failures are
     reported apart, never hidden) and the one across sets."""
-    from ..client import DEFAULT_WINDOW, gather_study, package_sets, submit_study
+    from ..client import (BATCH_TARGET, DEFAULT_WINDOW, gather_study, package_sets,
+                          submit_study)
 
     started = time.perf_counter()
     ref = pack_study(study, bundle_repo)
     plan = study.plan(ref, sims)
-    outcome = gather_study(client, submit_study(client, plan, window=window or DEFAULT_WINDOW),
-                           progress=progress, desc=study.name)
+    submission = submit_study(client, plan, window=window or DEFAULT_WINDOW, batch=batch,
+                              batch_target=batch_target or BATCH_TARGET)
+    outcome = gather_study(client, submission, progress=progress, desc=study.name)
     records = [SimRecord(set=s.set.id, seed=seed, result=r)
                for s in outcome.sets for seed, r in sorted(s.results.items())]
     failures = [FailureRecord(set=f.set_id, seed=f.seed, error_type=f.error_type,
@@ -81,7 +84,7 @@ def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = Non
                     nthreads=nthreads, worker_pids=worker_pids, environments=environments,
                     inputs=study.inputs(ref, sims),
                     pool_stats=pool_stats(client, [r.result for r in records]),
-                    elapsed_s=elapsed)
+                    elapsed_s=elapsed, dask_tasks=submission.tasks)
 
 
 def pool_stats(client, results: Sequence[SimResult]) -> dict[str, Any]:
@@ -180,7 +183,8 @@ def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
                    sims: int | None = None, progress: bool = True,
                    results: Path | Sequence[Path] | None = None,
                    values: Sequence[Path | str] = (), sets: Sequence[str] = (),
-                   baseline: RunView | None = None) -> int:
+                   baseline: RunView | None = None, batch: int | None = None,
+                   batch_target: float | None = None) -> int:
     """Run the study on ``client`` and print what it gave; write ``results`` (JSON with the
     values and sets the cluster was rendered from; ``.parquet``/``.csv``: the runs as a
     table) and check against ``baseline`` (read with :func:`load_baseline`). Returns the
@@ -191,7 +195,8 @@ def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
     from .table import is_table, write_table
 
     announce(study, echo, sims)
-    run = run_study(client, study, launch.bundle_repo, sims=sims, progress=progress)
+    run = run_study(client, study, launch.bundle_repo, sims=sims, progress=progress,
+                    batch=batch, batch_target=batch_target)
     echo(f"bundle: {run.bundle}")
     report(run, study, echo)
     echo(f"pool stats: {format_pool_stats(run.pool_stats)}")
