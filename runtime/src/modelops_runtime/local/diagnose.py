@@ -11,9 +11,9 @@ The steps, derived from the user's own values (steps their mode already is are s
    and fresh-process does not explain it: a model that differs from itself there is
    nondeterministic, and the search stops.
 4. ``fresh-venv``: a new venv *and* a new process per task: skipped when fresh-process
-   already explains the difference (a venv build per task is the costliest step), and
-   run on the first FRESH_VENV_SIMS seeds only: every task uses the venv, so a venv at
-   fault changes the first seeds as much as the others.
+   already explains the difference (a venv and a new interpreter with its imports per
+   task: the costliest step), and run on the first FRESH_VENV_SIMS seeds only: every task
+   uses the venv, so a venv at fault changes the first seeds as much as the others.
 5. ``direct``: the Dask worker's own environment instead of the bundle's venv; bundle
    modules re-imported per task, process state kept (module vs process state).
 6. ``native-threads=N``: fresh-process with another thread count for native libraries.
