@@ -180,6 +180,7 @@ The worker container's env: the runtime's MODELOPS_* variables rendered from typ
 {{- if not (kindIs "invalid" $x.taskTimeout) }}{{ $_ := set $env "MODELOPS_TASK_TIMEOUT" (int64 $x.taskTimeout | toString) }}{{ end -}}
 {{- with $x.envPassthrough }}{{ $_ := set $env "MODELOPS_ENV_PASSTHROUGH" (join "," .) }}{{ end -}}
 {{- with $w.cache.venvsBudget }}{{ $_ := set $env "MODELOPS_VENVS_MAX_BYTES" . }}{{ end -}}
+{{- with $w.cache.uvCacheBudget }}{{ $_ := set $env "MODELOPS_UV_CACHE_MAX_BYTES" . }}{{ end -}}
 {{- with $w.cache.bundlesBudget }}{{ $_ := set $env "MODELOPS_BUNDLES_MAX_BYTES" . }}{{ end -}}
 {{- with $x.writablePaths }}{{ $_ := set $env "MODELOPS_WARM_WRITABLE_PATHS" (join "," .) }}{{ end -}}
 {{- /* native libraries size their thread pools when loaded, and `import distributed`

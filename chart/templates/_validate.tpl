@@ -96,7 +96,7 @@ count; more than zero. Said in words, because the schema's pattern message would
 {{- if not (kindIs "invalid" $x.memLimitPerProcess) -}}
 {{- $checks = append $checks (list "worker.executor.memLimitPerProcess" $x.memLimitPerProcess) -}}
 {{- end -}}
-{{- range $budget := list "venvsBudget" "bundlesBudget" -}}
+{{- range $budget := list "venvsBudget" "uvCacheBudget" "bundlesBudget" -}}
 {{- $value := index ($w.cache | default dict) $budget -}}
 {{- if not (kindIs "invalid" $value) -}}
 {{- $checks = append $checks (list (printf "worker.cache.%s" $budget) $value) -}}
@@ -139,6 +139,7 @@ count; more than zero. Said in words, because the schema's pattern message would
   "MODELOPS_ENV_PASSTHROUGH" "worker.executor.envPassthrough"
   "MODELOPS_WARM_WRITABLE_PATHS" "worker.executor.writablePaths"
   "MODELOPS_VENVS_MAX_BYTES" "worker.cache.venvsBudget"
+  "MODELOPS_UV_CACHE_MAX_BYTES" "worker.cache.uvCacheBudget"
   "MODELOPS_BUNDLES_MAX_BYTES" "worker.cache.bundlesBudget"
   "MODELOPS_ALLOW_SDIST_BUILDS" "worker.executor.allowSdistBuilds"
   "MODELOPS_LOG_LEVEL" "worker.logLevel"
@@ -204,14 +205,18 @@ count; more than zero. Said in words, because the schema's pattern message would
 A cache budget must be below the sizeLimit of the emptyDir that holds the cache: the kubelet
 evicts the pod as soon as the volume holds more than its limit, and the runtime's GC frees
 space only once the cache is above its budget, so a budget at or above the limit is never
-reached (the venv volume also holds uv's cache). Compared in bytes through
-modelops-dask.quantity, so 6Gi, 6442450944, 6.5G and 10000Mi compare as Kubernetes would. A
-sizeLimit of 0 is no limit to the kubelet; a venv cache on venvsExistingClaim has none here.
+reached. The venv volume holds two caches, the venvs and uv's cache (whose budget counts
+only the files no venv links), so venvsBudget + uvCacheBudget must be below its limit too.
+Compared in bytes through modelops-dask.quantity, so 6Gi, 6442450944, 6.5G and 10000Mi
+compare as Kubernetes would. A sizeLimit of 0 is no limit to the kubelet; a venv cache on
+venvsExistingClaim has none here.
 */}}
 {{- define "modelops-dask.validate.cacheBudgets" -}}
 {{- $c := .Values.worker.cache | default dict -}}
+{{- $venvDefaults := "6Gi for the venvs and 2Gi for uv's cache, of 10Gi" -}}
 {{- $caches := list
-  (dict "budget" "venvsBudget" "limit" "venvsSizeLimit" "volume" "venv-cache" "holds" "the venvs and uv's cache" "default" "6Gi of 10Gi: uv's cache needs room beside the venvs" "skip" $c.venvsExistingClaim)
+  (dict "budget" "venvsBudget" "limit" "venvsSizeLimit" "volume" "venv-cache" "holds" "the venvs and uv's cache" "default" $venvDefaults "skip" $c.venvsExistingClaim)
+  (dict "budget" "uvCacheBudget" "limit" "venvsSizeLimit" "volume" "venv-cache" "holds" "the venvs and uv's cache" "default" $venvDefaults "skip" $c.venvsExistingClaim)
   (dict "budget" "bundlesBudget" "limit" "bundlesSizeLimit" "volume" "bundle-cache" "holds" "the unpacked bundles" "default" "1536Mi of 2Gi" "skip" false) -}}
 {{- range $caches -}}
 {{- $budget := index $c .budget -}}
@@ -222,6 +227,16 @@ sizeLimit of 0 is no limit to the kubelet; a venv cache on venvsExistingClaim ha
 {{- if and (gt $limitBytes 0.0) (ge $budgetBytes $limitBytes) -}}
 {{- fail (printf "worker.cache.%s=%v (%.0f bytes) is not below worker.cache.%s=%v (%.0f bytes), the sizeLimit of the %s emptyDir (%s): the kubelet evicts the worker pod once the volume holds more than its limit, while the cache is cleaned only when it grows past its budget, so the pod would be evicted before any cleanup. Set worker.cache.%s below worker.cache.%s with room to spare (the defaults: %s), or raise worker.cache.%s." .budget $budget $budgetBytes .limit $limit $limitBytes .volume .holds .budget .limit .default .limit) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $venvs := $c.venvsBudget -}}
+{{- $uv := $c.uvCacheBudget -}}
+{{- $limit := $c.venvsSizeLimit -}}
+{{- if and (not (kindIs "invalid" $venvs)) (not (kindIs "invalid" $uv)) (not (kindIs "invalid" $limit)) (not $c.venvsExistingClaim) -}}
+{{- $sum := addf (include "modelops-dask.quantity" $venvs | float64) (include "modelops-dask.quantity" $uv | float64) -}}
+{{- $limitBytes := include "modelops-dask.quantity" $limit | float64 -}}
+{{- if and (gt $limitBytes 0.0) (ge $sum $limitBytes) -}}
+{{- fail (printf "worker.cache.venvsBudget=%v plus worker.cache.uvCacheBudget=%v (%.0f bytes together) is not below worker.cache.venvsSizeLimit=%v (%.0f bytes), the sizeLimit of the venv-cache emptyDir that holds both the venvs and uv's cache: each cache is cleaned only when it grows past its own budget, so both may be full at once, and the kubelet evicts the worker pod once the volume holds more than its limit. Lower worker.cache.venvsBudget or worker.cache.uvCacheBudget so that their sum is below worker.cache.venvsSizeLimit with room to spare (the defaults: %s), or raise worker.cache.venvsSizeLimit." $venvs $uv $sum $limit $limitBytes $venvDefaults) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -294,7 +294,7 @@ CASES = {
          "volume holds more than its limit, while the cache is cleaned only when it grows past "
          "its budget, so the pod would be evicted before any cleanup. Set "
          "worker.cache.venvsBudget below worker.cache.venvsSizeLimit with room to spare (the "
-         "defaults: 6Gi of 10Gi: uv's cache needs room beside the venvs), or raise "
+         "defaults: 6Gi for the venvs and 2Gi for uv's cache, of 10Gi), or raise "
          "worker.cache.venvsSizeLimit."]),
     "venv budget equal to the limit in other units": (
         "worker: {cache: {venvsBudget: 10240Mi}}", (),
@@ -312,6 +312,47 @@ CASES = {
         "worker: {cache: {venvsBudget: 2Gi, venvsSizeLimit: 1.5Gi}}", (),
         ["worker.cache.venvsBudget=2Gi (2147483648 bytes) is not below "
          "worker.cache.venvsSizeLimit=1.5Gi (1610612736 bytes)"]),
+    "uv cache budget alone equal to the venv volume's limit": (
+        "worker: {cache: {venvsBudget: null, uvCacheBudget: 10Gi}}", (),
+        ["worker.cache.uvCacheBudget=10Gi (10737418240 bytes) is not below "
+         "worker.cache.venvsSizeLimit=10Gi (10737418240 bytes), the sizeLimit of the venv-cache "
+         "emptyDir (the venvs and uv's cache)", "Set worker.cache.uvCacheBudget below "
+         "worker.cache.venvsSizeLimit with room to spare"]),
+    # both budgets of the venv volume: each cache may be full at once
+    "venv and uv cache budgets together equal to the venv volume's limit": (
+        "worker: {cache: {venvsBudget: 8Gi}}", (),
+        ["worker.cache.venvsBudget=8Gi plus worker.cache.uvCacheBudget=2Gi (10737418240 bytes "
+         "together) is not below worker.cache.venvsSizeLimit=10Gi (10737418240 bytes), the "
+         "sizeLimit of the venv-cache emptyDir that holds both the venvs and uv's cache: each "
+         "cache is cleaned only when it grows past its own budget, so both may be full at "
+         "once, and the kubelet evicts the worker pod once the volume holds more than its "
+         "limit. Lower worker.cache.venvsBudget or worker.cache.uvCacheBudget so that their sum "
+         "is below worker.cache.venvsSizeLimit with room to spare (the defaults: 6Gi for the "
+         "venvs and 2Gi for uv's cache, of 10Gi), or raise worker.cache.venvsSizeLimit."]),
+    "venv and uv cache budgets in mixed units above the limit": (
+        "worker: {cache: {venvsBudget: '4294967296', uvCacheBudget: 1.5G, "
+        "venvsSizeLimit: 5.5G}}", (),
+        ["worker.cache.venvsBudget=4294967296 plus worker.cache.uvCacheBudget=1.5G "
+         "(5794967296 bytes together) is not below worker.cache.venvsSizeLimit=5.5G "
+         "(5500000000 bytes)"]),
+    "uv cache budget given with --set": (
+        "", ("--set", "worker.cache.uvCacheBudget=5Gi"),
+        ["worker.cache.venvsBudget=6Gi plus worker.cache.uvCacheBudget=5Gi (11811160064 bytes "
+         "together) is not below worker.cache.venvsSizeLimit=10Gi"]),
+    "uv cache budget in dask's GB spelling": (
+        "worker: {cache: {uvCacheBudget: 2GB}}", (),
+        [f"worker.cache.uvCacheBudget=2GB {NOT_MEMORY}"]),
+    "uv cache budget zero": (
+        "worker: {cache: {uvCacheBudget: 0Mi}}", (),
+        ["worker.cache.uvCacheBudget=0Mi is zero: it must be more than 0 (e.g. 512Mi)."]),
+    "uv cache budget as a YAML number": (
+        "worker: {cache: {uvCacheBudget: 2147483648}}", (),
+        [f"worker.cache.uvCacheBudget=2.147483648e+09 {NOT_MEMORY}"]),
+    "extraEnv sets the uv cache budget": (
+        "worker: {extraEnv: [{name: MODELOPS_UV_CACHE_MAX_BYTES, value: 1Gi}]}", (),
+        ["worker.extraEnv sets MODELOPS_UV_CACHE_MAX_BYTES, which the chart renders from "
+         "worker.cache.uvCacheBudget. Remove it from worker.extraEnv and set "
+         "worker.cache.uvCacheBudget in your values instead."]),
     "bundle budget equal to the bundle volume's limit": (
         "worker: {cache: {bundlesBudget: 2Gi}}", (),
         ["worker.cache.bundlesBudget=2Gi (2147483648 bytes) is not below "
@@ -469,12 +510,22 @@ def test_an_install_without_a_bundle_repository_is_refused(helm, preset):
     # cache budgets just below their emptyDir's sizeLimit, in mixed units; none with null;
     # a venv cache on a claim (its size is not the chart's) and a sizeLimit of 0 (no limit
     # to the kubelet) are not compared
-    "worker: {cache: {venvsBudget: 10239Mi, bundlesBudget: '2147483647'}}",
-    "worker: {cache: {venvsBudget: 9.99Gi, venvsSizeLimit: 10Gi, bundlesBudget: 1G, "
+    "worker: {cache: {venvsBudget: 10239Mi, uvCacheBudget: null, bundlesBudget: '2147483647'}}",
+    "worker: {cache: {venvsBudget: 9.99Gi, uvCacheBudget: null, venvsSizeLimit: 10Gi, "
+    "bundlesBudget: 1G, "
     "bundlesSizeLimit: 1000000001}}",
     "worker: {cache: {venvsBudget: null, bundlesBudget: null, venvsSizeLimit: 1Mi, "
     "bundlesSizeLimit: 1Mi}}",
     "worker: {cache: {venvsBudget: 100Gi, venvsExistingClaim: venvs}}",
+    # venvsBudget + uvCacheBudget just below the venv volume's limit, in mixed units; a uv
+    # cache budget alone (the venvs' off), or on a claim, or with no sizeLimit
+    "worker: {cache: {venvsBudget: 8191Mi}}",
+    "worker: {cache: {venvsBudget: '8589934592', uvCacheBudget: '2147483647'}}",
+    "worker: {cache: {venvsBudget: '4294967296', uvCacheBudget: 1.5G, venvsSizeLimit: 5.4Gi}}",
+    "worker: {cache: {venvsBudget: null, uvCacheBudget: 10239Mi}}",
+    "worker: {cache: {venvsBudget: 6Gi, uvCacheBudget: 100Gi, venvsExistingClaim: venvs}}",
+    "worker: {cache: {uvCacheBudget: 100Gi, venvsSizeLimit: 0}}",
+    "worker: {cache: {uvCacheBudget: null, venvsBudget: 9Gi}}",
     "worker: {cache: {venvsBudget: 100Gi, venvsSizeLimit: 0}}",
     "worker: {extraVolumes: [{name: a, emptyDir: {}}], "
     "extraVolumeMounts: [{name: a, mountPath: /var/cache/modelops/other}, "

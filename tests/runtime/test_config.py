@@ -52,6 +52,8 @@ def test_byte_sizes(text, value):
     ("MODELOPS_FORCE_FRESH_VENV", "maybe", "true or false"),
     ("MODELOPS_MEM_LIMIT_BYTES", "2 gigs", "a positive byte count"),
     ("MODELOPS_POOL_MEMORY_BYTES", "-5", "a positive byte count"),
+    ("MODELOPS_UV_CACHE_MAX_BYTES", "2 gigs", "a positive byte count"),
+    ("MODELOPS_UV_CACHE_MAX_BYTES", "0", "a positive byte count"),
 ])
 def test_invalid_values_name_variable_value_and_what_is_allowed(variable, value, allowed):
     with pytest.raises(ConfigError) as info:

@@ -148,6 +148,11 @@ class RuntimeConfig(BaseSettings):
         None, description="size budget of the venv cache; above it, venvs no warm process "
                           "uses are removed least recently used first, and fresh venvs are "
                           "built ahead only within it (unset: no limit)")
+    uv_cache_max_bytes: ByteCount = Field(
+        None, description="size budget of uv's cache (UV_CACHE_DIR), counting the bytes only "
+                          "the cache holds (files not hard-linked into a venv); above it after "
+                          "a venv build, `uv cache prune` runs, then `uv cache clean` if still "
+                          "above (venvs keep their hard-linked files; unset: no limit)")
     bundles_max_bytes: ByteCount = Field(
         None, description="size budget of the bundle cache; above it, bundles no warm "
                           "process uses are removed least recently used first (unset: no limit)")
@@ -224,7 +229,7 @@ def _allowed(field: str) -> str:
     if field == "log_level":
         return "one of: " + ", ".join(e.value for e in LogLevel)
     if field in ("mem_limit_bytes", "pool_memory_bytes", "venvs_max_bytes",
-                 "bundles_max_bytes"):
+                 "uv_cache_max_bytes", "bundles_max_bytes"):
         return BYTES_ALLOWED
     if ann is bool:
         return "true or false"

@@ -60,7 +60,8 @@ class IsolatedWarmExecEnv(ExecEnv):
         self.venvs = VenvCache(config.venvs_dir, validate=config.validate_deps,
                                stats=self._stats, passthrough=config.env_passthrough,
                                allow_sdist_builds=config.allow_sdist_builds,
-                               prepare=compile_runner, max_bytes=config.venvs_max_bytes)
+                               prepare=compile_runner, max_bytes=config.venvs_max_bytes,
+                               uv_cache_max_bytes=config.uv_cache_max_bytes)
         self.bundles.on_collect = lambda done: self._stats.incr("bundles_collected",
                                                                   done.entries)
         self.pool = WarmPool(max_processes=config.max_warm_processes,

@@ -5,8 +5,9 @@ bundles with equal dependencies share a venv. A build goes into a temporary dire
 writes its fingerprint last and is renamed into place, under a cross-process lock (one
 build per key per pod). Anything without a valid fingerprint is a build that died
 half-way: it is removed and rebuilt. uv's link mode is hardlink with one uv cache on the
-same filesystem, so a venv costs links, not copies. Indexes, offline mode and find-links
-are uv's own ``UV_*`` variables, passed through untouched.
+same filesystem, so a venv costs links, not copies (uvcache.py keeps uv's cache within its
+budget). Indexes, offline mode and find-links are uv's own ``UV_*`` variables, passed
+through untouched.
 
 The cache may be shared by several pods (a ReadWriteMany volume), and a pid means nothing
 in another pod's PID namespace. So temporary builds and fresh venvs are named
@@ -32,7 +33,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ...bundles import make_read_only, remove_tree
 from ...bundles.cache import CacheEntries
 from ...errors import EnvironmentBuildError
@@ -41,6 +41,7 @@ from ..packages import installed_digest, site_packages
 from ..stats import StatsRecorder
 from .clones import Pristines, clone_tree
 from .failures import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
+from .uvcache import UvCacheGC
 from .uvrun import UvAbort, _uv_bin, run_uv, stopped, uv_env, uv_failed
 from .venvkeys import (FORMAT, left_by_dead_local_process, owner_tag, python_identity,
                        venv_key, venv_python)
@@ -82,7 +83,7 @@ class VenvCache:
                  stats: StatsRecorder | None = None, build_timeout: float = 1800,
                  passthrough: Sequence[str] = (), allow_sdist_builds: bool = False,
                  prepare: Callable[[Path], None] | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, uv_cache_max_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.validate = validate
         self.passthrough = tuple(passthrough)
@@ -96,6 +97,7 @@ class VenvCache:
         self._checked: dict[Path, tuple] = {}  # venv → fingerprint stat that passed validation
         self.max_bytes = max_bytes
         self.entries = CacheEntries(self.root)
+        self.uv_cache = UvCacheGC(self._uv_env, self.root / ".locks", uv_cache_max_bytes)
         self._aborts = threading.local()  # .current: the UvAbort of this thread's fresh build
         self._remove_dead_leftovers()
         # FORCE_FRESH_VENV: one uv build per dependency set, cloned per task (clones.py)
@@ -329,6 +331,7 @@ class VenvCache:
         seconds = time.monotonic() - started
         self.stats.venv_built(seconds)
         log.info("built venv %s in %.1fs", key, seconds)
+        self.uv_cache.collect()  # uv's cache within MODELOPS_UV_CACHE_MAX_BYTES (uvcache.py)
 
     def _uv_env(self) -> dict[str, str]:
         return uv_env(self.root.parent / "uv-cache", self.passthrough)
