@@ -514,8 +514,8 @@ def test_an_install_without_a_bundle_repository_is_refused(helm, preset):
     "worker: {cache: {venvsBudget: 9.99Gi, uvCacheBudget: null, venvsSizeLimit: 10Gi, "
     "bundlesBudget: 1G, "
     "bundlesSizeLimit: 1000000001}}",
-    "worker: {cache: {venvsBudget: null, bundlesBudget: null, venvsSizeLimit: 1Mi, "
-    "bundlesSizeLimit: 1Mi}}",
+    "worker: {cache: {venvsBudget: null, uvCacheBudget: null, bundlesBudget: null, "
+    "venvsSizeLimit: 1Mi, bundlesSizeLimit: 1Mi}}",
     "worker: {cache: {venvsBudget: 100Gi, venvsExistingClaim: venvs}}",
     # venvsBudget + uvCacheBudget just below the venv volume's limit, in mixed units; a uv
     # cache budget alone (the venvs' off), or on a claim, or with no sizeLimit

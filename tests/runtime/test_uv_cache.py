@@ -104,7 +104,10 @@ class HeldIndex:
                 except OSError:  # uv was killed meanwhile
                     pass
 
-            def _answer(self) -> None:
+            def do_HEAD(self) -> None:  # uv asks before a download; no ranges are offered
+                self._answer(head=True)
+
+            def _answer(self, head: bool = False) -> None:
                 parts = [p for p in self.path.split("/") if p]
                 if len(parts) == 2 and parts[0] == "simple":
                     name = re.sub(r"[-_.]+", "_", parts[1]).lower()
@@ -120,7 +123,8 @@ class HeldIndex:
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not head:
+                    self.wfile.write(body)
 
             def log_message(self, *args) -> None:
                 pass
