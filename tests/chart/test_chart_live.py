@@ -36,6 +36,7 @@ def test_the_runtime_accepts_what_each_preset_renders(preset):
     assert config.max_process_reuse == int(env["MODELOPS_MAX_PROCESS_REUSE"])
     assert config.pool_memory_bytes == parse_bytes(env["MODELOPS_POOL_MEMORY_BYTES"])
     assert str(config.venvs_dir) == env["MODELOPS_VENVS_DIR"]
+    assert config.uv_cache_max_bytes == parse_bytes(env["MODELOPS_UV_CACHE_MAX_BYTES"]) == 2**31
     from modelops_runtime.worker.native import THREAD_VARS
     assert set(env) - {"UV_CACHE_DIR"} - set(THREAD_VARS) <= set(RuntimeConfig.env_names())
     assert {env[v] for v in THREAD_VARS} == {str(config.native_threads)}
