@@ -11,7 +11,7 @@ import pytest
 from modelops_runtime.errors import (MemoryLimitExceeded, ProcessCrashed, SimulationError,
                                      TaskTimeout)
 from modelops_runtime.models import Call
-from modelops_runtime.worker.warm.runner import TOKEN_VAR
+from modelops_runtime.worker.warm.frames import TOKEN_VAR
 from modelops_runtime.worker.warm.venvs import FINGERPRINT
 from support.bundles import make_bundle
 

@@ -133,7 +133,7 @@ def _warm_procs(cluster, procs) -> set[psutil.Process]:
     for proc in procs.running(cluster.tree_pids()):
         try:
             if any(arg.endswith("modelops_runtime/worker/warm/runner.py")  # or its compiled copy
-                   or Path(arg).name.startswith("modelops-runner-")
+                   or Path(arg).parent.name.startswith("modelops-runner-")
                    for arg in proc.cmdline()):
                 out.add(proc)
         except psutil.Error:

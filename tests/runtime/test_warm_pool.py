@@ -507,6 +507,9 @@ def test_fresh_process_starts_lean_and_armed_against_parent_death(tmp_path, warm
     heavy = {"argparse", "threading", "pickle", "_pickle", "traceback", "re", "enum",
              "signal", "tokenize", "importlib.util"}
     assert not heavy & loaded, sorted(heavy & loaded)
+    # the runner's own files are loaded, not imported: nothing of them in sys.modules
+    own = {"runner", "frames", "confine", "forkserver", "modelops_runner"}
+    assert not {m for m in loaded if m.partition(".")[0] in own}, sorted(loaded)
     # the kernel kills it with its parent, armed on the main thread before any user code
     assert ex.run(_call(ref, "death_signal")).outputs == {"signal": signal.SIGKILL}
 
@@ -543,17 +546,46 @@ def test_runner_rejects_bad_arguments_with_its_usage(args):
     assert "the warm pool starts this program" in proc.stderr
 
 
-def test_damaged_compiled_runner_is_replaced(tmp_path, warm):
+@pytest.mark.parametrize("damaged", ["runner", "frames", "forkserver"])
+def test_damaged_compiled_runner_is_replaced(tmp_path, warm, damaged):
+    """The program is compiled into one directory of the venv; any of its files damaged
+    (the runner itself, a sibling it loads, one only a template loads) is replaced."""
     ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path)
     first = ex.run(_call(ref))
     venv = tmp_path / "venvs" / venv_key([])
-    (program,) = venv.glob("modelops-runner-*.pyc")
-    program.write_bytes(program.read_bytes()[:40])  # truncated, e.g. by a full disk
+    (program,) = venv.glob("modelops-runner-*")
+    compiled = sorted(p.name for p in program.iterdir())
+    assert compiled == ["confine.pyc", "forkserver.pyc", "frames.pyc", "runner.pyc"]
+    file = program / f"{damaged}.pyc"
+    file.write_bytes(file.read_bytes()[:40])  # truncated, e.g. by a full disk
     again = ex.run(_call(ref))
     assert again.pid != first.pid and again.outputs["count"] == 1
     assert [p.name for p in venv.glob("*modelops-runner-*")] == [program.name]  # no leftovers
-    assert len(program.read_bytes()) > 40
+    assert sorted(p.name for p in program.iterdir()) == compiled
+    assert len(file.read_bytes()) > 40
+
+
+# a bundle's own modules with the names of the runner's files
+SHADOWS = {f"{name}.py": """
+import os, sys
+
+def where(params, seed):
+    return {"name": __name__, "in_bundle": os.path.dirname(__file__) == sys.path[0]}
+""" for name in ("runner", "frames", "confine", "forkserver")}
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"max_process_reuse": 1}, {"max_process_reuse": 1, "fresh_process_from": "exec"}],
+    ids=["reused", "from-template", "exec"])
+def test_bundle_modules_named_like_the_runners_files_are_the_bundles(tmp_path, warm, settings):
+    """The runner loads its sibling files without putting them into sys.modules: a
+    bundle's modules of the same names are the ones its code imports."""
+    ex = warm(**settings)
+    ref = _bundle(tmp_path, extra=SHADOWS)
+    for name in ("runner", "frames", "confine", "forkserver"):
+        out = ex.run(Call(bundle=ref, entrypoint=f"{name}:where", args=({}, 0))).outputs
+        assert out == {"name": name, "in_bundle": True}, (name, out)
 
 
 # -- what model code can do to its process, and what the user is told ---------------------

@@ -312,8 +312,10 @@ def test_a_venv_without_room_for_the_compiled_runner_warns_once(tmp_path, warm, 
     ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path)
     venv = ex.venvs.get([])  # the bundle's venv (no requirements)
-    blocker = venv.path / f"modelops-runner-{program._runner_digest()}.pyc"
+    compiled = program.program_dir(venv.path)
+    blocker = compiled / "runner.pyc"
     venv.path.chmod(0o755)  # published venvs are read-only; the test's own files
+    compiled.chmod(0o755)
     blocker.unlink(missing_ok=True)  # compiled at build: gone (e.g. a venv of an older
     blocker.mkdir()                  # runtime), and it cannot be written there, even by root
     (blocker / "x").touch()

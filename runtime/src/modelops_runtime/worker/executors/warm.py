@@ -30,7 +30,7 @@ from ..native import thread_env
 from ..packages import package_digest, venv_packages
 from ..warm.process import WarmProcess, data_cap, warm_env
 from ..warm.program import compile_runner
-from ..warm.runner import WRITABLE_ENV
+from ..warm.frames import WRITABLE_ENV
 from ..warm.prefetch import FreshVenvs
 from ..warm.template import Templates
 from ..warm.venvs import Venv, VenvCache, venv_key

@@ -27,8 +27,8 @@ from __future__ import annotations
 import io
 import pickle
 
-from .runner import MARSHAL, PICKLE
-from .runner import decode as _plain_decode
+from .frames import MARSHAL, PICKLE
+from .frames import decode as _plain_decode
 
 _NUMPY = {(prefix + suffix, name)
           for prefix in ("numpy.core", "numpy._core")

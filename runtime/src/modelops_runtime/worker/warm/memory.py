@@ -10,7 +10,7 @@ process table), or from one pass over the process table where the kernel lacks i
 samples every watched tree every MEM_SAMPLE seconds; a tree over its limit gets its
 ``memory_exceeded`` set (the peak) and is killed, and the task thread watching the process
 reports MemoryLimitExceeded. Spikes shorter than a sample are caught by the runner's own
-hard cap (RLIMIT_DATA, see runner.py).
+hard cap (RLIMIT_DATA, see confine.py).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 import psutil
 
 from .memory import _children
-from .runner import TOKEN_VAR
+from .frames import TOKEN_VAR
 
 log = logging.getLogger("modelops_runtime.pool")
 

@@ -35,7 +35,7 @@ from ..stats import RemovalReason, StatsRecorder, WarmStats
 from .memory import MemorySampler, _mb
 from .orphans import become_subreaper, sweep
 from .process import WarmProcess
-from .runner import NO_TEMPLATE
+from .frames import NO_TEMPLATE
 from .template import TemplateProcess
 from .scratch import remove_dead_scratch
 from .venvs import Venv

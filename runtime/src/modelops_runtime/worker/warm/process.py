@@ -23,12 +23,12 @@ import psutil
 from ...errors import ProcessCrashed
 from ..stats import RemovalReason
 from .failures import Lost, describe_exit, start_error
+from .frames import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
 from .logtail import LogTail
 from .memory import MemorySampler
 from .orphans import adopted_descendants, reap, wait_gone
 from .program import runner_program
 from .decode import decode_reply
-from .runner import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
 from .scratch import make_scratch
 from .venvs import Venv
 from .watch import TICK, _Watch

@@ -39,7 +39,7 @@ from .process import PIPE_SIZE, WarmProcess
 from .venvs import FINGERPRINT, Venv
 
 
-LEARNED_MAX = 4000  # module names a template imports for its task processes (runner.py)
+LEARNED_MAX = 4000  # module names a template imports for its task processes (forkserver.py)
 ORDER_IMPORTS = 500  # ... at most this many with one order (one order is read in 64 KiB)
 
 
@@ -95,7 +95,7 @@ class TemplateProcess(WarmProcess):
 
     def learn(self, imported: object) -> None:
         """Module names a task process imported while running: the template imports them
-        before its next fork (runner.py ``_import_learned``), so later task processes start
+        before its next fork (forkserver.py ``_import_learned``), so later task processes start
         with them. Bounded; anything but a list of names is ignored (it came from a task)."""
         if not isinstance(imported, list):
             return
