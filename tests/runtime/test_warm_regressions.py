@@ -316,8 +316,8 @@ def test_a_venv_without_room_for_the_compiled_runner_warns_once(tmp_path, warm, 
     blocker = compiled / "runner.pyc"
     venv.path.chmod(0o755)  # published venvs are read-only; the test's own files
     compiled.chmod(0o755)
-    blocker.unlink(missing_ok=True)  # compiled at build: gone (e.g. a venv of an older
-    blocker.mkdir()                  # runtime), and it cannot be written there, even by root
+    blocker.unlink(missing_ok=True)  # compiled at build: gone, and a directory in its
+    blocker.mkdir()                  # place cannot be replaced by a file, even by root
     (blocker / "x").touch()
     with caplog.at_level(logging.WARNING):
         pids = {ex.run(_call(ref, seed=s)).pid for s in range(3)}
