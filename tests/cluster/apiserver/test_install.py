@@ -36,8 +36,7 @@ def test_install_every_preset(kube, helm, namespace, preset):
     assert sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods) == \
         ["scheduler"] + ["worker"] * int(kube.deployment(namespace, "worker")["spec"]["replicas"])
     assert all(p["status"]["phase"] == "Pending" for p in pods)  # no kubelet here
-    warnings = kube.events(namespace, "type=Warning")
-    assert not warnings, [(e["reason"], e["message"]) for e in warnings]
+    assert not kube.warnings(namespace)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -101,7 +101,7 @@ def test_upgrade_through_every_preset_and_rollback(kube, helm, namespace, way):
     assert unchanging(kube, namespace) == fixed
     history = kube.helm(helm, "history", RELEASE, "-n", namespace).stdout
     assert history.count("Rollback to") == 2, history
-    assert not kube.events(namespace, "type=Warning")
+    assert not kube.warnings(namespace)
 
 
 # Valid for the chart (it cannot check a passthrough affinity), refused by the API server:
