@@ -3,7 +3,6 @@ builds are in flight, and the store's budget; and a uv build that times out."""
 
 from __future__ import annotations
 
-import http.server
 import logging
 import os
 import signal
@@ -21,48 +20,15 @@ from modelops_runtime.worker.warm.prefetch import FreshVenvs
 from modelops_runtime.worker.warm.venvs import VenvCache
 from support.bundles import make_bundle
 from support.cluster import tail, wait_for
+from support.index import HeldIndex
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 REQS = ["tinylib==1.0"]
 
 
-class StallingIndex:
-    """A package index on 127.0.0.1 that holds every request until released (then answers
-    404): a uv build that asks it is stuck in a real network read, as on a slow index."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.paths: list[str] = []
-        index = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                index.paths.append(self.path)
-                index.release.wait(600)
-                try:
-                    self.send_error(404)
-                except OSError:  # uv was killed meanwhile
-                    pass
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(30)
-
-
 @pytest.fixture
 def stalling_index(monkeypatch, tmp_path):
-    index = StallingIndex()
+    index = HeldIndex()  # no wheels: answers 404 once released
     for name in ("UV_FIND_LINKS", "UV_NO_INDEX", "UV_OFFLINE", "UV_INDEX_URL", "UV_INDEX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("UV_DEFAULT_INDEX", index.url)

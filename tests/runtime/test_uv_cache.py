@@ -4,13 +4,11 @@ another process stuck on a local index while a collection would run."""
 
 from __future__ import annotations
 
-import http.server
 import logging
 import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from modelops_runtime.worker.warm.uvcache import cache_bytes
 from modelops_runtime.worker.warm.venvs import VenvCache
 from support.cluster import wait_for
+from support.index import HeldIndex
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,63 +82,6 @@ def test_uv_cache_is_kept_within_its_budget_and_venvs_survive(tmp_path, uv_offli
     assert cache_bytes(uv_cache)[0] <= BUDGET
     os.close(again.lease)
     os.close(b.lease)
-
-
-class HeldIndex:
-    """A PEP 503 index on 127.0.0.1 serving ``wheels``, that holds every request until
-    released: a uv build that asks it is stuck (holding uv's cache lock) for as long as
-    the test wants, then finishes normally."""
-
-    def __init__(self, wheels: Path) -> None:
-        self.release = threading.Event()
-        self.paths: list[str] = []
-        index = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                index.paths.append(self.path)
-                index.release.wait(600)
-                try:
-                    self._answer()
-                except OSError:  # uv was killed meanwhile
-                    pass
-
-            def do_HEAD(self) -> None:  # uv asks before a download; no ranges are offered
-                self._answer(head=True)
-
-            def _answer(self, head: bool = False) -> None:
-                parts = [p for p in self.path.split("/") if p]
-                if len(parts) == 2 and parts[0] == "simple":
-                    name = re.sub(r"[-_.]+", "_", parts[1]).lower()
-                    links = "".join(f'<a href="/files/{w.name}">{w.name}</a>\n'
-                                    for w in sorted(wheels.glob(f"{name}-*.whl")))
-                    body, kind = f"<html><body>\n{links}</body></html>\n".encode(), "text/html"
-                elif len(parts) == 2 and parts[0] == "files" and (wheels / parts[1]).is_file():
-                    body, kind = (wheels / parts[1]).read_bytes(), "application/octet-stream"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(30)
 
 
 OTHER_WORKER = """
