@@ -21,7 +21,6 @@ import sys
 frames = confine = None
 
 REPARENT_WAIT = 5.0  # s a forked task process waits to be adopted by the worker
-LEARNED_MAX = 4000  # module names a template imports on behalf of its task processes
 
 _modules_at_fork: frozenset = frozenset()  # what the template had imported
 _import_failed: set = set()  # learned names the template could not import (not retried)
@@ -156,7 +155,7 @@ def imported_since_fork(bundle_dir: str) -> list:
         where = getattr(module, "__file__", None) or ""
         if not where.startswith(prefix):
             names.append(name)
-    return sorted(names)[:LEARNED_MAX]
+    return sorted(names)[:frames.LEARNED_MAX]
 
 
 def _import_learned(names) -> None:

@@ -20,6 +20,7 @@ PROTOCOL = 5
 WRITABLE_ENV = "MODELOPS_WARM_WRITABLE_PATHS"  # extra writable dirs (comma-separated)
 NO_TEMPLATE = "-"  # --template value of a process that runs tasks itself
 TOKEN_VAR = "_MODELOPS_WARM_PROCESS"  # marks a warm process's descendants (see orphans.py)
+LEARNED_MAX = 4000  # module names a template imports on behalf of its task processes
 
 
 def read_exact(fd: int, n: int) -> bytearray | None:

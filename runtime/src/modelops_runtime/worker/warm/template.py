@@ -35,11 +35,11 @@ from ..stats import RemovalReason
 from .failures import Lost, describe_exit, limit_error
 from .logtail import LogTail
 from .memory import MemorySampler
+from .frames import LEARNED_MAX
 from .process import PIPE_SIZE, WarmProcess
 from .venvs import FINGERPRINT, Venv
 
 
-LEARNED_MAX = 4000  # module names a template imports for its task processes (forkserver.py)
 ORDER_IMPORTS = 500  # ... at most this many with one order (one order is read in 64 KiB)
 
 
