@@ -123,5 +123,5 @@ def test_batch_sets_the_runs_per_dask_task(batch, tasks, local_cli, local_env,
                               sims=12, extra=("--batch", batch))
     check_outputs(data, reference, 12)
     assert data["dask_tasks"] == tasks
-    assert f"sims: 12 ok, 0 failed; elapsed " in run.stdout
+    assert "sims: 12 ok, 0 failed; elapsed " in run.stdout
     assert f"; {tasks} Dask task(s)" in run.stdout

@@ -238,6 +238,17 @@ def test_an_evicted_process_stays_visible_and_shutdown_stops_it(make_pool):
 
 # -- issue #10 bug 2: MAX_WARM_PROCESSES holds while a process retires or fails its check --
 
+def _b_within_the_limit(pool, w, results, waits_in):
+    """Task "b" asks for the only slot while it is being freed: it spawns or waits, never
+    beside a live process; then the held stop goes on. Returns b's thread."""
+    thread = _in_thread(lambda: pool.acquire("b", w.spawner("b")), results, "b")
+    wait_for(lambda: "b" in results or _waiting(waits_in, thread), 10,
+             "the second task to spawn or to wait for a slot")
+    assert w.max_live <= 1, "two live processes with MAX_WARM_PROCESSES=1"
+    w.hold.set()
+    return thread
+
+
 def test_the_limit_holds_while_a_process_retires(make_pool, waits_in):
     pool = make_pool(max_processes=1)
     w = World(pool)
@@ -247,11 +258,7 @@ def test_the_limit_holds_while_a_process_retires(make_pool, waits_in):
     results = {}
     releaser = _in_thread(lambda: pool.release(proc), results, "release")
     assert proc.stopping.wait(10), "the retirement did not start"
-    other = _in_thread(lambda: pool.acquire("b", w.spawner("b")), results, "b")
-    wait_for(lambda: "b" in results or _waiting(waits_in, other), 10,
-             "the second task to spawn or to wait for a slot")
-    assert w.max_live <= 1, "two live processes with MAX_WARM_PROCESSES=1"
-    w.hold.set()
+    other = _b_within_the_limit(pool, w, results, waits_in)
     releaser.join(10)
     other.join(10)
     assert w.max_live <= 1 and results["b"][0].key == "b"
@@ -267,11 +274,7 @@ def test_the_limit_holds_while_a_failed_health_check_is_handled(make_pool, waits
     results = {}
     first = _in_thread(lambda: pool.acquire("a", w.spawner("a")), results, "a")
     assert sick.stopping.wait(10), "the unhealthy process was not stopped"
-    second = _in_thread(lambda: pool.acquire("b", w.spawner("b")), results, "b")
-    wait_for(lambda: "b" in results or _waiting(waits_in, second), 10,
-             "the second task to spawn or to wait for a slot")
-    assert w.max_live <= 1, "two live processes with MAX_WARM_PROCESSES=1"
-    w.hold.set()
+    second = _b_within_the_limit(pool, w, results, waits_in)
     done: set[str] = set()
     for _ in range(2):  # whichever gets the slot first runs its task, then the other
         wait_for(lambda: set(results) - done, 10, "a task to get the slot")

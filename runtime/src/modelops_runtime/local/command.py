@@ -4,7 +4,6 @@ study (or keep the cluster up), stop everything. The argument parser is cli/loca
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -15,11 +14,12 @@ from .plan import _echo, plan
 from .render import find_chart, render_cluster
 from .study import (EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, Study, check_direct_dependencies,
                     run_and_report)
+from .stopping import EXIT_INTERRUPTED, EXIT_TERMINATED, sigterm_as_interrupt, stopped
 from .supervise import LocalCluster
 from .table import check_table_target
 
 
-EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+EXIT_USAGE = 2
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    every sim and the aggregation ran (with --compare: every (set, seed) run as before)
@@ -29,14 +29,6 @@ EXIT_CODES = f"""exit codes:
   {EXIT_DIFFERS}    --compare: a (set, seed) run's outputs differ, it failed in only one of the
        two or with another error type, or it is in only one of the two (wins over {EXIT_FAILED})
   {EXIT_INTERRUPTED}  Ctrl-C, {EXIT_TERMINATED} SIGTERM: the local cluster was stopped, no process is left"""
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: tear everything down, then exit."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
 
 
 def check_results_targets(paths) -> list[Path]:
@@ -60,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
         print("error: nothing to do: give --study PATH (run it, then stop) and/or --keep "
               "(keep the cluster up until Ctrl-C)", file=sys.stderr)
         return EXIT_USAGE
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    restore = sigterm_as_interrupt()
     t0 = time.perf_counter()
     try:
         study = Study.load(args.study) if args.study else None
@@ -112,12 +104,8 @@ def main(args: argparse.Namespace) -> int:
             echo("stopping the local cluster ...")
         echo(f"stopped; every local process is gone. total time {time.perf_counter() - t0:.1f} s")
         return code
-    except _Terminated:
-        print("terminated: the local cluster was stopped, no process is left", file=sys.stderr)
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        print("interrupted: the local cluster was stopped, no process is left", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        return stopped(exc, "the local cluster")
     except InputsDiffer as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUTS_DIFFER
@@ -125,4 +113,4 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -17,22 +16,13 @@ from .diagnose import FRESH_PROCESS, Context, Step, StepRun, describe_mode, plan
 from .diagnose_report import as_json, html_page, text
 from .diagnose_verdict import (EXIT_FAILED, judge, needs_fresh_process_again, nondeterministic,
                                state_explains)
-
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+from .stopping import sigterm_as_interrupt, stopped
 
 EXIT_CODES = """exit codes:
   0    no difference: every seed gave the same outcome in every step
   1    diagnose could not run (bad input, every sim failed in your mode, a cluster failed)
   3    a layer was named (the verdict says which, with the evidence)
   130  Ctrl-C, 143 SIGTERM: the running step's cluster was stopped, no process is left"""
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
 
 
 def _hint(sr: StepRun, first: StepRun | None) -> str:
@@ -101,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     if args.sims is not None and args.sims < 1:
         print("error: --sims must be >= 1", file=sys.stderr)
         return EXIT_FAILED
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    restore = sigterm_as_interrupt()
     t0 = time.perf_counter()
     try:
         ctx = prepare(args.study, args.values, args.set, sims=args.sims, chart=args.chart,
@@ -130,16 +120,10 @@ def main(args: argparse.Namespace) -> int:
             if args.report:
                 print(f"report: {args.report}")
         return verdict.exit_code
-    except _Terminated:
-        print("terminated: the running step's cluster was stopped, no process is left",
-              file=sys.stderr)
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        print("interrupted: the running step's cluster was stopped, no process is left",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        return stopped(exc, "the running step's cluster")
     except ModelOpsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()
