@@ -131,7 +131,8 @@ class TemplateProcess(WarmProcess):
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         try:
             with self._fork_lock:
-                imports, self._to_import = self._to_import[:ORDER_IMPORTS], self._to_import[ORDER_IMPORTS:]
+                imports = self._to_import[:ORDER_IMPORTS]
+                del self._to_import[:ORDER_IMPORTS]
                 order = marshal.dumps({"scratch": str(scratch), "token": token,
                                        "imports": imports})
                 self._order(order, [req_r, resp_w, life_r, log_w])
