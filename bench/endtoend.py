@@ -14,11 +14,11 @@ from typing import Any
 
 from modelops_runtime.bundles import pack
 from modelops_runtime.client import submit
-from modelops_runtime.local.plan import plan
-from modelops_runtime.local.render import render_cluster
-from modelops_runtime.local.supervise import LocalCluster
+from modelops_runtime.local.cluster.launch import plan
+from modelops_runtime.local.cluster.render import render_cluster
+from modelops_runtime.local.cluster.supervise import LocalCluster
 from modelops_runtime.models import SimTask
-from modelops_runtime.worker.metrics import worker_figures
+from modelops_runtime.worker.hooks.metrics import worker_figures
 
 from common import NOOP_MODEL, Samples, Workspace
 from shared import write_bundle

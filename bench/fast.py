@@ -31,9 +31,9 @@ from typing import Any
 
 from modelops_runtime.bundles import pack
 from modelops_runtime.client import ParamSet, Seeds, StudyPlan, gather_study, submit_study
-from modelops_runtime.local.plan import plan
-from modelops_runtime.local.render import render_cluster
-from modelops_runtime.local.supervise import LocalCluster
+from modelops_runtime.local.cluster.launch import plan
+from modelops_runtime.local.cluster.render import render_cluster
+from modelops_runtime.local.cluster.supervise import LocalCluster
 from modelops_runtime.models import Call
 
 from common import NOOP_MODEL, Workspace, side_by_side

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from modelops_runtime.worker.warm.venvs import VenvCache
+from modelops_runtime.worker.warm.venvs.store import VenvCache
 
 from common import Samples, Workspace, side_by_side
 from wheels import wheelhouse

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from modelops_runtime.local.supervise import ProcessRecord
+from modelops_runtime.local.cluster.supervise import ProcessRecord
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "chart"

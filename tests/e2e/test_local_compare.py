@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from e2e_support import CLI, STUDY, assert_nothing_left, preset
-from modelops_runtime.local.compare import load_baseline
-from modelops_runtime.local.study import EXIT_DIFFERS, EXIT_FAILED
+from modelops_runtime.local.compare.runs import load_baseline
+from modelops_runtime.local.study.run import EXIT_DIFFERS, EXIT_FAILED
 
 FIRST_SEED = 100   # sir_study/study.yaml
 SIMS = 12

@@ -12,10 +12,10 @@ import pytest
 
 from e2e_support import CHART, STUDY, assert_nothing_left, preset
 from modelops_runtime.client import gather_study, submit
-from modelops_runtime.local.plan import plan as make_plan
-from modelops_runtime.local.render import render_cluster
-from modelops_runtime.local.study import Study, pack_study
-from modelops_runtime.local.supervise import LocalCluster
+from modelops_runtime.local.cluster.launch import plan as make_plan
+from modelops_runtime.local.cluster.render import render_cluster
+from modelops_runtime.local.study.run import Study, pack_study
+from modelops_runtime.local.cluster.supervise import LocalCluster
 from support.cluster import wait_for
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from e2e_support import CHART, PRESETS, STUDY, preset
-from modelops_runtime.local import plan as planning
-from modelops_runtime.local import render
+from modelops_runtime.local.cluster import launch as planning
+from modelops_runtime.local.cluster import render
 from modelops_runtime.errors import ChartRenderError, LocalModeError, ModelOpsError
 
 POD_PATHS = ("/var/cache/modelops", "/var/lib/modelops")

@@ -119,7 +119,7 @@ def test_pip_install_runtime_gives_a_working_command(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
 
-    where = subprocess.run([str(py), "-c", "import modelops_runtime.worker.plugin, modelops_runtime.preload,"
+    where = subprocess.run([str(py), "-c", "import modelops_runtime.worker.hooks.plugin, modelops_runtime.preload,"
                             " modelops_runtime.client, modelops_runtime.worker.executors.direct as d;"
                             " print(d.__file__)"], capture_output=True, text=True)
     assert where.returncode == 0, where.stderr

@@ -17,7 +17,7 @@ from modelops_runtime.bundles import read_reply_types
 from modelops_runtime.errors import BundleError
 from modelops_runtime.models import SimResult
 from modelops_runtime.worker.warm.decode import RefusedType, decode_reply
-from modelops_runtime.worker.warm.frames import PICKLE, encode
+from modelops_runtime.worker.warm.runner.frames import PICKLE, encode
 from support.bundles import write_bundle
 
 

@@ -4,9 +4,9 @@ outcomes are built here as a results file would hold them; the e2e suite runs re
 
 from __future__ import annotations
 
-from modelops_runtime.local.diagnose import Step, StepRun
-from modelops_runtime.local.diagnose_report import text
-from modelops_runtime.local.diagnose_verdict import judge
+from modelops_runtime.local.diagnose.steps import Step, StepRun
+from modelops_runtime.local.diagnose.report import text
+from modelops_runtime.local.diagnose.verdict import judge
 from modelops_runtime.local.results import SINGLE_SET, RunView, SeedOutcome
 
 STEPS = ("your-mode", "your-mode-again", "fresh-process")

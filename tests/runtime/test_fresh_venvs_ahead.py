@@ -1,4 +1,4 @@
-"""Fresh venvs built ahead (worker/warm/prefetch.py) with real uv builds: closing while
+"""Fresh venvs built ahead (worker/warm/venvs/prefetch.py) with real uv builds: closing while
 builds are in flight, and the store's budget; and a uv build that times out."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from modelops_runtime.bundles.cache import tree_bytes
 from modelops_runtime.client import submit
 from modelops_runtime.errors import EnvironmentBuildError, WorkerStopping
 from modelops_runtime.models import SimTask
-from modelops_runtime.worker.warm.prefetch import FreshVenvs
-from modelops_runtime.worker.warm.venvs import VenvCache
+from modelops_runtime.worker.warm.venvs.prefetch import FreshVenvs
+from modelops_runtime.worker.warm.venvs.store import VenvCache
 from support.bundles import make_bundle
 from support.cluster import tail, wait_for
 from support.index import HeldIndex

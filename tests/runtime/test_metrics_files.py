@@ -8,7 +8,7 @@ import os
 import pytest
 
 from modelops_runtime.errors import ConfigError
-from modelops_runtime.worker.metrics import WorkerFigures, publish
+from modelops_runtime.worker.hooks.metrics import WorkerFigures, publish
 
 
 def _figures() -> WorkerFigures:

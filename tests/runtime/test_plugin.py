@@ -14,9 +14,9 @@ from modelops_runtime.client import submit
 from modelops_runtime.config import RuntimeConfig
 from modelops_runtime.errors import ConfigError
 from modelops_runtime.models import SimTask
-from modelops_runtime.worker import runtime
+from modelops_runtime.worker.hooks import runtime
 from modelops_runtime.worker.executors.direct import DirectExecEnv
-from modelops_runtime.worker.plugin import ModelOpsPlugin
+from modelops_runtime.worker.hooks.plugin import ModelOpsPlugin
 from support.bundles import SIM_MODEL, make_bundle
 from support.cluster import tail, wait_for
 
@@ -24,7 +24,7 @@ from support.cluster import tail, wait_for
 def _identity_fn():
     """A task function (defined locally so cloudpickle ships it by value to the worker)."""
     def executor_identity():
-        from modelops_runtime.worker.runtime import current_executor
+        from modelops_runtime.worker.hooks.runtime import current_executor
 
         return os.getpid(), id(current_executor())
     return executor_identity

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from modelops_runtime.errors import WorkerStopping
-from modelops_runtime.worker.stats import RemovalReason
+from modelops_runtime.worker.counters import RemovalReason
 from modelops_runtime.worker.warm import pool as pool_module
 from modelops_runtime.worker.warm.pool import WarmPool
 from support.cluster import wait_for

@@ -19,7 +19,7 @@ import yaml
 from modelops_runtime.client import ParamSet, Seeds, StudyPlan, set_id
 from modelops_runtime.errors import LocalModeError
 from modelops_runtime.local.results import SINGLE_SET
-from modelops_runtime.local.studyfile import Study
+from modelops_runtime.local.study.studyfile import Study
 
 CLI = str(Path(sys.executable).parent / "modelops-runtime")
 REF = "sha256:" + "a" * 64
@@ -229,7 +229,7 @@ def test_compare_names_the_changed_param_of_a_set_and_accepts_a_subset(tmp_path)
     """Set ids are content hashes: a changed beta is a new id. Inputs are matched by the
     sets' positions to name it; a rerun of some of the sets (or an extended grid) is
     comparable on the sets both have."""
-    from modelops_runtime.local.compare import inputs_difference
+    from modelops_runtime.local.compare.runs import inputs_difference
 
     def inputs(name: str, **grid):
         return Study.load(study_file(tmp_path, f"{name}.yaml", grid=grid, sims=2)).inputs(REF)
@@ -270,7 +270,7 @@ def _run_of_two_sets():
 def test_results_table_has_one_row_per_set_and_seed(suffix, tmp_path):
     import csv
 
-    from modelops_runtime.local.table import write_table
+    from modelops_runtime.local.study.table import write_table
 
     run, a, b = _run_of_two_sets()
     path = tmp_path / f"runs{suffix}"
@@ -293,7 +293,7 @@ def test_results_table_has_one_row_per_set_and_seed(suffix, tmp_path):
 def test_a_parquet_results_file_without_pyarrow_is_refused_before_anything_runs(tmp_path):
     code = ("import sys; sys.modules['pyarrow'] = None\n"
             "from pathlib import Path\n"
-            "from modelops_runtime.local.command import check_results_targets\n"
+            "from modelops_runtime.local.study.command import check_results_targets\n"
             "check_results_targets([Path('r.csv'), Path('r.json')])\n"
             "try:\n    check_results_targets([Path('r.parquet')])\n"
             "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
@@ -308,7 +308,7 @@ def test_a_parquet_sets_file_without_pyarrow_says_what_to_do(tmp_path):
     pq.write_table(pa.table({"beta": [0.2]}), tmp_path / "sets.parquet")
     study = study_file(tmp_path, sets_file="sets.parquet")
     code = ("import sys; sys.modules['pyarrow'] = None; sys.modules['pyarrow.parquet'] = None\n"
-            "from modelops_runtime.local.studyfile import Study\n"
+            "from modelops_runtime.local.study.studyfile import Study\n"
             f"try:\n    Study.load({str(study)!r})\n"
             "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

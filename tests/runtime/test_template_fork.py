@@ -11,9 +11,10 @@ import pytest
 from modelops_runtime.errors import (MemoryLimitExceeded, ProcessCrashed, SimulationError,
                                      TaskTimeout)
 from modelops_runtime.models import Call
-from modelops_runtime.worker.warm.frames import TOKEN_VAR
-from modelops_runtime.worker.warm.venvs import FINGERPRINT
+from modelops_runtime.worker.warm.runner.frames import TOKEN_VAR
+from modelops_runtime.worker.warm.venvs.store import FINGERPRINT
 from support.bundles import make_bundle
+from support.cluster import wait_for
 
 MODEL = '''
 import os, random, sys, time
@@ -129,7 +130,8 @@ def test_a_forked_process_is_its_own_session_with_its_own_pipes_dir_and_mark(tmp
     # leaves them alone while it runs): nothing else of the template's (its socket, its
     # response pipe, its lifeline)
     assert len(first["fds"]) == len(second["fds"]) and len(first["fds"]) <= 9, first["fds"]
-    assert not os.path.exists(first["cwd"])        # removed with the process
+    # removed with the process (retired after its reply, so awaited: bounded)
+    wait_for(lambda: not os.path.exists(first["cwd"]), 30, "the first task process's scratch removed")
 
 
 def _landlock_abi() -> int:

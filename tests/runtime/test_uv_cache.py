@@ -1,4 +1,4 @@
-"""uv's own cache within MODELOPS_UV_CACHE_MAX_BYTES (worker/warm/uvcache.py): real uv
+"""uv's own cache within MODELOPS_UV_CACHE_MAX_BYTES (worker/warm/venvs/uvcache.py): real uv
 builds from local wheels, real `uv cache prune`/`clean`, and a real concurrent uv build in
 another process stuck on a local index while a collection would run."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from modelops_runtime.worker.warm.uvcache import cache_bytes
-from modelops_runtime.worker.warm.venvs import VenvCache
+from modelops_runtime.worker.warm.venvs.uvcache import cache_bytes
+from modelops_runtime.worker.warm.venvs.store import VenvCache
 from support.cluster import wait_for
 from support.index import HeldIndex
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
@@ -86,7 +86,7 @@ def test_uv_cache_is_kept_within_its_budget_and_venvs_survive(tmp_path, uv_offli
 
 OTHER_WORKER = """
 import sys
-from modelops_runtime.worker.warm.venvs import VenvCache
+from modelops_runtime.worker.warm.venvs.store import VenvCache
 venv = VenvCache(sys.argv[1]).get(["tinydep==0.1"])
 print(venv.path)
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelops_runtime.errors import EnvironmentBuildError
-from modelops_runtime.worker.warm.venvs import VenvCache
+from modelops_runtime.worker.warm.venvs.store import VenvCache
 
 SECRET = "worker-secret-for-the-backend"
 

@@ -13,13 +13,13 @@ import textwrap
 
 import psutil
 
-from modelops_runtime.worker.warm.venvs import FINGERPRINT, VenvCache, venv_key
+from modelops_runtime.worker.warm.venvs.store import FINGERPRINT, VenvCache, venv_key
 
 # builds a fresh venv (FORCE_FRESH_VENV's kind) with the real VenvCache, then dies holding it
 _DIES_HOLDING_A_FRESH_VENV = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from modelops_runtime.worker.warm.venvs import VenvCache
+    from modelops_runtime.worker.warm.venvs.store import VenvCache
 
     venv = VenvCache(Path(sys.argv[1])).fresh([])
     print(venv.path.name, flush=True)

@@ -16,12 +16,12 @@ import pytest
 
 from modelops_runtime.bundles import BundleStore
 from modelops_runtime.config import RuntimeConfig
-from modelops_runtime.worker.warm.venvs import FINGERPRINT, VenvCache
+from modelops_runtime.worker.warm.venvs.store import FINGERPRINT, VenvCache
 from support.bundles import make_bundle
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[2]
-KEY_OF_EMPTY = "from modelops_runtime.worker.warm.venvkeys import venv_key; print(venv_key([]))"
+KEY_OF_EMPTY = "from modelops_runtime.worker.warm.venvs.keys import venv_key; print(venv_key([]))"
 
 
 @pytest.fixture

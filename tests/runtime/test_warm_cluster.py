@@ -22,7 +22,7 @@ from modelops_runtime.client import cluster_stats, gather_study, submit
 from modelops_runtime.errors import (EnvironmentBuildError, MemoryLimitExceeded,
                                      ProcessCrashed, SimulationError, TaskTimeout)
 from modelops_runtime.models import SimTask
-from modelops_runtime.worker.warm.venvs import FINGERPRINT
+from modelops_runtime.worker.warm.venvs.store import FINGERPRINT
 from support.bundles import make_bundle
 from support.cluster import tail, wait_for
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
@@ -132,7 +132,7 @@ def _warm_procs(cluster, procs) -> set[psutil.Process]:
     out = set()
     for proc in procs.running(cluster.tree_pids()):
         try:
-            if any(arg.endswith("modelops_runtime/worker/warm/runner.py")  # or its compiled copy
+            if any(arg.endswith("modelops_runtime/worker/warm/runner/main.py")  # or its compiled copy
                    or Path(arg).parent.name.startswith("modelops-runner-")
                    for arg in proc.cmdline()):
                 out.add(proc)

@@ -26,9 +26,9 @@ from modelops_runtime.errors import (BundleError, EntrypointError, EnvironmentBu
 from modelops_runtime.models import Call
 from modelops_runtime.worker.warm import pool as pool_module
 from modelops_runtime.worker.warm.pool import WarmPool, jittered_reuse, jittered_ttl
-from modelops_runtime.worker.warm.program import RUNNER
+from modelops_runtime.worker.warm.runner.program import RUNNER
 from modelops_runtime.worker.warm.scratch import SCRATCH_PREFIX
-from modelops_runtime.worker.warm.venvs import FINGERPRINT, venv_key
+from modelops_runtime.worker.warm.venvs.store import FINGERPRINT, venv_key
 from support.bundles import MISSING_INSIDE, make_bundle
 from support.cluster import wait_for
 from support.wheels import offline_uv_env
@@ -508,7 +508,7 @@ def test_fresh_process_starts_lean_and_armed_against_parent_death(tmp_path, warm
              "signal", "tokenize", "importlib.util"}
     assert not heavy & loaded, sorted(heavy & loaded)
     # the runner's own files are loaded, not imported: nothing of them in sys.modules
-    own = {"runner", "frames", "confine", "forkserver", "modelops_runner"}
+    own = {"main", "frames", "confine", "template", "modelops_runner"}
     assert not {m for m in loaded if m.partition(".")[0] in own}, sorted(loaded)
     # the kernel kills it with its parent, armed on the main thread before any user code
     assert ex.run(_call(ref, "death_signal")).outputs == {"signal": signal.SIGKILL}
@@ -546,7 +546,7 @@ def test_runner_rejects_bad_arguments_with_its_usage(args):
     assert "the warm pool starts this program" in proc.stderr
 
 
-@pytest.mark.parametrize("damaged", ["runner", "frames", "forkserver"])
+@pytest.mark.parametrize("damaged", ["main", "frames", "template"])
 def test_damaged_compiled_runner_is_replaced(tmp_path, warm, damaged):
     """The program is compiled into one directory of the venv; any of its files damaged
     (the runner itself, a sibling it loads, one only a template loads) is replaced."""
@@ -556,7 +556,7 @@ def test_damaged_compiled_runner_is_replaced(tmp_path, warm, damaged):
     venv = tmp_path / "venvs" / venv_key([])
     (program,) = venv.glob("modelops-runner-*")
     compiled = sorted(p.name for p in program.iterdir())
-    assert compiled == ["confine.pyc", "forkserver.pyc", "frames.pyc", "runner.pyc"]
+    assert compiled == ["confine.pyc", "frames.pyc", "main.pyc", "template.pyc"]
     file = program / f"{damaged}.pyc"
     file.write_bytes(file.read_bytes()[:40])  # truncated, e.g. by a full disk
     again = ex.run(_call(ref))
@@ -572,7 +572,7 @@ import os, sys
 
 def where(params, seed):
     return {"name": __name__, "in_bundle": os.path.dirname(__file__) == sys.path[0]}
-""" for name in ("runner", "frames", "confine", "forkserver")}
+""" for name in ("main", "frames", "confine", "template")}
 
 
 @pytest.mark.parametrize("settings", [
@@ -583,7 +583,7 @@ def test_bundle_modules_named_like_the_runners_files_are_the_bundles(tmp_path, w
     bundle's modules of the same names are the ones its code imports."""
     ex = warm(**settings)
     ref = _bundle(tmp_path, extra=SHADOWS)
-    for name in ("runner", "frames", "confine", "forkserver"):
+    for name in ("main", "frames", "confine", "template"):
         out = ex.run(Call(bundle=ref, entrypoint=f"{name}:where", args=({}, 0))).outputs
         assert out == {"name": name, "in_bundle": True}, (name, out)
 

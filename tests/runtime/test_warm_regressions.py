@@ -23,7 +23,7 @@ from modelops_runtime.errors import (BundleError, EnvironmentBuildError, MemoryL
                                      MissingDependencyError, ProcessCrashed, SimulationError,
                                      WorkerStopping)
 from modelops_runtime.models import Call, SimResult, SimTask
-from modelops_runtime.worker.warm import program
+from modelops_runtime.worker.warm.runner import program
 from modelops_runtime.worker.warm.process import warm_env
 from support.cluster import wait_for
 from test_warm_pool import _bundle, _call
@@ -220,7 +220,7 @@ def test_a_descendant_in_its_own_session_dies_at_shutdown(tmp_path, warm, procs)
 _BUILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from modelops_runtime.worker.warm.venvs import VenvCache
+    from modelops_runtime.worker.warm.venvs.store import VenvCache
     VenvCache(Path(sys.argv[1])).get(["tinylib==1.0"])
 """)
 
@@ -313,7 +313,7 @@ def test_a_venv_without_room_for_the_compiled_runner_warns_once(tmp_path, warm, 
     ref = _bundle(tmp_path)
     venv = ex.venvs.get([])  # the bundle's venv (no requirements)
     compiled = program.program_dir(venv.path)
-    blocker = compiled / "runner.pyc"
+    blocker = compiled / "main.pyc"
     venv.path.chmod(0o755)  # published venvs are read-only; the test's own files
     compiled.chmod(0o755)
     blocker.unlink(missing_ok=True)  # compiled at build: gone, and a directory in its

@@ -53,7 +53,7 @@ class Proc:
 @dataclass
 class ProcessCluster:
     """Handle on a running test cluster of `dask` subprocesses (not to be confused with
-    modelops_runtime.local.supervise.LocalCluster, the code under test). Always used through the
+    modelops_runtime.local.cluster.supervise.LocalCluster, the code under test). Always used through the
     ``dask_cluster`` fixture or a try/finally calling :meth:`stop`, so it is torn down."""
 
     root: Path

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from ..errors import ModelOpsError
-from ..local.compare import (EXIT_DIFFERS, EXIT_INPUTS_DIFFER, EXIT_SAME, InputsDiffer,
+from ..exitcodes import EXIT_DIFFERS, EXIT_FAILED, EXIT_INPUTS_DIFFER, EXIT_OK
+from ..local.compare.runs import (InputsDiffer,
                              compare_runs, key_label, load_run, package_differences, same_mode)
 from .options import add_command, add_json
 
-EXIT_FAILED = 1
 
 EXIT_CODES = f"""exit codes:
-  {EXIT_SAME}    every (set, seed) run both files cover has the same outcome (outputs, or error type)
+  {EXIT_OK}    every (set, seed) run both files cover has the same outcome (outputs, or error type)
   {EXIT_FAILED}    a file could not be read
   {EXIT_INPUTS_DIFFER}    the files' inputs differ (bundle, entrypoint, aggregation or a param): not
        comparable, one line names the difference; or a bad command line
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     packages = package_differences(a, b)
     if packages:
         lines.append("packages differ: " + "; ".join(packages))
-    code = EXIT_DIFFERS if comparison.differs else EXIT_SAME
+    code = EXIT_DIFFERS if comparison.differs else EXIT_OK
     if args.json:
         print(json.dumps({
             "comparable": True, "differs": comparison.differs, "exit_code": code,

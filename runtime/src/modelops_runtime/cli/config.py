@@ -9,7 +9,7 @@ import sys
 
 from ..config import RuntimeConfig
 from ..errors import ConfigError
-from ..worker import logs
+from ..worker.hooks import logs
 
 
 def register(sub) -> None:

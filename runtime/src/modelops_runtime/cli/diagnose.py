@@ -1,11 +1,11 @@
 """`modelops-runtime diagnose`: which layer changes the results (the work is
-modelops_runtime.local.diagnose*)."""
+modelops_runtime.local.diagnose.steps*)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..local.diagnose_command import EXIT_CODES, main
+from ..local.diagnose.command import EXIT_CODES, main
 from .options import add_command, add_json, add_local_cluster, add_study, add_values
 
 

@@ -1,11 +1,12 @@
 """`modelops-runtime local`: the chart's scheduler and workers as local processes (the
-command line; the work is modelops_runtime.local.command)."""
+command line; the work is modelops_runtime.local.study.command)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..local.command import EXIT_CODES, EXIT_DIFFERS, main
+from ..exitcodes import EXIT_DIFFERS
+from ..local.study.command import EXIT_CODES, main
 from .options import add_batching, add_command, add_local_cluster, add_study, add_values
 
 

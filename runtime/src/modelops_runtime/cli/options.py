@@ -12,8 +12,8 @@ import textwrap
 from pathlib import Path
 
 from ..client import BATCH_TARGET
-from ..local.render import DEFAULT_RELEASE
-from ..local.study import STUDY_FILE
+from ..local.cluster.render import DEFAULT_RELEASE
+from ..local.study.run import STUDY_FILE
 
 
 def add_command(sub, name: str, *, help: str, description: str,

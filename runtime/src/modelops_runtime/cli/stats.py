@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..client.stats import ClusterFigures, StatsError, read_cluster
-from ..worker.stats import RemovalReason, Removals, WarmStats
+from ..client.cluster_stats import ClusterFigures, StatsError, read_cluster
+from ..worker.counters import RemovalReason, Removals, WarmStats
 from .options import add_json
 
 

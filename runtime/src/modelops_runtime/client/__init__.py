@@ -7,7 +7,7 @@ from .environments import package_sets
 from .gather import StudyResult, TaskFailure, gather_study
 from .outcomes import RunFailure, RunOutcome, SetResult, StudySetsResult
 from .plan import ParamSet, Seeds, StudyPlan, plan_of, run_key, set_id
-from .stats import ClusterStats, cluster_stats
+from .cluster_stats import ClusterStats, cluster_stats
 from .submit import (AGGREGATION_RESOURCE, BATCH_TARGET, DEFAULT_WINDOW, StudySubmission,
                      aggregate,
                      run_aggregation, run_simulation, submit, submit_study, task_key)

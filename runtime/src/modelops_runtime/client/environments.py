@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def _worker_package_sets() -> dict[str, list[str]]:
-    from ..worker.runtime import current_executor
+    from ..worker.hooks.runtime import current_executor
 
     return current_executor().package_sets()
 

@@ -49,7 +49,7 @@ def _on_worker(result: SimResult) -> SimResult:
 
 def run_simulation(task: SimTask) -> SimResult:
     """Run one SimTask with this worker process's executor (runs on the worker)."""
-    from ..worker.runtime import current_executor
+    from ..worker.hooks.runtime import current_executor
 
     return _on_worker(current_executor().run(Call.for_sim(task)))
 
@@ -59,7 +59,7 @@ def run_simulations(tasks: Sequence[SimTask]) -> list[SimResult | Exception]:
     prod-warm: in one round trip to one warm process): one entry per task, its SimResult or
     the error it raised, so each run keeps its own outcome. A stopping worker fails the
     whole batch (Dask runs it again elsewhere)."""
-    from ..worker.runtime import current_executor
+    from ..worker.hooks.runtime import current_executor
 
     results = current_executor().run_many([Call.for_sim(task) for task in tasks])
     return [r if isinstance(r, Exception) else _on_worker(r) for r in results]
@@ -78,7 +78,7 @@ def batch_size(per_run: float, *, target: float = BATCH_TARGET, left: int | None
 
 def run_aggregation(results: Sequence[SimResult | Any], bundle: str, entrypoint: str) -> SimResult:
     """Call ``entrypoint(list_of_outputs)`` from ``bundle`` (runs on the worker)."""
-    from ..worker.runtime import current_executor
+    from ..worker.hooks.runtime import current_executor
 
     outputs = [r.outputs if isinstance(r, SimResult) else r for r in results]
     call = Call(bundle=bundle, entrypoint=entrypoint, args=(outputs,), kind="aggregation")

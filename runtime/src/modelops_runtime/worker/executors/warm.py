@@ -1,7 +1,7 @@
 """IsolatedWarmExecEnv: bundle code runs in warm processes inside cached uv venvs.
 
 The production mode. Each task is sent to a long-lived process (warm/pool.py) that runs in a
-venv built for the bundle's dependencies (warm/venvs.py) and imports the bundle once; replies
+venv built for the bundle's dependencies (warm/venvs/store.py) and imports the bundle once; replies
 come back as plain data, failures as the typed errors of errors.py.
 """
 
@@ -22,18 +22,18 @@ from ...errors import (BundleError, EntrypointError, MemoryLimitExceeded, Missin
                       ModelOpsError, SimulationError)
 from ...config import FreshProcessFrom
 from ...models import Call, SimResult
-from ..stats import RemovalReason, StatsRecorder
+from ..counters import RemovalReason, StatsRecorder
 from ..warm.failures import Lost
 from ..warm.orphans import sweep
 from ..warm.pool import WarmPool
 from ..native import thread_env
 from ..packages import package_digest, venv_packages
 from ..warm.process import WarmProcess, data_cap, warm_env
-from ..warm.program import compile_runner
-from ..warm.frames import WRITABLE_ENV
-from ..warm.prefetch import FreshVenvs
+from ..warm.runner.program import compile_runner
+from ..warm.runner.frames import WRITABLE_ENV
+from ..warm.venvs.prefetch import FreshVenvs
 from ..warm.template import Templates
-from ..warm.venvs import Venv, VenvCache, venv_key
+from ..warm.venvs.store import Venv, VenvCache, venv_key
 from .base import ExecEnv
 
 

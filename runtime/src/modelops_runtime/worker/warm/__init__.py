@@ -1,4 +1,8 @@
-"""The warm process pool of one Dask worker process: the handle of one process (process.py,
-with watch.py, logtail.py, failures.py, orphans.py), the pool policy (pool.py), the memory
-sampler (memory.py), the runner program (runner.py with frames.py, confine.py and
-forkserver.py; compiled by program.py), scratch dirs and the venv store (venvs.py)."""
+"""The warm process pool of one Dask worker process.
+
+- covers: the handle of one process (``process``, with ``watch``, ``logtail``, ``failures``,
+  ``orphans``), the policy (``pool``), the memory sampler (``memory``), templates for fresh
+  processes (``template``), scratch dirs (``scratch``), reply decoding (``decode``).
+- parts: ``runner/`` (what runs inside the child), ``venvs/`` (the venv store).
+- see also: docs/design.md (the wire protocol between worker and runner).
+"""

@@ -27,8 +27,8 @@ from __future__ import annotations
 import io
 import pickle
 
-from .frames import MARSHAL, PICKLE
-from .frames import decode as _plain_decode
+from .runner.frames import MARSHAL, PICKLE
+from .runner.frames import decode as _plain_decode
 
 _NUMPY = {(prefix + suffix, name)
           for prefix in ("numpy.core", "numpy._core")

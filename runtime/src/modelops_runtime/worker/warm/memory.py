@@ -28,7 +28,7 @@ MEM_SAMPLE = 0.1  # s between samples of the watched (busy, limited) trees
 P = TypeVar("P")  # a warm process: anything with ``pid``
 
 
-def _children(pid: int) -> list[int] | None:
+def children(pid: int) -> list[int] | None:
     """Direct children from /proc (None if this kernel does not list them)."""
     out: list[int] = []
     try:
@@ -56,7 +56,7 @@ def tree_pids(pid: int) -> list[int]:
     while stack:
         member = stack.pop()
         found.append(member)
-        kids = _children(member)
+        kids = children(member)
         if kids is None:  # no /proc children lists: psutil's scan of the process table
             try:
                 return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
@@ -87,7 +87,7 @@ def tree_memory(pid: int) -> int:
     return sum(process_memory(p) for p in tree_pids(pid))
 
 
-def _mb(n: int) -> str:
+def mb(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 

@@ -38,8 +38,8 @@ from collections.abc import Iterable
 
 import psutil
 
-from .memory import _children
-from .frames import TOKEN_VAR
+from .memory import children
+from .runner.frames import TOKEN_VAR
 
 log = logging.getLogger("modelops_runtime.pool")
 
@@ -72,7 +72,7 @@ def adopted_descendants(token: str, parent: int | None = None,
     if not token:
         return []
     found = []
-    for pid in _children(parent or os.getpid()) or ():
+    for pid in children(parent or os.getpid()) or ():
         if pid == owner or _mark(pid) != token:
             continue
         try:
@@ -164,7 +164,7 @@ def sweep(procs: Iterable = ()) -> list[int]:
         for pid, proc in list(_ORPHANS.known.items()):
             if not _same(proc):  # reaped elsewhere (its pid may be reused)
                 del _ORPHANS.known[pid]
-        for pid in _children(me) or ():
+        for pid in children(me) or ():
             if pid in owned:
                 continue
             stat = _stat(pid)

@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import WorkerStopping
-from ..stats import RemovalReason, StatsRecorder, WarmStats
-from .memory import MemorySampler, _mb
+from ..counters import RemovalReason, StatsRecorder, WarmStats
+from .memory import MemorySampler, mb
 from .orphans import become_subreaper, sweep
 from .process import WarmProcess
-from .frames import NO_TEMPLATE
+from .runner.frames import NO_TEMPLATE
 from .template import TemplateProcess
 from .scratch import remove_dead_scratch
-from .venvs import Venv
+from .venvs.store import Venv
 
 log = logging.getLogger("modelops_runtime.pool")
 
@@ -337,7 +337,7 @@ class WarmPool:
                 if proc not in used:
                     continue
                 log.info("pool memory %s over MODELOPS_POOL_MEMORY_BYTES=%d: evicting idle "
-                         "warm process %d", _mb(total), self.memory_budget, proc.pid)
+                         "warm process %d", mb(total), self.memory_budget, proc.pid)
                 total -= used[proc]
                 self._move(self._entries[proc], State.stopping, RemovalReason.memory_budget)
 

@@ -1,5 +1,5 @@
 """One warm process: ``<venv>/bin/python -I -u runner`` bound to one bundle, spawned,
-talked to over framed pipes while a :class:`~.watch._Watch` checks it, and stopped with
+talked to over framed pipes while a :class:`~.watch.Watch` checks it, and stopped with
 everything it started. Used by one thread at a time; the pool decides who."""
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from pathlib import Path
 import psutil
 
 from ...errors import ProcessCrashed
-from ..stats import RemovalReason
+from ..counters import RemovalReason
 from .failures import Lost, describe_exit, start_error
-from .frames import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
+from .runner.frames import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
 from .logtail import LogTail
 from .memory import MemorySampler
 from .orphans import adopted_descendants, reap, wait_gone
-from .program import runner_program
+from .runner.program import runner_program
 from .decode import decode_reply
 from .scratch import make_scratch
-from .venvs import Venv
-from .watch import TICK, _Watch
+from .venvs.store import Venv
+from .watch import TICK, Watch
 
 PIPE_SIZE = 1 << 20                # larger pipes: fewer wakeups for big payloads
 BASE_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME")
@@ -223,7 +223,7 @@ class WarmProcess:
     def exchange(self, request: dict | None, *, timeout: float | None,
                  mem_limit: int | None = None, label: str, mark: int | None = None) -> dict:
         """Send ``request`` (if any) and read one reply, watching the process meanwhile."""
-        watch = _Watch(self, timeout, mem_limit, label, mark)
+        watch = Watch(self, timeout, mem_limit, label, mark)
         if request is not None:
             codec, body = encode(request)
             self._send(memoryview(header(codec, len(body))), watch)
@@ -237,7 +237,7 @@ class WarmProcess:
             return {"ok": False, "kind": "unreadable", "type": type(exc).__name__,
                     "message": str(exc), "traceback": ""}
 
-    def _send(self, view: memoryview, watch: "_Watch") -> None:
+    def _send(self, view: memoryview, watch: "Watch") -> None:
         poller = select.poll()
         poller.register(self._req, select.POLLOUT)
         while view:
@@ -252,7 +252,7 @@ class WarmProcess:
             poller.poll(TICK * 1000)
             watch.check()
 
-    def _recv(self, n: int, watch: "_Watch") -> bytearray:
+    def _recv(self, n: int, watch: "Watch") -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         pos = 0

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .venvs import left_by_dead_local_process, owner_tag
+from .venvs.store import left_by_dead_local_process, owner_tag
 
 SCRATCH_PREFIX = "modelops-warm-"  # + <host>-<pid>-<random>: a warm process's working dir
 

@@ -31,13 +31,14 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from ...errors import ProcessCrashed
-from ..stats import RemovalReason
-from .failures import Lost, describe_exit, limit_error
+from ..counters import RemovalReason
+from ..limits import limit_error
+from .failures import Lost, describe_exit
 from .logtail import LogTail
 from .memory import MemorySampler
-from .frames import LEARNED_MAX
+from .runner.frames import LEARNED_MAX
 from .process import PIPE_SIZE, WarmProcess
-from .venvs import FINGERPRINT, Venv
+from .venvs.store import FINGERPRINT, Venv
 
 
 ORDER_IMPORTS = 500  # ... at most this many with one order (one order is read in 64 KiB)
@@ -95,7 +96,7 @@ class TemplateProcess(WarmProcess):
 
     def learn(self, imported: object) -> None:
         """Module names a task process imported while running: the template imports them
-        before its next fork (forkserver.py ``_import_learned``), so later task processes start
+        before its next fork (template.py ``_import_learned``), so later task processes start
         with them. Bounded; anything but a list of names is ignored (it came from a task)."""
         if not isinstance(imported, list):
             return

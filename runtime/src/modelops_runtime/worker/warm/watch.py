@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 from ...errors import MemoryLimitExceeded, ProcessCrashed, TaskTimeout, WorkerStopping
-from ..stats import RemovalReason
+from ..counters import RemovalReason
 from .failures import Lost, describe_exit
-from .memory import _mb
+from .memory import mb
 
 TICK = 0.05  # s between liveness/deadline checks of a busy process
 
 
-class _Watch:
+class Watch:
     """Deadline and liveness checks while a thread waits on ``proc`` (a
     :class:`~.process.WarmProcess`). The memory limit is the pool's sampler's: it kills a
     tree over the limit, and the death is reported here as MemoryLimitExceeded."""
@@ -49,8 +49,8 @@ class _Watch:
         peak = self.proc.memory_exceeded
         if peak is not None and self.mem_limit is not None:
             return Lost(RemovalReason.mem_limit, MemoryLimitExceeded(
-                f"{self.label} used {_mb(peak)} (memory of its process tree), over "
-                f"MODELOPS_MEM_LIMIT_BYTES={self.mem_limit} ({_mb(self.mem_limit)}); its "
+                f"{self.label} used {mb(peak)} (memory of its process tree), over "
+                f"MODELOPS_MEM_LIMIT_BYTES={self.mem_limit} ({mb(self.mem_limit)}); its "
                 f"warm process (pid {self.proc.pid}) was killed and will be replaced. "
                 "Reduce the model's memory use or raise the limit.",
                 limit_bytes=self.mem_limit, peak_bytes=peak, pid=self.proc.pid,

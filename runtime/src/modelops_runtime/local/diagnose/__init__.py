@@ -1,0 +1,6 @@
+"""``modelops-runtime diagnose``: the layer-by-layer search of the debugging walkthrough.
+
+- covers: ``steps`` (what each step runs), ``verdict`` (the signature of differing steps →
+  a layer), ``report`` (text, JSON, HTML), ``command`` (running the steps in order).
+- see also: the README's debugging walkthrough.
+"""

@@ -1,0 +1,204 @@
+"""The steps of ``diagnose``: each a real local cluster with the user's values plus the
+``--set`` that removes one layer.
+
+- covers: which steps a mode gets, running one step, describing a mode.
+- does not: judge (verdict.py) or print (report.py).
+- see also: docs/design.md "diagnose steps" (the steps in order and why each is there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ...config import ExecutorType, RuntimeConfig
+from ...errors import LocalModeError
+from ..cluster.launch import LaunchPlan, plan
+from ..cluster.render import DEFAULT_RELEASE, find_chart, render_cluster
+from ..results import RunView, results_document, view_of
+from ..study.run import Study, check_direct_dependencies, run_study
+from ..cluster.supervise import LocalCluster
+
+FRESH_PROCESS = ("worker.executor.maxProcessReuse=1", "worker.executor.forceFreshVenv=false")
+FRESH_VENV = ("worker.executor.forceFreshVenv=true",)
+DIRECT = ("worker.executor.type=direct",)
+ONE_PROCESS = ("worker.replicas=1", "worker.processes=1", "worker.threads=1")
+
+
+FRESH_VENV_SIMS = 8   # a venv's fault shows in every task that uses it: a sample decides
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str                      # what this step removes, in a few words
+    sets: tuple[str, ...] = ()      # --set added to the user's values
+    sims: int | None = None         # fewer seeds than the other steps (fresh-venv)
+
+
+@dataclass
+class StepRun:
+    step: Step
+    index: int
+    view: RunView | None = None
+    elapsed_s: float = 0.0
+    skipped: str = ""               # why the step did not run
+    results: Path | None = None     # its --results file
+    mode: str = ""
+    workers: str = ""
+    failures: int = 0
+    total: int = 0                  # runs of the step: (set, seed) pairs
+    first_failure: str = ""         # "seed N: Type: message" of the first failed sim
+
+    @property
+    def ran(self) -> bool:
+        return self.view is not None
+
+
+@dataclass
+class Context:
+    """What every step shares: the user's inputs and the caches."""
+
+    study: Study
+    values: list[Path]
+    sets: list[str]
+    sims: int | None              # seeds (per set); None: the study's own
+    chart: Path
+    state_dir: Path
+    out_dir: Path
+    release: str = DEFAULT_RELEASE
+    start_timeout: float = 180
+    say: Callable[[str], None] = print
+    log: Callable[[str], None] = lambda line: None
+    runs: list[StepRun] = field(default_factory=list)
+    config: RuntimeConfig | None = None     # the user's mode, as rendered
+    launch: LaunchPlan | None = None
+
+
+def prepare(study_path: Path, values: Sequence[Path], sets: Sequence[str], *,
+            sims: int | None, chart: Path | None, state_dir: Path | None,
+            out_dir: Path | None, release: str = DEFAULT_RELEASE,
+            say: Callable[[str], None] = print, start_timeout: float = 180) -> Context:
+    """Everything checked before a process starts: the study, the values (rendered once
+    in the user's mode), the directories. Raises LocalModeError/ChartRenderError."""
+    study = Study.load(study_path)
+    chart = Path(chart or find_chart())
+    state = Path(state_dir or (chart.resolve().parent / ".state" / "local"))
+    rendered = render_cluster(values, sets, chart=chart, release=release)
+    launch = plan(rendered, state, release=release, run_id=_run_id("check"))
+    if launch.expected_workers == 0:
+        raise LocalModeError("worker.replicas is 0 in these values: no worker would run the "
+                             "study; set worker.replicas >= 1")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir or state / "diagnose" / f"{stamp}-{os.getpid()}")
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = out / "diagnose.log"
+
+    def log(line: str) -> None:
+        with log_file.open("a") as fh:
+            fh.write(line.rstrip("\n") + "\n")
+
+    return Context(study=study, values=list(values), sets=list(sets),
+                   sims=sims, chart=chart, state_dir=state, out_dir=out,
+                   release=release, start_timeout=start_timeout, say=say, log=log,
+                   config=launch.config, launch=launch)
+
+
+def _run_id(name: str) -> str:
+    # the last part is our pid: the run-directory pruning never touches a live run's
+    return f"{datetime.now():%Y%m%d-%H%M%S}-diagnose-{name}-{os.getpid()}"
+
+
+def planned_steps(config: RuntimeConfig, launch: LaunchPlan) -> tuple[list[Step], dict[str, str]]:
+    """The steps for the user's mode, and the ones skipped because the mode already is
+    that step (name → why)."""
+    warm = config.executor_type is ExecutorType.isolated_warm
+    skipped: dict[str, str] = {}
+    fresh = FRESH_PROCESS if warm else ()
+    steps = [Step("your-mode", "your values as they are"),
+             Step("your-mode-again", "your values again (is the mode deterministic?)")]
+    if warm and config.max_process_reuse == 1 and not config.force_fresh_venv:
+        skipped["fresh-process"] = "your mode already starts a fresh process per task"
+    elif warm:
+        steps.append(Step("fresh-process", "a new warm process per task (no state carried "
+                          "between tasks), cached venv kept", FRESH_PROCESS))
+    else:
+        skipped["fresh-process"] = "executor=direct has no warm processes"
+    if warm and not config.force_fresh_venv:
+        steps.append(Step("fresh-venv", f"a new venv and a new process per task (the first "
+                          f"{FRESH_VENV_SIMS} seeds: a venv's fault shows in every task)",
+                          FRESH_VENV, sims=FRESH_VENV_SIMS))
+    else:
+        skipped["fresh-venv"] = ("your mode already builds a fresh venv per task" if warm
+                                 else "executor=direct has no venvs")
+    if warm:
+        steps.append(Step("direct", "the worker's own environment instead of the bundle's "
+                          "venv; bundle modules re-imported per task", DIRECT))
+    else:
+        skipped["direct"] = "your mode is executor=direct"
+    other = 2 if config.native_threads == 1 else 1
+    steps.append(Step(f"native-threads={other}", f"native libraries get {other} thread(s) "
+                      f"instead of {config.native_threads}",
+                      (*fresh, f"worker.executor.nativeThreads={other}")))
+    if launch.expected_workers == 1 and launch.rendered.nthreads == 1:
+        skipped["one-process"] = "your mode already runs one task at a time in one process"
+    else:
+        steps.append(Step("one-process", "one worker process, one task at a time",
+                          (*fresh, *ONE_PROCESS)))
+    return steps, skipped
+
+
+def describe_mode(config: RuntimeConfig, launch: LaunchPlan) -> str:
+    r = launch.rendered
+    how = config.executor_type.value
+    if config.executor_type is ExecutorType.isolated_warm:
+        how += (", fresh venv per task" if config.force_fresh_venv else
+                f", process reuse {config.max_process_reuse}")
+    return (f"{how}, native threads {config.native_threads}, "
+            f"{r.replicas}×{r.nworkers}×{r.nthreads} (pods×processes×threads)")
+
+
+def run_step(ctx: Context, step: Step, index: int) -> StepRun:
+    """One step on its own local cluster (started, used, stopped: nothing outlives it).
+    A step that cannot run in this environment (the direct step without the bundle's
+    dependencies in the worker environment) is returned skipped, with the reason."""
+    sr = StepRun(step=step, index=index)
+    rendered = render_cluster(ctx.values, [*ctx.sets, *step.sets], chart=ctx.chart,
+                              release=ctx.release)
+    launch = plan(rendered, ctx.state_dir, release=ctx.release, run_id=_run_id(step.name))
+    sr.mode = describe_mode(launch.config, launch)
+    sr.workers = f"{launch.expected_workers} processes, {launch.expected_threads} threads"
+    ctx.say(f"diagnose: step {index} {step.name}: {step.title} [{sr.mode}] ...")
+    try:
+        check_direct_dependencies(ctx.study, launch)
+    except LocalModeError as exc:
+        sr.skipped = str(exc).split("; nothing was started")[0]
+        ctx.say(f"diagnose: step {index} {step.name}: skipped: {sr.skipped}")
+        return sr
+    started = time.perf_counter()
+    with LocalCluster(launch, ctx.log, start_timeout=ctx.start_timeout) as cluster:
+        client = cluster.client()
+        sims = ctx.sims if step.sims is None else min(step.sims, ctx.sims or step.sims)
+        run = run_study(client, ctx.study, launch.bundle_repo, sims=sims, progress=False)
+    sr.elapsed_s = time.perf_counter() - started
+    sr.results = ctx.out_dir / f"{index}-{step.name}.json"
+    sr.results.write_text(json.dumps(results_document(
+        run, values=[str(v) for v in ctx.values], sets=[*ctx.sets, *step.sets],
+        mode=launch.config.summary(), config=launch.config.as_env(),
+        expected_workers=launch.expected_workers,
+        expected_threads=launch.expected_threads), indent=1))
+    sr.view = view_of(run, step.name, mode=launch.config.summary(), workers=sr.workers)
+    failed = sr.failures = len(run.failures)
+    sr.total = len(run.sims) + failed
+    if run.failures:
+        f = run.failures[0]
+        sr.first_failure = (f"seed {f.seed}: {f.error_type}: "
+                            f"{(f.message.splitlines() or [''])[0][:300]}")
+    ctx.log(f"step {step.name}: {len(run.sims)} ok, {failed} failed, {sr.elapsed_s:.1f} s, "
+            f"logs {launch.run_dir / 'logs'}")
+    return sr

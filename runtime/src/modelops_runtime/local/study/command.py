@@ -1,0 +1,116 @@
+"""``modelops-runtime local``: render the chart, plan, start the local cluster, run the
+study (or keep the cluster up), stop everything. The argument parser is cli/local.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ...exitcodes import EXIT_DIFFERS, EXIT_FAILED, EXIT_INPUTS_DIFFER, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
+from ...errors import LocalModeError, ModelOpsError
+from ..compare.runs import InputsDiffer, inputs_difference, load_baseline
+from ..cluster.launch import plan
+from ..console import echo
+from ..cluster.render import find_chart, render_cluster
+from .run import (Study, check_direct_dependencies,
+                    run_and_report)
+from ..cluster.stopping import sigterm_as_interrupt, stopped
+from ..cluster.supervise import LocalCluster
+from .table import check_table_target
+
+
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    every sim and the aggregation ran (with --compare: every (set, seed) run as before)
+  {EXIT_FAILED}    a sim or the aggregation failed, or an error stopped the run (see stderr)
+  {EXIT_USAGE}    bad command line, or --compare FILE records other inputs (bundle, entrypoint,
+       params) than this study: one line names the difference
+  {EXIT_DIFFERS}    --compare: a (set, seed) run's outputs differ, it failed in only one of the
+       two or with another error type, or it is in only one of the two (wins over {EXIT_FAILED})
+  {EXIT_INTERRUPTED}  Ctrl-C, {EXIT_TERMINATED} SIGTERM: the local cluster was stopped, no process is left"""
+
+
+def check_results_targets(paths) -> list[Path]:
+    """``--results`` files: a table (.parquet, .csv) or else JSON; checked before anything
+    runs (Parquet needs pyarrow)."""
+    out = [paths] if isinstance(paths, Path) else list(paths or ())
+    for path in out:
+        try:
+            check_table_target(path)
+        except ValueError as exc:
+            raise LocalModeError(str(exc)) from None
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.sims is not None and args.sims < 1:
+        print("error: --sims must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.study and not args.keep:
+        print("error: nothing to do: give --study PATH (run it, then stop) and/or --keep "
+              "(keep the cluster up until Ctrl-C)", file=sys.stderr)
+        return EXIT_USAGE
+    restore = sigterm_as_interrupt()
+    t0 = time.perf_counter()
+    try:
+        study = Study.load(args.study) if args.study else None
+        results = check_results_targets(args.results)
+        baseline = load_baseline(args.compare) if args.compare else None
+        if study is not None and baseline is not None and baseline.inputs is not None:
+            # everything but the bundle digest (known once packed) before anything starts
+            planned = study.inputs(baseline.inputs.bundle, args.sims)
+            problem = inputs_difference(baseline.inputs, planned, baseline.label, "this study")
+            if problem:
+                raise InputsDiffer(f"not comparable: {problem}; compare runs of the same "
+                                   "study")
+        chart = args.chart or find_chart()
+        state = args.state_dir or (Path(chart).resolve().parent / ".state" / "local")
+        rendered = render_cluster(args.values, args.set, chart=chart, release=args.release)
+        launch = plan(rendered, state, release=args.release)
+        if study is not None:
+            if launch.expected_workers == 0:
+                raise LocalModeError(
+                    "worker.replicas is 0 in these values: no worker would run the study; "
+                    "set worker.replicas >= 1 (e.g. --set worker.replicas=1)")
+            check_direct_dependencies(study, launch)
+        values = " ".join(f"-f {v}" for v in args.values) or "(chart defaults)"
+        echo(f"local mode: helm template {args.release} {chart} {values}"
+             + "".join(f" --set {s}" for s in args.set))
+        echo(f"mode: {launch.config.summary()}")
+        echo(f"workers: {launch.describe()}")
+        for notice in launch.notices:
+            echo(f"notice: {notice}")
+        with LocalCluster(launch, echo, start_timeout=args.start_timeout) as cluster:
+            client = cluster.client()
+            echo(f"scheduler: {cluster.address}  dashboard: {client.dashboard_link}")
+            echo(f"logs: {launch.run_dir / 'logs'}")
+            code = 0
+            if study is not None:
+                code = run_and_report(
+                    client, study, launch, echo, sims=args.sims,
+                    progress=not args.no_progress, results=results, values=args.values,
+                    sets=args.set, baseline=baseline, batch=args.batch,
+                    batch_target=args.batch_seconds)
+            if args.keep:
+                echo(f"cluster is up: Client({cluster.address!r}) or --scheduler-file "
+                     f"{launch.scheduler_file}; workers fetch bundles from "
+                     f"{launch.bundle_repo} (`modelops-runtime bundle pack DIR --repo "
+                     f"{launch.bundle_repo}`); press Ctrl-C to stop it")
+                while True:
+                    cluster.check_running()
+                    time.sleep(0.5)
+            echo("stopping the local cluster ...")
+        echo(f"stopped; every local process is gone. total time {time.perf_counter() - t0:.1f} s")
+        return code
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        return stopped(exc, "the local cluster")
+    except InputsDiffer as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUTS_DIFFER
+    except ModelOpsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        restore()

@@ -1,0 +1,394 @@
+"""Venv cache: one virtualenv per dependency set, built with uv, shared by a pod's workers.
+
+Key = hash of the bundle's normalised requirements + Python version/ABI + platform, so
+bundles with equal dependencies share a venv. A build goes into a temporary directory,
+writes its fingerprint last and is renamed into place, under a cross-process lock (one
+build per key per pod). Anything without a valid fingerprint is a build that died
+half-way: it is removed and rebuilt. uv's link mode is hardlink with one uv cache on the
+same filesystem, so a venv costs links, not copies (uvcache.py keeps uv's cache within its
+budget). Indexes, offline mode and find-links are uv's own ``UV_*`` variables, passed
+through untouched.
+
+The cache may be shared by several pods (a ReadWriteMany volume), and a pid means nothing
+in another pod's PID namespace. So temporary builds and fresh venvs are named
+``<prefix>…-<host>-<pid>-<random>`` (:func:`owner_tag`; the host name is the pod name), and
+a worker removes such leftovers unlocked only if they are its own host's and that pid is
+gone. Another pod's are never touched, except temporary builds of a key whose lock we hold
+(nobody can be building it then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ....bundles import make_read_only, remove_tree
+from ....bundles.cache import CacheEntries
+from ....errors import EnvironmentBuildError
+from ....locks import file_lock
+from ...packages import installed_digest, site_packages
+from ...counters import StatsRecorder
+from .clones import Pristines, clone_tree
+from ...limits import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
+from .uvcache import UvCacheGC
+from .uv import UvAbort, uv_bin, run_uv, stopped, uv_env, uv_failed
+from .keys import (FORMAT, left_by_dead_local_process, owner_tag, python_identity,
+                       venv_key, venv_python)
+
+log = logging.getLogger("modelops_runtime.venvs")
+
+FINGERPRINT = "modelops-venv.json"
+_TMP_PREFIX = ".tmp-"
+_FRESH_PREFIX = ".fresh-"
+_TRASH_PREFIX = ".trash-"
+_GENERATION = re.compile(r"^[0-9a-f]{32}@[0-9a-f]{12}$")  # <key>@<id>: one venv generation
+FAILED_BUILD_MEMORY = 30.0  # s a failed build of a key is answered from memory, not rebuilt
+
+@dataclass(frozen=True)
+class Venv:
+    """A ready venv. ``cache_hit``: it existed (or another process built it) — we did not build."""
+
+    path: Path
+    key: str
+    cache_hit: bool
+    fresh: bool = False
+    # an open fd holding a shared lock on this venv generation (bundles/cache.py): while it
+    # is open, garbage collection never removes the venv. The user closes it when done.
+    lease: int | None = None
+    # fds a warm process started in this venv inherits and holds for its lifetime (its
+    # leases on the venv and its bundle): released by the kernel when it exits
+    hold_fds: tuple[int, ...] = ()
+
+    @property
+    def python(self) -> Path:
+        return venv_python(self.path)
+
+
+class VenvCache:
+    """Builds and hands out venvs under ``root`` (MODELOPS_VENVS_DIR). Thread-safe, and safe
+    across the worker processes of a pod sharing ``root``."""
+
+    def __init__(self, root: Path, *, validate: bool = True,
+                 stats: StatsRecorder | None = None, build_timeout: float = 1800,
+                 passthrough: Sequence[str] = (), allow_sdist_builds: bool = False,
+                 prepare: Callable[[Path], None] | None = None,
+                 max_bytes: int | None = None, uv_cache_max_bytes: int | None = None) -> None:
+        self.root = Path(root)
+        self.validate = validate
+        self.passthrough = tuple(passthrough)
+        self.allow_sdist_builds = allow_sdist_builds
+        self.prepare = prepare  # called on a finished build before it is made read-only
+        self.stats = stats or StatsRecorder()
+        self.build_timeout = build_timeout
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".locks").mkdir(exist_ok=True)
+        self._failed: dict[str, tuple[float, EnvironmentBuildError]] = {}  # key → last failure
+        self._checked: dict[Path, tuple] = {}  # venv → fingerprint stat that passed validation
+        self.max_bytes = max_bytes
+        self.entries = CacheEntries(self.root)
+        self.uv_cache = UvCacheGC(self._uv_env, self.root / ".locks", uv_cache_max_bytes)
+        self._aborts = threading.local()  # .current: the UvAbort of this thread's fresh build
+        self._remove_dead_leftovers()
+        # FORCE_FRESH_VENV: one uv build per dependency set, cloned per task (clones.py)
+        self.pristines = Pristines(self._build, lambda key: self.root / (
+            f"{_FRESH_PREFIX}{owner_tag()}-p{uuid.uuid4().hex[:12]}"))
+
+    # -- public ---------------------------------------------------------------------
+
+    def get(self, requirements: Sequence[str]) -> Venv:
+        """The cached venv for ``requirements``, leased (close ``Venv.lease`` when done),
+        building it if needed (one build per key).
+
+        ``<root>/<key>`` is a symbolic link to the current generation ``<key>@<id>``: a
+        published generation is never changed, renamed or removed in place. A rebuild
+        (the current one failed validation) publishes a new generation by replacing the
+        link atomically; the old one stays for the processes still using it until garbage
+        collection finds it unused."""
+        key = venv_key(requirements)
+        venv = self._current(key, requirements)
+        if venv is None:
+            self._raise_recent_failure(key)
+            with self._locked(key):
+                # another thread or worker process may have built it while we waited
+                venv = self._current(key, requirements, log_reason=True)
+                if venv is None:
+                    venv = self._build_generation(key, requirements)
+            if not venv.cache_hit:
+                self.collect()
+        if venv.cache_hit:
+            self.stats.incr("venv_hits")
+        return venv
+
+    def collect(self) -> None:
+        """Remove unused superseded generations, and unused venvs least recently used first
+        while the cache is above its budget (``max_bytes``)."""
+        generations = [e.name for e in self.root.iterdir() if _GENERATION.match(e.name)]
+        current = {self._current_name(key) for key in {g.split("@")[0] for g in generations}}
+        done = self.entries.collect(generations, budget=self.max_bytes,
+                                    obsolete=set(generations) - current,
+                                    unpublish=self._unpublish)
+        if done and done.entries:
+            self.stats.incr("venvs_collected", done.entries)
+
+    def _current_name(self, key: str) -> str | None:
+        with contextlib.suppress(OSError):
+            return os.readlink(self.root / key)
+        return None
+
+    def _current(self, key: str, requirements: Sequence[str],
+                 log_reason: bool = False) -> Venv | None:
+        """The current generation of ``key``, leased, if it is usable."""
+        name = self._current_name(key)
+        if name is None or not _GENERATION.match(name):
+            return None
+        lease = self.entries.lease(name)
+        if lease is None:
+            return None
+        if not self._usable(self.root / name, key, requirements, log_reason):
+            os.close(lease)
+            return None
+        return Venv(self.root / name, key, cache_hit=True, lease=lease)
+
+    def _build_generation(self, key: str, requirements: Sequence[str]) -> Venv:
+        """Build a new generation of ``key`` and publish it (we hold the key's lock)."""
+        self.stats.incr("venv_misses")
+        current = self._current_name(key)
+        if current and (self.root / current / FINGERPRINT).exists():
+            self.stats.incr("venv_invalid")  # a complete venv failed validation
+        self._remove_stale_builds(key)
+        name = f"{key}@{uuid.uuid4().hex[:12]}"
+        tmp = self.root / f"{_TMP_PREFIX}{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
+        try:
+            try:
+                self._build(tmp, key, requirements)
+            except EnvironmentBuildError as exc:
+                self._failed[key] = (time.monotonic(), exc)
+                raise
+            os.rename(tmp, self.root / name)
+        finally:
+            remove_tree(tmp)
+        lease = self.entries.lease(name)  # before publishing: collection cannot take it
+        published = self.root / key
+        if published.is_dir() and not published.is_symlink():  # not ours: never a venv
+            junk = self.root / f"{_TRASH_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
+            os.rename(published, junk)
+            remove_tree(junk)
+        link = self.root / f".link-{name}"
+        os.symlink(name, link)
+        os.replace(link, published)  # atomic: users see the old or the new one
+        return Venv(self.root / name, key, cache_hit=False, lease=lease)
+
+    def _unpublish(self, name: str) -> None:
+        """Collection is removing generation ``name``: drop the link if it points there."""
+        key = name.split("@")[0]
+        if self._current_name(key) == name:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / key)
+
+    def _raise_recent_failure(self, key: str) -> None:
+        """A build of ``key`` failed less than FAILED_BUILD_MEMORY seconds ago: fail the same
+        way at once instead of running uv again for every task of the bundle."""
+        failed = self._failed.get(key)
+        if failed is None:
+            return
+        when, exc = failed
+        ago = time.monotonic() - when
+        if ago >= FAILED_BUILD_MEMORY:
+            self._failed.pop(key, None)
+            return
+        raise EnvironmentBuildError(
+            f"{exc.message}\n(This build failed {ago:.0f}s ago in this worker process; it is "
+            f"tried again {FAILED_BUILD_MEMORY:.0f}s after the failure.)",
+            **exc.fields)
+
+    def fresh(self, requirements: Sequence[str], abort: UvAbort | None = None) -> Venv:
+        """A new venv for one task (FORCE_FRESH_VENV): a clone of this process's pristine
+        build of the set (clones.py); the caller removes it with :meth:`remove`.
+        ``abort.abort()`` (another thread) kills the pristine build's uv if this call runs
+        it, and removes what was made."""
+        key = venv_key(requirements)
+        path = self.root / f"{_FRESH_PREFIX}{owner_tag()}-{uuid.uuid4().hex[:12]}"
+        self.stats.incr("venv_misses")
+        if abort is not None:
+            abort.path = path
+        self._aborts.current = abort  # the pristine build's uv, if this task starts it
+        try:
+            clone_tree(self.pristines.get(key, requirements), path)
+            if abort is not None and abort.aborted:
+                raise stopped(requirements)
+        except OSError as exc:
+            remove_tree(path)
+            raise limit_error(exc, "cloning a fresh venv") from exc
+        except BaseException:
+            remove_tree(path)
+            raise
+        finally:
+            self._aborts.current = None
+        return Venv(path, key, cache_hit=False, fresh=True)
+
+    def remove(self, venv: Venv) -> None:
+        remove_tree(venv.path)
+
+    # -- validation -----------------------------------------------------------------
+
+    def _usable(self, dest: Path, key: str, requirements: Sequence[str],
+                log_reason: bool = False) -> bool:
+        problem = self._problem(dest, key, requirements)
+        if problem and log_reason and dest.exists():
+            log.warning("cached venv %s is not reused: %s; rebuilding it", dest, problem)
+        return problem is None
+
+    def _problem(self, dest: Path, key: str, requirements: Sequence[str]) -> str | None:
+        """Why ``dest`` cannot be reused, or None if it can."""
+        fp_path = dest / FINGERPRINT
+        try:
+            stat = fp_path.stat()
+            fingerprint = json.loads(fp_path.read_text())
+        except FileNotFoundError:
+            return "it has no fingerprint (a build that did not finish)"
+        except (OSError, ValueError) as exc:
+            return f"its fingerprint is unreadable ({exc})"
+        if not isinstance(fingerprint, dict) or fingerprint.get("key") != key:
+            return "its fingerprint belongs to another dependency set"
+        if not self.validate:
+            return None
+        expected = {"requirements": sorted(requirements), "python": python_identity(),
+                    "format": FORMAT}
+        for field, value in expected.items():
+            if fingerprint.get(field) != value:
+                return (f"its fingerprint's {field} is {fingerprint.get(field)!r}, "
+                        f"expected {value!r}")
+        # The full check (every installed file's size, the interpreter starting) runs the
+        # first time this worker process uses the venv, and again whenever a site-packages
+        # directory changes (a package installed, upgraded or removed): a cache hit then
+        # costs a few stat calls, not one per installed file.
+        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size,
+                    tuple(site.stat().st_mtime_ns for site in site_packages(dest)))
+        if self._checked.get(dest) == identity:
+            return None
+        if "installed" in fingerprint and installed_digest(dest) != fingerprint["installed"]:
+            return ("its installed distributions changed after it was built (a package "
+                    "installed, upgraded or removed in it, or an installed file deleted)")
+        if problem := self._interpreter_problem(dest):
+            return problem
+        self._checked[dest] = identity
+        return None
+
+    @staticmethod
+    def _interpreter_problem(venv: Path) -> str | None:
+        python = venv_python(venv)
+        try:
+            proc = subprocess.run([str(python), "-I", "-c", "pass"],
+                                  capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            return f"its interpreter does not start ({exc})"
+        except OSError as exc:
+            if exc.errno in VENV_ERRNOS and exc.filename == str(python):
+                return f"its interpreter does not start ({exc})"
+            # e.g. EMFILE: the worker is at a limit; rebuilding a good venv would not help
+            raise limit_error(exc, f"checking the venv {venv}") from exc
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()[-500:]
+            return f"its interpreter exits with {proc.returncode} ({err})"
+        return None
+
+    # -- building -------------------------------------------------------------------
+
+    def _build(self, path: Path, key: str, requirements: Sequence[str]) -> None:
+        started = time.monotonic()
+        log.info("building venv %s for [%s] with uv", key,
+                 ", ".join(requirements) or "no dependencies")
+        self._uv(["venv", "--relocatable", "--no-project", "--python", sys.executable,
+                  str(path)], requirements)
+        if requirements:
+            req_file = path / "modelops-requirements.txt"
+            req_file.write_text("\n".join(requirements) + "\n")
+            # wheels only unless sdists are allowed: building one runs its build backend
+            # (bundle-chosen code); bytecode compiled now, the venv is read-only after
+            build = [] if self.allow_sdist_builds else ["--no-build"]
+            self._uv(["pip", "install", "--python", str(venv_python(path)), *build,
+                      "--compile-bytecode", "-r", str(req_file)], requirements)
+        fingerprint = {"key": key, "format": FORMAT, "requirements": sorted(requirements),
+                       "python": python_identity(), "built_at": time.time(),
+                       "installed": installed_digest(path)}
+        tmp_fp = path / (FINGERPRINT + ".tmp")
+        tmp_fp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+        if self.prepare is not None:
+            self.prepare(path)
+        os.replace(tmp_fp, path / FINGERPRINT)  # written last: its presence means "complete"
+        make_read_only(path)  # warm processes may run it, never change it
+        seconds = time.monotonic() - started
+        self.stats.venv_built(seconds)
+        log.info("built venv %s in %.1fs", key, seconds)
+        self.uv_cache.collect()  # uv's cache within MODELOPS_UV_CACHE_MAX_BYTES (uvcache.py)
+
+    def _uv_env(self) -> dict[str, str]:
+        return uv_env(self.root.parent / "uv-cache", self.passthrough)
+
+    def _uv(self, args: list[str], requirements: Sequence[str]) -> None:
+        cmd = [uv_bin(), *args]
+        abort = getattr(self._aborts, "current", None)
+        if abort is not None and abort.aborted:
+            raise stopped(requirements)
+        try:
+            proc = run_uv(cmd, env=self._uv_env(), cwd=self.root, timeout=self.build_timeout,
+                          abort=abort)
+        except OSError as exc:
+            if exc.errno in LIMIT_ERRNOS:
+                raise limit_error(exc, f"running `uv {args[0]}` to build the bundle's "
+                                       "environment") from exc
+            raise EnvironmentBuildError(
+                f"cannot run uv ({cmd[0]}): {exc}. uv comes with modelops-runtime: reinstall "
+                "it in the worker image.", requirements=list(requirements),
+                uv_output="") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise EnvironmentBuildError(
+                f"building the bundle's environment timed out after {self.build_timeout:.0f}s "
+                f"(uv {args[0]}); check that the package index configured with UV_* variables "
+                "is reachable", requirements=list(requirements), uv_output="") from exc
+        if abort is not None and abort.aborted:
+            raise stopped(requirements)
+        if proc.returncode != 0:
+            raise uv_failed(args, proc, requirements)
+
+    # -- locking and leftovers ------------------------------------------------------
+
+    def _locked(self, key: str):
+        """One builder per key, across threads, processes and pods sharing the cache."""
+        return file_lock(self.root / ".locks" / f"{key}.lock")
+
+    def _remove_stale_builds(self, key: str) -> None:
+        # we hold the key's lock (flock, also across pods on a shared volume): any temporary
+        # build of this key, whichever host named it, is from a dead builder
+        for tmp in self.root.glob(f"{_TMP_PREFIX}{key}-*"):
+            log.warning("removing %s, a venv build that did not finish", tmp.name)
+            remove_tree(tmp)
+        for trash in self.root.glob(f"{_TRASH_PREFIX}{key}-*"):
+            remove_tree(trash)
+
+    def _remove_dead_leftovers(self) -> None:
+        """Fresh venvs and temporary builds left by dead worker processes of this host
+        (unlocked, at start: another host's are left alone, see the module docstring)."""
+        for entry in self.root.iterdir():
+            if entry.name.startswith(_FRESH_PREFIX):
+                tagged = entry.name[len(_FRESH_PREFIX):]
+            elif entry.name.startswith(_TMP_PREFIX):
+                tagged = entry.name[len(_TMP_PREFIX):].partition("-")[2]  # after the key
+            else:
+                continue
+            if left_by_dead_local_process(tagged):
+                log.info("removing %s, left by a worker process of this host that is gone",
+                         entry.name)
+                remove_tree(entry)
+
