@@ -53,7 +53,10 @@ _TMP_PREFIX = ".tmp-"
 _FRESH_PREFIX = ".fresh-"
 _TRASH_PREFIX = ".trash-"
 _GENERATION = re.compile(r"^[0-9a-f]{32}@[0-9a-f]{12}$")  # <key>@<id>: one venv generation
-FAILED_BUILD_MEMORY = 30.0  # s a failed build of a key is answered from memory, not rebuilt
+FAILED_BUILD_MEMORY = 30.0  # s a permanently failed build of a key is answered from memory
+# a transient build failure (uv.transient_cause) is retried after these pauses, then raised
+# as it is and never remembered
+BUILD_RETRY_DELAYS = (1.0, 4.0)
 
 @dataclass(frozen=True)
 class Venv:
@@ -173,7 +176,8 @@ class VenvCache:
             try:
                 self._build(tmp, key, requirements)
             except EnvironmentBuildError as exc:
-                self._failed[key] = (time.monotonic(), exc)
+                if not (getattr(exc, "transient", None) or getattr(exc, "timed_out", False)):
+                    self._failed[key] = (time.monotonic(), exc)
                 raise
             os.rename(tmp, self.root / name)
         finally:
@@ -306,6 +310,28 @@ class VenvCache:
     # -- building -------------------------------------------------------------------
 
     def _build(self, path: Path, key: str, requirements: Sequence[str]) -> None:
+        """Build into ``path``, retrying a transient failure (a killed uv, a full disk, the
+        network) after each of BUILD_RETRY_DELAYS; a permanent one is raised at once."""
+        for attempt, delay in enumerate((*BUILD_RETRY_DELAYS, None), start=1):
+            try:
+                return self._build_once(path, key, requirements)
+            except EnvironmentBuildError as exc:
+                cause = getattr(exc, "transient", None)
+                if not cause:
+                    raise
+                if delay is None:
+                    raise EnvironmentBuildError(
+                        f"{exc.message}\n(Tried {attempt} times, pausing "
+                        f"{', '.join(f'{d:g}s' for d in BUILD_RETRY_DELAYS)} between.)",
+                        **{**exc.fields, "attempts": attempt}) from exc
+                log.warning("venv build %s failed transiently (%s); trying again in %gs "
+                            "(attempt %d of %d)", key, cause, delay, attempt + 1,
+                            len(BUILD_RETRY_DELAYS) + 1)
+                remove_tree(path)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _build_once(self, path: Path, key: str, requirements: Sequence[str]) -> None:
         started = time.monotonic()
         log.info("building venv %s for [%s] with uv", key,
                  ", ".join(requirements) or "no dependencies")
@@ -353,10 +379,13 @@ class VenvCache:
                 "it in the worker image.", requirements=list(requirements),
                 uv_output="") from exc
         except subprocess.TimeoutExpired as exc:
+            # transient but not retried here (it already took build_timeout); not remembered
             raise EnvironmentBuildError(
                 f"building the bundle's environment timed out after {self.build_timeout:.0f}s "
-                f"(uv {args[0]}); check that the package index configured with UV_* variables "
-                "is reachable", requirements=list(requirements), uv_output="") from exc
+                f"(uv {args[0]}): a transient failure, not remembered (the next task builds "
+                "again); check that the package index configured with UV_* variables "
+                "is reachable", requirements=list(requirements), uv_output="",
+                transient=None, timed_out=True) from exc
         if abort is not None and abort.aborted:
             raise stopped(requirements)
         if proc.returncode != 0:

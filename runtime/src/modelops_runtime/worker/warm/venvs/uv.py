@@ -1,6 +1,11 @@
 """Running uv for the venv store: its binary, its environment (never the worker's whole
 one: a build backend uv runs sees only this), a parent-death signal for it, and a session
-of its own, so that a timeout or :class:`UvAbort` kills uv with everything it started."""
+of its own, so that a timeout or :class:`UvAbort` kills uv with everything it started.
+
+- covers: the error a failed uv run raises, transient (killed by a signal, out of memory,
+  out of disk, the network) or permanent (the resolver's verdict).
+- does not: retry or remember failures (store.py does).
+"""
 
 from __future__ import annotations
 
@@ -118,25 +123,68 @@ def run_uv(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+# uv's words for a failure that says nothing about the requirements: the build may well
+# succeed when tried again (a full disk freed by garbage collection, an index back online)
+_DISK_WORDS = ("no space left on device", "os error 28", "disk quota exceeded",
+               "os error 122")
+_NETWORK_WORDS = ("failed to fetch", "error sending request", "connection refused",
+                  "connection reset", "dns error", "failed to lookup address",
+                  "tcp connect error", "timed out", "operation timed out",
+                  "network is unreachable", "failed to download", "request failed after")
+
+
+def transient_cause(proc: subprocess.CompletedProcess, output: str) -> str | None:
+    """Why a failed uv run is transient (worth retrying, never remembered as the bundle's
+    fault), or None when it is permanent (a resolver error: no such version, a conflict)."""
+    if proc.returncode < 0:
+        sig = signal.Signals(-proc.returncode).name if -proc.returncode in {
+            s.value for s in signal.Signals} else f"signal {-proc.returncode}"
+        oom = (" — what the kernel's OOM killer sends when the pod or node is out of "
+               "memory" if proc.returncode == -signal.SIGKILL else "")
+        return f"uv was killed by {sig}{oom}"
+    lower = output.lower()
+    if "no solution found" in lower:  # the resolver's verdict, whatever it fetched on the way
+        return None
+    if any(w in lower for w in _DISK_WORDS):
+        return "out of disk: uv could not write (no space left on device or quota exceeded)"
+    if "memory allocation" in lower or "out of memory" in lower:
+        return "out of memory: uv could not allocate memory"
+    if any(w in lower for w in _NETWORK_WORDS):
+        return "a network failure: uv could not reach the package index"
+    return None
+
+
 def uv_failed(args: Sequence[str], proc: subprocess.CompletedProcess,
               requirements: Sequence[str]) -> EnvironmentBuildError:
-    """The error a failed uv step of a venv build raises: what uv said, and what to do."""
+    """The error a failed uv step of a venv build raises: what uv said, whether it was
+    transient (``transient``: the cause) or permanent, and what to do."""
     output = (proc.stderr or proc.stdout).decode(errors="replace").strip()
     output = output[-_UV_MESSAGE_CHARS:]
     how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
            else f"exit code {proc.returncode}")
+    what = (f"could not build the bundle's environment for "
+            f"[{', '.join(requirements) or 'no dependencies'}]: ")
+    cause = transient_cause(proc, output)
+    if cause is not None:
+        return EnvironmentBuildError(
+            f"{what}a transient failure, not a fault of the requirements: {cause}. "
+            f"`uv {' '.join(args[:2])}` failed ({how}):\n{output}\n"
+            "Nothing was published and the failure is not remembered: the next task "
+            "builds again. If it keeps happening, give the worker more memory or disk "
+            "(worker.resources, the venv cache volume) or check that the package index "
+            "configured with UV_* variables is reachable.",
+            requirements=list(requirements), uv_output=output, transient=cause)
     wheels_only = ("source distributions are not built (wheels only): publish a wheel "
                    "of every dependency on the index, or opt in with "
                    "worker.executor.allowSdistBuilds=true "
                    "(MODELOPS_ALLOW_SDIST_BUILDS); "
                    if "--no-build" in args and "build" in output.lower() else "")
     return EnvironmentBuildError(
-        f"could not build the bundle's environment for "
-        f"[{', '.join(requirements) or 'no dependencies'}]: {wheels_only}"
-        f"`uv {' '.join(args[:2])}` failed ({how}):\n{output}\n"
+        f"{what}{wheels_only}a permanent failure (uv could not resolve or install the "
+        f"requirements as written): `uv {' '.join(args[:2])}` failed ({how}):\n{output}\n"
         "Fix the bundle's requirements (names and versions must exist on the "
         "configured index) or the UV_* index settings of the worker.",
-        requirements=list(requirements), uv_output=output)
+        requirements=list(requirements), uv_output=output, transient=None)
 
 
 def stopped(requirements: Sequence[str]) -> WorkerStopping:
