@@ -382,9 +382,9 @@ class VenvCache:
             # transient but not retried here (it already took build_timeout); not remembered
             raise EnvironmentBuildError(
                 f"building the bundle's environment timed out after {self.build_timeout:.0f}s "
-                f"(uv {args[0]}): a transient failure, not remembered (the next task builds "
-                "again); check that the package index configured with UV_* variables "
-                "is reachable", requirements=list(requirements), uv_output="",
+                f"(uv {args[0]}); check that the package index configured with UV_* variables "
+                "is reachable. A transient failure: not tried again at once, not remembered "
+                "(the next task builds again)", requirements=list(requirements), uv_output="",
                 transient=None, timed_out=True) from exc
         if abort is not None and abort.aborted:
             raise stopped(requirements)
