@@ -4,8 +4,10 @@ chart carries the presets; `--reuse-values --set mode=...` switches the mode."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -32,17 +34,50 @@ def _preset_mode(name: str) -> tuple:
             str(x["forceFreshVenv"]).lower(), str(x["maxProcessReuse"]))
 
 
-# ---- the presets in the chart are values-examples/ ----------------------------------
+# ---- one source: chart/presets/; values-examples/ and chart/ci/ link to it ------------
 
-def test_the_chart_ships_exactly_the_values_examples():
-    """values-examples/ are the design card's top-level files; the chart carries the same
-    bytes (copy with `cp values-examples/*.yaml chart/presets/` after editing one)."""
-    assert sorted(p.name for p in SHIPPED.iterdir()) == sorted(f"{p}.yaml" for p in PRESETS)
+def _links() -> dict[Path, Path]:
+    """Every other place a preset appears → the chart/presets/ file it must be."""
+    links = {}
     for name in PRESETS:
-        shipped, example = SHIPPED / f"{name}.yaml", chartkit.PRESETS_DIR / f"{name}.yaml"
-        assert not shipped.is_symlink(), f"{shipped} must be a file: helm package keeps it"
-        assert shipped.read_bytes() == example.read_bytes(), (
-            f"{shipped} differs from {example}: copy values-examples/{name}.yaml over it")
+        links[chartkit.PRESETS_DIR / f"{name}.yaml"] = SHIPPED / f"{name}.yaml"
+        links[chartkit.CHART / "ci" / f"{name}-values.yaml"] = SHIPPED / f"{name}.yaml"
+    return links
+
+
+def test_presets_have_one_source():
+    """chart/presets/ holds the files (helm package keeps them); values-examples/<p>.yaml
+    (what users pass with -f, `make run PRESET=p`) and chart/ci/<p>-values.yaml (ct's
+    convention) are relative symlinks to them, so the copies cannot drift. Edit only
+    chart/presets/; a new preset needs its two links (`ln -s ../chart/presets/p.yaml
+    values-examples/`, `ln -s ../presets/p.yaml chart/ci/p-values.yaml`)."""
+    assert sorted(p.name for p in SHIPPED.iterdir()) == sorted(f"{p}.yaml" for p in PRESETS)
+    assert sorted(p.name for p in (chartkit.CHART / "ci").iterdir()) == sorted(
+        f"{p}-values.yaml" for p in PRESETS)
+    for name in PRESETS:
+        shipped = SHIPPED / f"{name}.yaml"
+        assert shipped.is_file() and not shipped.is_symlink(), (
+            f"{shipped} must be a file: it is the one source and helm package keeps it")
+    for link, source in _links().items():
+        assert link.is_symlink(), (
+            f"{link} is a copy: replace it with a symlink to {source} "
+            f"(ln -sf {os.path.relpath(source, link.parent)} {link})")
+        target = os.readlink(link)
+        assert not os.path.isabs(target), f"{link} -> {target}: make the link relative"
+        assert link.resolve() == source.resolve(), f"{link} -> {target}, not to {source}"
+
+
+def test_git_stores_the_preset_links_as_links():
+    """A symlink committed as a copy (e.g. from a checkout with core.symlinks=false) would
+    drift again: git must record mode 120000 for each."""
+    paths = [str(p.relative_to(chartkit.REPO)) for p in _links()]
+    proc = subprocess.run(["git", "ls-files", "-s", "--", *paths], cwd=chartkit.REPO,
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        pytest.skip("not a git checkout (or the links are not committed yet)")
+    modes = {line.split("\t", 1)[1]: line.split()[0] for line in proc.stdout.splitlines()}
+    for path in paths:
+        assert modes.get(path) == "120000", f"git records {path} as {modes.get(path)}, not a symlink"
 
 
 def test_mode_enum_lists_every_shipped_preset():
