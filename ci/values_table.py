@@ -110,7 +110,8 @@ _PATTERNS = {
 _REFS = {"quantity": "quantity", "cpu": "cpu quantity",
          "memory": "memory (`1536Mi`, `1.5Gi`, `2G`)",
          "nullableMemory": "null or memory (`1536Mi`, `1.5Gi`, `2G`)",
-         "probe": "probe timing (map)"}
+         "readinessProbe": "probe timing (map)", "livenessProbe": "probe timing (map)",
+         "tolerations": "Toleration list", "nodeSelector": "map of label key → value"}
 
 
 def describe_type(schema: dict, node: dict) -> str:

@@ -1,7 +1,7 @@
 {{/*
-Names and labels, the quantity helpers (the arithmetic shared by the worker Deployment,
-NOTES.txt and _validate.tpl), and the worker container's derived env and resources.
-Render-time refusals are in _validate.tpl.
+Names and labels, the quantity helpers (mebibytes, millicores, quantity: the arithmetic
+shared by the worker Deployment, NOTES.txt and the _validate*.tpl checks), and the worker
+container's derived env and resources. Render-time refusals are in _validate*.tpl.
 */}}
 
 {{- define "modelops-dask.name" -}}
@@ -93,7 +93,7 @@ fields of the values (`enabled: false` renders nothing). Call with (dict "probe"
 {{- end -}}
 
 {{/*
-Memory quantity → mebibytes, rounded up. Accepts what modelops-dask.validate.memory admits:
+Memory quantity → mebibytes, rounded up. Accepts what the schema's definitions.memory admits:
 a number with Ki Mi Gi Ti or k M G T, or a plain byte count ("1536Mi", "1.5Gi", "2G").
 Whole Mi and Gi values are exact; others round up to the next Mi.
 */}}
@@ -223,4 +223,15 @@ requests:
   {{- toYaml $requests | nindent 2 }}
 limits:
   {{- toYaml $limits | nindent 2 }}
+{{- end -}}
+
+{{/*
+A Kubernetes quantity as the schema admits it (2, 0.5, "250m", "1Gi", "500M") → a float64 in
+base units (cores, bytes), to compare a request with its limit whatever their suffixes.
+*/}}
+{{- define "modelops-dask.quantity" -}}
+{{- $s := toString . -}}
+{{- $suffix := regexFind "[A-Za-z]+$" $s -}}
+{{- $factor := get (dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0) $suffix -}}
+{{- mulf (float64 (trimSuffix $suffix $s)) $factor -}}
 {{- end -}}

@@ -7,9 +7,15 @@ import pytest
 from chartkit import render
 
 SCHEMA = "values don't meet the specifications of the schema"
-NOT_MEMORY = ("is not a memory quantity this chart can use. Write a number followed by one of "
-              "Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000), as a string, "
-              'e.g. 1536Mi, 1.5Gi or 2G; or a plain byte count in quotes, e.g. "1073741824".')
+# values.schema.json's definitions.memory: a string, a number more than zero, one of the
+# suffixes Ki Mi Gi Ti k M G T or none (the description says so in words, for editors)
+NOT_MEMORY = "does not match pattern '^([0-9]*[1-9][0-9]*(\\\\.[0-9]+)?|[0-9]+\\\\.[0-9]*[1-9][0-9]*)(k|M|G|T|Ki|Mi|Gi|Ti)?$'"
+
+
+def not_memory(path: str, value: str) -> list[str]:
+    return [SCHEMA, f"at '{path}': '{value}' {NOT_MEMORY}"]
+
+
 MISSING_DEFAULT = ("If the release was upgraded from an older chart version with --reuse-values, "
                    "helm kept the old chart's defaults, which lack this value: upgrade with "
                    "--reset-then-reuse-values instead.")
@@ -29,25 +35,25 @@ CASES = {
         [SCHEMA, "at '/worker/threads': got string, want integer"]),
     "memory lots": (
         "worker: {memoryPerProcess: lots}", (),
-        [f"worker.memoryPerProcess=lots {NOT_MEMORY}"]),
+        not_memory("/worker/memoryPerProcess", "lots")),
     "memory in dask's GB spelling": (
         "worker: {executor: {poolMemoryPerProcess: 2GB}}", (),
-        [f"worker.executor.poolMemoryPerProcess=2GB {NOT_MEMORY}"]),
+        not_memory("/worker/executor/poolMemoryPerProcess", "2GB")),
     "memory in Kubernetes' milli-bytes": (
         "worker: {memoryOverhead: 512000000000m}", (),
-        [f"worker.memoryOverhead=512000000000m {NOT_MEMORY}"]),
+        not_memory("/worker/memoryOverhead", "512000000000m")),
     "memory in exabytes": (
         "worker: {executor: {memLimitPerProcess: 1Ei}}", (),
-        [f"worker.executor.memLimitPerProcess=1Ei {NOT_MEMORY}"]),
+        not_memory("/worker/executor/memLimitPerProcess", "1Ei")),
     "memory as a YAML number": (
         "worker: {memoryPerProcess: 2}", (),
-        [f"worker.memoryPerProcess=2 {NOT_MEMORY}"]),
+        [SCHEMA, "at '/worker/memoryPerProcess': got number, want string"]),
     "explicit resource memory in words": (
         "worker: {resources: {limits: {memory: 16 gigs}}}", (),
-        [f"worker.resources.limits.memory=16 gigs {NOT_MEMORY}"]),
+        not_memory("/worker/resources/limits/memory", "16 gigs")),
     "zero memory": (
         "worker: {memoryPerProcess: '0Mi'}", (),
-        ["worker.memoryPerProcess=0Mi is zero: it must be more than 0 (e.g. 512Mi)."]),
+        not_memory("/worker/memoryPerProcess", "0Mi")),
     "unknown key worker.proceses": (
         "worker: {proceses: 4}", (),
         [SCHEMA, "at '/worker': additional properties 'proceses' not allowed"]),
@@ -140,12 +146,11 @@ CASES = {
         [SCHEMA, "at '/worker/strategy/type': value must be one of 'Recreate', 'RollingUpdate'"]),
     "liveness successThreshold": (
         "worker: {livenessProbe: {successThreshold: 3}}", (),
-        ["worker.livenessProbe.successThreshold=3: Kubernetes requires 1 for a liveness probe. "
-         "Remove it or set 1."]),
+        [SCHEMA, "at '/worker/livenessProbe/successThreshold': value must be 1"]),
     "readiness terminationGracePeriodSeconds": (
         "scheduler: {readinessProbe: {terminationGracePeriodSeconds: 5}}", (),
-        ["scheduler.readinessProbe.terminationGracePeriodSeconds is set: Kubernetes allows it "
-         "only on liveness (and startup) probes."]),
+        [SCHEMA, "at '/scheduler/readinessProbe': additional properties "
+                 "'terminationGracePeriodSeconds' not allowed"]),
     "probe with an action": (
         "worker: {livenessProbe: {exec: {command: [true]}}}", (),
         [SCHEMA, "at '/worker/livenessProbe': additional properties 'exec' not allowed"]),
@@ -180,18 +185,19 @@ CASES = {
         ["scheduler.service.loadBalancerSourceRanges is set but scheduler.service.type=NodePort"]),
     "source range that is no CIDR": (
         "scheduler: {service: {type: LoadBalancer, loadBalancerSourceRanges: [10.0.0.1]}}", (),
-        ['scheduler.service.loadBalancerSourceRanges has "10.0.0.1", which is not a CIDR']),
+        [SCHEMA, "at '/scheduler/service/loadBalancerSourceRanges/0': '10.0.0.1' does not match "
+                 "pattern"]),
     "ingress path type": (
         "scheduler: {ingress: {enabled: true, pathType: Regex}}", (),
         [SCHEMA, "at '/scheduler/ingress/pathType': value must be one of 'Prefix', 'Exact', "
                  "'ImplementationSpecific'"]),
     "ingress host with a scheme": (
         "scheduler: {ingress: {enabled: true, hosts: ['https://dask.example.com']}}", (),
-        ['scheduler.ingress.hosts has "https://dask.example.com", which Kubernetes refuses as '
-         "an Ingress host: write a lower-case DNS name such as dask.example.com"]),
+        [SCHEMA, "at '/scheduler/ingress/hosts/0': 'https://dask.example.com' does not match "
+                 "pattern"]),
     "ingress host that is an IP": (
         "scheduler: {ingress: {enabled: true, hosts: ['10.0.0.1']}}", (),
-        ['scheduler.ingress.hosts has "10.0.0.1", which Kubernetes refuses as an Ingress host']),
+        [SCHEMA, "at '/scheduler/ingress/hosts/0': '10.0.0.1' does not match pattern"]),
     "duplicate topology spread constraint": (
         "worker: {topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, "
         "whenUnsatisfiable: DoNotSchedule}, {maxSkew: 2, topologyKey: zone, "
@@ -341,13 +347,13 @@ CASES = {
          "together) is not below worker.cache.venvsSizeLimit=10Gi"]),
     "uv cache budget in dask's GB spelling": (
         "worker: {cache: {uvCacheBudget: 2GB}}", (),
-        [f"worker.cache.uvCacheBudget=2GB {NOT_MEMORY}"]),
+        not_memory("/worker/cache/uvCacheBudget", "2GB")),
     "uv cache budget zero": (
         "worker: {cache: {uvCacheBudget: 0Mi}}", (),
-        ["worker.cache.uvCacheBudget=0Mi is zero: it must be more than 0 (e.g. 512Mi)."]),
+        not_memory("/worker/cache/uvCacheBudget", "0Mi")),
     "uv cache budget as a YAML number": (
         "worker: {cache: {uvCacheBudget: 2147483648}}", (),
-        [f"worker.cache.uvCacheBudget=2.147483648e+09 {NOT_MEMORY}"]),
+        [SCHEMA, "at '/worker/cache/uvCacheBudget': got number, want null or string"]),
     "extraEnv sets the uv cache budget": (
         "worker: {extraEnv: [{name: MODELOPS_UV_CACHE_MAX_BYTES, value: 1Gi}]}", (),
         ["worker.extraEnv sets MODELOPS_UV_CACHE_MAX_BYTES, which the chart renders from "
@@ -374,10 +380,10 @@ CASES = {
          "worker.cache.bundlesSizeLimit=2Gi"]),
     "budget in dask's GB spelling": (
         "worker: {cache: {venvsBudget: 6GB}}", (),
-        [f"worker.cache.venvsBudget=6GB {NOT_MEMORY}"]),
+        not_memory("/worker/cache/venvsBudget", "6GB")),
     "budget zero": (
         "worker: {cache: {bundlesBudget: '0'}}", (),
-        ["worker.cache.bundlesBudget=0 is zero: it must be more than 0 (e.g. 512Mi)."]),
+        not_memory("/worker/cache/bundlesBudget", "0")),
     "bundle volume with a URL repository": (
         "bundles: {repo: 's3://b/bundles', volume: {persistentVolumeClaim: {claimName: x}}}", (),
         ['bundles.volume is set but bundles.repo="s3://b/bundles" is a URL, not an absolute '
@@ -426,17 +432,16 @@ CASES = {
          "value of the key and Kubernetes refuses a value with it"]),
     "toleration field misspelt": (
         "scheduler: {tolerations: [{key: dedicated, operater: Exists}]}", (),
-        ['scheduler.tolerations[0] has an unknown field "operater": a toleration has only key, '
-         "operator, value, effect, tolerationSeconds"]),
+        [SCHEMA, "at '/scheduler/tolerations/0': additional properties 'operater' not allowed"]),
     "toleration seconds without NoExecute": (
         "worker: {tolerations: [{key: a, operator: Exists, tolerationSeconds: 60}]}", (),
         ["worker.tolerations[0] sets tolerationSeconds without effect NoExecute"]),
     "nodeSelector key with a space": (
         "worker: {nodeSelector: {'bad key': x}}", (),
-        ['worker.nodeSelector key "bad key" is not a Kubernetes label key']),
+        [SCHEMA, "at '/worker/nodeSelector': additional properties 'bad key' not allowed"]),
     "nodeSelector value too long": (
         "scheduler: {nodeSelector: {pool: " + "x" * 64 + "}}", (),
-        ['scheduler.nodeSelector["pool"]="' + "x" * 64 + '" is not a Kubernetes label value']),
+        [SCHEMA, "at '/scheduler/nodeSelector/pool': maxLength: got 64, want 63"]),
     "privilege escalation allowed": (
         "containerSecurityContext: {allowPrivilegeEscalation: true}", (),
         ["containerSecurityContext.allowPrivilegeEscalation=true: the scheduler pods would be "
@@ -537,3 +542,68 @@ def test_the_nearest_good_values_render(helm, values):
     update that may remove one pod, LoadBalancer fields on a LoadBalancer, annotations on a
     created account, a plain byte count, a second mount of a chart volume elsewhere."""
     assert render(helm, values=values).returncode == 0
+
+
+# ---- every mistake in one run -------------------------------------------------------------
+# helm checks values in two phases: values.schema.json first (every field alone), and only
+# when it passes the templates (_validate*.tpl: combinations). Each phase lists every
+# problem it finds; a schema problem stops helm before the templates run.
+
+THREE_SCHEMA_MISTAKES = """
+worker: {processes: 0, logLevel: verbose, memoryPerProcess: 2GB}
+"""
+THREE_TEMPLATE_MISTAKES = """
+worker:
+  extraArgs: ['--nthreads', '8']
+  executor: {type: direct, forceFreshVenv: true}
+serviceAccount: {annotations: {eks.amazonaws.com/role-arn: x}}
+"""
+
+
+def test_three_schema_mistakes_are_all_reported_in_one_run(helm):
+    out = render(helm, values=THREE_SCHEMA_MISTAKES)
+    assert out.returncode != 0 and "kind:" not in out.stdout
+    for fragment in [SCHEMA, "at '/worker/processes'", "minimum: got 0, want 1",
+                     "at '/worker/logLevel': value must be one of",
+                     f"at '/worker/memoryPerProcess': '2GB' {NOT_MEMORY}"]:
+        assert fragment in out.stderr, f"{fragment!r} not in:\n{out.stderr}"
+
+
+def test_three_template_mistakes_are_all_reported_in_one_run(helm):
+    """Each message is one numbered line, saying what to do; helm names the values check
+    (templates/values/check.yaml), not an object, as where the render stopped."""
+    out = render(helm, values=THREE_TEMPLATE_MISTAKES)
+    assert out.returncode != 0 and "kind:" not in out.stdout
+    assert "modelops-dask/templates/values/check.yaml" in out.stderr, out.stderr
+    assert ("the values have 3 problems; fix all of them (each says how), then run again:\n"
+            "1. worker.extraArgs contains --nthreads, which the chart renders from "
+            "worker.threads. Remove it from worker.extraArgs and set worker.threads instead.\n"
+            "2. worker.executor.forceFreshVenv=true needs worker.executor.type=isolated_warm"
+            ) in out.stderr, out.stderr
+    assert "\n3. serviceAccount.annotations are set but serviceAccount.create=false" in out.stderr
+
+
+def test_a_schema_mistake_hides_the_template_mistakes_until_fixed(helm):
+    """What a user sees with both kinds: the schema's list first (the templates never ran);
+    once it is fixed, the templates' list."""
+    both = THREE_TEMPLATE_MISTAKES + "mode: fast\n"
+    out = render(helm, values=both)
+    assert SCHEMA in out.stderr and "at '/mode'" in out.stderr
+    assert "problems" not in out.stderr and "extraArgs" not in out.stderr
+    fixed = render(helm, values=THREE_TEMPLATE_MISTAKES + "mode: prod-warm\n")
+    assert SCHEMA not in fixed.stderr and "the values have 3 problems" in fixed.stderr
+
+
+def test_an_unset_mode_is_reported_with_the_other_mistakes(helm):
+    """A null mode never reaches the schema (helm drops null keys): the templates report it
+    together with every check that does not need the mode."""
+    out = render(helm, values="mode: null\nworker: {strategy: {type: Recreate, "
+                              "rollingUpdate: {maxSurge: 1}}}")
+    assert "the values have 2 problems" in out.stderr, out.stderr
+    assert "1. mode is not set" in out.stderr and "2. worker.strategy.rollingUpdate" in out.stderr
+
+
+def test_one_mistake_is_reported_without_a_list(helm):
+    out = render(helm, values="serviceAccount: {annotations: {a: b}}")
+    assert "problems" not in out.stderr and "1. " not in out.stderr
+    assert "): serviceAccount.annotations are set but" in out.stderr, out.stderr
