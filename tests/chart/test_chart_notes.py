@@ -195,3 +195,25 @@ def test_notes_warn_when_the_network_policy_keeps_the_ingress_controller_out():
     allowed = ("scheduler: {ingress: {enabled: true}}\nnetworkPolicy: {enabled: true, "
                "clientFrom: [{namespaceSelector: {matchLabels: {team: x}}}]}")
     assert "WARNING" not in _notes(values=allowed)
+
+
+DIRECT_NOTE = ("NOTE: worker.executor.type=direct runs every task in the Dask worker's own "
+               "Python\nenvironment, not in a venv built from the bundle's requirements")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_direct_presets_say_the_model_dependencies_must_be_in_the_image(preset):
+    """debug-isolated and debug-parallel run bundles without a venv: the NOTES say the
+    image must hold the model's packages, name the image and how to add them."""
+    text = _notes(preset)
+    direct = preset in ("debug-isolated", "debug-parallel")
+    assert (DIRECT_NOTE in text) == direct, text
+    if direct:
+        assert "must already be installed in the worker\nimage, modelops-dask:0.1.0." in text
+        assert '--build-arg EXTRA_PACKAGES="<the model\'s requirements>"' in text
+
+
+def test_direct_note_follows_an_explicit_executor_type():
+    assert DIRECT_NOTE in _notes(values="worker: {executor: {type: direct}}")
+    assert DIRECT_NOTE not in _notes("debug-parallel", values="worker: {executor: "
+                                                               "{type: isolated_warm}}")
