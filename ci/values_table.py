@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""The README's chart-values table, generated from chart/values.yaml and its schema.
+"""The chart's generated documentation: the values table and the presets table.
 
-A key is documented by a `# -- text` comment block right above it in values.yaml (further
-`# ` lines continue the text). Its default comes from values.yaml, its type from
-chart/values.schema.json, so the table cannot drift from what helm accepts.
+- Values: a key is documented by a `# -- text` comment block right above it in
+  chart/values.yaml (helm-docs' convention; further `# ` lines continue the text). Its
+  default comes from values.yaml, its type from chart/values.schema.json, so the table
+  cannot drift from what helm accepts.
+- Presets: one row per chart/presets/*.yaml, from the file's header comment (summary,
+  Isolates:, Trade-offs:) and its five mode keys.
+- Written between marker lines into chart/README.md (values and presets; packaged with the
+  chart, so `helm show readme` has them) and README.md (values).
 
-    python ci/values_table.py           print the table
-    python ci/values_table.py --write   rewrite README.md between the values-table markers
-    python ci/values_table.py --check   exit 1 if README.md is out of date
+    python ci/values_table.py           print the values table
+    python ci/values_table.py --write   rewrite the tables in the READMEs
+    python ci/values_table.py --check   exit 1 if a README is out of date
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 VALUES = REPO / "chart" / "values.yaml"
 SCHEMA = REPO / "chart" / "values.schema.json"
+PRESETS = REPO / "chart" / "presets"
 README = REPO / "README.md"
+CHART_README = REPO / "chart" / "README.md"
 START, END = "<!-- values-table:start -->", "<!-- values-table:end -->"
+PRESETS_START, PRESETS_END = "<!-- presets-table:start -->", "<!-- presets-table:end -->"
 
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.-]+):(?:\s|$)")
 _DOC = re.compile(r"^ *# -- ?(?P<text>.*)$")
@@ -160,6 +168,33 @@ def table() -> str:
     return "\n".join(rows)
 
 
+_HEADER = re.compile(r"^(?P<name>[\w-]+): (?P<summary>.*?)\s*Isolates: (?P<isolates>.*?)\s*"
+                     r"Trade-offs: (?P<tradeoffs>.*?)\s*Select it with", re.S)
+
+
+def presets_table() -> str:
+    """One row per shipped preset: its header's summary, what it isolates, its
+    trade-offs, and the five mode keys it sets."""
+    rows = ["| `mode` | processes × threads, executor | what it is | isolates | trade-offs |", "|---|---|---|---|---|"]
+    for path in sorted(PRESETS.glob("*.yaml")):
+        text = path.read_text()
+        header = " ".join(line[1:].strip() for line in text.split("\nmode:")[0].splitlines())
+        m = _HEADER.match(header)
+        if not m or m["name"] != path.stem:
+            raise SystemExit(f"{path}: the header must read '<name>: ... Isolates: ... "
+                             "Trade-offs: ... Select it with ...'")
+        w = yaml.safe_load(text)["worker"]
+        x = w["executor"]
+        worker = f"{w['processes']} × {w['threads']}, `{x['type']}`"
+        if x["type"] == "isolated_warm":
+            worker += (", a fresh venv per task" if x["forceFreshVenv"] else ", cached venvs")
+            worker += (", a fresh process per task" if x["maxProcessReuse"] == 1
+                       else f", a process reused for {x['maxProcessReuse']} tasks")
+        rows.append(f"| `{path.stem}` | {worker} | {_cell(m['summary'])} "
+                    f"| {_cell(m['isolates'])} | {_cell(m['tradeoffs'])} |")
+    return "\n".join(rows)
+
+
 def replace_between(text: str, start: str, end: str, body: str) -> str | None:
     """``text`` with what lies between the ``start`` and ``end`` marker lines replaced by
     ``body``; None if a marker is missing. (bench/run.py writes its README section with it.)"""
@@ -170,11 +205,24 @@ def replace_between(text: str, start: str, end: str, body: str) -> str | None:
     return f"{head}{start}\n{body.strip()}\n{end}{tail}"
 
 
-def readme_with_table(readme: str) -> str:
+def readme_with_table(readme: str, name: str = "README.md") -> str:
     new = replace_between(readme, START, END, table())
     if new is None:
-        raise SystemExit(f"README.md lacks the {START} / {END} markers")
+        raise SystemExit(f"{name} lacks the {START} / {END} markers")
     return new
+
+
+def chart_readme(text: str) -> str:
+    """chart/README.md with both tables current."""
+    text = readme_with_table(text, "chart/README.md")
+    new = replace_between(text, PRESETS_START, PRESETS_END, presets_table())
+    if new is None:
+        raise SystemExit(f"chart/README.md lacks the {PRESETS_START} / {PRESETS_END} markers")
+    return new
+
+
+# each README → how to make it current
+TARGETS = {README: readme_with_table, CHART_README: chart_readme}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,15 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.write or args.check):
         print(table())
         return 0
-    current = README.read_text()
-    wanted = readme_with_table(current)
-    if args.check:
-        if current != wanted:
-            print("README.md's values table is out of date: run python ci/values_table.py --write",
-                  file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(wanted)
+    stale = []
+    for path, update in TARGETS.items():
+        current = path.read_text()
+        wanted = update(current)
+        if current == wanted:
+            continue
+        stale.append(path.relative_to(REPO))
+        if args.write:
+            path.write_text(wanted)
+    if args.check and stale:
+        print(f"{', '.join(map(str, stale))}: the generated tables are out of date: run "
+              "python ci/values_table.py --write", file=sys.stderr)
+        return 1
     return 0
 
 

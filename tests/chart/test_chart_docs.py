@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -114,3 +115,98 @@ def test_our_blocks_refuse_unknown_keys():
                 check(child, f"{path}.{key}" if path else key)
 
     check(SCHEMA, "")
+
+
+# ---- the chart's own README (packaged with the chart) ------------------------------------
+
+CHART_README = chartkit.CHART / "README.md"
+
+
+def test_chart_readme_tables_are_current():
+    """chart/README.md's values and presets tables are what values.yaml, the schema and
+    chart/presets/ say now."""
+    text = CHART_README.read_text()
+    assert text == values_table.chart_readme(text), (
+        "chart/README.md's generated tables are out of date: run "
+        "`python ci/values_table.py --write`")
+
+
+def test_chart_readme_covers_what_a_platform_engineer_needs():
+    text = CHART_README.read_text()
+    for heading in ("## Prerequisites", "## Install", "## Check values before installing",
+                    "## Bundles", "## Modes", "### Upgrade between modes",
+                    "## Refusals and warnings", "## Security context: hardened by default",
+                    "## Image", "## Values"):
+        assert f"\n{heading}\n" in text, f"chart/README.md lacks {heading}"
+    for preset in chartkit.PRESETS:
+        assert f"| `{preset}` |" in text
+
+
+def test_helm_show_readme_of_the_packaged_chart_has_the_values_table(helm, packaged):
+    """What a chart repository or Artifact Hub shows: the values reference travels with
+    the chart, not only in the source repository's README."""
+    proc = subprocess.run([str(chartkit.helm_binary(helm)), "show", "readme",
+                           str(packaged[helm])], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "| key | type | default | description |" in proc.stdout
+    for key in ("mode", "bundles.repo", "worker.executor.type", "worker.memoryPerProcess"):
+        assert f"| `{key}` |" in proc.stdout, f"{key} is not in `helm show readme`"
+    assert "| `mode` | processes × threads, executor |" in proc.stdout
+    assert "the table in the\nrepository's README" not in proc.stdout
+
+
+def test_artifact_hub_image_is_the_default_image():
+    chart = yaml.safe_load((chartkit.CHART / "Chart.yaml").read_text())
+    images = yaml.safe_load(chart["annotations"]["artifacthub.io/images"])
+    image = VALUES["image"]
+    assert images == [{"name": "modelops-dask",
+                       "image": f"{image['repository']}:{image['tag'] or chart['appVersion']}"}]
+    assert chart["annotations"]["artifacthub.io/license"] == "Apache-2.0"
+
+
+def _blocks(heading: str) -> list[str]:
+    """The command lines of the bash blocks under a `## heading` of chart/README.md."""
+    section = CHART_README.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines = []
+    for block in section.split("```bash\n")[1:]:
+        lines += [line.split("   #", 1)[0].strip() for line in block.split("```", 1)[0].splitlines()]
+    return [line for line in lines if line]
+
+
+def _as_written(line: str, helm: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run a README line from a directory holding ./chart and my-values.yaml, with the
+    README's `helm` being the given binary and no reachable cluster."""
+    if not (tmp_path / "chart").exists():
+        (tmp_path / "chart").symlink_to(chartkit.CHART)
+    (tmp_path / "my-values.yaml").write_text(chartkit.MY_VALUES.read_text())
+    kubeconfig = tmp_path / "kubeconfig"   # port 1: always refused, never someone's cluster
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: "
+        "'https://127.0.0.1:1'}}]\ncontexts: [{name: c, context: {cluster: c}}]\n"
+        "current-context: c\n")
+    cmd = line.replace("> /dev/null", "").split()
+    assert cmd[0] == "helm", line
+    return subprocess.run([str(chartkit.helm_binary(helm)), *cmd[1:]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+
+
+def test_the_no_cluster_check_runs_as_written(helm, tmp_path):
+    """`helm template` (the check for helm 3 and 4) renders every object without a
+    cluster; helm 4's `install --dry-run=client` also prints NOTES."""
+    template, dry_run = _blocks("Check values before installing")
+    out = _as_written(template, helm, tmp_path)
+    assert out.returncode == 0 and "kind: Deployment" in out.stdout, out.stderr
+    if helm == "helm4":
+        out = _as_written(dry_run, helm, tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "NOTES:" in out.stdout and "mode:           prod-warm (the preset)" in out.stdout
+
+
+def test_helm3_dry_run_client_still_needs_a_cluster(tmp_path):
+    """Why the README sends helm 3 users to `helm template` (helm/helm#13144): when helm 3
+    stops contacting the cluster, this fails and the README's advice can be simplified."""
+    dry_run = _blocks("Check values before installing")[1]
+    out = _as_written(dry_run, "helm3", tmp_path)
+    assert out.returncode != 0 and "Kubernetes cluster unreachable" in out.stderr, (
+        out.stdout[-500:], out.stderr)

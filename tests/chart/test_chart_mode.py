@@ -150,20 +150,6 @@ def test_an_unknown_mode_is_refused_with_the_list(helm):
 
 # ---- the packaged chart ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory) -> dict:
-    """`helm package` with each helm: the .tgz a chart repository would serve."""
-    out = {}
-    for name in sorted(chartkit.HELMS):
-        dest = tmp_path_factory.mktemp(name)
-        proc = subprocess.run([str(chartkit.helm_binary(name)), "package", str(chartkit.CHART),
-                               "-d", str(dest)], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        (tgz,) = dest.glob("modelops-dask-*.tgz")
-        out[name] = tgz
-    return out
-
-
 def test_the_package_carries_the_presets_and_no_ci_files(helm, packaged):
     with tarfile.open(packaged[helm]) as tar:
         names = tar.getnames()
