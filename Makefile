@@ -15,7 +15,7 @@ SIMS    ?= 300
 PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s venv bench clean help image lock
+.PHONY: apiserver run test lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s venv bench clean help image lock
 
 help:
 	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
@@ -23,6 +23,13 @@ help:
 	@echo "make bench                         benchmarks (ratios) into bench/results.md"
 	@echo "make image                         the worker image, full and slim, with podman (runtime/image/)"
 	@echo "make lock                          regenerate the image's lock files with uv (needs PyPI)"
+	@echo "make apiserver                     a local Kubernetes API server to try helm install/upgrade/rollback (pods stay Pending)"
+
+# A real API server (etcd, kube-apiserver, kube-controller-manager as local processes, the
+# machinery of tests/cluster/apiserver) until Ctrl-C: prints a KUBECONFIG for helm and
+# kubectl. Pods never run there (no kubelet); see chart/README.md, "Try it locally".
+apiserver: venv tools tool-k8s
+	@PYTHONPATH=tests $(PY) -m support.controlplane
 
 ## ---- installation (idempotent) -------------------------------------------------
 

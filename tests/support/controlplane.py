@@ -352,9 +352,29 @@ def still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
     return alive
 
 
-if __name__ == "__main__":  # a control plane for a shell: prints KUBECONFIG, Ctrl-C stops it
-    with ControlPlane() as cp:
-        print(f"export KUBECONFIG={cp.kubeconfig}  # {cp.api_url}; Ctrl-C stops it", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
+TRY_IT = """\
+A local Kubernetes API server is running (etcd, kube-apiserver, kube-controller-manager).
+In another shell:
+  export KUBECONFIG={kubeconfig}
+  .tools/bin/helm install sims ./chart -f my-values.yaml --set mode=prod-warm
+  .tools/bin/helm upgrade sims ./chart --reuse-values --set mode=debug-isolated
+  .tools/bin/helm rollback sims 1
+  .tools/bin/kubectl get deployments,replicasets,pods
+Objects are validated, admitted and stored, and Deployments get ReplicaSets and Pods, but
+no pod ever runs (no kubelet, no scheduler): they stay Pending, so --wait, --atomic,
+--rollback-on-failure and helm test time out. Ctrl-C here stops it and removes its state.
+"""
+
+
+def main() -> None:
+    """`make apiserver`: a control plane for a shell until Ctrl-C (or SIGTERM)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt), ControlPlane() as cp:
+        print(f"export KUBECONFIG={cp.kubeconfig}  # {cp.api_url}", flush=True)
+        print(TRY_IT.format(kubeconfig=cp.kubeconfig), flush=True)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
