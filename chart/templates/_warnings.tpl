@@ -1,6 +1,6 @@
 {{/*
 Legal but surely unintended: NOTES.txt prints each of these as a `WARNING:` line (the
-render goes on; refusals are in _validate.tpl). JSON list of strings.
+render goes on; refusals are in _validate*.tpl). JSON list of strings.
 */}}
 
 {{/* Pod memory above this (Mi) fits few nodes: the pods may stay Pending. */}}

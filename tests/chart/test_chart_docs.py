@@ -67,7 +67,7 @@ def test_legacy_keys_are_admitted_only_to_be_refused():
     legacy = _legacy_keys()
     assert {"workers", "worker.env", "worker.mounts", "worker.threads_per_worker",
             "worker.maxProcessReuse", "scheduler.env"} <= legacy
-    tpl = (chartkit.CHART / "templates" / "_validate.tpl").read_text()
+    tpl = (chartkit.CHART / "templates" / "_validate.tpl").read_text()  # legacyKeys lives there
     for key in legacy:
         assert f'"{key.rsplit(".", 1)[-1]}" "' in tpl, f"_validate.tpl does not refuse {key}"
         assert key not in DOCS

@@ -1,6 +1,6 @@
 """What only the API server caught when the chart was first sent to one, each now refused by
-the chart at render time with its own message (chart/templates/_validate.tpl), before helm
-sends anything. For each, the unguarded object is sent to the server (kubectl apply
+the chart before helm sends anything: by values.schema.json (a field alone) or at render
+time (chart/templates/_validate*.tpl, combinations), each with its own message. For each, the unguarded object is sent to the server (kubectl apply
 --dry-run=server) to prove the server does refuse (or silently drop) it: the chart's check
 guards against a real failure, not an imagined one."""
 
@@ -51,7 +51,7 @@ CASES = {
         "value must be empty when `operator` is 'Exists'"),
     "node-selector-key-not-a-label-key": (
         ["worker.nodeSelector.bad key=x"],
-        'worker.nodeSelector key "bad key" is not a Kubernetes label key',
+        "at '/worker/nodeSelector': additional properties 'bad key' not allowed",
         "worker",
         lambda d: _pod_spec(d).update(nodeSelector={"bad key": "x"}),
         "name part must consist of alphanumeric characters"),
@@ -63,7 +63,7 @@ CASES = {
         'violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false'),
     "misspelt-toleration-field": (
         ["worker.tolerations[0].key=dedicated", "worker.tolerations[0].operater=Exists"],
-        'worker.tolerations[0] has an unknown field "operater"',
+        "at '/worker/tolerations/0': additional properties 'operater' not allowed",
         "worker",
         lambda d: _pod_spec(d).update(tolerations=[{"key": "dedicated", "operater": "Exists"}]),
         'unknown field "spec.template.spec.tolerations[0].operater"'),
