@@ -65,14 +65,16 @@ class CacheEntries:
     def _lock_file(self, name: str) -> Path:
         return self.locks / f"{name}.use"
 
-    def lease(self, name: str) -> int | None:
+    def lease(self, name: str, *, unpublished: bool = False) -> int | None:
         """A shared lock on entry ``name`` as an open fd (close it to release), or None if
-        the entry does not exist (never created, or collected meanwhile)."""
+        the entry does not exist (never created, or collected meanwhile). ``unpublished``:
+        the entry is about to be renamed into place by the caller; the lease is taken
+        first, so a collection never finds it unused in between."""
         self.locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._lock_file(name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            if not (self.root / name).is_dir():  # collected before we got the lock
+            if not unpublished and not (self.root / name).is_dir():  # collected meanwhile
                 os.close(fd)
                 return None
             with contextlib.suppress(OSError):

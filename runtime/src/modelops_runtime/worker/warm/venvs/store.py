@@ -179,10 +179,17 @@ class VenvCache:
                 if not (getattr(exc, "transient", None) or getattr(exc, "timed_out", False)):
                     self._failed[key] = (time.monotonic(), exc)
                 raise
-            os.rename(tmp, self.root / name)
+            # leased before it appears under its name: a collection running meanwhile
+            # (another worker process, another thread's build) would find it unused, not
+            # yet current, and remove it under the task about to start in it
+            lease = self.entries.lease(name, unpublished=True)
+            try:
+                os.rename(tmp, self.root / name)
+            except BaseException:
+                os.close(lease)
+                raise
         finally:
             remove_tree(tmp)
-        lease = self.entries.lease(name)  # before publishing: collection cannot take it
         published = self.root / key
         if published.is_dir() and not published.is_symlink():  # not ours: never a venv
             junk = self.root / f"{_TRASH_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
