@@ -53,6 +53,10 @@ def test_preset_runs_the_study_the_presets_way(name, local_cli, local_env, worke
     agg = data["aggregate"]
     assert agg["outputs"]["sims"] == SIMS and agg["outputs"]["sirsteps"] == ["1.0"]
     assert "peak_mean" in run.stdout and "elapsed" in run.stdout and "pool stats" in run.stdout
+    # the batch plan, from a probe of one task of two runs per worker thread
+    slots = p.worker_processes * p.threads
+    assert f"run(s) per Dask task (probe {slots} task(s) of 2 run(s); " in run.stdout
+    assert data["batch_plan"] in run.stdout
 
     results = [s["result"] for s in data["sims"]] + [agg]
     assert {r["executor"] for r in results} == {p.executor}
@@ -125,3 +129,4 @@ def test_batch_sets_the_runs_per_dask_task(batch, tasks, local_cli, local_env,
     assert data["dask_tasks"] == tasks
     assert "sims: 12 ok, 0 failed; elapsed " in run.stdout
     assert f"; {tasks} Dask task(s)" in run.stdout
+    assert f"batch plan: {batch} run(s) per Dask task (given" in run.stdout

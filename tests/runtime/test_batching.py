@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from modelops_runtime.client import ParamSet, Seeds, StudyPlan, gather_study, submit_study
-from modelops_runtime.client.submit import MAX_BATCH, batch_size
+from modelops_runtime.client.batching import (BATCH_TARGET, MAX_BATCH, RUN_FLOOR,
+                                              per_run_estimate, plan_batches, quantise)
 from support.bundles import make_bundle
 from support.cluster import wait_for
+from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 MODEL = '''
 import os, time
@@ -31,6 +33,16 @@ def simulate(params, seed):
 
 def total(outputs):
     return {"total": sum(o["value"] for o in outputs), "n": len(outputs)}
+'''
+
+
+SLOW = '''
+
+def slow(params, seed):  # ~1 ms of work
+    deadline = time.perf_counter() + 0.001
+    while time.perf_counter() < deadline:
+        pass
+    return {"seed": seed}
 '''
 
 
@@ -105,12 +117,73 @@ def test_a_worker_killed_mid_batch_changes_no_run(dask_cluster, tmp_path):
         {s: {"value": 3.0 * s, "seed": s} for s in range(30) if s != 2}
 
 
-def test_batch_size_aims_at_the_target_and_keeps_every_thread_busy():
-    assert batch_size(0.001) == 100                   # 100 × 1 ms ≈ 0.1 s
-    assert batch_size(0.5) == 1                       # slow runs stay alone
-    assert batch_size(0.0) == MAX_BATCH               # capped
-    assert batch_size(0.001, target=0.05) == 50
-    assert batch_size(0.001, left=400, slots=4) == 50  # two tasks per thread at least
+def test_the_plan_aims_at_the_target_and_keeps_every_thread_busy():
+    def size(run_s, **kw):
+        kw = {"left": 100_000, "slots": 1, "window": 100_000, **kw}
+        return plan_batches([[run_s]], **kw).size
+
+    assert size(0.001) == 90                       # 0.1 s / 1 ms = 100, quantised down
+    assert size(0.5) == 1                          # slow runs stay alone
+    assert size(0.0) == quantise(int(BATCH_TARGET / RUN_FLOOR))  # no-ops: the floor
+    assert size(0.0, target=10) == MAX_BATCH
+    assert size(0.001, target=0.05) == 45
+    assert size(0.001, left=400, slots=4) == 50    # two tasks per thread at least
+    assert size(1e-6, window=1000, slots=4) == 250  # the window holds a task per thread
+    assert plan_batches([[], []], left=10, slots=2, window=100).size == 1  # nothing measured
+
+
+def test_the_plan_reads_the_probe_robustly():
+    """Each probe task's fastest run (its first may pay an import or a process start), the
+    median across probe tasks (one slow thread does not move it), sizes on a grid."""
+    assert per_run_estimate([[0.9, 0.002], [0.8, 0.002], [0.002, 0.7], [5.0, 0.002]]) == 0.002
+    assert per_run_estimate([[0.002], [0.002], [3.0]]) == 0.002
+    assert per_run_estimate([]) is None
+    assert [quantise(n) for n in (1, 2, 3, 4, 5, 7, 8, 100, 249, 1000)] == \
+        [1, 2, 2, 4, 4, 6, 8, 90, 215, 861]
+    grid = sorted({quantise(n) for n in range(1, 2000)})
+    assert all(b / a <= 2 for a, b in zip(grid, grid[1:]))
+    assert all(b / a < 1.25 for a, b in zip(grid, grid[1:]) if a >= 8)
+    # noise within a grid step moves the size by at most one step (< 20 % above 8 runs)
+    kw = {"left": 100_000, "slots": 4, "window": 100_000}
+    for run_s in (0.0003, 0.001, 0.004, 0.02):
+        a = plan_batches([[run_s]] * 4, **kw).size
+        b = plan_batches([[run_s * 1.1]] * 4, **kw).size
+        assert a == b or a / b < 1.25 or a < 8, (run_s, a, b)
+
+
+def test_the_same_study_twice_gets_the_same_plan(dask_cluster, tmp_path, wheelhouse):
+    """Issue #30: 2,000 no-ops auto-batched once made 1,022 Dask tasks and 153 the next time.
+    prod-warm (isolated_warm): the first study pays the venv build and the warm processes'
+    start inside its probe, the second finds them warm; both get one plan. And a model of
+    ~1 ms the same, once on a cold cluster and once warm."""
+    repo = tmp_path / "repo"
+    ref = make_bundle(tmp_path, repo, {"model.py": MODEL + SLOW, "requirements.txt": ""})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"MODELOPS_BUNDLE_REPO": str(repo), "TMPDIR": str(scratch),
+           **offline_uv_env(wheelhouse)}
+    _, client = dask_cluster(env, nworkers=2, nthreads=2)
+    sets = [ParamSet.of({"x": 1.0}, index=0)]
+    plans = []
+    for name in ("noop1", "noop2"):
+        sub = submit_study(client, _plan(ref, name, sets, 2000))
+        outcome = gather_study(client, sub, progress=False)
+        assert outcome.ok and sub.batching.source == "measured"
+        plans.append(sub.batching)
+    assert plans[0].size == plans[1].size, [p.describe() for p in plans]
+    assert plans[0].probe_tasks == 4 and plans[0].probe_runs == 2
+    assert "run(s) per Dask task (probe 4 task(s) of 2 run(s); run ~" in plans[0].describe()
+    assert "capped by two tasks per thread (4) for the 1992 runs left" in plans[0].describe()
+    # 400 runs of ~1 ms: two tasks per thread for what is left (49 runs) is below 0.1 s of
+    # runs, so the plan depends on the study and the cluster's threads only
+    slow = []
+    for name in ("slow1", "slow2"):
+        plan = StudyPlan(name=name, bundle=ref, entrypoint="model:slow", sets=sets,
+                         seeds=Seeds(count=400))
+        sub = submit_study(client, plan)
+        assert gather_study(client, sub, progress=False).ok
+        slow.append(sub.batching.size)
+    assert max(slow) / min(slow) <= 1.2, slow
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -8,11 +8,12 @@ from .gather import StudyResult, TaskFailure, gather_study
 from .outcomes import RunFailure, RunOutcome, SetResult, StudySetsResult
 from .plan import ParamSet, Seeds, StudyPlan, plan_of, run_key, set_id
 from .cluster_stats import ClusterStats, cluster_stats
-from .submit import (AGGREGATION_RESOURCE, BATCH_TARGET, DEFAULT_WINDOW, StudySubmission,
+from .batching import BATCH_TARGET, BatchPlan
+from .submit import (AGGREGATION_RESOURCE, DEFAULT_WINDOW, StudySubmission,
                      aggregate,
                      run_aggregation, run_simulation, submit, submit_study, task_key)
 
-__all__ = ["AGGREGATION_RESOURCE", "BATCH_TARGET", "DEFAULT_WINDOW", "ClusterStats", "ParamSet", "RunFailure",
+__all__ = ["AGGREGATION_RESOURCE", "BATCH_TARGET", "BatchPlan", "DEFAULT_WINDOW", "ClusterStats", "ParamSet", "RunFailure",
            "RunOutcome", "Seeds", "SetResult", "SimResult", "SimTask", "StudyPlan",
            "StudyResult", "StudySetsResult", "StudySubmission", "TaskFailure", "aggregate",
            "cluster_stats", "gather_study", "package_sets", "plan_of", "run_aggregation",

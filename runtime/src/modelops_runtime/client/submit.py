@@ -9,9 +9,9 @@ Two ways to submit: :func:`submit` (a list of SimTasks, all at once) and
 runs finish, so that at most ``window`` runs exist at any time, whatever the study's size).
 
 :func:`submit_study` also groups runs of tiny models into one Dask task each
-(:func:`run_simulations`; Dask's per-task cost, ~1 ms, would otherwise set the pace): the
-first runs go one per task, and once a run's time is measured, runs are grouped so that a
-Dask task takes about ``batch_target`` seconds (default 0.1 s). Each run is still its own
+(:func:`run_simulations`; Dask's per-task cost, ~1 ms, would otherwise set the pace): a
+probe of a few runs per worker thread first, then one size for the rest of the study from
+the rule in batching.py (about ``batch_target`` seconds per task). Each run is still its own
 :class:`RunOutcome` (its own result or typed failure, with its own key); a batch lost with
 its worker is run again by Dask as a whole, giving the same per-run outcomes.
 """
@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..models import Call, SimResult, SimTask, check_bundle_ref, check_entrypoint
+from .batching import BATCH_TARGET, PROBE_RUNS, BatchPlan, given, plan_batches
 from .outcomes import RunFailure, RunOutcome, error_of
 from .plan import ParamSet, StudyPlan, run_key
 
 AGGREGATION_RESOURCE = {"aggregation": 1}
 DEFAULT_WINDOW = 1000      # runs submitted and not yet finished, at most (submit_study)
-BATCH_TARGET = 0.1         # s of model time per Dask task when runs are grouped
-MAX_BATCH = 1000           # runs per Dask task, at most
 
 
 # -- worker side -----------------------------------------------------------------------
@@ -63,17 +61,6 @@ def run_simulations(tasks: Sequence[SimTask]) -> list[SimResult | Exception]:
 
     results = current_executor().run_many([Call.for_sim(task) for task in tasks])
     return [r if isinstance(r, Exception) else _on_worker(r) for r in results]
-
-
-def batch_size(per_run: float, *, target: float = BATCH_TARGET, left: int | None = None,
-               slots: int = 1) -> int:
-    """Runs per Dask task for runs of ``per_run`` seconds: about ``target`` seconds per
-    task, at most MAX_BATCH, and small enough that the ``left`` runs still make two
-    tasks per slot (thread) of the cluster."""
-    size = int(target / max(per_run, 1e-5))
-    if left is not None:
-        size = min(size, -(-left // (2 * max(1, slots))))
-    return max(1, min(MAX_BATCH, size))
 
 
 def run_aggregation(results: Sequence[SimResult | Any], bundle: str, entrypoint: str) -> SimResult:
@@ -143,7 +130,11 @@ class StudySubmission:
     :class:`RunOutcome` per (set, seed) as runs finish, and tops the cluster up in batches
     so that at most ``window`` runs are submitted and unfinished. Tasks are built only when
     they are submitted: a 100,000-run study never exists as one list. Consumed once;
-    stopping early (``break``, an error, Ctrl-C) cancels the runs still in flight."""
+    stopping early (``break``, an error, Ctrl-C) cancels the runs still in flight.
+
+    Unless ``batch`` fixes the runs per Dask task, a probe runs first (one task of
+    PROBE_RUNS runs per worker thread); once every probe task is back, the batch plan
+    (batching.py) fixes the size for the rest of the study, and ``batching`` holds it."""
 
     def __init__(self, client, plan: StudyPlan, window: int = DEFAULT_WINDOW, *,
                  batch: int | None = None, batch_target: float = BATCH_TARGET,
@@ -160,20 +151,26 @@ class StudySubmission:
         self.submitted = 0          # runs submitted so far
         self.max_in_flight = 0      # most runs submitted and not yet finished, at once
         self.tasks = 0              # Dask tasks submitted (fewer than runs when batched)
-        self._per_run: deque[float] = deque(maxlen=64)  # latest runs' measured time
+        self.batching: BatchPlan | None = None if batch is None else given(batch)
         self._consumed = False
 
     @property
     def total(self) -> int:
         return self.plan.run_count
 
-    def _submit(self, batch: list[tuple[ParamSet, int]]) -> list[tuple[Any, list]]:
-        """Submit runs as Dask tasks: (future, its runs) per task, in order. A task holds
-        one run until a run's time is measured (or ``batch`` says otherwise), then about
-        ``batch_target`` seconds of runs."""
+    def _slots(self) -> int:
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - e.g. a client without a scheduler answer
+            return 1
+
+    def _submit(self, batch: list[tuple[ParamSet, int]], size: int,
+                grouped: bool = False) -> list[tuple[Any, list]]:
+        """Submit runs as Dask tasks of ``size`` runs: (future, its runs) per task, in order
+        (``grouped``: through :func:`run_simulations` even for one run, so that each run
+        reports its own model time)."""
         plan = self.plan
-        size = self._batch_size()
-        if size == 1:
+        if size == 1 and not grouped:
             keys = [run_key(plan.name, s.id, seed, plan.code) for s, seed in batch]
             futures = self.client.map(run_simulation, [plan.task(s, seed) for s, seed in batch],
                                       key=keys, **self.kwargs)
@@ -190,22 +187,6 @@ class StudySubmission:
         self.tasks += len(futures)
         return list(zip(futures, groups))
 
-    def _batch_size(self) -> int:
-        if self.batch is not None:
-            return self.batch
-        if not self._per_run:  # nothing measured yet: one run per task
-            return 1
-        per_run = sorted(self._per_run)[len(self._per_run) // 2]
-        try:
-            slots = sum(self.client.nthreads().values())
-        except Exception:  # noqa: BLE001 - e.g. a client without a scheduler answer
-            slots = 1
-        return batch_size(per_run, target=self.batch_target,
-                          left=self.total - self.submitted, slots=slots)
-
-    def _measured(self, result: SimResult) -> None:
-        self._per_run.append(result.duration_s)
-
     def __iter__(self) -> Iterator[RunOutcome]:
         from distributed import as_completed
 
@@ -215,24 +196,30 @@ class StudySubmission:
         runs = self.plan.runs()
         plan = self.plan
         pending: dict[str, tuple[list[tuple[ParamSet, int]], Any]] = {}
+        probes: dict[str, list[float]] = {}  # probe task key → its successful runs' times
         in_flight = 0  # runs (not tasks) submitted and not yet finished
         done = as_completed(with_results=True, raise_errors=False)
         top_up_at = max(1, self.window // 4)
-        # measure first: a probe of one run per task, the rest once a run's time is known
-        probe = self.batch is None
 
-        def top_up(limit: int | None = None) -> None:
+        def submit(batch: list, size: int, grouped: bool = False) -> list:
             nonlocal in_flight
-            room = self.window - in_flight
-            batch = list(itertools.islice(runs, room if limit is None else min(room, limit)))
-            if not batch:
-                return
-            for future, group in self._submit(batch):
+            tasks = self._submit(batch, size, grouped)
+            for future, group in tasks:
                 pending[future.key] = (group, future)
                 done.add(future)
             in_flight += len(batch)
             self.submitted += len(batch)
             self.max_in_flight = max(self.max_in_flight, in_flight)
+            return tasks
+
+        def top_up() -> None:
+            size = self.batching.size
+            room = self.window - in_flight
+            if size <= room:  # whole tasks: the last one of a top-up is not a short one
+                room -= room % size
+            batch = list(itertools.islice(runs, room))
+            if batch:
+                submit(batch, size)
 
         def outcome(s: ParamSet, seed: int, result: Any = None,
                     err: BaseException | None = None) -> RunOutcome:
@@ -244,37 +231,45 @@ class StudySubmission:
                 message=str(err), error=err))
 
         try:
-            if probe:
-                try:
-                    slots = sum(self.client.nthreads().values())
-                except Exception:  # noqa: BLE001
-                    slots = 1
-                top_up(max(1, slots))
+            if self.batching is None:  # the probe: PROBE_RUNS runs per thread
+                slots = self._slots()
+                per = PROBE_RUNS if self.total >= PROBE_RUNS * slots else 1
+                batch = list(itertools.islice(runs, min(self.window, per * slots)))
+                for future, _ in submit(batch, per, grouped=True):
+                    probes[future.key] = []
+                if len(batch) == self.total:  # the probe is the study
+                    self.batching = plan_batches(list(probes.values()), left=0, slots=slots,
+                                                 window=self.window, target=self.batch_target)
             else:
                 top_up()
             for future, value in done:
                 group, _ = pending.pop(future.key)
                 in_flight -= len(group)
+                times = probes.get(future.key)
                 if future.status != "finished":  # the whole task failed: each run did
                     err = error_of(future, value)
                     for s, seed in group:
                         yield outcome(s, seed, err=err)
                 elif len(group) == 1 and isinstance(value, SimResult):
-                    self._measured(value)
                     yield outcome(*group[0], result=value)
                 else:
                     for (s, seed), item in zip(group, value):
                         if isinstance(item, BaseException):
                             yield outcome(s, seed, err=item)
                         else:
-                            self._measured(item)
+                            if times is not None:
+                                times.append(item.duration_s)
                             yield outcome(s, seed, result=item)
                 del future, value
-                if probe or self.window - in_flight >= top_up_at:
-                    # measured sizes: a quarter of the window at a time, so later runs are
-                    # sized from batched runs' own times (a lone run's includes its round trip)
-                    top_up(top_up_at if self.batch is None else None)
-                    probe = False
+                if self.batching is None:
+                    if any(k in pending for k in probes):
+                        continue  # the plan waits for every probe task
+                    self.batching = plan_batches(
+                        list(probes.values()), left=self.total - self.submitted,
+                        slots=self._slots(), window=self.window, target=self.batch_target)
+                    top_up()
+                elif self.window - in_flight >= top_up_at:
+                    top_up()
         finally:
             if pending:   # stopped early: nothing of this study keeps running
                 self.client.cancel([f for _, f in pending.values()])

@@ -81,6 +81,7 @@ class StudyRun(BaseModel):
     pool_stats: dict[str, Any]
     elapsed_s: float
     dask_tasks: int = 0             # Dask tasks the runs were grouped into (batching)
+    batch_plan: str = ""            # the batch plan's one line (client/batching.py)
     inputs: RunInputs | None = None
     # package sets the sims ran with: SimResult.env_digest → sorted name==version list
     environments: dict[str, list[str]] = Field(default_factory=dict)

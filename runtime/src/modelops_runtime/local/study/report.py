@@ -112,6 +112,8 @@ def report_failures(run: StudyRun, echo: Echo) -> None:
     what = "runs" if several else "sims"
     echo(f"{what}: {len(run.sims)} ok, {len(run.failures)} failed; "
          f"elapsed {run.elapsed_s:.1f} s; {run.dask_tasks} Dask task(s)")
+    if run.batch_plan:
+        echo(f"batch plan: {run.batch_plan}")
     names = {s.id: s.name for s in run.param_sets}
     for f in run.failures[:SHOWN_FAILURES]:
         where = f"set {names.get(f.set, f.set)} seed {f.seed}" if several else f"seed {f.seed}"

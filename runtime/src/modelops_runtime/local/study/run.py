@@ -83,7 +83,8 @@ def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = Non
                     nthreads=nthreads, worker_pids=worker_pids, environments=environments,
                     inputs=study.inputs(ref, sims),
                     pool_stats=pool_stats(client, [r.result for r in records]),
-                    elapsed_s=elapsed, dask_tasks=submission.tasks)
+                    elapsed_s=elapsed, dask_tasks=submission.tasks,
+                    batch_plan=submission.batching.describe() if submission.batching else "")
 
 
 def pool_stats(client, results: Sequence[SimResult]) -> dict[str, Any]:
