@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..exitcodes import EXIT_DIFFERS
 from ..local.study.command import EXIT_CODES, main
+from ..local.study.session import ACTIONS
 from .options import add_batching, add_command, add_local_cluster, add_study, add_values
 
 
@@ -19,7 +20,14 @@ def register(sub) -> None:
             "scheduler and worker containers (command, args, env) as local "
             "processes on 127.0.0.1: the same configuration the pods get. Then run "
             "a study (--study) and stop, or keep the cluster up (--keep) until "
-            "Ctrl-C. No process is left behind."))
+            "Ctrl-C. No process is left behind. Or keep it up in the background "
+            "between studies: `local up -f VALUES`, `local run --study DIR` (no new "
+            "start), `local status`, `local down` (one cluster per --state-dir; a "
+            "crashed one is detected and removed by the next of these)."))
+    p.add_argument("action", nargs="?", choices=ACTIONS, metavar="{up,run,status,down}",
+                   help="keep a cluster up between studies: `up -f VALUES` starts it in the "
+                        "background, `run --study DIR` runs a study on it, `status`, `down`. "
+                        "Without an action: start a cluster, run --study, stop (or --keep)")
     add_values(p)
     add_study(p, required=False)
     add_batching(p)
@@ -37,4 +45,6 @@ def register(sub) -> None:
                    help="keep the cluster up (after the study, if any) until Ctrl-C")
     add_local_cluster(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=main)
+    dests = ("values", "set", "chart", "release", "start_timeout", "study", "sims",
+             "results", "compare", "batch", "batch_seconds", "no_progress", "keep")
+    p.set_defaults(func=main, local_defaults={d: p.get_default(d) for d in dests})

@@ -21,6 +21,7 @@ import psutil
 from ...errors import LocalModeError
 from ..console import Echo, echo
 from .launch import KEEP_RUNS, SCHEDULER_TOKEN, LaunchPlan, ProcessSpec
+from .state import read_state
 
 def _tail(path: Path, n: int = 40) -> str:
     try:
@@ -219,6 +220,11 @@ class LocalCluster:
         self._track()
         return set(self._procs.seen())
 
+    def processes(self) -> dict[int, float]:
+        """Every process our commands have had so far: pid → start time."""
+        self._track()
+        return self._procs.seen()
+
     def alive(self) -> list[psutil.Process]:
         """Processes we started (directly or not) that are still running."""
         self._track()
@@ -267,7 +273,9 @@ class LocalCluster:
         self._procs.wait_gone(10)
         for d in (self.plan.run_dir / "tmp", self.plan.run_dir / "dask"):
             shutil.rmtree(d, ignore_errors=True)
-        _prune_runs(self.plan.state_dir / "runs", keep=KEEP_RUNS)
+        busy = read_state(self.plan.state_dir)  # a cluster kept up (`local up`) keeps its run
+        _prune_runs(self.plan.state_dir / "runs", keep=KEEP_RUNS,
+                    busy=busy.run_dir if busy is not None else None)
 
     def _terminate(self, procs: Sequence[_Started], grace: float) -> list[str]:
         """SIGTERM each command (graceful close: as Kubernetes stops a container, its main
@@ -313,12 +321,15 @@ def _killpg(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-def _prune_runs(runs: Path, keep: int) -> None:
-    """Keep the logs of the last ``keep`` runs; never touch a run whose CLI is alive."""
+def _prune_runs(runs: Path, keep: int, busy: Path | None = None) -> None:
+    """Keep the logs of the last ``keep`` runs; never touch a run whose CLI is alive, nor
+    ``busy`` (the run dir of a cluster kept up)."""
     if not runs.is_dir():
         return
     dirs = sorted((d for d in runs.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
     for d in dirs[:-keep]:
+        if busy is not None and d == busy:
+            continue
         owner = d.name.rsplit("-", 1)[-1]
         if owner.isdigit() and psutil.pid_exists(int(owner)):
             continue

@@ -18,6 +18,7 @@ from .run import (Study, check_direct_dependencies,
                     run_and_report)
 from ..cluster.stopping import sigterm_as_interrupt, stopped
 from ..cluster.supervise import LocalCluster
+from . import session
 from .table import check_table_target
 
 
@@ -45,6 +46,8 @@ def check_results_targets(paths) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) is not None:
+        return main_action(args)
     if args.sims is not None and args.sims < 1:
         print("error: --sims must be >= 1", file=sys.stderr)
         return EXIT_USAGE
@@ -106,6 +109,63 @@ def main(args: argparse.Namespace) -> int:
         return code
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         return stopped(exc, "the local cluster")
+    except InputsDiffer as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUTS_DIFFER
+    except ModelOpsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        restore()
+
+
+# what a flag given to the wrong action is about (the error names where it belongs)
+_BELONGS = {"values": "local up", "set": "local up", "chart": "local up",
+            "release": "local up", "start_timeout": "local up", "study": "local run",
+            "sims": "local run", "results": "local run", "compare": "local run",
+            "batch": "local run", "batch_seconds": "local run", "no_progress": "local run",
+            "keep": "`local -f VALUES --keep` (a cluster in the foreground)"}
+
+
+def main_action(args: argparse.Namespace) -> int:
+    """``local up | run | status | down`` (session.py): one cluster kept up per state dir."""
+    action = args.action
+    defaults = args.local_defaults
+    wrong = [k for k in _BELONGS if k not in session.TAKES[action]
+             and getattr(args, k) != defaults[k]]
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        print(f"error: `local {action}` does not take {flags}: "
+              f"{', '.join(sorted({_BELONGS[k] for k in wrong}))} does", file=sys.stderr)
+        return EXIT_USAGE
+    if action == "run" and not args.study:
+        print("error: `local run` needs --study PATH (the study to run on the cluster kept "
+              "up)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.sims is not None and args.sims < 1:
+        print("error: --sims must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    restore = sigterm_as_interrupt()
+    try:
+        state = session.state_dir_of(args)
+        if action == "run":
+            study = Study.load(args.study)
+            results = check_results_targets(args.results)
+            baseline = load_baseline(args.compare) if args.compare else None
+            if baseline is not None and baseline.inputs is not None:
+                planned = study.inputs(baseline.inputs.bundle, args.sims)
+                problem = inputs_difference(baseline.inputs, planned, baseline.label,
+                                            "this study")
+                if problem:
+                    raise InputsDiffer(f"not comparable: {problem}; compare runs of the same "
+                                       "study")
+            return session.run(args, state, study, results, baseline)
+        return {"up": session.up, "status": session.status, "down": session.down}[action](
+            args, state)
+    except KeyboardInterrupt as exc:
+        if action == "up":
+            return stopped(exc, "the local cluster")
+        return stopped(exc, f"`local {action}` (a cluster kept up stays up)")
     except InputsDiffer as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUTS_DIFFER
