@@ -64,7 +64,13 @@ def gather_study(client, futures, progress: bool = True, desc: str | None = None
 
     ``futures``: what :func:`~.submit.submit_study` returned (→ :class:`StudySetsResult`,
     per set, with aggregates), or a list of futures from :func:`~.submit.submit`
-    (→ :class:`StudyResult`, in submission order)."""
+    (→ :class:`StudyResult`, in submission order). A submission with a results store
+    gives a :class:`~.stored.StoredStudyResult` (counts and aggregates; the runs are in
+    the store)."""
+    if isinstance(futures, StudySubmission) and futures.store is not None:
+        from .stored import gather_stored
+
+        return gather_stored(client, futures, progress, desc or futures.plan.name)
     if isinstance(futures, StudySubmission):
         return _gather_sets(client, futures, progress, desc or futures.plan.name)
     return _gather_list(futures, progress, desc or "study")
@@ -112,7 +118,7 @@ def _settle(future) -> tuple[SimResult | None, str | None]:
 
 
 def _gather_sets(client, sub: StudySubmission, progress: bool, desc: str) -> StudySetsResult:
-    from tqdm.auto import tqdm
+    from .progress import StudyProgress
 
     plan = sub.plan
     n_seeds, n_sets = plan.seeds.count, plan.set_count
@@ -120,8 +126,8 @@ def _gather_sets(client, sub: StudySubmission, progress: bool, desc: str) -> Stu
     left: dict[str, int] = {}
     agg_futures: dict[str, Any] = {}
     finished_sets = failed = 0
-    with tqdm(total=sub.total, desc=desc, unit="run", disable=not progress) as bar:
-        bar.set_postfix_str(f"sets 0/{n_sets}")
+    bar = StudyProgress(desc, sub.total, sets=n_sets, enabled=progress)
+    try:
         for out in sub:
             sid = out.set.id
             if sid not in sets:
@@ -144,9 +150,9 @@ def _gather_sets(client, sub: StudySubmission, progress: bool, desc: str) -> Stu
                         key=f"modelops-aggregate-{plan.name}-{sid}-{plan.code}")
                 elif plan.aggregate:
                     entry.aggregate_error = "every run of this set failed: nothing to aggregate"
-            bar.update(1)
-            bar.set_postfix_str(f"sets {finished_sets}/{n_sets}"
-                                + (f", failed runs {failed}" if failed else ""))
+            bar.run(out.ok, set_complete=sid not in left)
+    finally:
+        bar.close()
     for sid, future in agg_futures.items():
         sets[sid].aggregate, sets[sid].aggregate_error = _settle(future)
     ordered = sorted(sets.values(), key=lambda s: s.set.index)

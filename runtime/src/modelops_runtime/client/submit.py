@@ -14,6 +14,10 @@ probe of a few runs per worker thread first, then one size for the rest of the s
 the rule in batching.py (about ``batch_target`` seconds per task). Each run is still its own
 :class:`RunOutcome` (its own result or typed failure, with its own key); a batch lost with
 its worker is run again by Dask as a whole, giving the same per-run outcomes.
+
+With ``store=`` (a directory or fsspec URL, see store/store.py) every finished run is
+written to the study's results store as it arrives, and only the runs the store lacks are
+submitted (resume).
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ class StudySubmission:
 
     def __init__(self, client, plan: StudyPlan, window: int = DEFAULT_WINDOW, *,
                  batch: int | None = None, batch_target: float = BATCH_TARGET,
-                 **kwargs) -> None:
+                 store: Any = None, retry_failed: bool = False, **kwargs) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 (runs in flight), got {window}")
         if batch is not None and batch < 1:
@@ -153,10 +157,26 @@ class StudySubmission:
         self.tasks = 0              # Dask tasks submitted (fewer than runs when batched)
         self.batching: BatchPlan | None = None if batch is None else given(batch)
         self._consumed = False
+        self.store = None           # the results store (store/store.py), if any
+        self.resumed = (0, 0)       # (ok, failed) runs the store held when opened
+        self._todo = plan.run_count
+        if store is not None:
+            from .store.store import ResultsStore
+
+            self.store = store if isinstance(store, ResultsStore) else \
+                ResultsStore.open(store, plan)
+            if retry_failed:
+                self.store.drop_failed()
+            ok, failed, missing = self.store.counts()
+            self.resumed, self._todo = (ok, failed), missing
 
     @property
     def total(self) -> int:
-        return self.plan.run_count
+        """Runs this submission runs (with a store: the ones it lacks)."""
+        return self._todo
+
+    def _runs(self) -> Iterator[tuple[ParamSet, int]]:
+        return self.plan.runs() if self.store is None else self.store.todo(self.plan)
 
     def _slots(self) -> int:
         try:
@@ -188,12 +208,23 @@ class StudySubmission:
         return list(zip(futures, groups))
 
     def __iter__(self) -> Iterator[RunOutcome]:
-        from distributed import as_completed
-
         if self._consumed:
             raise RuntimeError("a StudySubmission is consumed once; call submit_study again")
         self._consumed = True
-        runs = self.plan.runs()
+        if self.store is None:
+            yield from self._outcomes()
+            return
+        try:
+            for out in self._outcomes():
+                self.store.add(out)     # kept before anyone sees it; written in parts
+                yield out
+        finally:
+            self.store.flush()
+
+    def _outcomes(self) -> Iterator[RunOutcome]:
+        from distributed import as_completed
+
+        runs = self._runs()
         plan = self.plan
         pending: dict[str, tuple[list[tuple[ParamSet, int]], Any]] = {}
         probes: dict[str, list[float]] = {}  # probe task key → its successful runs' times
@@ -278,11 +309,15 @@ class StudySubmission:
 
 def submit_study(client, plan: StudyPlan, *, window: int = DEFAULT_WINDOW,
                  batch: int | None = None, batch_target: float = BATCH_TARGET,
+                 store: Any = None, retry_failed: bool = False,
                  **kwargs) -> StudySubmission:
     """The plan's runs, submitted lazily in a bounded window (see :class:`StudySubmission`);
     hand the result to :func:`~modelops_runtime.client.gather_study`, or iterate it for
     each run as it finishes. ``batch``: runs per Dask task (None: measured, about
-    ``batch_target`` seconds per task; 1: never grouped). Extra ``kwargs`` go to
-    ``client.map`` (e.g. ``retries``)."""
+    ``batch_target`` seconds per task; 1: never grouped). ``store``: a results store URL
+    (a directory or any fsspec URL) or an open ResultsStore: runs are written there as they
+    finish and only the runs it lacks are submitted (its failed runs too with
+    ``retry_failed``); gather_study then holds no results, only counts. Extra ``kwargs``
+    go to ``client.map`` (e.g. ``retries``)."""
     return StudySubmission(client, plan, window, batch=batch, batch_target=batch_target,
-                           **kwargs)
+                           store=store, retry_failed=retry_failed, **kwargs)
