@@ -160,8 +160,15 @@ class StudySubmission:
         self.store = None           # the results store (store/store.py), if any
         self.resumed = (0, 0)       # (ok, failed) runs the store held when opened
         self._todo = plan.run_count
+        self.key_name = plan.name   # the study's part of every Dask key
         if store is not None:
+            import uuid
+
             from .store.store import ResultsStore
+
+            # a session's own keys: a stopped session's cancelled futures (same client,
+            # same keys) must not cancel the runs a resumed session submits
+            self.key_name = f"{plan.name}.{uuid.uuid4().hex[:8]}"
 
             self.store = store if isinstance(store, ResultsStore) else \
                 ResultsStore.open(store, plan)
@@ -191,7 +198,7 @@ class StudySubmission:
         reports its own model time)."""
         plan = self.plan
         if size == 1 and not grouped:
-            keys = [run_key(plan.name, s.id, seed, plan.code) for s, seed in batch]
+            keys = [run_key(self.key_name, s.id, seed, plan.code) for s, seed in batch]
             futures = self.client.map(run_simulation, [plan.task(s, seed) for s, seed in batch],
                                       key=keys, **self.kwargs)
             self.tasks += len(futures)
@@ -199,7 +206,7 @@ class StudySubmission:
         from dask.base import tokenize
 
         groups = [batch[i:i + size] for i in range(0, len(batch), size)]
-        keys = [f"modelops-runs-{plan.name}-{tokenize([(s.id, seed) for s, seed in g])}-"
+        keys = [f"modelops-runs-{self.key_name}-{tokenize([(s.id, seed) for s, seed in g])}-"
                 f"{plan.code}" for g in groups]
         futures = self.client.map(run_simulations,
                                   [[plan.task(s, seed) for s, seed in g] for g in groups],
@@ -254,7 +261,7 @@ class StudySubmission:
 
         def outcome(s: ParamSet, seed: int, result: Any = None,
                     err: BaseException | None = None) -> RunOutcome:
-            key = run_key(plan.name, s.id, seed, plan.code)
+            key = run_key(self.key_name, s.id, seed, plan.code)
             if err is None:
                 return RunOutcome(set=s, seed=seed, key=key, result=result)
             return RunOutcome(set=s, seed=seed, key=key, failure=RunFailure(

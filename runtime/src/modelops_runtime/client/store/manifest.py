@@ -15,7 +15,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..plan import StudyPlan
 
 MANIFEST = "manifest.json"
 AGGREGATES = "aggregates.json"
@@ -46,7 +45,8 @@ class StoreInputs(BaseModel):
     sets: list[SetInputs]
 
     @classmethod
-    def of(cls, plan: StudyPlan) -> "StoreInputs":
+    def of(cls, plan) -> "StoreInputs":
+        """The inputs of a client StudyPlan."""
         return cls(bundle=plan.bundle, entrypoint=plan.entrypoint, aggregate=plan.aggregate,
                    aggregate_sets=plan.aggregate_sets, seeds_first=plan.seeds.first,
                    seeds_count=plan.seeds.count,

@@ -19,7 +19,6 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..outcomes import RunOutcome
 
 FIXED = (("study", "string"), ("set_id", "string"), ("set_label", "string"),
          ("set_index", "int64"), ("seed", "int64"), ("ok", "bool"),
@@ -88,8 +87,8 @@ def conform(value: Any, kind: str) -> Any:
     return value if isinstance(value, str) else to_json(value)
 
 
-def row_of(study: str, out: RunOutcome) -> dict[str, Any]:
-    """One run as a row (values not yet conformed to the store's column types)."""
+def row_of(study: str, out) -> dict[str, Any]:
+    """One run (a client RunOutcome) as a row (values not yet conformed to the store's column types)."""
     s = out.set
     row: dict[str, Any] = {"study": study, "set_id": s.id, "set_label": s.label,
                            "set_index": s.index, "seed": out.seed, "ok": out.ok}

@@ -5,7 +5,8 @@ resume runs only what the store lacks.
 - covers: opening (creating, refusing other inputs, setting aside a damaged or unlisted
   part, checking it can be written); which (set, seed) runs are done, failed, missing;
   writing runs as parts; dropping failed rows before ``retry_failed``; reading it back.
-- does not: submit runs (client/submit.py) or aggregate (client/stored.py).
+- does not: submit runs (client/submit.py) or aggregate (client/stored.py); imports
+  nothing of client/ (plans and outcomes are read by their attributes).
 - see also: docs in README "Results stores"; fs.py (atomic puts), parts.py (columns).
 
 A part counts once the manifest lists it: a part is published whole (fs.put_atomic), then
@@ -20,8 +21,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..outcomes import RunOutcome
-from ..plan import ParamSet, StudyPlan
 from .fs import (TMP_PREFIX, ResultsStoreError, StoreInputsDiffer, not_writable, open_fs,
                  put_atomic)
 from .manifest import (AGGREGATES, MANIFEST, PARTS, Manifest, PartEntry, StoreInputs,
@@ -54,7 +53,7 @@ class ResultsStore:
     # -- opening ---------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, plan: StudyPlan | None = None, **kwargs) -> "ResultsStore":
+    def open(cls, url: str, plan=None, **kwargs) -> "ResultsStore":
         """Open the store for ``plan`` (created if absent; refused if it holds other
         inputs; checked writable), or, without a plan, for reading only."""
         url = str(url)
@@ -90,7 +89,7 @@ class ResultsStore:
         return store
 
     @staticmethod
-    def _create(fs: Any, root: str, url: str, plan: StudyPlan) -> Manifest:
+    def _create(fs: Any, root: str, url: str, plan) -> Manifest:
         try:
             leftovers = [p for p in fs.ls(root, detail=False)] if fs.exists(root) else []
         except (OSError, ValueError):
@@ -198,7 +197,7 @@ class ResultsStore:
         ok, failed = s.count(OK), s.count(FAILED)
         return ok, failed, len(s) - ok - failed
 
-    def todo(self, plan: StudyPlan, retry_failed: bool = False) -> Iterator[tuple[ParamSet, int]]:
+    def todo(self, plan, retry_failed: bool = False) -> Iterator[tuple[Any, int]]:
         """The plan's runs the store lacks (and its failed ones, with ``retry_failed``)."""
         first = self.manifest.inputs.seeds_first
         for s in plan.iter_sets():
@@ -242,7 +241,7 @@ class ResultsStore:
 
     # -- writing ---------------------------------------------------------------------
 
-    def add(self, outcome: RunOutcome) -> None:
+    def add(self, outcome) -> None:
         """Keep one finished run; written with the next part (at ``part_rows`` runs, or
         ``flush_seconds`` after the last part)."""
         self._rows.append(row_of(self.manifest.study, outcome))
