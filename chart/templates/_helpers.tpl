@@ -166,6 +166,7 @@ The worker container's env: the runtime's MODELOPS_* variables rendered from typ
   "MODELOPS_ALLOW_SDIST_BUILDS" (toString $x.allowSdistBuilds)
   "MODELOPS_MAX_PROCESS_REUSE" (int64 $x.maxProcessReuse | toString)
   "MODELOPS_PROCESS_TTL" (int64 $x.processTTL | toString)
+  "MODELOPS_MAX_TASK_PROCESSES" (int64 $x.maxTaskProcesses | toString)
   "MODELOPS_FRESH_PROCESS_FROM" $x.freshProcessFrom
   "MODELOPS_FRESH_VENVS_AHEAD" (int64 $x.freshVenvsAhead | toString)
   "MODELOPS_NATIVE_THREADS" (int64 $x.nativeThreads | toString)

@@ -10,6 +10,7 @@
   "MODELOPS_VALIDATE_DEPS" "worker.executor.validateDeps"
   "MODELOPS_MAX_PROCESS_REUSE" "worker.executor.maxProcessReuse"
   "MODELOPS_PROCESS_TTL" "worker.executor.processTTL"
+  "MODELOPS_MAX_TASK_PROCESSES" "worker.executor.maxTaskProcesses"
   "MODELOPS_FRESH_PROCESS_FROM" "worker.executor.freshProcessFrom"
   "MODELOPS_FRESH_VENVS_AHEAD" "worker.executor.freshVenvsAhead"
   "MODELOPS_NATIVE_THREADS" "worker.executor.nativeThreads"

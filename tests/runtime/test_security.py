@@ -108,6 +108,70 @@ def evil_reply(params, seed):
 
 def ok(params, seed):
     return {"seed": seed}
+
+
+def whoami(params, seed):
+    return {"pid": os.getpid()}
+
+
+def _refused(call):
+    try:
+        call()
+        return "sent"
+    except OSError as exc:
+        return f"refused: {type(exc).__name__}"
+
+
+def _syscall(nr, *args):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(nr, *args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def signals(params, seed):
+    """Every way to signal a process outside the task's own tree, with SIGCONT (harmless
+    if it gets through: the point is whether the kernel lets it), and kill(-1) with signal
+    0 (a probe: the worker may run as root without capabilities, where -1 means every
+    root process of the machine)."""
+    import fcntl, signal, subprocess
+    nr = {"x86_64": {"tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129},
+          "aarch64": {"tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138}}[os.uname().machine]
+    worker = os.getppid()
+    nanny = _parent(worker)
+    thread = max(int(t) for t in os.listdir(f"/proc/{worker}/task"))  # not the leader
+    cont = int(signal.SIGCONT)
+    out = {
+        "kill_worker": _refused(lambda: os.kill(worker, cont)),
+        "kill_nanny": _refused(lambda: os.kill(nanny, cont)),
+        "kill_worker_thread": _refused(lambda: os.kill(thread, cont)),
+        "killpg_worker": _refused(lambda: os.killpg(os.getpgid(worker), cont)),
+        "kill_everyone": _refused(lambda: os.kill(-1, 0)),
+        "tkill_worker_thread": _refused(lambda: _syscall(nr["tkill"], thread, cont)),
+        "tgkill_worker_thread": _refused(lambda: _syscall(nr["tgkill"], worker, thread, cont)),
+        "sigqueue_worker": _refused(lambda: _syscall(nr["rt_sigqueueinfo"], worker, cont, None)),
+        "pidfd_worker": _refused(lambda: signal.pidfd_send_signal(os.pidfd_open(worker), cont)),
+        "setown_worker": _refused(lambda: fcntl.fcntl(os.pipe()[0], fcntl.F_SETOWN, worker)),
+    }
+    if params.get("victim"):
+        out["kill_other_task"] = _refused(lambda: os.kill(params["victim"], signal.SIGKILL))
+    # its own tree stays its own to signal: itself, a child, a child's own session
+    out["own_process"] = _refused(lambda: os.kill(os.getpid(), signal.SIGWINCH))
+    child = subprocess.Popen(["sleep", "60"])
+    out["own_child"] = _refused(lambda: os.kill(child.pid, signal.SIGTERM))
+    out["own_child_status"] = child.wait()
+    leader = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    out["own_session"] = _refused(lambda: os.killpg(leader.pid, signal.SIGKILL))
+    out["own_session_status"] = leader.wait()
+    return out
+
+
+def poison(params, seed):
+    import signal
+    os.kill(os.getppid(), signal.SIGKILL)
+    return {"worker": "still there"}
 '''
 
 VICTIM = {"model.py": "def ok(params, seed):\n    return {'victim': seed}\n"}
@@ -235,3 +299,43 @@ def test_a_malicious_reduce_in_a_reply_never_runs_in_the_worker(unprivileged):
     assert "posix.system" in message and "does not unpickle" in message, message
     assert not mark.exists(), "the worker ran the reply's __reduce__"
     assert _run(client, ref, "ok").outputs == {"seed": 1}  # the worker keeps serving
+
+
+def test_bundle_code_cannot_signal_the_worker_the_nanny_or_other_tasks(unprivileged):
+    """Attack: signals to everything outside the task's own process tree -- the worker
+    (its pid, a thread of it, its group), the nanny, every process (-1), another bundle's
+    warm process -- by kill, killpg, tkill, tgkill, rt_sigqueueinfo, pidfd_send_signal and
+    fcntl(F_SETOWN). Each is refused; signalling its own children still works."""
+    cluster, client, root, uid = unprivileged
+    victim_ref = _bundle(root, "victim-signals", {"attacks.py": ATTACKS,  # another bundle:
+                                                  "victim.txt": "another warm process"})
+    victim = _run(client, victim_ref, "whoami").outputs["pid"]
+    ref = _bundle(root, "signals", {"attacks.py": ATTACKS})
+    out = _run(client, ref, "signals", victim=victim).outputs
+    refused = "refused: PermissionError"
+    assert out == {
+        "kill_worker": refused, "kill_nanny": refused, "kill_worker_thread": refused,
+        "killpg_worker": refused, "kill_everyone": refused, "tkill_worker_thread": refused,
+        "tgkill_worker_thread": refused, "sigqueue_worker": refused, "pidfd_worker": refused,
+        "setown_worker": refused, "kill_other_task": refused,
+        "own_process": "sent", "own_child": "sent", "own_child_status": -15,
+        "own_session": "sent", "own_session_status": -9}, out
+    assert _run(client, victim_ref, "whoami").outputs["pid"] == victim  # never signalled
+
+
+def test_a_poison_task_cannot_kill_its_worker(unprivileged):
+    """The issue's row: ``os.kill(os.getppid(), SIGKILL)`` killed the worker again and again
+    until Dask gave up, and the 5 innocent tasks queued there ended KilledWorker. Now the
+    poison task alone fails (PermissionError), the innocent ones run on the same worker."""
+    cluster, client, root, uid = unprivileged
+    ref = _bundle(root, "poison", {"attacks.py": ATTACKS})
+    workers = set(client.scheduler_info()["workers"])
+    tasks = [SimTask(bundle=ref, entrypoint="attacks:poison", params={}, seed=0)]
+    tasks += [SimTask(bundle=ref, entrypoint="attacks:ok", params={}, seed=s) for s in range(5)]
+    futures = submit(client, tasks, study=f"security{next(_studies)}")
+    with pytest.raises(SimulationError) as info:
+        futures[0].result(timeout=300)
+    assert "PermissionError" in str(info.value), info.value
+    assert [f.result(timeout=300).outputs for f in futures[1:]] == [
+        {"seed": s} for s in range(5)]
+    assert set(client.scheduler_info()["workers"]) == workers  # the same worker, never lost

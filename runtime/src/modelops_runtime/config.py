@@ -119,6 +119,10 @@ class RuntimeConfig(BaseSettings):
         "entrypoint module; `exec` starts a new interpreter per task")
     process_ttl: float = Field(
         3600, gt=0, description="seconds a warm process lives before retirement")
+    max_task_processes: int = Field(
+        256, ge=1, description="processes a task may have alive at once besides its warm "
+        "process (children, grandchildren, daemons); one more fails the fork (EAGAIN) and "
+        "the task (ProcessLimitExceeded). Enforced by the signal guard")
     mem_limit_bytes: ByteCount = Field(
         None, description="per warm process tree (PSS, sampled every 0.1 s; a hard data cap of twice it + 256 MiB in each process catches faster spikes); exceeding it kills the process and fails the task")
     pool_memory_bytes: ByteCount = Field(
@@ -195,7 +199,7 @@ class RuntimeConfig(BaseSettings):
     def summary(self) -> str:
         """One line of the settings that decide behaviour (for the startup log)."""
         keys = ["executor_type", "max_warm_processes", "max_process_reuse",
-                "fresh_process_from", "fresh_venvs_ahead", "process_ttl",
+                "fresh_process_from", "fresh_venvs_ahead", "process_ttl", "max_task_processes",
                 "force_fresh_venv", "validate_deps", "native_threads", "mem_limit_bytes", "pool_memory_bytes",
                 "task_timeout"]
         parts = []

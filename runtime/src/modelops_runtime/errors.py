@@ -75,6 +75,11 @@ class MemoryLimitExceeded(ModelOpsError):
     """A warm process tree went over MODELOPS_MEM_LIMIT_BYTES. Fields: limit_bytes, peak_bytes."""
 
 
+class ProcessLimitExceeded(ModelOpsError):
+    """A task tried to have more processes alive at once than MODELOPS_MAX_TASK_PROCESSES.
+    Fields: limit, refused (forks refused), pid (its warm process)."""
+
+
 class TaskTimeout(ModelOpsError):
     """A task ran longer than MODELOPS_TASK_TIMEOUT. Fields: timeout_s."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...bundles import read_dependencies, read_reply_types
 from ...errors import (BundleError, EntrypointError, MemoryLimitExceeded, MissingDependencyError,
-                      ModelOpsError, SimulationError)
+                      ModelOpsError, ProcessLimitExceeded, SimulationError)
 from ...config import FreshProcessFrom
 from ...models import Call, SimResult
 from ..counters import RemovalReason, StatsRecorder
@@ -220,7 +220,8 @@ class IsolatedWarmExecEnv(ExecEnv):
             proc = self.pool.spawn(key=bundle.pool_key,
                                    venv=dataclasses.replace(venv, hold_fds=leases),
                                    bundle_dir=bundle.path, env=env, single_use=fresh,
-                                   mem_limit=self.config.mem_limit_bytes, **extra)
+                                   mem_limit=self.config.mem_limit_bytes,
+                                   max_processes=self.config.max_task_processes, **extra)
             proc.reply_types = bundle.reply_types
             digest = package_digest(packages)
             with self._lock:
@@ -306,6 +307,16 @@ class IsolatedWarmExecEnv(ExecEnv):
     def _outputs(self, proc: WarmProcess, reply: dict, call: Call, bundle: _Bundle,
                  label: str, mark: int) -> Any:
         """The outputs of one run's reply, or its typed error."""
+        refused = proc.take_refused_processes()
+        if refused:
+            limit = self.config.max_task_processes
+            raise ProcessLimitExceeded(
+                f"{label} tried to have more than {limit} processes alive at once besides "
+                f"its warm process (MODELOPS_MAX_TASK_PROCESSES={limit}); {refused} fork(s) "
+                "failed with EAGAIN and the task fails, whatever it returned. Everything it "
+                "started was ended. Start fewer processes (e.g. a smaller multiprocessing "
+                "pool) or raise worker.executor.maxTaskProcesses.", limit=limit,
+                refused=refused, pid=proc.pid, log_tail=proc.log.tail(mark))
         if reply.get("ok"):
             return reply["result"]
         if reply.get("kind") == "memory":  # at its data cap: its heap is suspect, replace it

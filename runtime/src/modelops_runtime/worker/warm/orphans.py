@@ -73,7 +73,7 @@ def adopted_descendants(token: str, parent: int | None = None,
         return []
     found = []
     for pid in children(parent or os.getpid()) or ():
-        if pid == owner or _mark(pid) != token:
+        if pid == owner or read_mark(pid) != token:
             continue
         try:
             proc = psutil.Process(pid)
@@ -99,7 +99,7 @@ def wait_gone(procs: list[psutil.Process], timeout: float) -> None:
             time.sleep(0.005)
 
 
-def _mark(pid: int) -> str | None:
+def read_mark(pid: int) -> str | None:
     """The warm-process token in ``pid``'s environment (None: unmarked, gone or a zombie)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as fh:
@@ -176,7 +176,7 @@ def sweep(procs: Iterable = ()) -> list[int]:
                 if ((known is not None or session not in (my_session, pid, *templates))
                         and _ORPHANS.try_reap(pid)):
                     reaped.append(pid)
-            elif known is None and (token := _mark(pid)) and owners.get(token, pid) != pid:
+            elif known is None and (token := read_mark(pid)) and owners.get(token, pid) != pid:
                 with contextlib.suppress(psutil.Error):
                     _ORPHANS.known[pid] = psutil.Process(pid)
     if reaped:

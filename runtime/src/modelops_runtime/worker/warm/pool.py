@@ -164,7 +164,7 @@ class WarmPool:
 
     def spawn(self, *, key: Hashable, venv: Venv, bundle_dir: Path, env: dict[str, str],
               single_use: bool = False, mem_limit: int | None = None,
-              template: str = NO_TEMPLATE) -> WarmProcess:
+              template: str = NO_TEMPLATE, max_processes: int | None = None) -> WarmProcess:
         """A new warm process (not yet the pool's: :meth:`acquire` or :meth:`track_unpooled`
         takes it); with ``template`` (a module), a :class:`~.template.TemplateProcess`."""
         kind = WarmProcess if template == NO_TEMPLATE else TemplateProcess
@@ -172,7 +172,8 @@ class WarmPool:
             key=key, venv=venv, bundle_dir=bundle_dir, env=env,
             max_tasks=1 if single_use else jittered_reuse(self.max_reuse),
             ttl=jittered_ttl(self.ttl), start_timeout=self.start_timeout,
-            popen=self._fork, mem_limit=mem_limit, sampler=self.sampler, template=template)
+            popen=self._fork, mem_limit=mem_limit, sampler=self.sampler, template=template,
+            max_processes=max_processes)
         self.stats.incr("spawns")
         return proc
 

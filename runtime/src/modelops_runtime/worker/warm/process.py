@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import select
 import shutil
@@ -25,13 +26,16 @@ from ..counters import RemovalReason
 from .failures import Lost, describe_exit, start_error
 from .runner.frames import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
 from .logtail import LogTail
-from .memory import MemorySampler
+from .memory import MemorySampler, tree_pids
+from .guard import GUARD, Guarded, receive_listener, warn_unguarded
 from .orphans import adopted_descendants, reap, wait_gone
 from .runner.program import runner_program
 from .decode import decode_reply
 from .scratch import make_scratch
 from .venvs.store import Venv
 from .watch import TICK, Watch
+
+log = logging.getLogger("modelops_runtime.pool")
 
 PIPE_SIZE = 1 << 20                # larger pipes: fewer wakeups for big payloads
 BASE_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME")
@@ -79,6 +83,8 @@ class WarmProcess:
         self.sampler: MemorySampler | None = None  # watches its memory during tasks
         self.token = ""  # MODELOPS_WARM_PROCESS of its environment: marks its descendants
         self.imported: object = None  # forked from a template: what its task imported
+        self.guarded: Guarded | None = None  # the signal guard answering for it (guard.py)
+        self.max_processes: int | None = None  # descendants alive at once (the guard's)
         self._req = request_fd
         self._resp = response_fd
         self._lifeline = lifeline_fd
@@ -98,7 +104,8 @@ class WarmProcess:
               max_tasks: int, ttl: float, start_timeout: float,
               popen: Callable[[Callable[[], subprocess.Popen]], subprocess.Popen],
               mem_limit: int | None = None, sampler: MemorySampler | None = None,
-              template: str = NO_TEMPLATE) -> "WarmProcess":
+              template: str = NO_TEMPLATE,
+              max_processes: int | None = None) -> "WarmProcess":
         """Start a runner and wait for its hello. ``popen`` runs the fork in the pool's
         long-lived spawner thread (PR_SET_PDEATHSIG fires when the forking *thread* ends).
         With ``mem_limit`` the runner caps its own data size (see :func:`data_cap`). With
@@ -117,7 +124,9 @@ class WarmProcess:
                 fds.extend((theirs.detach(), ours.detach()))
             for _ in range(3):
                 fds.extend(os.pipe())
-            req_r, req_w, resp_r, resp_w, life_r, life_w, log_r, log_w = fds
+            theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # the guard's
+            fds.extend((theirs.detach(), ours.detach()))
+            req_r, req_w, resp_r, resp_w, life_r, life_w, log_r, log_w, guard_r, guard_w = fds
             for fd in (req_w, resp_r):
                 with contextlib.suppress(OSError):
                     fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
@@ -128,10 +137,10 @@ class WarmProcess:
                    "--request-fd", str(req_r), "--response-fd", str(resp_w),
                    "--lifeline-fd", str(life_r), "--parent-pid", str(os.getpid()),
                    "--data-limit", str(data_cap(mem_limit)), "--bundle-dir", str(bundle_dir),
-                   "--template", template]
+                   "--template", template, "--guard-fd", str(guard_r)]
             # the bundle is only on sys.path (-I keeps the cwd off it); the cwd is private
             proc = popen(lambda: subprocess.Popen(
-                cmd, pass_fds=(req_r, resp_w, life_r, *venv.hold_fds), stdin=subprocess.DEVNULL,
+                cmd, pass_fds=(req_r, resp_w, life_r, guard_r, *venv.hold_fds), stdin=subprocess.DEVNULL,
                 stdout=log_w, stderr=log_w, env=env, cwd=scratch, start_new_session=True))
         except BaseException as exc:
             for fd in fds:
@@ -142,7 +151,7 @@ class WarmProcess:
             if isinstance(exc, OSError):
                 raise start_error(exc, venv, step) from exc
             raise
-        for fd in (req_r, resp_w, life_r, log_w):  # the child's ends
+        for fd in (req_r, resp_w, life_r, log_w, guard_r):  # the child's ends
             os.close(fd)
         os.set_blocking(req_w, False)
         os.set_blocking(resp_r, False)
@@ -152,17 +161,18 @@ class WarmProcess:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet: the group id is ours
             proc.wait()
-            for fd in (req_w, resp_r, life_w, log_r):
+            for fd in (req_w, resp_r, life_w, log_r, guard_w):
                 os.close(fd)
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         self = cls(proc, key=key, venv=venv, request_fd=req_w, response_fd=resp_r,
                    lifeline_fd=life_w, log=log_tail, max_tasks=max_tasks, ttl=ttl,
                    scratch=scratch)
-        self.token, self.sampler = token, sampler
+        self.token, self.sampler, self.max_processes = token, sampler, max_processes
         try:
             hello = self.exchange(None, timeout=start_timeout, label="the runner's start")
         except Lost as lost:
+            os.close(guard_w)
             self.stop(graceful=False)
             how, code, sig = describe_exit(self.popen.returncode)
             if lost.reason is RemovalReason.timeout:
@@ -173,11 +183,22 @@ class WarmProcess:
                 f"{tail or '(none)'}\nCheck that the venv's interpreter works; remove "
                 f"{venv.path} to have it rebuilt by the next task.",
                 exit_code=code, signal_name=sig, pid=self.pid, log_tail=tail) from None
+        self.take_guard(guard_w, hello)
         if hello.get("op") != "hello":  # pragma: no cover - protocol guard
             self.stop(graceful=False)
             raise ProcessCrashed(f"warm process {self.pid} sent {hello!r} instead of hello",
                                  exit_code=None, signal_name=None, log_tail="")
         return self
+
+    def take_guard(self, sock_fd: int, hello: dict) -> None:
+        """Answer this process's signal guard from now on: its listener came on ``sock_fd``
+        (closed here) before its ``hello``; none: the hello says why (logged once)."""
+        with socket.socket(fileno=sock_fd) as sock:
+            listener = receive_listener(sock)
+        if listener is None:
+            warn_unguarded(str(hello.get("signals") or "the runner sent no guard"))
+            return
+        self.guarded = GUARD.add(self.pid, self.token, listener, self.max_processes)
 
     # -- talking ---------------------------------------------------------------------
 
@@ -192,8 +213,10 @@ class WarmProcess:
         if watched:
             self.sampler.watch(self, mem_limit)
         try:
-            return self.exchange(request, timeout=timeout, mem_limit=mem_limit,
-                                 label=label, mark=mark), mark
+            reply = self.exchange(request, timeout=timeout, mem_limit=mem_limit,
+                                  label=label, mark=mark)
+            self.end_descendants()
+            return reply, mark
         except Lost:
             raise
         except BaseException:
@@ -205,6 +228,36 @@ class WarmProcess:
             if watched:
                 self.sampler.unwatch(self)
             self.last_used = time.monotonic()
+
+    def end_descendants(self, timeout: float = 10.0) -> None:
+        """After a task: kill every process it started and that still lives -- children,
+        grandchildren, daemons that left their session (the runner is their subreaper, so
+        they are in its tree) and orphans that reached the worker anyway (by its mark) --
+        before the process runs anything else. Bounded: a tree that does not empty in
+        ``timeout`` s retires the process."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [pid for pid in tree_pids(self.pid)[1:] if not _zombie(pid)]
+            alive += [p.pid for p in adopted_descendants(self.token, owner=self.pid)]
+            if not alive:
+                return
+            if time.monotonic() >= deadline:
+                log.warning("warm process %d: %d process(es) its task started did not end; "
+                            "it is retired", self.pid, len(alive))
+                self.lost = RemovalReason.unhealthy
+                return
+            for pid in alive:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            reap(psutil_procs(alive), timeout=0.05)  # those adopted by the worker
+
+    def take_refused_processes(self) -> int:
+        """New processes the guard refused this task at the limit (and forget them)."""
+        guarded = self.guarded
+        if guarded is None or not guarded.refused_processes:
+            return 0
+        refused, guarded.refused_processes = guarded.refused_processes, 0
+        return refused
 
     def health(self, timeout: float) -> RemovalReason | None:
         """Checkout health check of an idle process: None if it is alive and answers within
@@ -372,6 +425,9 @@ class WarmProcess:
                 # ours now (adopted, or reparented when their parent died): reap them
                 reap([*tree, *adopted], timeout=10)
                 self._stopped = True
+        if self.guarded is not None:
+            GUARD.remove(self.guarded)
+            self.guarded = None
         for name in ("_req", "_resp", "_lifeline", "_pidfd"):
             fd = getattr(self, name)
             if fd is not None and fd >= 0:
@@ -386,3 +442,20 @@ class WarmProcess:
         """Remove the working directory (once the process tree is gone)."""
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _zombie(pid: int) -> bool:
+    """``pid`` has exited (a zombie until its parent waits) or is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def psutil_procs(pids: Iterable[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found

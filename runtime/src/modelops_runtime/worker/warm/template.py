@@ -34,6 +34,7 @@ from ...errors import ProcessCrashed
 from ..counters import RemovalReason
 from ..limits import limit_error
 from .failures import Lost, describe_exit
+from .guard import GUARD
 from .logtail import LogTail
 from .memory import MemorySampler
 from .runner.frames import LEARNED_MAX
@@ -161,6 +162,7 @@ class TemplateProcess(WarmProcess):
                             response_fd=resp_r, lifeline_fd=life_w, log=LogTail(log_r),
                             max_tasks=1, ttl=float("inf"), scratch=scratch)
         child.token, child.sampler = token, sampler
+        child.max_processes = self.max_processes
         try:
             hello = child.exchange(None, timeout=start_timeout, label="a forked start")
         except Lost:
@@ -171,6 +173,8 @@ class TemplateProcess(WarmProcess):
                 f"a task process forked from the template of {self.module} (pid {self.pid}) "
                 f"died before running {label}: {how}. Its output:\n{tail or '(none)'}",
                 exit_code=code, signal_name=sig, pid=pid, log_tail=tail) from None
+        if self.guarded is not None:  # asked through the template's listener
+            child.guarded = GUARD.add(pid, token, None, child.max_processes)
         if hello.get("op") != "hello":  # pragma: no cover - protocol guard
             child.stop(graceful=False)
             raise ProcessCrashed(f"forked process {pid} sent {hello!r} instead of hello",

@@ -9,7 +9,9 @@ any bundle code runs, a warm process (and again each task process forked from a 
   directory (its cwd, also its TMPDIR) and /dev, never in the bundle cache or a venv;
 - caps its data size (:func:`cap_data`, RLIMIT_DATA) as the memory limit's backstop;
 - starts the lifeline thread (:func:`start_lifeline`): EOF on the lifeline pipe means the
-  worker is gone, even while the process is busy in user code.
+  worker is gone, even while the process is busy in user code;
+- installs the signal guard (:func:`guard_signals`): a seccomp filter that lets the worker
+  decide every signal to another process and every new process.
 
 Ending takes its process group with it (:func:`die_with_group`): a warm process is a
 session leader, so its own children end too.
@@ -19,6 +21,8 @@ import _thread
 import os
 import sys
 from _signal import SIGKILL  # the C half of `signal`, already loaded; `signal` adds enum
+
+frames = None  # the runner's wire module: set by runner.py's loader (``_load``)
 
 
 def die_with_group() -> None:
@@ -122,3 +126,126 @@ def _watch_lifeline(fd: int) -> None:
     except BaseException:  # noqa: BLE001 - whatever went wrong, the watch must not vanish
         pass
     die_with_group()
+
+
+# The signal guard: a seccomp filter (installed under no_new_privs, no capability needed)
+# that hands every signal aimed at another process, and every new process, to the worker
+# (SECCOMP_RET_USER_NOTIF): the worker answers from outside the task's reach, knowing its
+# process tree (worker/warm/guard.py). See docs/design.md "The signal guard".
+_RET_ALLOW, _RET_NOTIFY, _RET_ERRNO = 0x7FFF0000, 0x7FC00000, 0x00050000
+_EPERM, _ENOSYS = 1, 38
+_LD_ABS, _JEQ, _JSET, _JGE, _RET = 0x20, 0x15, 0x45, 0x35, 0x06
+_FLAG_NEW_LISTENER = 1 << 3
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _arg(i: int) -> int:
+    """Offset of the low 32 bits of argument ``i`` in struct seccomp_data (little endian:
+    the only byte order of the machines in GUARD_SYSCALLS)."""
+    return 16 + 8 * i
+
+
+def signal_filter(nrs: dict, own_pid: int) -> list[tuple[int, int, int, int]]:
+    """The BPF program (code, jt, jf, k): ALLOW anything but the calls below; kill-likes
+    to process group 0 (our own), to ``own_pid`` (0: none) or with signal 0 are allowed, to
+    every process (-1) refused, to anyone else asked of the worker; pidfd_send_signal and
+    the ioctls that aim SIGIO are refused (fcntl F_SETOWN is asked); a new process (clone
+    without CLONE_THREAD, fork, vfork) is asked (the worker counts the task's processes);
+    clone3, whose flags BPF cannot read, answers ENOSYS (libc then uses clone)."""
+    allow, notify = ("ret", _RET_ALLOW), ("ret", _RET_NOTIFY)
+    eperm, enosys = ("ret", _RET_ERRNO | _EPERM), ("ret", _RET_ERRNO | _ENOSYS)
+    labels = {"allow": allow, "notify": notify, "eperm": eperm, "enosys": enosys}
+    code: list = [("ld", 4), ("jeq", nrs["arch"], None, "enosys"), ("ld", 0)]
+    if "fork" in nrs:  # x86_64: the x32 ABI's numbers (bit 30) are never ours
+        code.append(("jge", 0x40000000, "enosys", None))
+    targets = [("kill", "pid"), ("rt_sigqueueinfo", "pid"), ("tkill", "pid"),
+               ("tgkill", "tg"), ("rt_tgsigqueueinfo", "tg"),
+               ("pidfd_send_signal", "eperm"), ("fcntl", "fcntl"), ("ioctl", "ioctl"),
+               ("clone", "clone"), ("fork", "notify"), ("vfork", "notify"),
+               ("clone3", "enosys")]
+    for name, where in targets:
+        if name in nrs:
+            code.append(("jeq", nrs[name], where, None))
+    code += [allow,
+             "pid", ("ld", _arg(0)), ("jeq", 0, "allow", None), ("jeq", 0xFFFFFFFF, "eperm", None),
+             ("jeq", own_pid, "allow", None), ("ld", _arg(1)), ("jeq", 0, "allow", None), notify,
+             "tg", ("ld", _arg(0)), ("jeq", own_pid, "allow", None), ("ld", _arg(2)),
+             ("jeq", 0, "allow", None), notify,
+             "fcntl", ("ld", _arg(1)), ("jeq", frames.F_SETOWN, "notify", None),
+             ("jeq", frames.F_SETOWN_EX, "eperm", None), allow,
+             "ioctl", ("ld", _arg(1)), ("jeq", frames.FIOSETOWN, "eperm", None),
+             ("jeq", frames.SIOCSPGRP, "eperm", None), allow,
+             "clone", ("ld", _arg(0)), ("jset", frames.CLONE_THREAD, "allow", None), notify]
+    for name, op in labels.items():
+        code += [name, op]
+    at, pos = {}, 0
+    for item in code:  # label → index of the instruction after it
+        if isinstance(item, str):
+            at[item] = pos
+        else:
+            pos += 1
+    out, pos = [], 0
+    for item in code:
+        if isinstance(item, str):
+            continue
+        if item[0] == "ld":
+            out.append((_LD_ABS, 0, 0, item[1]))
+        elif item[0] == "ret":
+            out.append((_RET, 0, 0, item[1]))
+        else:
+            op, k, yes, no = item
+            jump = [0 if t is None else at[t] - pos - 1 for t in (yes, no)]
+            assert all(0 <= j < 256 for j in jump), item
+            out.append(({"jeq": _JEQ, "jset": _JSET, "jge": _JGE}[op], *jump, k))
+        pos += 1
+    return out
+
+
+def become_subreaper() -> None:
+    """PR_SET_CHILD_SUBREAPER: orphans among our descendants (a daemon's double fork, a
+    setsid'd child whose parent exited) become our children, so they stay in our tree,
+    where the worker finds and ends them after the task."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def guard_signals(sock_fd: int, subreaper: bool, template: bool = False) -> str:
+    """Install the signal guard on this process (and so on everything it starts) and send
+    its listener to the worker over ``sock_fd`` (closed either way). ``subreaper``: also
+    :func:`become_subreaper`. ``template``: signals to ourselves are asked too (the task
+    processes we fork keep our filter, and ourselves are not theirs to signal).
+    Returns '' once installed, else why not (the process then runs unguarded)."""
+    import _socket
+    import ctypes
+
+    sock = _socket.socket(fileno=sock_fd)
+    try:
+        nrs = frames.GUARD_SYSCALLS.get(os.uname().machine)
+        if nrs is None:
+            return f"no signal guard for the {os.uname().machine} architecture"
+        libc = ctypes.CDLL(None, use_errno=True)
+        if subreaper:
+            become_subreaper()
+        program = signal_filter(nrs, 0 if template else os.getpid())
+        insns = (ctypes.c_uint64 * len(program))(*(
+            code | (jt << 16) | (jf << 24) | (k << 32) for code, jt, jf, k in program))
+
+        class _Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        prog = _Prog(len(program), ctypes.addressof(insns))
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: what lets us filter unprivileged
+        listener = libc.syscall(nrs["seccomp"], 1, _FLAG_NEW_LISTENER, ctypes.byref(prog))
+        if listener < 0:
+            return f"cannot install the seccomp filter ({os.strerror(ctypes.get_errno())})"
+        try:
+            sock.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                   listener.to_bytes(4, sys.byteorder))])
+        finally:
+            os.close(listener)
+        return ""
+    except OSError as exc:
+        return f"cannot hand the signal guard to the worker ({exc})"
+    finally:
+        sock.close()

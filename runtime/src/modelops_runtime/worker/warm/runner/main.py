@@ -13,7 +13,7 @@ import os
 import sys
 
 OPTIONS = ("--request-fd", "--response-fd", "--lifeline-fd", "--parent-pid", "--data-limit",
-           "--bundle-dir", "--template")
+           "--guard-fd", "--bundle-dir", "--template")
 _HERE = os.path.dirname(__file__)
 _COMPILED = __file__.endswith(".pyc")  # started from the directory program.py compiled
 
@@ -41,7 +41,7 @@ def _load(name: str, **siblings):
 
 _OWN_FILES = {_load.__code__.co_filename}  # the program's code: left out of a traceback
 frames = _load("frames")
-confine = _load("confine")
+confine = _load("confine", frames=frames)
 
 
 def _error(kind: str, exc: BaseException, **extra) -> dict:
@@ -157,22 +157,35 @@ def _encodable(reply: dict) -> dict:
     return {"ok": True, "batch": replies}
 
 
-def parse_options(argv: list[str]) -> tuple[int, int, int, int, int, str, str]:
+def _reap_children() -> None:
+    """Wait for every child that has exited: the processes the last task started, which
+    the worker killed after it (this process is their subreaper, so orphans count)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def parse_options(argv: list[str]) -> tuple[int, int, int, int, int, int, str, str]:
     """The values of OPTIONS, each given once as ``--name value``, all but the last two a
     number (by hand: argparse costs ~6 ms per start)."""
     opts = dict(zip(argv[0::2], argv[1::2], strict=False))  # odd lengths: rejected below
     if (len(argv) != 2 * len(OPTIONS) or sorted(opts) != sorted(OPTIONS)
-            or not all(opts[name].isdigit() for name in OPTIONS[:5])):
+            or not all(opts[name].isdigit() for name in OPTIONS[:6])):
         usage = " ".join(f"{name} {'PATH' if name == '--bundle-dir' else 'MODULE|-' if name == '--template' else 'N'}"
                          for name in OPTIONS)
         sys.stderr.write(f"usage: runner {usage}\n(the warm pool starts this program; got: "
                          f"{' '.join(argv) or 'no arguments'})\n")
         raise SystemExit(2)
-    return (*(int(opts[name]) for name in OPTIONS[:5]), opts["--bundle-dir"], opts["--template"])
+    return (*(int(opts[name]) for name in OPTIONS[:6]), opts["--bundle-dir"],
+            opts["--template"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    (request_fd, response_fd, lifeline_fd, parent_pid, data_limit, bundle_dir,
+    (request_fd, response_fd, lifeline_fd, parent_pid, data_limit, guard_fd, bundle_dir,
      template) = parse_options(sys.argv[1:] if argv is None else argv)
 
     for fd in (request_fd, response_fd, lifeline_fd):
@@ -188,19 +201,26 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"modelops runner: no filesystem sandbox: {unconfined}\n")
     if data_limit:
         confine.cap_data(data_limit)
+    # signals to other processes and new processes are the worker's to allow; a template
+    # is no subreaper (the task processes it forks must be adopted by the worker)
+    unguarded = confine.guard_signals(guard_fd, subreaper=template == frames.NO_TEMPLATE,
+                                      template=template != frames.NO_TEMPLATE)
     confine.start_lifeline(lifeline_fd)
     faulthandler.enable()  # a segfault's Python stack lands in the log tail
     sys.path.insert(0, bundle_dir)
     forked = None  # in a task process forked from a template: template.py
     if template != frames.NO_TEMPLATE:  # returns only in a forked task process, with its pipes
         forked = _load("template", frames=frames, confine=confine)
+        forked.unguarded = unguarded  # the template's; a task process sets its own
         request_fd, response_fd = forked.serve_forks(request_fd, response_fd, lifeline_fd,
                                                      parent_pid, template,
                                                      None if unconfined else ("/dev", *extra))
+        unguarded = forked.unguarded
 
     frames.write_frame(response_fd, {"op": "hello", "pid": os.getpid(),
                                      "python": sys.version.split()[0], "prefix": sys.prefix,
-                                     "sandbox": unconfined or "landlock"})
+                                     "sandbox": unconfined or "landlock",
+                                     "signals": unguarded})
     cache: dict = {}
     while True:
         try:
@@ -213,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             request, reply = {}, _error("request", exc)
         else:
             if request is None:
+                _reap_children()  # not left to the worker as zombies it cannot tell apart
                 if forked is not None:
                     forked.quick_exit()
                 return 0
+            _reap_children()  # what the last task started: the worker killed it
             if request.get("op") == "ping":
                 reply = {"op": "pong"}
             elif request.get("op") == "batch":

@@ -22,6 +22,11 @@ frames = confine = None
 
 REPARENT_WAIT = 5.0  # s a forked task process waits to be adopted by the worker
 
+# why the template runs without the signal guard ('': it has one). A task process keeps
+# the template's filter (a process can have only one listener): the worker answers its
+# calls as its own, by its place in the process tree (guard.py)
+unguarded = ""
+
 _modules_at_fork: frozenset = frozenset()  # what the template had imported
 _import_failed: set = set()  # learned names the template could not import (not retried)
 
@@ -39,7 +44,7 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
     except BaseException as exc:  # noqa: BLE001 - the task process imports it again and
         preload = _describe(exc)  # reports the error typed
     frames.write_frame(response_fd, {"op": "hello", "pid": os.getpid(), "template": module,
-                                     "preload_error": preload})
+                                     "preload_error": preload, "signals": unguarded})
     sock = _socket.socket(fileno=sock_fd)
     space = _socket.CMSG_SPACE(4 * 4)
     while True:
@@ -137,6 +142,7 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
     _modules_at_fork = frozenset(sys.modules)
     _reseed_numpy_legacy_rng()
     _adopted(middle)
+    confine.become_subreaper()  # daemons its task starts stay in its tree
     confine.set_parent_death_signal(worker_pid)
     confine.start_lifeline(lifeline_fd)
     return request_fd, response_fd

@@ -1,0 +1,135 @@
+"""A task's descendants end with the task (issue #24, item 2), and a task has at most
+MODELOPS_MAX_TASK_PROCESSES processes alive at once: real warm processes, real forks,
+real daemons (setsid and a double fork), driven through IsolatedWarmExecEnv in this
+process (the worker's side)."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelops_runtime.errors import ProcessLimitExceeded
+from modelops_runtime.models import Call
+from support.bundles import make_bundle
+from support.cluster import wait_for
+
+MODEL = '''
+import os, subprocess, sys
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def spawn(params, seed):
+    """A child, a grandchild (its parent still running), and a daemon: setsid and a double
+    fork, so it is nobody's child but its subreaper's. All sleep for minutes."""
+    child = subprocess.Popen(["sleep", "300"])
+    middle = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; p = subprocess.Popen(['sleep', '300']);"
+         " print(p.pid, flush=True); time.sleep(300)"], stdout=subprocess.PIPE)
+    grandchild = int(middle.stdout.readline())
+    r, w = os.pipe()
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, str(os.getpid()).encode().ljust(16))
+            os.execvp("sleep", ["sleep", "300"])
+        os._exit(0)
+    os.waitpid(first, 0)
+    daemon = int(os.read(r, 16))
+    if params.get("fail"):
+        raise RuntimeError("the task fails, its processes still run")
+    return {"pid": os.getpid(), "started": [child.pid, middle.pid, grandchild, daemon]}
+
+
+def states(params, seed):
+    return {"pid": os.getpid(), "states": [_state(p) for p in params["pids"]]}
+
+
+def many(params, seed):
+    procs, error = [], None
+    for _ in range(params["n"]):
+        try:
+            procs.append(subprocess.Popen(["sleep", "300"]))
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            break
+    return {"pid": os.getpid(), "started": [p.pid for p in procs], "error": error}
+
+
+def ok(params, seed):
+    return {"pid": os.getpid()}
+'''
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def _call(ref, fn, **params):
+    return Call(bundle=ref, entrypoint=f"model:{fn}", args=(params, 0))
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return make_bundle(tmp_path / "src", tmp_path / "repo", {"model.py": MODEL}, name="tree")
+
+
+@pytest.mark.parametrize("reuse", [1000, 1], ids=["warm", "fresh-from-template"])
+def test_what_a_task_started_ends_before_the_next_task_runs(bundle, warm, reuse):
+    """The issue's row: a task forks children (some with setsid) and returns; they were all
+    still alive after it, beside the next task in that process."""
+    ex = warm(max_process_reuse=reuse)
+    first = ex.run(_call(bundle, "spawn")).outputs
+    started = first["started"]
+    assert len(started) == 4
+    # when the task's result is back, each has ended (a zombie until its parent reaps it)
+    assert [p for p in started if _state(p) not in ("gone", "Z")] == []
+    then = ex.run(_call(bundle, "states", pids=started)).outputs
+    if reuse > 1:  # the same warm process, which reaped them before this task
+        assert then["pid"] == first["pid"]
+        assert then["states"] == ["gone"] * 4
+    else:  # a process of its own; the last one's orphans are the worker's to reap
+        assert not set(then["states"]) - {"gone", "Z"}, then
+
+
+def test_a_failing_task_takes_its_processes_with_it(bundle, warm):
+    from modelops_runtime.errors import SimulationError
+
+    ex = warm()
+    pid = ex.run(_call(bundle, "ok")).outputs["pid"]
+    with pytest.raises(SimulationError):
+        ex.run(_call(bundle, "spawn", fail=True))
+    children = [p for p in _children_of(pid) if _state(p) not in ("gone", "Z")]
+    assert children == []
+    assert ex.run(_call(bundle, "ok")).outputs["pid"] == pid  # kept warm
+
+
+def test_more_processes_than_the_limit_fail_the_task_typed(bundle, warm):
+    ex = warm(max_task_processes=5)
+    with pytest.raises(ProcessLimitExceeded) as info:
+        ex.run(_call(bundle, "many", n=20))
+    err = info.value
+    assert err.limit == 5 and err.refused >= 1
+    message = str(err)
+    assert "MODELOPS_MAX_TASK_PROCESSES=5" in message and "maxTaskProcesses" in message
+    wait_for(lambda: not [p for p in _children_of(err.pid) if _state(p) not in ("gone", "Z")],
+             10, "the task's processes to end")
+    # within the limit, the same process serves the next task
+    out = ex.run(_call(bundle, "many", n=5)).outputs
+    assert out["error"] is None and len(out["started"]) == 5 and out["pid"] == err.pid
+
+
+def _children_of(pid: int) -> list[int]:
+    from modelops_runtime.worker.warm.memory import tree_pids
+
+    return tree_pids(pid)[1:]
