@@ -57,6 +57,7 @@ def expected_env(executor: str, fresh: str, reuse: str) -> list[dict]:
         "MODELOPS_FRESH_VENVS_AHEAD": "2",
         "MODELOPS_LOG_LEVEL": "INFO",
         "MODELOPS_MAX_PROCESS_REUSE": reuse,
+        "MODELOPS_MAX_TASK_PROCESSES": "256",
         "MODELOPS_MAX_WARM_PROCESSES": "8",
         "MODELOPS_NATIVE_THREADS": "1",
         "MODELOPS_POOL_MEMORY_BYTES": "2Gi",
@@ -120,6 +121,7 @@ worker:
     maxWarmProcesses: 3
     validateDeps: false
     processTTL: 120
+    maxTaskProcesses: 64
     freshProcessFrom: exec
     freshVenvsAhead: 0
     nativeThreads: 3
@@ -154,6 +156,7 @@ bundles:
         ("MODELOPS_FRESH_VENVS_AHEAD", "0"),
         ("MODELOPS_LOG_LEVEL", "DEBUG"),
         ("MODELOPS_MAX_PROCESS_REUSE", "1000"),
+        ("MODELOPS_MAX_TASK_PROCESSES", "64"),
         ("MODELOPS_MAX_WARM_PROCESSES", "3"),
         ("MODELOPS_MEM_LIMIT_BYTES", "512Mi"),
         ("MODELOPS_NATIVE_THREADS", "3"),
