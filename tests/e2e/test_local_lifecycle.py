@@ -93,6 +93,28 @@ def test_scheduler_dying_ends_the_run_with_its_log_and_no_process_left(local_cli
     assert_nothing_left(run)
 
 
+def test_scheduler_killed_mid_study_is_named_in_one_line(local_cli, local_env, tmp_path):
+    """Before: the study waited forever for runs submitted to a client without a
+    scheduler. Now `local` ends with one line naming the lost scheduler and its log."""
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        (STUDY / "study.yaml").read_text().replace("bundle: bundle", f"bundle: {STUDY / 'bundle'}")
+        .replace("  days: 60\n", "  days: 60\n  sleep_s: 0.2\n"))
+    run = local_cli.start(["-f", preset("fresh-process").file, "--study", study, "--sims", 400,
+                           "--state-dir", tmp_path / "state", "--batch", 1], local_env())
+    run.wait_for_line("study e2e-sir:", 180)
+    wait_for(lambda: re.search(r"\b[1-9]\d*/400\b", run.stderr) or run.popen.poll() is not None,
+             180, "a few runs to finish", on_fail=lambda: run.output)
+    scheduler = next(p for p in run.alive() if "scheduler" in " ".join(p.cmdline()))
+    scheduler.kill()
+    assert run.wait(120) == 1, run.output
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, run.output
+    assert "error: the Dask scheduler tcp://" in errors[0] and " went away " in errors[0]
+    assert "runs had finished" in errors[0] and "scheduler.log" in errors[0]
+    assert_nothing_left(run)
+
+
 def test_failing_sims_are_reported_apart_and_the_rest_aggregated(local_cli, local_env, tmp_path):
     study = tmp_path / "study.yaml"
     study.write_text(

@@ -94,6 +94,12 @@ class WorkerStopping(ModelOpsError):
     running in them ended, and it takes no new ones. Fields: pid (the warm process, if any)."""
 
 
+class SchedulerLost(ModelOpsError):
+    """The client lost its Dask scheduler (it exited, was restarted or became unreachable):
+    the futures it held are gone with it. Fields: address, finished (runs with a result
+    before it went), total; ``partial`` (client side only): what was gathered."""
+
+
 class LocalModeError(ModelOpsError):
     """The local cluster could not be prepared, started or run."""
 

@@ -13,7 +13,8 @@ from typing import Any, overload
 from pydantic import BaseModel, ConfigDict
 
 from ..models import SimResult
-from .outcomes import SetResult, StudySetsResult, error_of
+from ..errors import SchedulerLost
+from .outcomes import SetResult, StudySetsResult, error_of, scheduler_lost
 from .submit import StudySubmission, aggregate
 
 
@@ -66,7 +67,8 @@ def gather_study(client, futures, progress: bool = True, desc: str | None = None
     per set, with aggregates), or a list of futures from :func:`~.submit.submit`
     (→ :class:`StudyResult`, in submission order). A submission with a results store
     gives a :class:`~.stored.StoredStudyResult` (counts and aggregates; the runs are in
-    the store)."""
+    the store). A lost scheduler raises :class:`~modelops_runtime.errors.SchedulerLost`
+    (one line; ``partial``: what was gathered before, in the same result type)."""
     if isinstance(futures, StudySubmission) and futures.store is not None:
         from .stored import gather_stored
 
@@ -105,8 +107,15 @@ def _gather_list(futures: Sequence, progress: bool, desc: str) -> StudyResult:
             if failures:
                 bar.set_postfix(failed=len(failures))
     order = sorted(outcome)
-    return StudyResult(results=[outcome[i] for i in order], indices=order,
-                       failures=sorted(failures, key=lambda f: f.index), total=len(futures))
+    result = StudyResult(results=[outcome[i] for i in order], indices=order,
+                         failures=sorted(failures, key=lambda f: f.index), total=len(futures))
+    if any(isinstance(f.error, SchedulerLost) for f in failures):
+        lost = scheduler_lost(futures[0].client, finished=len(outcome) + sum(
+            not isinstance(f.error, SchedulerLost) for f in failures), total=len(futures),
+            what="the study")
+        lost.partial = result
+        raise lost
+    return result
 
 
 def _settle(future) -> tuple[SimResult | None, str | None]:
@@ -114,6 +123,7 @@ def _settle(future) -> tuple[SimResult | None, str | None]:
     try:
         return future.result(), None
     except Exception as exc:  # noqa: BLE001 - reported next to the runs, which stay valid
+        exc = error_of(future, exc)
         return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -151,6 +161,10 @@ def _gather_sets(client, sub: StudySubmission, progress: bool, desc: str) -> Stu
                 elif plan.aggregate:
                     entry.aggregate_error = "every run of this set failed: nothing to aggregate"
             bar.run(out.ok, set_complete=sid not in left)
+    except SchedulerLost as exc:
+        exc.partial = StudySetsResult(plan=plan, sets=sorted(
+            sets.values(), key=lambda s: s.set.index), max_in_flight=sub.max_in_flight)
+        raise
     finally:
         bar.close()
     for sid, future in agg_futures.items():

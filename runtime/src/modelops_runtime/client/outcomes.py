@@ -7,18 +7,55 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ..errors import SchedulerLost
 from ..models import SimResult
 from .plan import ParamSet, StudyPlan
+
+# the reason distributed's client cancels every future with when its scheduler connection
+# drops (Client._reconnect)
+_CONNECTION_LOST = "scheduler-connection-lost"
 
 
 def error_of(future, value) -> BaseException:
     """The error a finished-with-error future carries (as ``as_completed(raise_errors=False)``
-    hands it over: an exc_info tuple)."""
+    hands it over: an exc_info tuple); a future cancelled because the scheduler went away
+    gives :class:`SchedulerLost` (see :func:`lost_scheduler_error`)."""
     if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
-        return value[1]
+        value = value[1]
     if isinstance(value, BaseException):
-        return value
+        return lost_scheduler_error(future, value) or value
     return RuntimeError(f"task {future.key} ended with status {future.status}")
+
+
+def lost_scheduler_error(future, error: BaseException) -> SchedulerLost | None:
+    """:class:`SchedulerLost` if ``future`` was cancelled because its client lost the
+    scheduler (its connection dropped, or the client is no longer connected), else None."""
+    from concurrent.futures import CancelledError  # what distributed cancels with
+
+    if isinstance(error, SchedulerLost):
+        return error
+    if not isinstance(error, CancelledError):
+        return None
+    client = getattr(future, "client", None)
+    status = getattr(client, "status", "running")
+    if getattr(error, "reason", None) != _CONNECTION_LOST and status == "running":
+        return None  # cancelled on purpose (client.cancel, a stopped study)
+    return scheduler_lost(client)
+
+
+def scheduler_lost(client, *, finished: int | None = None, total: int | None = None,
+                   what: str = "this task") -> SchedulerLost:
+    """The one-line error of a lost scheduler: which, what was kept, what to do."""
+    address = getattr(getattr(client, "scheduler", None), "address", None) or "(unknown)"
+    done = (f"{finished} of {total} runs had finished and are kept (the error's `partial`); "
+            "the rest were lost with it. " if finished is not None else "")
+    return SchedulerLost(
+        f"the Dask scheduler {address} went away while {what} ran (the client lost its "
+        "connection: the scheduler exited, was restarted, or is unreachable), and every "
+        f"result it had not handed over went with it. {done}Check the scheduler (its pod's "
+        "`kubectl describe`/`kubectl logs --previous`, or the local run's scheduler.log), "
+        "then submit again once it is back; nothing is wrong with the runs themselves.",
+        address=address, finished=finished, total=total)
 
 
 class RunFailure(BaseModel):

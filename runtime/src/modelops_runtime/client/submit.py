@@ -29,7 +29,8 @@ from typing import Any
 
 from ..models import Call, SimResult, SimTask, check_bundle_ref, check_entrypoint
 from .batching import BATCH_TARGET, PROBE_RUNS, BatchPlan, given, plan_batches
-from .outcomes import RunFailure, RunOutcome, error_of
+from ..errors import SchedulerLost
+from .outcomes import RunFailure, RunOutcome, error_of, scheduler_lost
 from .plan import ParamSet, StudyPlan, run_key
 
 AGGREGATION_RESOURCE = {"aggregation": 1}
@@ -134,7 +135,9 @@ class StudySubmission:
     :class:`RunOutcome` per (set, seed) as runs finish, and tops the cluster up in batches
     so that at most ``window`` runs are submitted and unfinished. Tasks are built only when
     they are submitted: a 100,000-run study never exists as one list. Consumed once;
-    stopping early (``break``, an error, Ctrl-C) cancels the runs still in flight.
+    stopping early (``break``, an error, Ctrl-C) cancels the runs still in flight. A lost
+    scheduler ends the iteration with :class:`~modelops_runtime.errors.SchedulerLost`
+    (nothing more is submitted to a client without a scheduler).
 
     Unless ``batch`` fixes the runs per Dask task, a probe runs first (one task of
     PROBE_RUNS runs per worker thread); once every probe task is back, the batch plan
@@ -155,6 +158,7 @@ class StudySubmission:
         self.submitted = 0          # runs submitted so far
         self.max_in_flight = 0      # most runs submitted and not yet finished, at once
         self.tasks = 0              # Dask tasks submitted (fewer than runs when batched)
+        self.finished = 0           # runs whose outcome was handed out
         self.batching: BatchPlan | None = None if batch is None else given(batch)
         self._consumed = False
         self.store = None           # the results store (store/store.py), if any
@@ -239,8 +243,15 @@ class StudySubmission:
         done = as_completed(with_results=True, raise_errors=False)
         top_up_at = max(1, self.window // 4)
 
+        def lost() -> SchedulerLost:
+            pending.clear()  # distributed's client cancelled them all: nothing to cancel
+            return scheduler_lost(self.client, finished=self.finished, total=self.total,
+                                  what=f"study {plan.name!r}")
+
         def submit(batch: list, size: int, grouped: bool = False) -> list:
             nonlocal in_flight
+            if getattr(self.client, "status", "running") != "running":
+                raise lost()  # a future submitted now would wait for a scheduler forever
             tasks = self._submit(batch, size, grouped)
             for future, group in tasks:
                 pending[future.key] = (group, future)
@@ -262,6 +273,7 @@ class StudySubmission:
         def outcome(s: ParamSet, seed: int, result: Any = None,
                     err: BaseException | None = None) -> RunOutcome:
             key = run_key(self.key_name, s.id, seed, plan.code)
+            self.finished += 1
             if err is None:
                 return RunOutcome(set=s, seed=seed, key=key, result=result)
             return RunOutcome(set=s, seed=seed, key=key, failure=RunFailure(
@@ -286,6 +298,8 @@ class StudySubmission:
                 times = probes.get(future.key)
                 if future.status != "finished":  # the whole task failed: each run did
                     err = error_of(future, value)
+                    if isinstance(err, SchedulerLost):  # and every run still in flight
+                        raise lost() from None
                     for s, seed in group:
                         yield outcome(s, seed, err=err)
                 elif len(group) == 1 and isinstance(value, SimResult):

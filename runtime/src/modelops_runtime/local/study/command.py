@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ...exitcodes import EXIT_DIFFERS, EXIT_FAILED, EXIT_INPUTS_DIFFER, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
-from ...errors import LocalModeError, ModelOpsError
+from ...errors import LocalModeError, ModelOpsError, SchedulerLost
 from ..compare.runs import InputsDiffer, inputs_difference, load_baseline
 from ..cluster.launch import plan
 from ..console import echo
@@ -91,11 +91,15 @@ def main(args: argparse.Namespace) -> int:
             echo(f"logs: {launch.run_dir / 'logs'}")
             code = 0
             if study is not None:
-                code = run_and_report(
-                    client, study, launch, echo, sims=args.sims,
-                    progress=not args.no_progress, results=results, values=args.values,
-                    sets=args.set, baseline=baseline, batch=args.batch,
-                    batch_target=args.batch_seconds)
+                try:
+                    code = run_and_report(
+                        client, study, launch, echo, sims=args.sims,
+                        progress=not args.no_progress, results=results, values=args.values,
+                        sets=args.set, baseline=baseline, batch=args.batch,
+                        batch_target=args.batch_seconds)
+                except SchedulerLost as exc:  # one line, with the log to read
+                    raise SchedulerLost(f"{exc.message} Its log: {launch.scheduler.log}",
+                                        **exc.fields) from None
             if args.keep:
                 echo(f"cluster is up: Client({cluster.address!r}) or --scheduler-file "
                      f"{launch.scheduler_file}; workers fetch bundles from "
