@@ -103,10 +103,12 @@ def test_scheduler_killed_mid_study_is_named_in_one_line(local_cli, local_env, t
     run = local_cli.start(["-f", preset("fresh-process").file, "--study", study, "--sims", 400,
                            "--state-dir", tmp_path / "state", "--batch", 1], local_env())
     run.wait_for_line("study e2e-sir:", 180)
-    wait_for(lambda: re.search(r"\b[1-9]\d*/400\b", run.stderr) or run.popen.poll() is not None,
-             180, "a few runs to finish", on_fail=lambda: run.output)
-    scheduler = next(p for p in run.alive() if "scheduler" in " ".join(p.cmdline()))
-    scheduler.kill()
+    wait_for(lambda: any("modelops-runner" in " ".join(p.cmdline()) for p in run.alive())
+             or run.popen.poll() is not None, 180, "runs to start in warm processes",
+             on_fail=lambda: run.output)
+    schedulers = [p for p in run.alive() if "scheduler" in " ".join(p.cmdline())]
+    assert schedulers, f"no scheduler process: {[p.cmdline() for p in run.alive()]}\n{run.output}"
+    schedulers[0].kill()
     assert run.wait(120) == 1, run.output
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, run.output
