@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -224,16 +225,22 @@ def batched(ws: Workspace, smoke: bool) -> dict[str, Any]:
     return out
 
 
-def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
+CASES = (("heavy_import", heavy_import), ("batched", batched), ("sir", sir),
+         ("sir_local", sir_local))
+
+
+def run(ws: Workspace, *, smoke: bool, cases=CASES) -> dict[str, Any]:
+    """Every case, also after one failed: a failure is stored as ``{"error": ...}`` (its
+    traceback printed) and makes bench/run.py exit 1 once the table is written."""
     out: dict[str, Any] = {"load_at_start": os.getloadavg()}
-    for name, fn in (("heavy_import", heavy_import), ("batched", batched), ("sir", sir),
-                     ("sir_local", sir_local)):
+    for name, fn in cases:
         print(f"   {name}", flush=True)
         sub = ws.root / name
         sub.mkdir()
         try:
             out[name] = fn(Workspace(sub), smoke)
-        except Exception as exc:  # noqa: BLE001 - one case failing must not hide the others
+        except Exception as exc:  # noqa: BLE001 - the others still run; run.py fails at the end
+            traceback.print_exc()
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
     out["load_at_end"] = os.getloadavg()
     return out

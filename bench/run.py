@@ -4,7 +4,8 @@
     .venv/bin/python bench/run.py --smoke    # reduced sizes: checks it all works (< 1 min)
 
 Benchmarks are not tests: nothing here fails on a slow number. Each target is reported
-as met or not met, a miss explained by the measured numbers. Everything is built under one
+as met or not met, a miss explained by the measured numbers. A case that raises is shown
+in the table and makes the run exit 1 (the others still run). Everything is built under one
 temporary directory, removed at the end; every process started is stopped, also on
 Ctrl-C or SIGTERM.
 """
@@ -98,9 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['target']}: {t['shown']}")
     in_readme = (report.summary(about, results, smoke=False, elapsed_s=elapsed, level=3)
                  + "\nEvery benchmark's own table: [bench/results.md](bench/results.md).\n")
+    if failed := failures(results):
+        print(f"\nbench: {len(failed)} case(s) failed (shown in the table; their "
+              "tracebacks above):", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     if not args.smoke and args.out == HERE and not args.only and update_readme(in_readme):
         print(f"updated the benchmark section of {README}")
     return 0
+
+
+def failures(results: object, where: str = "") -> list[str]:
+    """Every case that stored an error instead of numbers: ``section/case: error``."""
+    if not isinstance(results, dict):
+        return []
+    if "error" in results:
+        return [f"{where or '(top)'}: {results['error']}"]
+    return [line for key, value in results.items()
+            for line in failures(value, f"{where}/{key}" if where else str(key))]
 
 
 if __name__ == "__main__":

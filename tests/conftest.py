@@ -9,7 +9,18 @@ import pytest
 
 from support.cluster import ProcessCluster, base_env
 
+# shared plugins (tests/support/): the leftover check of every test, process-wide flags
+# restored after every test
+pytest_plugins = ["support.leakcheck", "support.flags", "pytester"]
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session):
+    """What a SIGKILLed session could not remove: a control plane's state directory."""
+    from support.controlplane import sweep_stale
+
+    sweep_stale()
 
 
 @pytest.fixture

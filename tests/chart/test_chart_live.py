@@ -8,7 +8,6 @@ as real processes on 127.0.0.1 (pod paths and ports rewritten, nothing else).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,6 +18,7 @@ import pytest
 from chartkit import PRESETS, render
 from modelops_runtime.config import ExecutorType, RuntimeConfig, parse_bytes
 from support.cluster import BIN, Proc, tail, wait_for
+from support.ports import HeldPort
 
 
 def _env(container: dict) -> dict[str, str]:
@@ -77,12 +77,6 @@ def test_dask_and_the_runtime_read_every_memory_form_the_chart_accepts(memory, e
     assert config.mem_limit_bytes == expected
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> str:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -108,8 +102,10 @@ def test_rendered_worker_and_helm_test_run_on_a_real_cluster(dask_cluster, tmp_p
     worker = out.container("worker")
     cluster, client = dask_cluster(workers=0, wait=False)
 
-    # pod → local rewrites: scheduler address, dashboard port, volume paths
-    port = _free_port()
+    # pod → local rewrites: scheduler address, dashboard port (held until dask listens on
+    # it), volume paths
+    held = HeldPort()
+    port = held.port
     args = list(worker["args"])
     assert args[1].startswith("tcp://") and args[args.index("--dashboard-address") + 1] == ":8788"
     args[1] = cluster.address
@@ -118,12 +114,15 @@ def test_rendered_worker_and_helm_test_run_on_a_real_cluster(dask_cluster, tmp_p
            .replace("/var/lib/modelops", str(tmp_path / "lib")) for k, v in _env(worker).items()}
     repo = tmp_path / "lib" / "bundle-repo"
     assert env["MODELOPS_BUNDLE_REPO"] == str(repo)
+    env["TMPDIR"] = str(tmp_path / "pod-tmp")  # a pod's /tmp is its own, gone with the pod
+    (tmp_path / "pod-tmp").mkdir()
     log = tmp_path / "rendered-worker.log"
     popen = subprocess.Popen([str(BIN / worker["command"][0]), *args],
                              env={**cluster.env, **env}, stdout=log.open("wb"),
                              stderr=subprocess.STDOUT, start_new_session=True)
     cluster.workers.append(Proc("rendered-worker", popen, log))  # the fixture stops it
     cluster.wait_for_workers(client, 2, timeout=120)
+    held.release()
 
     # process 0 of the pod serves /health and /metrics on the fixed port; dask moves the
     # other processes' dashboards to free ports (the chart's documented port design)
@@ -190,7 +189,8 @@ def test_helm_test_fails_at_once_when_no_worker_runs():
     """worker.replicas=0: nothing to wait for; the script says so instead of connecting."""
     pod = render("helm3", sets=("worker.replicas=0",)).one("Pod")["spec"]["containers"][0]
     assert _env(pod)["EXPECTED_PROCESSES"] == "0"
-    out = _helm_test(pod, {"SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{_free_port()}"})
+    with HeldPort() as nobody:  # held, never listening: every connection is refused
+        out = _helm_test(pod, {"SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{nobody.port}"})
     assert out.returncode == 1
     assert out.stderr.strip() == (
         "helm test failed: the release runs no worker process (worker.replicas=0), so there "
@@ -200,8 +200,9 @@ def test_helm_test_fails_at_once_when_no_worker_runs():
 
 def test_helm_test_says_when_the_scheduler_is_unreachable():
     pod = render("helm3").one("Pod")["spec"]["containers"][0]
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
-    out = _helm_test(pod, {"SCHEDULER_ADDRESS": address, "TEST_TIMEOUT": "2"})
+    with HeldPort() as nobody:  # held, never listening: nothing answers there
+        address = f"tcp://127.0.0.1:{nobody.port}"
+        out = _helm_test(pod, {"SCHEDULER_ADDRESS": address, "TEST_TIMEOUT": "2"})
     assert out.returncode == 1
     assert f"helm test failed: cannot connect to the scheduler {address} within 2s" in out.stderr
     assert ("Check the scheduler pod (kubectl get pods -n sims -l app.kubernetes.io/instance=mo,"

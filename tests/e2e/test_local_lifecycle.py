@@ -74,7 +74,10 @@ def test_interrupting_a_kept_cluster_mid_study_stops_everything(sig, code, local
         wait_for(lambda: sum(f.done() for f in futures) >= 4, 180, "the first results")
         worker_pids = set(client.run(os.getpid).values())
         warm = [p for p in run.alive() if p.ppid() in worker_pids]
-        run.popen.send_signal(sig)
+        if sig == signal.SIGINT:  # Ctrl-C: the terminal signals the foreground group
+            os.killpg(run.popen.pid, sig)  # the CLI leads it (it was started in a session)
+        else:  # kill, systemd, Kubernetes: the command alone
+            run.popen.send_signal(sig)
         assert run.wait(120) == code, run.output
     assert "no process is left" in run.stderr
     assert warm, "the study ran no warm processes (nothing to check)"

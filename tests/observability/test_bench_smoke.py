@@ -205,3 +205,20 @@ def test_readme_section_is_replaced_between_its_markers(tmp_path):
     without.write_text("# no markers\n")
     assert not run.update_readme("| new |\n", without)
     assert without.read_text() == "# no markers\n"
+
+
+def test_a_failing_case_is_reported_and_fails_the_run(tmp_path):
+    """bench/ never swallows an error: the other cases still run, the failure is stored
+    with its type and message, and run.py's ``failures`` (exit 1 when not empty) names it."""
+    fast, run = _load_bench("fast"), _load_bench("run")
+
+    def boom(ws, smoke):
+        raise RuntimeError("a case failed on purpose")
+
+    out = fast.run(fast.Workspace(tmp_path), smoke=True,
+                   cases=(("boom", boom), ("fine", lambda ws, smoke: {"wall_s": 1.0})))
+    assert out["boom"] == {"error": "RuntimeError: a case failed on purpose"}
+    assert out["fine"] == {"wall_s": 1.0}
+    assert run.failures({"fast": out, "memory": {"warm_rss_bytes": 1}}) == [
+        "fast/boom: RuntimeError: a case failed on purpose"]
+    assert run.failures({"fast": {"fine": {"wall_s": 1.0}}}) == []

@@ -7,7 +7,9 @@ objects, and pods stay Pending).
 The binaries are the ones ci/install-tools.sh builds into .tools/bin (`make tool-k8s`).
 Use :class:`ControlPlane` as a context manager: everything it started is stopped and its
 state directory removed when the block ends, also on an exception or Ctrl-C. Each child is
-also started with PR_SET_PDEATHSIG, so even a SIGKILLed test process leaves none behind.
+also started with PR_SET_PDEATHSIG, so even a SIGKILLed test process leaves none behind;
+the state directory it could not remove is swept at the next session's start
+(:func:`sweep_stale`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from pathlib import Path
 import psutil
 
 from support.cluster import tail, wait_for
+from support.ports import hold_ports
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / ".tools" / "bin"
@@ -66,20 +68,6 @@ def missing_binaries(tools: Path = TOOLS) -> list[str]:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that nothing listens on right now."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # ---- certificates -------------------------------------------------------------------------
@@ -211,11 +199,22 @@ class ControlPlane:
         if missing:
             raise AssertionError(f"{', '.join(missing)} not built in {self.tools}: "
                                  "run `make tool-k8s` (ci/install-tools.sh .tools/bin k8s)")
+        sweep_stale()
         if self.root is None:
-            self.root = Path(tempfile.mkdtemp(prefix="modelops-k8s-"))
+            self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+            (self.root / OWNER).write_text(_identity(psutil.Process()))
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         pki = make_pki(self.root / "pki")  # ca, apiserver, admin, kcm (.crt/.key), sa.key/.pub
-        etcd_port, etcd_peer, api_port, kcm_port = free_ports(4)
+        held = hold_ports(4)  # until they listen (Go's listeners share a held port)
+        try:
+            self._start(pki, *(h.port for h in held))
+        finally:
+            for h in held:
+                h.release()
+
+    def _start(self, pki: Path, etcd_port: int, etcd_peer: int, api_port: int,
+               kcm_port: int) -> None:
+        assert self.root is not None
         self.api_url = f"https://127.0.0.1:{api_port}"
         self.kubeconfig = write_kubeconfig(self.root / "kubeconfig", self.api_url, pki, "admin")
         kcm_kubeconfig = write_kubeconfig(self.root / "kcm.kubeconfig", self.api_url, pki, "kcm")
@@ -325,6 +324,34 @@ class ControlPlane:
         if r.popen.returncode is not None:
             raise AssertionError(f"{r.name} exited with {r.popen.returncode} before {what} "
                                  f"answered:\n{tail(r.log, 40)}")
+
+
+ROOT_PREFIX = "modelops-k8s-"
+OWNER = "owner"  # "<pid> <start time>" of the process that made the state directory
+
+
+def _identity(proc: psutil.Process) -> str:
+    return f"{proc.pid} {proc.create_time()}"
+
+
+def sweep_stale(base: Path | None = None) -> list[Path]:
+    """Remove the state directories (CA and service-account keys, etcd data, logs) of
+    control planes whose process is gone without stop() (SIGKILLed): its etcd and API
+    server died with it (PDEATHSIG), nobody was left to remove the directory. Called at
+    every start and at every pytest session's start. Returns what it removed."""
+    removed = []
+    for root in Path(base or tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        try:
+            pid, created = (root / OWNER).read_text().split()
+            alive = _identity(psutil.Process(int(pid))) == f"{pid} {created}"
+        except (OSError, ValueError):
+            continue  # not ours to judge: no owner file (yet), or unreadable
+        except psutil.Error:
+            alive = False
+        if not alive:
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    return removed
 
 
 def _admin_context(pki: Path) -> ssl.SSLContext:

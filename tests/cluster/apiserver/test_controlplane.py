@@ -1,7 +1,7 @@
 """The control plane fixture itself: started in a separate Python process that is then
 interrupted (Ctrl-C), fails, or is killed outright; afterwards none of its etcd,
 kube-apiserver and kube-controller-manager processes runs (checked by pid and start
-time) and, except after SIGKILL, its state directory is gone."""
+time) and its state directory is gone (after SIGKILL: once the next session sweeps it)."""
 
 from __future__ import annotations
 
@@ -100,4 +100,7 @@ def test_sigkill_of_the_test_process_leaves_no_process(start):
     popen.wait(30)
     wait_for(lambda: _gone(procs), 30, "the control plane to die with its parent",
              on_fail=lambda: str(controlplane.still_running(procs)))
-    assert Path(info["root"]).exists()  # nobody was left to remove it: the fixture does
+    root = Path(info["root"])
+    assert (root / "pki" / "ca.key").exists()  # nobody was left to remove it ...
+    assert root in controlplane.sweep_stale(root.parent)  # ... until the next session starts
+    assert not root.exists()

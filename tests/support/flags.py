@@ -1,0 +1,46 @@
+"""pytest plugin: process-wide flags a test (or its fixtures) set in this process are
+restored after it, so no result depends on which tests ran before.
+
+- covers: the child-subreaper flag (``PR_SET_CHILD_SUBREAPER``), which every in-process
+  warm pool sets (worker/warm/orphans.py ``become_subreaper``): left set, pytest would
+  adopt the orphans of every later test. Restored after each test's teardown.
+- does not: restore what a test changes through ``monkeypatch`` (pytest does that).
+- see also: tests/runtime/test_process_flags.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+import pytest
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def subreaper() -> bool | None:
+    """Whether this process is a child subreaper (None: not Linux)."""
+    if _libc is None:
+        return None
+    value = ctypes.c_int(0)
+    if _libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_GET_CHILD_SUBREAPER)")
+    return bool(value.value)
+
+
+def set_subreaper(on: bool) -> None:
+    if _libc is not None and _libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = subreaper()
+    try:
+        return (yield)
+    finally:
+        if before is not None and subreaper() != before:
+            set_subreaper(before)
