@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import pytest
 
 from support.cluster import ProcessCluster, base_env
 
 # shared plugins (tests/support/): the leftover check of every test, process-wide flags
-# restored after every test
-pytest_plugins = ["support.leakcheck", "support.flags", "pytester"]
-
-REPO = Path(__file__).resolve().parents[1]
-
+# restored after every test, the test wheels and uv offline on them
+pytest_plugins = ["support.leakcheck", "support.flags", "support.wheels", "pytester"]
 
 def pytest_sessionstart(session):
     """What a SIGKILLed session could not remove: a control plane's state directory."""

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "chart"
-PRESETS_DIR = REPO / "values-examples"
+from support.paths import CHART, HELMS, MY_VALUES, PRESETS, PRESETS_DIR, REPO, helm_binary
+
+__all__ = ["CHART", "HELMS", "MY_VALUES", "PRESETS", "PRESETS_DIR", "REPO", "helm_binary"]
+
 RELEASE = "mo"
 NAMESPACE = "sims"
 
@@ -25,22 +26,7 @@ NAMESPACE = "sims"
 API_VERSIONS = ("--api-versions", "monitoring.coreos.com/v1/PodMonitor",
                 "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
 
-HELMS = {
-    "helm3": REPO / ".tools" / "bin" / "helm",
-    "helm4": REPO / ".tools" / "bin" / "helm4",
-}
-PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-# The user's own values file every install starts with (the chart needs bundles.repo).
-MY_VALUES = Path(__file__).with_name("my-values.yaml")
 MY_REPO = yaml.safe_load(MY_VALUES.read_text())["bundles"]["repo"]
-
-
-def helm_binary(name: str) -> Path:
-    path = HELMS[name]
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        raise AssertionError(
-            f"{name} is not installed at {path}: run `make tools` (ci/install-tools.sh) first")
-    return path
 
 
 @dataclass(frozen=True)

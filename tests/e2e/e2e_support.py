@@ -18,11 +18,9 @@ import psutil
 import yaml
 
 from modelops_runtime.local.cluster.supervise import ProcessRecord
+from support.paths import CHART, PRESETS, REPO  # noqa: F401 - the e2e tests' names
+from support.paths import PRESETS_DIR as PRESET_DIR
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "chart"
-PRESET_DIR = REPO / "values-examples"
-PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 STUDY = Path(__file__).resolve().parent / "sir_study"
 CLI = str(Path(sys.executable).parent / "modelops-runtime")
 

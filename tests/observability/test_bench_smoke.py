@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 
 from support.cluster import wait_for
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "run.py"
 
 

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from support.paths import REPO
+
 LOCK_PY = REPO / "runtime" / "image" / "lock.py"
 
 

@@ -17,10 +17,9 @@ import psutil
 import pytest
 
 from support.cluster import wait_for
+from support.paths import REPO, TOOLS
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "ci" / "install-tools.sh"
-TOOLS = REPO / ".tools" / "bin"
 PINS = {"helm": "v3.22.0", "helm4": "v4.3.1", "ct": "v3.14.0"}
 
 # every external command the script runs when Go is absent (the rest are bash builtins)

@@ -14,7 +14,6 @@ from modelops_runtime.config import RuntimeConfig
 from modelops_runtime.worker.executors.warm import IsolatedWarmExecEnv
 from modelops_runtime.worker.warm.scratch import SCRATCH_PREFIX
 from support.cluster import wait_for
-from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 
 class Processes:
@@ -91,12 +90,6 @@ def waits_in():
 
 
 # -- warm executors driven in this process (test_warm_pool.py, test_warm_regressions.py) --
-
-@pytest.fixture
-def uv_offline(monkeypatch, wheelhouse):  # noqa: F811 - fixture
-    for key, value in offline_uv_env(wheelhouse).items():
-        monkeypatch.setenv(key, value)
-
 
 @pytest.fixture
 def scratch_root(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from modelops_runtime.client import ParamSet, Seeds, StudyPlan, gather_study, su
 from modelops_runtime.client.batching import (BATCH_TARGET, MAX_BATCH, RUN_FLOOR,
                                               per_run_estimate, plan_batches, quantise)
 from support.bundles import make_bundle
-from support.cluster import wait_for
+from support.cluster import direct_env, wait_for
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 MODEL = '''
@@ -46,10 +46,6 @@ def slow(params, seed):  # ~1 ms of work
 '''
 
 
-def _env(repo):
-    return {"MODELOPS_EXECUTOR_TYPE": "direct", "MODELOPS_BUNDLE_REPO": str(repo)}
-
-
 def _plan(ref, name, sets, count):
     return StudyPlan(name=name, bundle=ref, entrypoint="model:simulate", sets=sets,
                      seeds=Seeds(first=0, count=count), aggregate="model:total")
@@ -69,7 +65,7 @@ def _outcomes(result):
 def test_batched_runs_give_exactly_the_unbatched_results_and_failures(dask_cluster, tmp_path):
     repo = tmp_path / "repo"
     ref = make_bundle(tmp_path, repo, {"model.py": MODEL, "requirements.txt": ""})
-    _, client = dask_cluster(_env(repo), nworkers=2, nthreads=1)
+    _, client = dask_cluster(direct_env(repo), nworkers=2, nthreads=1)
     sets = [ParamSet.of({"x": 1.0}, "one", index=0),
             ParamSet.of({"x": 2.0, "fail_seeds": "3,17"}, "two", index=1)]
     plain = submit_study(client, _plan(ref, "plain", sets, 40), batch=1, window=30)
@@ -96,7 +92,7 @@ def test_batched_runs_give_exactly_the_unbatched_results_and_failures(dask_clust
 def test_a_worker_killed_mid_batch_changes_no_run(dask_cluster, tmp_path):
     repo = tmp_path / "repo"
     ref = make_bundle(tmp_path, repo, {"model.py": MODEL, "requirements.txt": ""})
-    _, client = dask_cluster(_env(repo), nworkers=2, nthreads=1)
+    _, client = dask_cluster(direct_env(repo), nworkers=2, nthreads=1)
     flag = tmp_path / "stalled"
     sets = [ParamSet.of({"x": 3.0, "fail_seeds": "2", "stall_flag": str(flag),
                          "stall_seed": 12}, index=0)]

@@ -11,8 +11,8 @@ import sysconfig
 from pathlib import Path
 
 from support.bundles import SIM_MODEL, write_bundle
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -13,10 +13,7 @@ from modelops_runtime.errors import (BundleDigestMismatch, BundleError, BundleNo
 from modelops_runtime.models import SimTask
 from support.bundles import (COUNTER_MODEL, MISSING_INSIDE, SIM_MODEL, archive_path,
                              make_bundle, store_raw_archive)
-
-
-def _env(repo):
-    return {"MODELOPS_EXECUTOR_TYPE": "direct", "MODELOPS_BUNDLE_REPO": str(repo)}
+from support.cluster import direct_env
 
 
 def test_study_of_200_sims_and_one_aggregation(dask_cluster, tmp_path):
@@ -24,7 +21,7 @@ def test_study_of_200_sims_and_one_aggregation(dask_cluster, tmp_path):
     aggregation resource is, and the startup log tells the user which executor runs."""
     repo = tmp_path / "repo"
     ref = make_bundle(tmp_path, repo, {"model.py": SIM_MODEL, "requirements.txt": ""})
-    cluster, client = dask_cluster(_env(repo), nworkers=2, nthreads=2, resources="")
+    cluster, client = dask_cluster(direct_env(repo), nworkers=2, nthreads=2, resources="")
     # the only worker that offers the aggregation resource
     agg_proc = cluster.start_worker(nworkers=1, nthreads=1, resources="aggregation=1",
                                     name="agg")
@@ -70,7 +67,7 @@ def test_task_keys_unique_per_study_and_stable():
 def test_module_state_is_fresh_for_every_task(dask_cluster, tmp_path):
     repo = tmp_path / "repo"
     ref = make_bundle(tmp_path, repo, {"counter.py": COUNTER_MODEL})
-    _, client = dask_cluster(_env(repo), nworkers=1, nthreads=2)
+    _, client = dask_cluster(direct_env(repo), nworkers=1, nthreads=2)
     tasks = [SimTask(bundle=ref, entrypoint="counter:bump", seed=s) for s in range(30)]
     study = gather_study(client, submit(client, tasks, study="counter"), progress=False)
     assert study.ok, study.failures[:3]
@@ -96,7 +93,7 @@ def test_failures_are_typed_and_do_not_lose_successes(dask_cluster, tmp_path):
         "needs_top.py": "import not_installed_pkg_xyz\n\ndef run(params, seed):\n    return {}\n",
         "requirements.txt": "not-installed-pkg-xyz==1.0\n",
     })
-    _, client = dask_cluster(_env(repo), nworkers=1, nthreads=2)
+    _, client = dask_cluster(direct_env(repo), nworkers=1, nthreads=2)
     tasks = [SimTask(bundle=ref, entrypoint="model:simulate", seed=1),
              SimTask(bundle=ref, entrypoint="broken:boom", seed=7),
              SimTask(bundle=ref, entrypoint="needs:run", seed=1),
@@ -145,7 +142,7 @@ def test_threads_never_mix_bundles_with_same_module_names(dask_cluster, tmp_path
             time.sleep(0.001)
             return {{"tag": TAG}}
     '''}, name=tag) for tag in ("alpha", "beta")}
-    _, client = dask_cluster(_env(repo), nworkers=1, nthreads=4)
+    _, client = dask_cluster(direct_env(repo), nworkers=1, nthreads=4)
     tasks = [SimTask(bundle=refs["alpha" if s % 2 else "beta"], entrypoint="model:which", seed=s)
              for s in range(60)]
     study = gather_study(client, submit(client, tasks, study="mix"), progress=False)
@@ -169,7 +166,7 @@ def test_bad_bundles_fail_typed_and_the_worker_keeps_serving(dask_cluster, tmp_p
     traversal = store_raw_archive(repo, [(evil, b"X = 1\n")])
     unknown = "sha256:" + "f" * 64
 
-    cluster, client = dask_cluster(_env(repo), nworkers=1, nthreads=2)
+    cluster, client = dask_cluster(direct_env(repo), nworkers=1, nthreads=2)
     tasks = [SimTask(bundle=ref, entrypoint="model:simulate", seed=1)
              for ref in (swapped, truncated, traversal, unknown, good)]
     study = gather_study(client, submit(client, tasks, study="bad"), progress=False)
@@ -206,7 +203,7 @@ def test_exits_and_modules_missing_from_the_bundle_are_typed(dask_cluster, tmp_p
                              "    return {}\n",
         **MISSING_INSIDE,
     })
-    _, client = dask_cluster(_env(repo), nworkers=1, nthreads=1)
+    _, client = dask_cluster(direct_env(repo), nworkers=1, nthreads=1)
     entrypoints = ["model:simulate", "quits:exit3", "quits:interrupt", "exit_on_import:run",
                    "sir.model:run", "sir.lazy:run", "flat:run", "own:run", "model:simulate"]
     tasks = [SimTask(bundle=ref, entrypoint=ep, seed=i) for i, ep in enumerate(entrypoints)]

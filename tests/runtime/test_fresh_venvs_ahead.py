@@ -21,7 +21,6 @@ from modelops_runtime.worker.warm.venvs.store import VenvCache
 from support.bundles import make_bundle
 from support.cluster import tail, wait_for
 from support.index import HeldIndex
-from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 REQS = ["tinylib==1.0"]
 
@@ -38,12 +37,6 @@ def stalling_index(monkeypatch, tmp_path):
         monkeypatch.setenv(name, "127.0.0.1,localhost")
     yield index
     index.close()
-
-
-@pytest.fixture
-def uv_offline(monkeypatch, wheelhouse):  # noqa: F811 - fixture
-    for key, value in offline_uv_env(wheelhouse).items():
-        monkeypatch.setenv(key, value)
 
 
 def _fresh_dirs(root: Path) -> list[str]:

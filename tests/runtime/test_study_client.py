@@ -11,7 +11,7 @@ import itertools
 from modelops_runtime.client import (ParamSet, Seeds, StudyPlan, StudySetsResult, gather_study,
                                      plan_of, run_key, submit_study)
 from support.bundles import make_bundle, write_bundle
-from support.cluster import wait_for
+from support.cluster import direct_env, wait_for
 
 MODEL = '''
 def simulate(params, seed):
@@ -30,10 +30,6 @@ def best(sets):
 '''
 
 
-def _env(repo):
-    return {"MODELOPS_EXECUTOR_TYPE": "direct", "MODELOPS_BUNDLE_REPO": str(repo)}
-
-
 def _plain_model(tmp_path):
     """The bundle's module imported directly: the plain loop the study must equal."""
     path = write_bundle(tmp_path / "plain", {"model.py": MODEL}) / "model.py"
@@ -46,7 +42,7 @@ def _plain_model(tmp_path):
 def test_per_set_aggregates_equal_a_plain_loop_and_failures_stay_out(dask_cluster, tmp_path):
     repo = tmp_path / "repo"
     ref = make_bundle(tmp_path, repo, {"model.py": MODEL, "requirements.txt": ""})
-    _, client = dask_cluster(_env(repo), nworkers=2, nthreads=1)
+    _, client = dask_cluster(direct_env(repo), nworkers=2, nthreads=1)
     sets = [ParamSet.of({"x": 1.0, "y": 0}, "one", index=0),
             ParamSet.of({"x": 2.0, "y": 5, "fail_seed": 3}, "two", index=1),
             ParamSet.of({"x": 0.5, "y": 1, "fail_seed": 0}, index=2)]
@@ -109,7 +105,7 @@ def test_a_100000_run_study_is_submitted_in_a_bounded_window(dask_cluster, tmp_p
     scheduler is left with nothing of the study."""
     repo = tmp_path / "repo"
     ref = make_bundle(tmp_path, repo, {"model.py": MODEL, "requirements.txt": ""})
-    _, client = dask_cluster(_env(repo), nworkers=2, nthreads=1)
+    _, client = dask_cluster(direct_env(repo), nworkers=2, nthreads=1)
     source = CountingSets(1000)
     plan = StudyPlan(name="big", bundle=ref, entrypoint="model:simulate", sets=source,
                      seeds=Seeds(count=100))

@@ -17,18 +17,15 @@ from modelops_runtime.worker.warm.venvs.uvcache import cache_bytes
 from modelops_runtime.worker.warm.venvs.store import VenvCache
 from support.cluster import wait_for
 from support.index import HeldIndex
-from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SET_A = ["tinylib==1.0"]
 SET_B = ["tinydep==0.1", "tinylib==2.0"]
 BUDGET = 4096  # bytes of its own: far below what one build leaves in uv's cache
 
 
 @pytest.fixture
-def uv_offline(monkeypatch, wheelhouse):  # noqa: F811 - fixture
-    for key, value in offline_uv_env(wheelhouse).items():
-        monkeypatch.setenv(key, value)
+def uv_offline(uv_offline, monkeypatch):  # support.wheels's, plus:
     monkeypatch.delenv("UV_CACHE_DIR", raising=False)  # the store's default, <root>/../uv-cache
 
 

@@ -12,22 +12,13 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
-
 from modelops_runtime.bundles import BundleStore
 from modelops_runtime.config import RuntimeConfig
 from modelops_runtime.worker.warm.venvs.store import FINGERPRINT, VenvCache
 from support.bundles import make_bundle
-from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 KEY_OF_EMPTY = "from modelops_runtime.worker.warm.venvs.keys import venv_key; print(venv_key([]))"
-
-
-@pytest.fixture
-def uv_offline(monkeypatch, wheelhouse):  # noqa: F811 - fixture
-    for key, value in offline_uv_env(wheelhouse).items():
-        monkeypatch.setenv(key, value)
 
 
 def _names(root: Path) -> list[str]:

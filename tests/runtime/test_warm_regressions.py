@@ -24,6 +24,7 @@ from modelops_runtime.errors import (BundleError, EnvironmentBuildError, MemoryL
                                      WorkerStopping)
 from modelops_runtime.models import Call, SimResult, SimTask
 from modelops_runtime.worker.warm.runner import program
+from modelops_runtime.worker.warm.memory import tree_memory, tree_pids
 from modelops_runtime.worker.warm.process import warm_env
 from support.cluster import wait_for
 from test_warm_pool import _bundle, _call
@@ -188,11 +189,19 @@ def _escape(ref):
     return Call(bundle=ref, entrypoint="escapes:escape", args=({}, 0))
 
 
+def _running(procs, pid: int):
+    """The escaped descendant, tracked while it surely runs (it sleeps 600 s): one that
+    is already gone here would make the wait below pass without proving anything."""
+    child = procs.track(pid)
+    assert child is not None and procs.alive(child), f"the escaped descendant {pid} never ran"
+    return child
+
+
 def test_a_descendant_in_its_own_session_dies_with_a_crashed_process(tmp_path, warm, procs):
     ex = warm()
     ref = _bundle(tmp_path, extra={"escapes.py": ESCAPES})
     before = _log_threads()
-    child = procs.track(ex.run(_escape(ref)).outputs["child"])
+    child = _running(procs, ex.run(_escape(ref)).outputs["child"])
     with pytest.raises(ProcessCrashed, match="SIGSEGV"):
         ex.run(Call(bundle=ref, entrypoint="escapes:segfault", args=({}, 0)))
     procs.wait_gone([child], 30)
@@ -202,7 +211,7 @@ def test_a_descendant_in_its_own_session_dies_with_a_crashed_process(tmp_path, w
 def test_a_descendant_in_its_own_session_dies_with_a_retired_process(tmp_path, warm, procs):
     ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path, extra={"escapes.py": ESCAPES})
-    child = procs.track(ex.run(_escape(ref)).outputs["child"])
+    child = _running(procs, ex.run(_escape(ref)).outputs["child"])
     wait_for(lambda: ex.warm_pids() == [], 60, "the retired process to be reaped")
     procs.wait_gone([child], 30)
 
@@ -210,7 +219,7 @@ def test_a_descendant_in_its_own_session_dies_with_a_retired_process(tmp_path, w
 def test_a_descendant_in_its_own_session_dies_at_shutdown(tmp_path, warm, procs):
     ex = warm()
     ref = _bundle(tmp_path, extra={"escapes.py": ESCAPES})
-    child = procs.track(ex.run(_escape(ref)).outputs["child"])
+    child = _running(procs, ex.run(_escape(ref)).outputs["child"])
     ex.shutdown()
     procs.wait_gone([child], 30)
 
@@ -274,11 +283,26 @@ def test_uv_dies_with_a_sigkilled_worker(tmp_path, procs):
 
 def test_copy_on_write_pages_of_forked_children_count_once(tmp_path, warm):
     """200 MiB touched, then 3 forked children sharing it: ~200 MiB, not ~800 MiB (RSS
-    summed per process), so a 500 MiB limit does not kill it."""
+    summed per process), so a 500 MiB limit does not kill it. The tree is measured while
+    it holds the pages: what the sampler reads (PSS) counts them once, what RSS would
+    count is over the limit -- so the pass is not for want of pages."""
     ex = warm(mem_limit_bytes="500Mi")
     ref = _bundle(tmp_path, extra={"cow.py": COW})
-    result = ex.run(Call(bundle=ref, entrypoint="cow:forks", args=({"mb": 200, "hold_s": 1.5}, 0)))
-    assert result.outputs == {"ok": True}
+    out: list = []
+    task = threading.Thread(target=lambda: out.append(ex.run(Call(
+        bundle=ref, entrypoint="cow:forks", args=({"mb": 200, "hold_s": 8}, 0)))))
+    task.start()
+    try:
+        tree = wait_for(lambda: next((t for p in ex.warm_pids()
+                                      if len(t := tree_pids(p)) == 4), None), 120,
+                        "the warm process and its 3 forked children")
+        sampled = tree_memory(tree[0])          # what the pool's sampler reads: PSS
+        rss = sum(psutil.Process(p).memory_info().rss for p in tree)
+    finally:
+        task.join(180)
+    assert [r.outputs for r in out] == [{"ok": True}]
+    assert 200 << 20 <= sampled < 350 << 20, f"sampled {sampled >> 20} MiB"
+    assert rss > 500 << 20, f"RSS summed: {rss >> 20} MiB (the pages were not shared)"
 
 
 def test_an_allocation_spike_past_the_hard_cap_fails_typed_at_once(tmp_path, warm, procs):

@@ -210,6 +210,11 @@ def _signal_group(popen: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def direct_env(repo: Path) -> dict[str, str]:
+    """Worker settings of the executor ``direct`` on the bundle repository ``repo``."""
+    return {"MODELOPS_EXECUTOR_TYPE": "direct", "MODELOPS_BUNDLE_REPO": str(repo)}
+
+
 def base_env(root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for cluster processes: ours minus MODELOPS_*, caches under ``root``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELOPS_")}

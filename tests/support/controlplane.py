@@ -36,8 +36,8 @@ import psutil
 from support.cluster import tail, wait_for
 from support.ports import hold_ports
 
-REPO = Path(__file__).resolve().parents[2]
-TOOLS = REPO / ".tools" / "bin"
+from support.paths import TOOLS
+
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 SERVICE_CIDR = "10.96.0.0/16"  # only allocated from: nothing routes to it
 READY_TIMEOUT = 180  # seconds; a loaded 2-core machine needs far less, but never hangs

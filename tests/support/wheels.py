@@ -3,6 +3,7 @@
 A wheel is a zip archive holding the package files plus ``<name>-<version>.dist-info/``
 with METADATA, WHEEL and RECORD (PEP 427 / PEP 491); that is all uv needs to install it.
 Workers get :func:`offline_uv_env` so uv resolves only from the local find-links dir.
+A pytest plugin (tests/conftest.py loads it): the fixtures ``wheelhouse`` and ``uv_offline``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["build_wheel", "offline_uv_env", "wheelhouse"]
+__all__ = ["build_wheel", "offline_uv_env", "uv_offline", "wheelhouse"]
 
 
 def _normalize(name: str) -> str:
@@ -80,3 +81,11 @@ def wheelhouse(tmp_path_factory) -> Path:
     build_wheel(root, "tinydep", "0.1", {"tinydep.py": "import tinylib\nDEP = 'tinydep'\n"},
                 requires=["tinylib"])
     return root
+
+
+@pytest.fixture
+def uv_offline(monkeypatch, wheelhouse):
+    """This process's uv (and every process it starts) installs from :func:`wheelhouse`
+    only, offline."""
+    for key, value in offline_uv_env(wheelhouse).items():
+        monkeypatch.setenv(key, value)

@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from support.cluster import wait_for
 from support.controlplane import ControlPlane
 
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "chart"
-PRESETS_DIR = REPO / "values-examples"
-PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-MY_VALUES = REPO / "tests" / "chart" / "my-values.yaml"
-TOOLS = REPO / ".tools" / "bin"
-HELMS = {"helm3": TOOLS / "helm", "helm4": TOOLS / "helm4"}
+from support.paths import (CHART, HELMS, MY_VALUES, PRESETS, PRESETS_DIR, REPO, TOOLS,
+                           helm_binary)
+
+__all__ = ["CHART", "HELMS", "MY_VALUES", "PRESETS", "PRESETS_DIR", "REPO", "TOOLS",
+           "helm_binary"]
+
 RELEASE = "sims"
 # The ServiceAccount the controllers need before pods can be created in a namespace.
 SA_TIMEOUT = 60
@@ -31,13 +28,6 @@ ROLLOUT_TIMEOUT = 90
 # What the session did, for the summary line at its end (conftest.pytest_terminal_summary).
 SESSION: dict[str, object] = {}
 CASES: collections.Counter[str] = collections.Counter()
-
-
-def helm_binary(name: str) -> Path:
-    path = HELMS[name]
-    if not os.access(path, os.X_OK):
-        raise AssertionError(f"{name} is not installed at {path}: run `make tools` first")
-    return path
 
 
 def values_args(preset: str | None = "prod-warm", *sets: str, mine: bool = True) -> list[str]:

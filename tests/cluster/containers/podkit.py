@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -27,10 +26,12 @@ import pytest
 import yaml
 
 from support.cluster import wait_for
+from support.ports import PortTaken, address_in_use, free_port, retry_on_eaddrinuse
 
-REPO = Path(__file__).resolve().parents[3]
+from support.paths import HELMS, REPO
+
 IMAGE_DIR = REPO / "runtime" / "image"
-HELM = REPO / ".tools" / "bin" / "helm"
+HELM = HELMS["helm3"]
 BUNDLE_REPO_PATH = "/var/lib/modelops/bundle-repo"   # bundles.repo: a path + bundles.volume
 
 
@@ -96,12 +97,6 @@ def render(release: str, preset: str, image: str, bundle_repo: Path,
 
 def pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def for_podman(doc: dict, hosts: dict[str, str]) -> dict:
@@ -184,14 +179,25 @@ class Release:
         if not self.network:
             self.network = f"{self.name}-net"
             podman("network", "create", self.network)
-        doc = for_podman(doc, self.service_hosts())
-        path = self.workdir / f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        pod = doc["metadata"]["name"] + ("-pod-0" if doc["kind"] == "Deployment" else "")
-        played = Played(name=pod, doc=doc, file=path)
-        self.played.append(played)
-        podman("kube", "play", "--network", self.network, str(path))
-        return played
+        hosts = self.service_hosts()
+
+        def play_once() -> Played:  # published ports are picked anew on each attempt
+            rewritten = for_podman(doc, hosts)
+            path = self.workdir / f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
+            path.write_text(yaml.safe_dump(rewritten, sort_keys=False))
+            out = podman("kube", "play", "--network", self.network, str(path), check=False)
+            if out.returncode != 0 and address_in_use(out.stderr):
+                podman("kube", "down", str(path), check=False, timeout=120)
+                raise PortTaken(out.stderr.strip()[-500:])
+            pod = doc["metadata"]["name"] + ("-pod-0" if doc["kind"] == "Deployment" else "")
+            played = Played(name=pod, doc=rewritten, file=path)
+            self.played.append(played)  # down() removes it, also after a failed play
+            if out.returncode != 0:
+                raise AssertionError(f"podman kube play {path} failed ({out.returncode}):\n"
+                                     f"{out.stderr[-3000:]}")
+            return played
+
+        return retry_on_eaddrinuse(play_once)
 
     def ip(self, p: Played) -> str:
         out = podman("inspect", p.container(), "--format",
