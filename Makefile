@@ -15,11 +15,12 @@ SIMS    ?= 300
 PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: apiserver run test lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s venv bench clean help image lock
+.PHONY: apiserver run test test-fast lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s venv bench clean help image lock
 
 help:
 	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
 	@echo "make test                          chart lint (helm 3, helm 4, ct) + the pytest suite"
+	@echo "make test-fast                     the edit-test loop: tests without an API server, a container or several presets"
 	@echo "make bench                         benchmarks (ratios) into bench/results.md"
 	@echo "make image                         the worker image, full and slim, with podman (runtime/image/)"
 	@echo "make lock                          regenerate the image's lock files with uv (needs PyPI)"
@@ -111,6 +112,13 @@ ct-lint:
 
 pytest: venv tools tool-podman tool-k8s
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit-test loop (a few minutes): every test but those marked apiserver, container or
+# presets (tests/support/markers.py). Needs helm 3 and 4 (no k8s build, no podman). Not CI:
+# `make test` runs everything. No test selected is a failure (pytest's exit code 5).
+FAST := not apiserver and not container and not presets
+test-fast: venv tools
+	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 # The worker image, both flavours, against the locally made base (cached by content).
 image: tool-podman

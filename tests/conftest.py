@@ -9,8 +9,10 @@ import pytest
 from support.cluster import ProcessCluster, base_env
 
 # shared plugins (tests/support/): the leftover check of every test, process-wide flags
-# restored after every test, the test wheels and uv offline on them
-pytest_plugins = ["support.leakcheck", "support.flags", "support.wheels", "pytester"]
+# restored after every test, the test wheels and uv offline on them, the markers of
+# `make test-fast`
+pytest_plugins = ["support.leakcheck", "support.flags", "support.wheels", "support.markers",
+                  "pytester"]
 
 def pytest_sessionstart(session):
     """What a SIGKILLed session could not remove: a control plane's state directory."""

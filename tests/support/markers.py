@@ -1,0 +1,34 @@
+"""pytest plugin: what each test needs beyond this machine's CPU, as markers, so that
+``make test-fast`` (``-m fast``'s complement of the marks below) is the edit-test loop.
+
+- covers: ``apiserver`` (tests/cluster/apiserver: a Kubernetes control plane),
+  ``container`` (tests/cluster/containers: the image built and run with podman),
+  ``presets`` (local clusters of several presets one after another: every preset, compare,
+  diagnose, the bench smoke run, the real models); given here by path, in one place.
+- does not: skip anything: ``make test`` runs every test whatever its marks.
+- see also: pytest.ini (the markers), Makefile ``test-fast``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+HEAVY = ("apiserver", "container", "presets")
+BY_PATH = {
+    "cluster/apiserver/": "apiserver",
+    "cluster/containers/": "container",
+    "e2e/test_local_presets.py": "presets",
+    "e2e/test_local_compare.py": "presets",
+    "e2e/test_diagnose.py": "presets",
+    "realmodels/": "presets",
+    "observability/test_bench_smoke.py::test_smoke_run": "presets",
+    "observability/test_bench_smoke.py::test_sigterm_during_the_cluster": "presets",
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        nodeid = item.nodeid.removeprefix("tests/")
+        for prefix, mark in BY_PATH.items():
+            if nodeid.startswith(prefix):
+                item.add_marker(getattr(pytest.mark, mark))
