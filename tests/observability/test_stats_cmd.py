@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from support.ports import HeldPort
+
 CLI = str(Path(sys.executable).parent / "modelops-runtime")
 
 
@@ -69,13 +71,9 @@ def stats_processes() -> list[int]:
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path):
-    # a port nobody listens on: take a free one and close it
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = stats("--scheduler", f"tcp://127.0.0.1:{port}", "--timeout", "2")
+    with HeldPort() as nobody:  # held, never listening: nothing answers there
+        port = nobody.port
+        proc = stats("--scheduler", f"tcp://127.0.0.1:{port}", "--timeout", "2")
     assert proc.returncode == 1
     assert proc.stdout == ""
     err = proc.stderr.strip()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from modelops_runtime.errors import EnvironmentBuildError
 from modelops_runtime.worker.warm.venvs import store
 from modelops_runtime.worker.warm.venvs.store import VenvCache
 from support.index import HeldIndex
+from support.ports import HeldPort
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 REMEMBERED = "ago in this worker process"
@@ -80,17 +80,13 @@ def test_uv_killed_mid_build_is_retried_and_the_venv_is_built(tmp_path, monkeypa
         index.close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_index_is_a_transient_failure_tried_again(tmp_path, monkeypatch,
-                                                                  quick_retries):
+                                                                  quick_retries, request):
     """The index refuses connections: the message says the failure is transient and why,
     that it was tried 3 times, and the next task builds again (not answered from memory)."""
-    monkeypatch.setenv("UV_INDEX_URL", f"http://127.0.0.1:{_closed_port()}/simple")
+    closed = HeldPort()  # held, never listening: connections are refused
+    request.addfinalizer(closed.release)
+    monkeypatch.setenv("UV_INDEX_URL", f"http://127.0.0.1:{closed.port}/simple")
     monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
     monkeypatch.setenv("UV_HTTP_RETRIES", "0")
     monkeypatch.delenv("UV_OFFLINE", raising=False)

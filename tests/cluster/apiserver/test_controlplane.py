@@ -18,8 +18,8 @@ import pytest
 
 from support import controlplane
 from support.cluster import wait_for
+from support.paths import TESTS
 
-TESTS = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import json, sys, time
 from support.controlplane import ControlPlane
