@@ -216,12 +216,16 @@ def direct_env(repo: Path) -> dict[str, str]:
 
 
 def base_env(root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for cluster processes: ours minus MODELOPS_*, caches under ``root``."""
+    """Environment for cluster processes: ours minus MODELOPS_*, caches and TMPDIR under
+    ``root`` (a pod's /tmp is its own: a worker killed before its exit hooks leaves its
+    metrics files there, as it would in the pod's emptyDir)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELOPS_")}
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
     env.update({
         "MODELOPS_BUNDLE_CACHE_DIR": str(root / "bundles"),
         "MODELOPS_VENVS_DIR": str(root / "venvs"),
         "PYTHONUNBUFFERED": "1",
+        "TMPDIR": str(root / "tmp"),
     })
     env.update(extra or {})
     return env
