@@ -168,6 +168,36 @@ def signals(params, seed):
     return out
 
 
+def _read(path):
+    try:
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            with open(path, "rb") as fh:
+                fh.read(1)
+        return "read"
+    except OSError as exc:
+        return f"refused: {type(exc).__name__}"
+
+
+def plant(params, seed):
+    """The victim: a secret in its scratch directory, there while its process idles."""
+    secret = pathlib.Path("secret.txt").resolve()
+    secret.write_text("the victim's secret")
+    return {"secret": str(secret), "pid": os.getpid()}
+
+
+def peek(params, seed):
+    site = next(pathlib.Path(sys.prefix).glob("lib/python*/site-packages"))
+    pathlib.Path("mine.txt").write_text("mine")
+    out = {name: _read(path) for name, path in params.items()}  # params: scalars only
+    out.update(own_bundle=_read(__file__), own_venv=_read(str(site)),
+               python_stdlib=_read(os.__file__), system=_read("/etc/passwd"),
+               own_scratch=_read("mine.txt"), run_a_program=_refused(
+                   lambda: __import__("subprocess").run(["true"], check=True)))
+    return out
+
+
 def poison(params, seed):
     import signal
     os.kill(os.getppid(), signal.SIGKILL)
@@ -339,3 +369,31 @@ def test_a_poison_task_cannot_kill_its_worker(unprivileged):
     assert [f.result(timeout=300).outputs for f in futures[1:]] == [
         {"seed": s} for s in range(5)]
     assert set(client.scheduler_info()["workers"]) == workers  # the same worker, never lost
+
+
+def test_bundle_code_cannot_read_other_tasks_bundles_or_the_worker_state(unprivileged):
+    """Attack: a task reads another running task's scratch directory (directly and through
+    /proc/<pid>/cwd), another bundle's unpacked tree, the bundle and venv caches, the
+    worker's Dask directory and its log -- all readable by mode to the same uid. It still
+    reads its own scratch, bundle and venv, the Python installation and /etc."""
+    cluster, client, root, uid = unprivileged
+    victim_ref = _bundle(root, "victim-reads", {"attacks.py": ATTACKS,  # another bundle
+                                                "victim.txt": "another warm process"})
+    victim = _run(client, victim_ref, "plant").outputs
+    cache = root / "cache"
+    victim_dir = cache / "bundles" / victim_ref.split(":", 1)[1]
+    paths = {"other_scratch": victim["secret"],
+             "other_scratch_via_proc": f"/proc/{victim['pid']}/cwd/secret.txt",
+             "scratch_root": str(root / "tmp"),
+             "other_bundle": str(victim_dir / "attacks.py"),
+             "bundle_cache": str(cache / "bundles"), "venv_cache": str(cache / "venvs"),
+             "worker_space": str(root / "dask-worker-space-0"),
+             "worker_log": str(root / "worker-0.log")}
+    assert all(os.path.exists(p) for p in paths.values() if not p.startswith("/proc"))
+    ref = _bundle(root, "peek", {"attacks.py": ATTACKS})
+    out = _run(client, ref, "peek", **paths).outputs
+    refused = "refused: PermissionError"
+    assert out == {**{name: refused for name in paths}, "own_bundle": "read",
+                   "own_venv": "read", "python_stdlib": "read", "system": "read",
+                   "own_scratch": "read", "run_a_program": "sent"}, out
+    assert _run(client, victim_ref, "whoami").outputs["pid"] == victim["pid"]

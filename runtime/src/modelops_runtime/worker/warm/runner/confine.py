@@ -6,7 +6,9 @@ any bundle code runs, a warm process (and again each task process forked from a 
 - arms PR_SET_PDEATHSIG, so the kernel kills it when its parent dies
   (:func:`set_parent_death_signal`), and sets no_new_privs;
 - confines itself with Landlock (:func:`sandbox`): it may write only in its scratch
-  directory (its cwd, also its TMPDIR) and /dev, never in the bundle cache or a venv;
+  directory (its cwd, also its TMPDIR) and /dev, never in the bundle cache or a venv,
+  and read only those, its bundle, its venv, the Python prefix and the system's files
+  (:func:`readable_roots`);
 - caps its data size (:func:`cap_data`, RLIMIT_DATA) as the memory limit's backstop;
 - starts the lifeline thread (:func:`start_lifeline`): EOF on the lifeline pipe means the
   worker is gone, even while the process is busy in user code;
@@ -49,20 +51,30 @@ def set_parent_death_signal(parent_pid: int) -> None:
         die_with_group()
 
 
-# Landlock (Linux >= 5.13): what the sandbox takes away is every kind of write
+# Landlock (Linux >= 5.13): what the sandbox takes away is every kind of write, and every
+# read and execution outside the roots it is given
+_LL_EXECUTE, _LL_READ_FILE, _LL_READ_DIR = 1 << 0, 1 << 2, 1 << 3
 _LL_WRITE_FILE, _LL_REMOVE = 1 << 1, (1 << 4) | (1 << 5)
 _LL_MAKE = sum(1 << bit for bit in range(6, 13))     # char, dir, reg, sock, fifo, block, sym
 _LL_REFER, _LL_TRUNCATE = 1 << 13, 1 << 14             # ABI 2, ABI 3
+_LL_READ = _LL_EXECUTE | _LL_READ_FILE | _LL_READ_DIR
+_LL_FILE = _LL_EXECUTE | _LL_WRITE_FILE | _LL_READ_FILE | _LL_TRUNCATE  # rights of a file
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # same on every arch
+# the system's shared files a process needs to run (libraries, certificates, time zones,
+# /proc and /sys for CPU counts and memory); never /tmp, /var, /home, /root, /run, /mnt
+SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/etc",
+                   "/proc", "/sys")
 
 
-def sandbox(writable: tuple[str, ...]) -> str:
-    """Confine this process (and everything it starts) with Landlock: it may read anything
-    it could before, but create, write, truncate, rename or remove files only beneath
-    ``writable`` (its scratch directory and /dev). So bundle code cannot change the
-    pod's bundle cache or venvs, whatever their modes and whatever it chmods. Returns ''
+def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = ()) -> str:
+    """Confine this process (and everything it starts) with Landlock: it may create,
+    write, truncate, rename or remove files only beneath ``writable`` (its scratch
+    directory and /dev), and read, list or execute only beneath ``writable`` and
+    ``readable`` (its bundle, its venv, the Python prefix, SYSTEM_READABLE). So bundle
+    code cannot change the pod's bundle cache or venvs, whatever their modes, nor read
+    another task's scratch, another bundle, other venvs or the worker's state. Returns ''
     once applied, else why not (an old kernel or a seccomp profile without the calls:
-    the process then runs unconfined, as before)."""
+    the process then runs unconfined, as before). Roots that do not exist are skipped."""
     if not sys.platform.startswith("linux"):
         return "not Linux"
     import ctypes
@@ -71,22 +83,27 @@ def sandbox(writable: tuple[str, ...]) -> str:
     abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, 1)  # 1 = LANDLOCK_CREATE_RULESET_VERSION
     if abi < 1:
         return f"Landlock is not available ({os.strerror(ctypes.get_errno())})"
-    handled = _LL_WRITE_FILE | _LL_REMOVE | _LL_MAKE
+    handled = _LL_WRITE_FILE | _LL_REMOVE | _LL_MAKE | _LL_READ
     handled |= (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
     attr = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr, first field only
     ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), 8, 0)
     if ruleset < 0:
         return f"cannot create a Landlock ruleset ({os.strerror(ctypes.get_errno())})"
     try:
-        for path in writable:
+        rules = [(path, handled, True) for path in writable]
+        rules += [(path, _LL_READ, False) for path in readable]
+        for path, access, loud in rules:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError as exc:  # e.g. a configured directory that does not exist
-                sys.stderr.write(f"modelops runner: {path} stays read-only: {exc}\n")
+                if loud:
+                    sys.stderr.write(f"modelops runner: {path} stays read-only: {exc}\n")
                 continue
             try:  # struct landlock_path_beneath_attr (packed): u64 allowed_access, s32 fd
+                if not os.path.isdir(f"/proc/self/fd/{fd}"):
+                    access &= _LL_FILE  # a file's rule holds file rights only
                 rule = ctypes.create_string_buffer(
-                    handled.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder), 12)
+                    access.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder), 12)
                 if libc.syscall(_SYS_ADD_RULE, ruleset, 1, rule, 0) < 0:
                     return f"cannot add a Landlock rule ({os.strerror(ctypes.get_errno())})"
             finally:
@@ -97,6 +114,13 @@ def sandbox(writable: tuple[str, ...]) -> str:
     finally:
         os.close(ruleset)
     return ""
+
+
+def readable_roots(bundle_dir: str, program_dir: str) -> tuple[str, ...]:
+    """What a warm process reads besides what it may write: its bundle, its venv, the
+    Python installation the venv was made from, the runner program, the system's files."""
+    return (bundle_dir, sys.prefix, sys.base_prefix, sys.base_exec_prefix,
+            os.path.realpath(sys.executable), program_dir, *SYSTEM_READABLE)
 
 
 def cap_data(limit: int) -> None:

@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = os.getcwd()
     os.environ["TMPDIR"] = scratch
     extra = [p for p in os.environ.pop(frames.WRITABLE_ENV, "").split(",") if p]
-    unconfined = confine.sandbox((scratch, "/dev", *extra))
+    readable = confine.readable_roots(bundle_dir, _HERE)
+    unconfined = confine.sandbox((scratch, "/dev", *extra), readable)
     if unconfined:
         sys.stderr.write(f"modelops runner: no filesystem sandbox: {unconfined}\n")
     if data_limit:
@@ -212,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if template != frames.NO_TEMPLATE:  # returns only in a forked task process, with its pipes
         forked = _load("template", frames=frames, confine=confine)
         forked.unguarded = unguarded  # the template's; a task process sets its own
-        request_fd, response_fd = forked.serve_forks(request_fd, response_fd, lifeline_fd,
-                                                     parent_pid, template,
-                                                     None if unconfined else ("/dev", *extra))
+        request_fd, response_fd = forked.serve_forks(
+            request_fd, response_fd, lifeline_fd, parent_pid, template,
+            None if unconfined else (("/dev", *extra), readable))
         unguarded = forked.unguarded
 
     frames.write_frame(response_fd, {"op": "hello", "pid": os.getpid(),

@@ -32,10 +32,11 @@ _import_failed: set = set()  # learned names the template could not import (not 
 
 
 def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: int,
-                module: str, writable: tuple[str, ...] | None) -> tuple[int, int]:
+                module: str, roots: tuple | None) -> tuple[int, int]:
     """The template's loop: import ``module`` once, then fork a task process per order.
     Returns only in a task process (its request and response fds); the template itself
-    exits when the worker closes the socket."""
+    exits when the worker closes the socket. ``roots``: (writable, readable) beside its
+    scratch directory, for each task process's own sandbox (None: not sandboxed)."""
     import _socket  # the C half of `socket` (which would add enum, selectors... to every
     # task process); SCM_RIGHTS parsed by hand
     preload = ""
@@ -61,7 +62,7 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
             os._exit(0)
         order = marshal.loads(order)
         _import_learned(order.get("imports", ()))
-        child = _fork_task_process(order, fds, response_fd, worker_pid, writable)
+        child = _fork_task_process(order, fds, response_fd, worker_pid, roots)
         if child is not None:  # in the task process: leave the template's loop
             sock.close()
             for fd in (response_fd, lifeline_fd):
@@ -77,7 +78,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int,
-                       writable: tuple[str, ...] | None):
+                       roots: tuple | None):
     """Fork one task process (in the template: None after replying with its pid; in the
     task process: its (request fd, response fd))."""
     if len(fds) != 4:
@@ -100,7 +101,7 @@ def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int
                 in_task_process = True
                 os.close(report_r)
                 os.close(report_w)
-                return _become_task_process(order, fds, me, worker_pid, writable)
+                return _become_task_process(order, fds, me, worker_pid, roots)
             os.write(report_w, child.to_bytes(4, "big"))
         finally:
             if not in_task_process:
@@ -119,7 +120,7 @@ def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int
 
 
 def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
-                         writable: tuple[str, ...] | None):
+                         roots: tuple | None):
     request_fd, response_fd, lifeline_fd, log_fd = fds
     os.setsid()  # its own session: the worker's killpg reaches it and its children only
     os.dup2(log_fd, 1)
@@ -134,8 +135,9 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
     tempfile = sys.modules.get("tempfile")
     if tempfile is not None:
         tempfile.tempdir = None  # computed again from TMPDIR, as in a fresh process
-    if writable is not None:  # a second Landlock layer: of the template's scratch, only its own
-        unconfined = confine.sandbox((scratch, *writable))
+    if roots is not None:  # a second Landlock layer: of the template's scratch, only its own
+        writable, readable = roots  # (the others' task directories are beneath it)
+        unconfined = confine.sandbox((scratch, *writable), readable)
         if unconfined:
             sys.stderr.write(f"modelops runner: no own filesystem sandbox: {unconfined}\n")
     global _modules_at_fork
