@@ -64,6 +64,17 @@ def many(params, seed):
 
 def ok(params, seed):
     return {"pid": os.getpid()}
+
+
+def neighbours(params, seed):
+    """List the directory above its scratch: where the other warm processes' scratch
+    directories are (or, forked from a template, the template's and its siblings')."""
+    try:
+        os.listdir(os.path.dirname(os.getcwd()))
+        above = "listed"
+    except OSError as exc:
+        above = type(exc).__name__
+    return {"above": above, "own": isinstance(os.listdir("."), list)}
 '''
 
 
@@ -102,6 +113,16 @@ def test_what_a_task_started_ends_before_the_next_task_runs(bundle, warm, reuse)
         assert not set(then["states"]) - {"gone", "Z"}, then
 
 
+@pytest.mark.parametrize("reuse", [1000, 1], ids=["warm", "fresh-from-template"])
+def test_a_task_cannot_list_the_scratch_directories_beside_its_own(bundle, warm, reuse):
+    """Read confinement, issue #24 item 3: a forked task process has a Landlock layer of
+    its own, so its template's directory (its siblings' task directories) is closed too."""
+    # (the fixture's writable path holds the scratch root: here none beyond /dev)
+    ex = warm(max_process_reuse=reuse, warm_writable_paths="/dev")
+    out = ex.run(_call(bundle, "neighbours")).outputs
+    assert out == {"above": "PermissionError", "own": True}
+
+
 def test_a_failing_task_takes_its_processes_with_it(bundle, warm):
     from modelops_runtime.errors import SimulationError
 
@@ -133,3 +154,62 @@ def _children_of(pid: int) -> list[int]:
     from modelops_runtime.worker.warm.memory import tree_pids
 
     return tree_pids(pid)[1:]
+
+
+# Runs a warm executor inside a seccomp profile that refuses seccomp(2) itself (as a
+# stricter profile than RuntimeDefault might): the runner cannot install the signal guard.
+_WITHOUT_SECCOMP = r'''
+import ctypes, json, logging, os, struct, sys
+from pathlib import Path
+
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {"x86_64": 317, "aarch64": 277}[os.uname().machine]
+prog = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | 38),
+        (0x06, 0, 0, 0x7FFF0000)]  # ld nr; seccomp? ERRNO(ENOSYS) : ALLOW
+insns = (ctypes.c_uint64 * len(prog))(*(c | jt << 16 | jf << 24 | k << 32
+                                        for c, jt, jf, k in prog))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.syscall(nr, 1, 0, ctypes.byref(Prog(len(prog), ctypes.addressof(insns)))) == 0
+
+from modelops_runtime.bundles import BundleStore
+from modelops_runtime.config import RuntimeConfig
+from modelops_runtime.models import Call
+from modelops_runtime.worker.executors.warm import IsolatedWarmExecEnv
+
+records = []
+handler = logging.Handler()
+handler.emit = lambda record: records.append(record.getMessage())
+logging.getLogger("modelops_runtime").addHandler(handler)
+config = RuntimeConfig.from_env(json.loads(sys.argv[1]))
+ex = IsolatedWarmExecEnv(config, BundleStore(config))
+try:
+    out = [ex.run(Call(bundle=ref, entrypoint="model:ok", args=({}, 0))).outputs
+           for ref in sys.argv[2:]]
+finally:
+    ex.shutdown()
+print(json.dumps({"out": out, "warnings": [m for m in records if "signal guard" in m]}))
+'''
+
+
+def test_without_seccomp_the_guard_is_missing_logged_once_and_tasks_still_run(
+        tmp_path, uv_offline, scratch_root):
+    import json
+    import subprocess
+    import sys
+
+    refs = [make_bundle(tmp_path / "src", tmp_path / "repo",
+                        {"model.py": MODEL, "name.txt": name}, name=name)
+            for name in ("one", "two")]  # two bundles: two warm processes
+    env = {"MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"),
+           "MODELOPS_BUNDLE_CACHE_DIR": str(tmp_path / "bundles"),
+           "MODELOPS_VENVS_DIR": str(tmp_path / "venvs")}
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_SECCOMP, json.dumps(env), *refs],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert len(result["out"]) == 2 and all("pid" in o for o in result["out"])
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert "cannot install the seccomp filter (Function not implemented)" in \
+        result["warnings"][0]
