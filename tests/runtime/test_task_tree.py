@@ -42,9 +42,13 @@ def spawn(params, seed):
         os._exit(0)
     os.waitpid(first, 0)
     daemon = int(os.read(r, 16))
+    import ctypes  # turning its subreaper bit off would let the next ones leave its tree
+    libc = ctypes.CDLL(None, use_errno=True)
+    escape = libc.prctl(36, 0, 0, 0, 0), ctypes.get_errno()
     if params.get("fail"):
         raise RuntimeError("the task fails, its processes still run")
-    return {"pid": os.getpid(), "started": [child.pid, middle.pid, grandchild, daemon]}
+    return {"pid": os.getpid(), "started": [child.pid, middle.pid, grandchild, daemon],
+            "escape": list(escape)}
 
 
 def states(params, seed):
@@ -103,6 +107,7 @@ def test_what_a_task_started_ends_before_the_next_task_runs(bundle, warm, reuse)
     first = ex.run(_call(bundle, "spawn")).outputs
     started = first["started"]
     assert len(started) == 4
+    assert first["escape"] == [-1, 1]  # prctl(PR_SET_CHILD_SUBREAPER, 0): EPERM
     # when the task's result is back, each has ended (a zombie until its parent reaps it)
     assert [p for p in started if _state(p) not in ("gone", "Z")] == []
     then = ex.run(_call(bundle, "states", pids=started)).outputs

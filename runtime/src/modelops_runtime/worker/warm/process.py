@@ -232,13 +232,15 @@ class WarmProcess:
     def end_descendants(self, timeout: float = 10.0) -> None:
         """After a task: kill every process it started and that still lives -- children,
         grandchildren, daemons that left their session (the runner is their subreaper, so
-        they are in its tree) and orphans that reached the worker anyway (by its mark) --
+        they are in its tree; the guard keeps a task from turning that off) and, in an
+        unguarded process, orphans that reached the worker anyway (by its mark) --
         before the process runs anything else. Bounded: a tree that does not empty in
         ``timeout`` s retires the process."""
         deadline = time.monotonic() + timeout
         while True:
             alive = [pid for pid in tree_pids(self.pid)[1:] if not _zombie(pid)]
-            alive += [p.pid for p in adopted_descendants(self.token, owner=self.pid)]
+            if self.guarded is None:  # else its subreaper bit cannot be turned off
+                alive += [p.pid for p in adopted_descendants(self.token, owner=self.pid)]
             if not alive:
                 return
             if time.monotonic() >= deadline:

@@ -175,7 +175,8 @@ def signal_filter(nrs: dict, own_pid: int) -> list[tuple[int, int, int, int]]:
     every process (-1) refused, to anyone else asked of the worker; pidfd_send_signal and
     the ioctls that aim SIGIO are refused (fcntl F_SETOWN is asked); a new process (clone
     without CLONE_THREAD, fork, vfork) is asked (the worker counts the task's processes);
-    clone3, whose flags BPF cannot read, answers ENOSYS (libc then uses clone)."""
+    clone3, whose flags BPF cannot read, answers ENOSYS (libc then uses clone); turning
+    the subreaper bit off (which would let orphans leave the tree, uncounted) is refused."""
     allow, notify = ("ret", _RET_ALLOW), ("ret", _RET_NOTIFY)
     eperm, enosys = ("ret", _RET_ERRNO | _EPERM), ("ret", _RET_ERRNO | _ENOSYS)
     labels = {"allow": allow, "notify": notify, "eperm": eperm, "enosys": enosys}
@@ -186,7 +187,7 @@ def signal_filter(nrs: dict, own_pid: int) -> list[tuple[int, int, int, int]]:
                ("tgkill", "tg"), ("rt_tgsigqueueinfo", "tg"),
                ("pidfd_send_signal", "eperm"), ("fcntl", "fcntl"), ("ioctl", "ioctl"),
                ("clone", "clone"), ("fork", "notify"), ("vfork", "notify"),
-               ("clone3", "enosys")]
+               ("clone3", "enosys"), ("prctl", "prctl")]
     for name, where in targets:
         if name in nrs:
             code.append(("jeq", nrs[name], where, None))
@@ -199,7 +200,9 @@ def signal_filter(nrs: dict, own_pid: int) -> list[tuple[int, int, int, int]]:
              ("jeq", frames.F_SETOWN_EX, "eperm", None), allow,
              "ioctl", ("ld", _arg(1)), ("jeq", frames.FIOSETOWN, "eperm", None),
              ("jeq", frames.SIOCSPGRP, "eperm", None), allow,
-             "clone", ("ld", _arg(0)), ("jset", frames.CLONE_THREAD, "allow", None), notify]
+             "clone", ("ld", _arg(0)), ("jset", frames.CLONE_THREAD, "allow", None), notify,
+             "prctl", ("ld", _arg(0)), ("jeq", frames.PR_SET_CHILD_SUBREAPER, None, "allow"),
+             ("ld", _arg(1)), ("jeq", 0, "eperm", None), allow]
     for name, op in labels.items():
         code += [name, op]
     at, pos = {}, 0

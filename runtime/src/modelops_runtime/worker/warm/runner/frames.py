@@ -28,14 +28,15 @@ GUARD_SYSCALLS = {
     "x86_64": {"arch": 0xC000003E, "seccomp": 317, "kill": 62, "tkill": 200, "tgkill": 234,
                "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297, "pidfd_send_signal": 424,
                "fcntl": 72, "ioctl": 16, "clone": 56, "fork": 57, "vfork": 58,
-               "clone3": 435},
+               "clone3": 435, "prctl": 157},
     "aarch64": {"arch": 0xC00000B7, "seccomp": 277, "kill": 129, "tkill": 130, "tgkill": 131,
                 "rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240, "pidfd_send_signal": 424,
-                "fcntl": 25, "ioctl": 29, "clone": 220, "clone3": 435},
+                "fcntl": 25, "ioctl": 29, "clone": 220, "clone3": 435, "prctl": 167},
 }
 F_SETOWN, F_SETOWN_EX = 8, 15  # fcntl commands that aim SIGIO (or any signal) at a pid
 FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902  # ioctls that do the same
 CLONE_THREAD = 0x10000
+PR_SET_CHILD_SUBREAPER = 36  # prctl(this, 0) would let a task's orphans leave its tree
 
 
 def read_exact(fd: int, n: int) -> bytearray | None:
