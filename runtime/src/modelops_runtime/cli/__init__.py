@@ -20,6 +20,7 @@ COMMANDS = [
     "compare",
     "diagnose",
     "stats",
+    "results",
 ]
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..local.diagnose.command import EXIT_CODES, main
-from .options import add_command, add_json, add_local_cluster, add_study, add_values
+from .options import (add_command, add_json, add_local_cluster, add_results_store, add_study,
+                      add_values)
 
 
 def register(sub) -> None:
@@ -29,5 +30,6 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="where each step's --results file and the log go (default: "
                         "<state-dir>/diagnose/<time>-<pid>)")
+    add_results_store(p, per_step=True)
     add_local_cluster(p)
     p.set_defaults(func=main)

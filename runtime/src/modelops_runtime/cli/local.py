@@ -8,7 +8,8 @@ from pathlib import Path
 from ..exitcodes import EXIT_DIFFERS
 from ..local.study.command import EXIT_CODES, main
 from ..local.study.session import ACTIONS
-from .options import add_batching, add_command, add_local_cluster, add_study, add_values
+from .options import (add_batching, add_command, add_local_cluster, add_results_store,
+                      add_study, add_values)
 
 
 def register(sub) -> None:
@@ -41,10 +42,14 @@ def register(sub) -> None:
                    help="compare (set, seed) by (set, seed) (outputs, or the error type of a failed sim) "
                         "with an earlier --results FILE (exit "
                         f"{EXIT_DIFFERS} if any differ): does this mode change results?")
+    add_results_store(p)
     p.add_argument("--keep", action="store_true",
                    help="keep the cluster up (after the study, if any) until Ctrl-C")
     add_local_cluster(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar on a terminal, else a plain line every "
+                        "30 s: runs done of the total, failures, sets complete, rate, ETA)")
     dests = ("values", "set", "chart", "release", "start_timeout", "study", "sims",
-             "results", "compare", "batch", "batch_seconds", "no_progress", "keep")
+             "results", "compare", "batch", "batch_seconds", "no_progress", "keep",
+             "results_store", "retry_failed")
     p.set_defaults(func=main, local_defaults={d: p.get_default(d) for d in dests})

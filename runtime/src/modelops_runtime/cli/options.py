@@ -62,6 +62,24 @@ def add_batching(p: argparse.ArgumentParser) -> None:
                         f"{BATCH_TARGET}; larger: fewer round trips, coarser progress)")
 
 
+def add_results_store(p: argparse.ArgumentParser, *, per_step: bool = False) -> None:
+    """``--results-store URL`` and ``--retry-failed`` (``per_step``: diagnose's words)."""
+    where = ("keep each step's runs in a results store under URL/<n>-<step> (a rerun after "
+             "an interruption reruns only each step's missing runs; a step resumed on a new "
+             "cluster mixes two clusters' processes in its process_task_count): "
+             if per_step else "keep the study's runs in a results store: ")
+    p.add_argument("--results-store", metavar="URL",
+                   help=where + "a directory or an fsspec "
+                        "URL (s3://bucket/prefix needs s3fs). Each run is written as it "
+                        "finishes (Parquet parts, a manifest of the study's inputs); run the "
+                        "same command again after any interruption and only the missing "
+                        "(set, seed) runs run. A store of other inputs is refused. Read it "
+                        "with `modelops-runtime results URL`")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --results-store: run the store's failed runs again (kept, "
+                        "not rerun, otherwise)")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)

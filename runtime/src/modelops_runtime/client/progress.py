@@ -31,13 +31,15 @@ class StudyProgress:
 
     def __init__(self, desc: str, total: int, *, sets: int, done: int = 0, failed: int = 0,
                  sets_done: int = 0, enabled: bool = True, file: TextIO | None = None,
-                 every: float = LINE_EVERY, tty: bool | None = None) -> None:
+                 every: float = LINE_EVERY, tty: bool | None = None,
+                 clock=time.monotonic) -> None:
         self.desc, self.total, self.sets = desc, total, sets
         self.done, self.failed, self.sets_done = done, failed, sets_done
         self.enabled, self.every = enabled, every
         self.file = file or sys.stderr
         self.tty = self.file.isatty() if tty is None else tty
-        self._start = time.monotonic()
+        self._clock = clock
+        self._start = clock()
         self._last_line = self._start
         self._times: deque[tuple[float, int]] = deque([(self._start, done)])
         self._bar = None
@@ -66,7 +68,7 @@ class StudyProgress:
         self.sets_done += set_complete
         if not self.enabled:
             return
-        now = time.monotonic()
+        now = self._clock()
         if now - self._times[-1][0] >= 1.0:
             self._times.append((now, self.done))
             while now - self._times[0][0] > RATE_WINDOW and len(self._times) > 2:
@@ -89,5 +91,5 @@ class StudyProgress:
             self._bar.set_postfix_str(f"failed {self.failed}, sets {self.sets_done}/{self.sets}")
             self._bar.close()
         else:
-            elapsed = _duration(time.monotonic() - self._start)
+            elapsed = _duration(self._clock() - self._start)
             print(f"{self.line()} (in {elapsed})", file=self.file, flush=True)

@@ -73,7 +73,9 @@ def resume_line(sub: StudySubmission) -> str | None:
 
 
 def gather_stored(client, sub: StudySubmission, progress: bool, desc: str,
-                  file=None) -> StoredStudyResult:
+                  file=None, announce: bool = True) -> StoredStudyResult:
+    """Consume ``sub`` (runs go to its store), then aggregate from the store once no run
+    is missing. ``announce``: print the "resuming: ..." line with the progress."""
     store, plan = sub.store, sub.plan
     left: dict[str, int] = {}
     for s in store.manifest.inputs.sets:
@@ -85,7 +87,7 @@ def gather_stored(client, sub: StudySubmission, progress: bool, desc: str,
                         failed=failed0, sets_done=plan.set_count - len(left),
                         enabled=progress, file=file)
     line = resume_line(sub)
-    if line and progress:
+    if line and progress and announce:
         print(line, file=bar.file, flush=True)
     ran = 0
     try:

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ..errors import ModelOpsError
 from ..models import Call, SimResult, SimTask, check_bundle_ref, check_entrypoint
 from .batching import BATCH_TARGET, PROBE_RUNS, BatchPlan, given, plan_batches
 from ..errors import SchedulerLost
@@ -78,6 +79,18 @@ def run_aggregation(results: Sequence[SimResult | Any], bundle: str, entrypoint:
 
 
 # -- client side -----------------------------------------------------------------------
+
+
+class StudyStopped(ModelOpsError):
+    """A stored study's runs were dropped by the cluster (e.g. the scheduler was lost):
+    what finished is in the store; running the study again resumes it."""
+
+
+def _cancelled(error: BaseException | None) -> bool:
+    import asyncio
+    import concurrent.futures
+
+    return isinstance(error, (asyncio.CancelledError, concurrent.futures.CancelledError))
 
 _STUDY = re.compile(r"[A-Za-z0-9_.]+")  # fullmatch: `$` would accept a trailing newline
 
@@ -227,6 +240,16 @@ class StudySubmission:
             return
         try:
             for out in self._outcomes():
+                if not out.ok and _cancelled(out.failure.error):
+                    # not an outcome of the run: the cluster dropped it (scheduler lost,
+                    # or cancelled from outside); never stored as a failure, run on resume
+                    self.store.flush()
+                    ok, failed, missing = self.store.counts()
+                    raise StudyStopped(
+                        f"the cluster dropped the runs in flight ({out.failure.error_type}: "
+                        f"{out.failure.message}); {ok + failed:,} of {self.plan.run_count:,} "
+                        f"runs are in {self.store.url}, {missing:,} are not: run the same "
+                        "study again with this store to resume")
                 self.store.add(out)     # kept before anyone sees it; written in parts
                 yield out
         finally:

@@ -32,6 +32,12 @@ def open_fs(url: str) -> tuple[Any, str]:
     import fsspec.core
 
     try:
+        import pyarrow.parquet  # noqa: F401 - the parts are Parquet
+    except ImportError:
+        raise ResultsStoreError(
+            f"results store {url}: results stores are Parquet, which needs pyarrow, not "
+            "installed here; pip install pyarrow (or 'modelops-runtime[parquet]')") from None
+    try:
         fs, root = fsspec.core.url_to_fs(str(url))
     except ImportError as exc:
         proto = str(url).split("://", 1)[0]

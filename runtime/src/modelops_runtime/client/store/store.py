@@ -28,7 +28,7 @@ from .manifest import (AGGREGATES, MANIFEST, PARTS, Manifest, PartEntry, StoreIn
 from .parts import (KEY_COLUMNS, grow_columns, param_types, part_bytes, read_part, row_of,
                     schema)
 
-PART_ROWS = 10_000      # runs per part, at most
+PART_ROWS = 10_000      # runs per part, at most (and at most 1/20 of the study, >= 100)
 FLUSH_SECONDS = 10.0    # a run waits at most this long (plus one run) before it is written
 MISSING, OK, FAILED = 0, 1, 2
 
@@ -82,6 +82,8 @@ class ResultsStore:
                         "run. Give this study a new store, or rerun the study that wrote it")
         else:
             manifest = cls._create(fs, root, url, plan)
+        if "part_rows" not in kwargs:
+            kwargs["part_rows"] = max(100, min(PART_ROWS, manifest.inputs.runs // 20))
         store = cls(url, fs, root, manifest, writable=plan is not None, **kwargs)
         if plan is not None and exists:
             store._check_writable()

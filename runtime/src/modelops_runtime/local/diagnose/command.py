@@ -97,7 +97,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         ctx = prepare(args.study, args.values, args.set, sims=args.sims, chart=args.chart,
                       state_dir=args.state_dir, out_dir=args.out, release=args.release,
-                      say=say, start_timeout=args.start_timeout)
+                      say=say, start_timeout=args.start_timeout,
+                      results_store=args.results_store, retry_failed=args.retry_failed)
         steps, skipped = planned_steps(ctx.config, ctx.launch)
         say(f"diagnose: study {ctx.study.name}, "
             f"{ctx.sims or 'the study' + chr(39) + 's'} seeds; your mode: "

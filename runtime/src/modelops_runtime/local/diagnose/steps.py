@@ -78,15 +78,23 @@ class Context:
     runs: list[StepRun] = field(default_factory=list)
     config: RuntimeConfig | None = None     # the user's mode, as rendered
     launch: LaunchPlan | None = None
+    results_store: str | None = None        # each step's runs in <store>/<index>-<step>
+    retry_failed: bool = False
 
 
 def prepare(study_path: Path, values: Sequence[Path], sets: Sequence[str], *,
             sims: int | None, chart: Path | None, state_dir: Path | None,
             out_dir: Path | None, release: str = DEFAULT_RELEASE,
-            say: Callable[[str], None] = print, start_timeout: float = 180) -> Context:
+            say: Callable[[str], None] = print, start_timeout: float = 180,
+            results_store: str | None = None, retry_failed: bool = False) -> Context:
     """Everything checked before a process starts: the study, the values (rendered once
-    in the user's mode), the directories. Raises LocalModeError/ChartRenderError."""
+    in the user's mode), the directories, the results store's filesystem. Raises
+    LocalModeError/ChartRenderError/ResultsStoreError."""
     study = Study.load(study_path)
+    if results_store:
+        from ...client.store.fs import open_fs
+
+        open_fs(results_store)
     chart = Path(chart or find_chart())
     state = Path(state_dir or (chart.resolve().parent / ".state" / "local"))
     rendered = render_cluster(values, sets, chart=chart, release=release)
@@ -106,7 +114,8 @@ def prepare(study_path: Path, values: Sequence[Path], sets: Sequence[str], *,
     return Context(study=study, values=list(values), sets=list(sets),
                    sims=sims, chart=chart, state_dir=state, out_dir=out,
                    release=release, start_timeout=start_timeout, say=say, log=log,
-                   config=launch.config, launch=launch)
+                   config=launch.config, launch=launch, results_store=results_store,
+                   retry_failed=retry_failed)
 
 
 def _run_id(name: str) -> str:
@@ -184,7 +193,14 @@ def run_step(ctx: Context, step: Step, index: int) -> StepRun:
     with LocalCluster(launch, ctx.log, start_timeout=ctx.start_timeout) as cluster:
         client = cluster.client()
         sims = ctx.sims if step.sims is None else min(step.sims, ctx.sims or step.sims)
-        run = run_study(client, ctx.study, launch.bundle_repo, sims=sims, progress=False)
+        if ctx.results_store:   # a rerun after an interruption resumes each step's runs
+            from ..study.run import run_study_stored
+
+            url = f"{ctx.results_store.rstrip('/')}/{index}-{step.name}"
+            run = run_study_stored(client, ctx.study, launch.bundle_repo, url, ctx.log,
+                                   sims=sims, progress=False, retry_failed=ctx.retry_failed)
+        else:
+            run = run_study(client, ctx.study, launch.bundle_repo, sims=sims, progress=False)
     sr.elapsed_s = time.perf_counter() - started
     sr.results = ctx.out_dir / f"{index}-{step.name}.json"
     sr.results.write_text(json.dumps(results_document(

@@ -19,15 +19,18 @@ from .run import (Study, check_direct_dependencies,
 from ..cluster.stopping import sigterm_as_interrupt, stopped
 from ..cluster.supervise import LocalCluster
 from . import session
+from .stored import check_store
 from .table import check_table_target
+from ...client.store import StoreInputsDiffer
 
 
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    every sim and the aggregation ran (with --compare: every (set, seed) run as before)
   {EXIT_FAILED}    a sim or the aggregation failed, or an error stopped the run (see stderr)
-  {EXIT_USAGE}    bad command line, or --compare FILE records other inputs (bundle, entrypoint,
-       params) than this study: one line names the difference
+  {EXIT_USAGE}    bad command line, or --compare FILE or --results-store URL records other
+       inputs (bundle, entrypoint, params, seeds) than this study: one line names the
+       difference
   {EXIT_DIFFERS}    --compare: a (set, seed) run's outputs differ, it failed in only one of the
        two or with another error type, or it is in only one of the two (wins over {EXIT_FAILED})
   {EXIT_INTERRUPTED}  Ctrl-C, {EXIT_TERMINATED} SIGTERM: the local cluster was stopped, no process is left"""
@@ -61,6 +64,10 @@ def main(args: argparse.Namespace) -> int:
         study = Study.load(args.study) if args.study else None
         results = check_results_targets(args.results)
         baseline = load_baseline(args.compare) if args.compare else None
+        if args.results_store:
+            if study is None:
+                raise LocalModeError("--results-store needs --study: it keeps a study's runs")
+            check_store(args.results_store, study, args.sims)
         if study is not None and baseline is not None and baseline.inputs is not None:
             # everything but the bundle digest (known once packed) before anything starts
             planned = study.inputs(baseline.inputs.bundle, args.sims)
@@ -96,7 +103,8 @@ def main(args: argparse.Namespace) -> int:
                         client, study, launch, echo, sims=args.sims,
                         progress=not args.no_progress, results=results, values=args.values,
                         sets=args.set, baseline=baseline, batch=args.batch,
-                        batch_target=args.batch_seconds)
+                        batch_target=args.batch_seconds, results_store=args.results_store,
+                        retry_failed=args.retry_failed)
                 except SchedulerLost as exc:  # one line, with the log to read
                     raise SchedulerLost(f"{exc.message} Its log: {launch.scheduler.log}",
                                         **exc.fields) from None
@@ -113,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         return code
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         return stopped(exc, "the local cluster")
-    except InputsDiffer as exc:
+    except (InputsDiffer, StoreInputsDiffer) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUTS_DIFFER
     except ModelOpsError as exc:
@@ -128,6 +136,7 @@ _BELONGS = {"values": "local up", "set": "local up", "chart": "local up",
             "release": "local up", "start_timeout": "local up", "study": "local run",
             "sims": "local run", "results": "local run", "compare": "local run",
             "batch": "local run", "batch_seconds": "local run", "no_progress": "local run",
+             "results_store": "local run", "retry_failed": "local run",
             "keep": "`local -f VALUES --keep` (a cluster in the foreground)"}
 
 
@@ -156,6 +165,8 @@ def main_action(args: argparse.Namespace) -> int:
             study = Study.load(args.study)
             results = check_results_targets(args.results)
             baseline = load_baseline(args.compare) if args.compare else None
+            if args.results_store:
+                check_store(args.results_store, study, args.sims)
             if baseline is not None and baseline.inputs is not None:
                 planned = study.inputs(baseline.inputs.bundle, args.sims)
                 problem = inputs_difference(baseline.inputs, planned, baseline.label,
@@ -170,7 +181,7 @@ def main_action(args: argparse.Namespace) -> int:
         if action == "up":
             return stopped(exc, "the local cluster")
         return stopped(exc, f"`local {action}` (a cluster kept up stays up)")
-    except InputsDiffer as exc:
+    except (InputsDiffer, StoreInputsDiffer) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUTS_DIFFER
     except ModelOpsError as exc:

@@ -30,7 +30,7 @@ from ..results import (FailureRecord, RunView, SetAggregate, SimRecord, StudyRun
 from .studyfile import STUDY_FILE, Study
 
 __all__ = ["STUDY_FILE", "Study", "pack_study",
-           "run_and_report", "run_study"]
+           "run_and_report", "run_study", "run_study_stored"]
 
 
 
@@ -85,6 +85,67 @@ def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = Non
                     pool_stats=pool_stats(client, [r.result for r in records]),
                     elapsed_s=elapsed, dask_tasks=submission.tasks,
                     batch_plan=submission.batching.describe() if submission.batching else "")
+
+
+def run_study_stored(client, study: Study, bundle_repo: Path, url: str, echo: Echo, *,
+                     sims: int | None = None, progress: bool = True, window: int | None = None,
+                     batch: int | None = None, batch_target: float | None = None,
+                     retry_failed: bool = False) -> StudyRun:
+    """:func:`run_study` with the runs streamed to the results store ``url`` (only the
+    ones it lacks run), then read back from it for the report, --results and --compare."""
+    from ...client import BATCH_TARGET, DEFAULT_WINDOW, package_sets, submit_study
+    from ...client.stored import gather_stored, resume_line
+
+    started = time.perf_counter()
+    ref = pack_study(study, bundle_repo)
+    plan = study.plan(ref, sims)
+    sub = submit_study(client, plan, window=window or DEFAULT_WINDOW, batch=batch,
+                       batch_target=batch_target or BATCH_TARGET, store=url,
+                       retry_failed=retry_failed)
+    for note in sub.store.notes:
+        echo(f"results store: {note}")
+    line = resume_line(sub)
+    if line:
+        echo(line)
+    outcome = gather_stored(client, sub, progress, study.name, announce=False)
+    store = sub.store
+    echo(f"results store: {url} ({outcome.ok + outcome.failed:,} of {plan.run_count:,} runs, "
+         f"{len(store.manifest.parts)} part(s); this session ran {outcome.ran:,})")
+    records, failures = [], []
+    table = store.table().sort_by([("set_index", "ascending"), ("seed", "ascending")])
+    for batch_ in table.to_batches():
+        for r in batch_.to_pylist():
+            if r["ok"]:
+                records.append(SimRecord(set=r["set_id"], seed=r["seed"], result=SimResult(
+                    outputs=json.loads(r["outputs"]), executor=r["executor"], pid=r["pid"],
+                    process_task_count=r["process_task_count"],
+                    venv_cache_hit=r["venv_cache_hit"], duration_s=r["duration_s"],
+                    worker=r["worker"] or "", env_digest=r["env_digest"] or "")))
+            else:
+                failures.append(FailureRecord(set=r["set_id"], seed=r["seed"],
+                                              error_type=r["error_type"],
+                                              message=r["error_message"] or ""))
+    sets = list(plan.iter_sets())
+    if plan.set_count == 1:
+        only = outcome.sets[0]
+        agg, agg_error, per_set = only.aggregate, only.aggregate_error, []
+        if only.aggregate_error and not only.ok:
+            agg_error = None
+    else:
+        agg, agg_error = outcome.across, outcome.across_error
+        per_set = [SetAggregate(set_id=s.set_id, runs=s.ok, failed=s.failed,
+                                aggregate=s.aggregate, aggregate_error=s.aggregate_error)
+                   for s in outcome.sets]
+    used = {r.result.env_digest for r in records} | ({agg.env_digest} if agg else set())
+    used |= {a.aggregate.env_digest for a in per_set if a.aggregate is not None}
+    return StudyRun(study=study.name, bundle=ref, sims=records, failures=failures,
+                    aggregate=agg, aggregate_error=agg_error, param_sets=sets,
+                    set_aggregates=per_set, nthreads=dict(client.nthreads()),
+                    worker_pids=dict(client.run(os.getpid)),
+                    environments={d: p for d, p in package_sets(client).items() if d in used},
+                    inputs=study.inputs(ref, sims),
+                    pool_stats=pool_stats(client, [r.result for r in records]),
+                    elapsed_s=time.perf_counter() - started, dask_tasks=outcome.dask_tasks)
 
 
 def pool_stats(client, results: Sequence[SimResult]) -> dict[str, Any]:
@@ -184,10 +245,12 @@ def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
                    results: Path | Sequence[Path] | None = None,
                    values: Sequence[Path | str] = (), sets: Sequence[str] = (),
                    baseline: RunView | None = None, batch: int | None = None,
-                   batch_target: float | None = None) -> int:
+                   batch_target: float | None = None, results_store: str | None = None,
+                   retry_failed: bool = False) -> int:
     """Run the study on ``client`` and print what it gave; write ``results`` (JSON with the
     values and sets the cluster was rendered from; ``.parquet``/``.csv``: the runs as a
-    table) and check against ``baseline`` (read with :func:`load_baseline`). Returns the
+    table; ``results_store``: runs streamed to that store, only the missing ones run) and
+    check against ``baseline`` (read with :func:`load_baseline`). Returns the
     CLI's exit code: EXIT_DIFFERS if ``baseline`` differs (it wins: a failure that comes and
     goes with the mode *is* the finding), else EXIT_FAILED if a run or an aggregation
     failed, else 0."""
@@ -195,8 +258,13 @@ def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
     from .table import is_table, write_table
 
     announce(study, echo, sims)
-    run = run_study(client, study, launch.bundle_repo, sims=sims, progress=progress,
-                    batch=batch, batch_target=batch_target)
+    if results_store:
+        run = run_study_stored(client, study, launch.bundle_repo, results_store, echo,
+                               sims=sims, progress=progress, batch=batch,
+                               batch_target=batch_target, retry_failed=retry_failed)
+    else:
+        run = run_study(client, study, launch.bundle_repo, sims=sims, progress=progress,
+                        batch=batch, batch_target=batch_target)
     echo(f"bundle: {run.bundle}")
     report(run, study, echo)
     echo(f"pool stats: {format_pool_stats(run.pool_stats)}")

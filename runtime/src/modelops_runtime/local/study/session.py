@@ -28,7 +28,8 @@ ACTIONS = ("up", "run", "status", "down")
 # the flags each action takes besides --state-dir (the rest are refused, not ignored)
 TAKES = {
     "up": {"values", "set", "chart", "release", "start_timeout"},
-    "run": {"study", "sims", "results", "compare", "batch", "batch_seconds", "no_progress"},
+    "run": {"study", "sims", "results", "compare", "batch", "batch_seconds", "no_progress",
+            "results_store", "retry_failed"},
     "status": set(),
     "down": set(),
 }
@@ -151,4 +152,5 @@ def run(args: argparse.Namespace, state: Path, study: Study, results: list[Path]
         return run_and_report(
             client, study, launch, echo, sims=args.sims, progress=not args.no_progress,
             results=results, values=got.values, sets=got.sets, baseline=baseline,
-            batch=args.batch, batch_target=args.batch_seconds)
+            batch=args.batch, batch_target=args.batch_seconds,
+            results_store=args.results_store, retry_failed=args.retry_failed)
