@@ -161,6 +161,9 @@ def test_scheduler_and_workers_killed_halfway_then_resumed(baseline, local_cli, 
         p.send_signal(signal.SIGKILL)
     psutil.wait_procs(cluster, timeout=30)
     assert first.wait(120) != 0, first.output            # its cluster is gone
+    assert f"The results store {url} holds " in first.stderr, first.output
+    assert f"of {SETS * SEEDS:,} runs: run the same study again with it to resume." \
+        in first.stderr, first.output
     local_cli.run(["down", "--state-dir", state], local_env())
     restarted = local_cli.run(up, local_env())
     assert restarted.popen.returncode == 0, restarted.output

@@ -252,6 +252,13 @@ class StudySubmission:
                         "study again with this store to resume")
                 self.store.add(out)     # kept before anyone sees it; written in parts
                 yield out
+        except SchedulerLost as exc:
+            self.store.flush()
+            ok, failed, _ = self.store.counts()
+            raise SchedulerLost(
+                f"{exc.message} The results store {self.store.url} holds {ok + failed:,} of "
+                f"{self.plan.run_count:,} runs: run the same study again with it to resume.",
+                **exc.fields) from None
         finally:
             self.store.flush()
 
