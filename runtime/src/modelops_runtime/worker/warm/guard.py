@@ -47,6 +47,7 @@ class Guarded:
     max_processes: int | None  # descendants alive at once; None: unbounded
     listener: int | None  # None: asked through the listener of its template
     refused_processes: int = 0  # new processes refused at the limit (since reset)
+    forks: int = 0  # new processes let through (since reset): none, no descendant to end
     refused_signals: list[str] = field(default_factory=list)
 
 
@@ -193,6 +194,7 @@ class Guard:
             if limit is not None and len(tree_pids(guarded.pid)) - 1 >= limit:
                 guarded.refused_processes += 1
                 return errno.EAGAIN
+            guarded.forks += 1
             return 0
         if name == "fcntl":
             if args[1] & 0xFFFFFFFF != F_SETOWN:

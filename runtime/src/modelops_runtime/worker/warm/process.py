@@ -236,6 +236,11 @@ class WarmProcess:
         unguarded process, orphans that reached the worker anyway (by its mark) --
         before the process runs anything else. Bounded: a tree that does not empty in
         ``timeout`` s retires the process."""
+        guarded = self.guarded
+        if guarded is not None:  # every new process of its tree was asked of the guard
+            if not guarded.forks:
+                return  # none since the last task's end: nothing to end (no /proc reads)
+            guarded.forks = 0
         deadline = time.monotonic() + timeout
         while True:
             alive = [pid for pid in tree_pids(self.pid)[1:] if not _zombie(pid)]
