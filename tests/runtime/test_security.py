@@ -198,6 +198,32 @@ def peek(params, seed):
     return out
 
 
+def trace(params, seed):
+    """Another task's warm process: attach to it (which stops it), read its memory."""
+    import ctypes
+    nr = {"x86_64": {"ptrace": 101, "process_vm_readv": 310},
+          "aarch64": {"ptrace": 117, "process_vm_readv": 270}}[os.uname().machine]
+    victim = params["victim"]
+
+    def attach():
+        _syscall(nr["ptrace"], 16, victim, None, None)  # PTRACE_ATTACH
+        _syscall(nr["ptrace"], 17, victim, None, None)  # PTRACE_DETACH (if it got through)
+
+    def read_memory():
+        with open(f"/proc/{victim}/maps") as fh:  # same uid: readable
+            start = int(fh.readline().split("-")[0], 16)
+        buf = ctypes.create_string_buffer(8)
+        local = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 8)
+        remote = (ctypes.c_void_p * 2)(start, 8)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(nr["process_vm_readv"], victim, local, 1, remote, 1, 0) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return {"ptrace_other_task": _refused(attach),
+            "read_other_task_memory": _refused(read_memory)}
+
+
 def poison(params, seed):
     import signal
     os.kill(os.getppid(), signal.SIGKILL)
@@ -397,3 +423,18 @@ def test_bundle_code_cannot_read_other_tasks_bundles_or_the_worker_state(unprivi
                    "own_venv": "read", "python_stdlib": "read", "system": "read",
                    "own_scratch": "read", "run_a_program": "sent"}, out
     assert _run(client, victim_ref, "whoami").outputs["pid"] == victim["pid"]
+
+
+def test_bundle_code_cannot_trace_or_read_another_tasks_process(unprivileged):
+    """Attack: PTRACE_ATTACH (it stops the target) and process_vm_readv on another bundle's
+    warm process -- same uid and dumpable, so only Yama (absent on some kernels) would
+    refuse them."""
+    cluster, client, root, uid = unprivileged
+    victim_ref = _bundle(root, "victim-trace", {"attacks.py": ATTACKS,  # another bundle
+                                                "victim.txt": "another warm process"})
+    victim = _run(client, victim_ref, "whoami").outputs["pid"]
+    ref = _bundle(root, "trace", {"attacks.py": ATTACKS})
+    out = _run(client, ref, "trace", victim=victim).outputs
+    assert out == {"ptrace_other_task": "refused: PermissionError",
+                   "read_other_task_memory": "refused: PermissionError"}, out
+    assert _run(client, victim_ref, "whoami").outputs["pid"] == victim
