@@ -22,7 +22,9 @@ submitted (resume).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from asyncio import CancelledError
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -231,6 +233,26 @@ class StudySubmission:
         self.tasks += len(futures)
         return list(zip(futures, groups))
 
+    def _values(self, futures: list) -> list[tuple[Any, Any]]:
+        """(future, its value) for finished tasks: the results of all that finished fetched
+        in one ``gather`` (one round trip per worker, not one per task: issue #30), the
+        error for the others; a batch whose gather fails goes one by one."""
+        ok = [f for f in futures if f.status == "finished"]
+        values: dict[str, Any] = {}
+        if ok:
+            with contextlib.suppress(Exception):
+                values = dict(zip([f.key for f in ok], self.client.gather(ok)))
+        out = []
+        for f in futures:
+            if f.key in values:
+                out.append((f, values[f.key]))
+                continue
+            try:
+                out.append((f, f.result()))
+            except (Exception, CancelledError) as exc:  # noqa: BLE001 - that task's failure
+                out.append((f, exc))
+        return out
+
     def __iter__(self) -> Iterator[RunOutcome]:
         if self._consumed:
             raise RuntimeError("a StudySubmission is consumed once; call submit_study again")
@@ -270,7 +292,7 @@ class StudySubmission:
         pending: dict[str, tuple[list[tuple[ParamSet, int]], Any]] = {}
         probes: dict[str, list[float]] = {}  # probe task key → its successful runs' times
         in_flight = 0  # runs (not tasks) submitted and not yet finished
-        done = as_completed(with_results=True, raise_errors=False)
+        done = as_completed()  # results fetched per batch of finished tasks (_values)
         top_up_at = max(1, self.window // 4)
 
         def lost() -> SchedulerLost:
@@ -322,27 +344,30 @@ class StudySubmission:
                                                  window=self.window, target=self.batch_target)
             else:
                 top_up()
-            for future, value in done:
-                group, _ = pending.pop(future.key)
-                in_flight -= len(group)
-                times = probes.get(future.key)
-                if future.status != "finished":  # the whole task failed: each run did
-                    err = error_of(future, value)
-                    if isinstance(err, SchedulerLost):  # and every run still in flight
-                        raise lost() from None
-                    for s, seed in group:
-                        yield outcome(s, seed, err=err)
-                elif len(group) == 1 and isinstance(value, SimResult):
-                    yield outcome(*group[0], result=value)
-                else:
-                    for (s, seed), item in zip(group, value):
-                        if isinstance(item, BaseException):
-                            yield outcome(s, seed, err=item)
-                        else:
-                            if times is not None:
-                                times.append(item.duration_s)
-                            yield outcome(s, seed, result=item)
-                del future, value
+            for finished in done.batches():
+                for future, value in self._values(finished):
+                    group, _ = pending.pop(future.key)
+                    in_flight -= len(group)
+                    times = probes.get(future.key)
+                    if future.status != "finished" or isinstance(value, BaseException):
+                        # the whole task failed: each run did
+                        err = error_of(future, value)
+                        if isinstance(err, SchedulerLost):  # and every run still in flight
+                            raise lost() from None
+                        for s, seed in group:
+                            yield outcome(s, seed, err=err)
+                    elif len(group) == 1 and isinstance(value, SimResult):
+                        yield outcome(*group[0], result=value)
+                    else:
+                        for (s, seed), item in zip(group, value):
+                            if isinstance(item, BaseException):
+                                yield outcome(s, seed, err=item)
+                            else:
+                                if times is not None:
+                                    times.append(item.duration_s)
+                                yield outcome(s, seed, result=item)
+                    del future, value
+                del finished
                 if self.batching is None:
                     if any(k in pending for k in probes):
                         continue  # the plan waits for every probe task
