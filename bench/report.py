@@ -122,6 +122,41 @@ def _busy(r: R) -> tuple[float, str]:
     return b["busy"]["sims_per_s"] / limit, f"{b['busy']['sims_per_s']:.0f} sims/s / {limit}"
 
 
+def _steady_ray(case: str) -> Callable[[R], tuple[float, str]]:
+    def measure(r: R) -> tuple[float, str]:
+        st = r["steady"]
+        if "error" in st:
+            return float("nan"), st["error"]
+        best = st["best"]
+        if f"ray {case}" not in best:
+            return float("nan"), st.get("ray_install", "Ray not measured")
+        ours = best["sir" if case == "sir" else "noop auto"]
+        return ours / best[f"ray {case}"], (f"{ms(ours)} / Ray {st.get('ray_version', '')} "
+                                            f"{ms(best[f'ray {case}'])}")
+    return measure
+
+
+def _steady_unbatched(r: R) -> tuple[float, str]:
+    st = r["steady"]
+    if "error" in st:
+        return float("nan"), st["error"]
+    wall = st["best"]["noop batch=1"]
+    return wall / st["noops"] * 1e3, f"{ms(wall)} / {st['noops']:,} runs, {st['slots']} threads"
+
+
+def _steady_note(r: R) -> str:
+    st = r["steady"]
+    if "cpu_per_run" not in st:
+        return ""
+    c = st["cpu_per_run"]["noop batch=1"]
+    parts = ", ".join(f"{k} {ms(v['user_s'] + v['system_s'])}" for k, v in c.items())
+    total = sum(v["user_s"] + v["system_s"] for v in c.values())
+    return (f"CPU per unbatched run: {parts} = {ms(total)} on {r['steady'].get('cores', 2)} "
+            f"cores shared with the rest of the machine (load {st['load_at_start'][0]:.1f} at "
+            "start): the scheduler and the Dask worker's own task handling are most of it; "
+            "batching (the default) removes them per run.")
+
+
 TARGETS = [
     Target("warm hit ≤ 1.0× ProcessPoolExecutor(1) round trip", "overhead", "≤ 1.0×",
            _warm_vs_ppe, lambda v: v <= 1.0),
@@ -144,6 +179,12 @@ TARGETS = [
            _guarded(_batched), lambda v: v >= 5),
     Target("1,000 × 20 ms sims ≥ 0.9 × cores × 50 sims/s", "fast", "≥ 0.9×",
            _guarded(_busy), lambda v: v >= 0.9),
+    Target("SIR 300 sims on a warm cluster ≤ 1.0× Ray's warm repeat", "steady", "≤ 1.0×",
+           _steady_ray("sir"), lambda v: v <= 1.0),
+    Target("2,000 no-ops auto-batched on a warm cluster ≤ 0.8× Ray", "steady", "≤ 0.8×",
+           _steady_ray("noop"), lambda v: v <= 0.8),
+    Target("unbatched per-run overhead on a warm cluster ≤ 1.5 ms", "steady", "≤ 1.5 ms",
+           _steady_unbatched, lambda v: v <= 1.5, _steady_note),
 ]
 
 
@@ -317,6 +358,9 @@ def details(results: R) -> str:
             if isinstance(v, dict) and "error" in v:
                 lines += [f"{name}: failed: {v['error']}", ""]
 
+    if "steady" in results:
+        lines += steady_details(results["steady"])
+
     if "memory" in results:
         m = results["memory"]
         lines += ["## Idle memory", ""]
@@ -327,3 +371,53 @@ def details(results: R) -> str:
             ["difference", f"{(m['warm_rss_bytes'] - m['bare_rss_bytes']) / 1e6:+.1f} MB"],
         ]) + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def steady_details(st: R) -> list[str]:
+    """bench/steady.py: the second study on a warm cluster, Ray beside it, where time goes."""
+    lines = ["## Steady state: a second study on a warm cluster (bench/steady.py)", ""]
+    if "error" in st:
+        return lines + [f"failed: {st['error']}", ""]
+    lines += [f"A cluster from `values-examples/prod-warm.yaml` kept up by `modelops-runtime "
+              f"local up` ({st['slots']} threads), warmed by a first study; best of "
+              f"{st['rounds']} rounds, each case interleaved with Ray's "
+              f"({st.get('ray_install', '')}). Load average at start "
+              f"{tuple(round(x, 1) for x in st['load_at_start'])}, at end "
+              f"{tuple(round(x, 1) for x in st['load_at_end'])}.", ""]
+    best = st["best"]
+    rows = [[f"SIR {st['sims']} sims (auto-batched)", ms(best["sir"]),
+             ms(best["ray sir"]) if "ray sir" in best else "—"],
+            [f"{st['noops']:,} no-ops, auto-batched", ms(best["noop auto"]),
+             ms(best["ray noop"]) if "ray noop" in best else "—"],
+            [f"{st['noops']:,} no-ops, unbatched (`batch=1`)", ms(best["noop batch=1"]),
+             "—"],
+            [f"{st['noops']:,} no-ops, plain `client.map` (Dask alone, no modelops)",
+             ms(best["plain client.map (Dask alone)"]), "—"],
+            [f"`local run --study runtime/examples/sir --sims {st['sims']}` (whole command)",
+             ms(best["local run (whole command)"]), "—"],
+            [f"SIR {st['sims']} sims, first study after start",
+             ms(st["modelops_first_batch_s"]),
+             ms(st["ray_first_batch_s"]) if "ray_first_batch_s" in st else "—"]]
+    lines += _table(["case (the study alone unless said)", "modelops", "Ray"], rows) + [""]
+    if st.get("same_outputs_as_ray") is not None:
+        lines += [f"SIR outputs seed by seed equal to Ray's: {st['same_outputs_as_ray']}.", ""]
+    cpu = st.get("cpu_per_run", {})
+    if cpu:
+        lines += ["Where the time goes, CPU per run by process (user + system; system is "
+                  "mostly pipes and sockets), read from /proc around the fastest round; "
+                  "`model` is the runner's own clock around the entrypoint (batched runs), "
+                  "or the worker's executor call for unbatched runs:", ""]
+        kinds = ["client", "scheduler", "worker", "runner"]
+        rows = []
+        for case, c in cpu.items():
+            rows.append([case] + [f"{ms(c[k]['user_s'])} + {ms(c[k]['system_s'])}"
+                                  for k in kinds]
+                        + [ms(sum(c[k]["user_s"] + c[k]["system_s"] for k in kinds)),
+                           ms(st["model_or_executor_s"][case])
+                           if case in st["model_or_executor_s"] else "—"])
+        lines += _table(["case", *kinds, "CPU total", "model (executor)"], rows) + [""]
+    plans = st.get("plans", {})
+    for case, p in plans.items():
+        if p:
+            lines += [f"- batch plan, {case}: {p[-1]}"]
+    return lines + [""]

@@ -31,12 +31,13 @@ import machine  # noqa: E402
 import memory  # noqa: E402
 import overhead  # noqa: E402
 import report  # noqa: E402
+import steady  # noqa: E402
 import venvbuild  # noqa: E402
 from common import Workspace  # noqa: E402
 from shared import replace_between  # noqa: E402
 
 SECTIONS = {"overhead": overhead, "venv": venvbuild, "e2e": endtoend, "memory": memory,
-            "fast": fast}
+            "fast": fast, "steady": steady}
 README = HERE.parent / "README.md"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 

@@ -78,7 +78,13 @@ def test_smoke_run_writes_the_table(tmp_path):
     (raw,) = (tmp_path / "results").glob("*-smoke.json")
     data = json.loads(raw.read_text())
     assert data["smoke"] is True
-    assert set(data["results"]) == {"overhead", "venv", "e2e", "memory", "fast"}
+    assert set(data["results"]) == {"overhead", "venv", "e2e", "memory", "fast", "steady"}
+    # the steady state: a second study on a cluster kept up by `local up`, taken down after
+    steady = data["results"]["steady"]
+    assert "error" not in steady, steady
+    assert steady["best"]["noop batch=1"] > 0 and steady["best"]["sir"] > 0
+    assert "## Steady state: a second study on a warm cluster" in md
+    assert "unbatched per-run overhead on a warm cluster ≤ 1.5 ms" in targets
     # the SIR example ran through `modelops-runtime local` in the three presets compared
     local = data["results"]["fast"]["sir_local"]
     assert "error" not in local, local
