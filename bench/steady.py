@@ -26,6 +26,7 @@ import hashlib
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,8 @@ def _digest(result) -> str:
 def run(ws, *, smoke: bool) -> dict[str, Any]:
     try:
         return _run(ws, smoke)
-    except Exception as exc:  # noqa: BLE001 - reported in the table, as fast.py's cases
+    except Exception as exc:  # noqa: BLE001 - in the table; run.py fails at the end
+        traceback.print_exc()
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
