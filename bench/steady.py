@@ -186,8 +186,8 @@ def _run(ws, smoke: bool) -> dict[str, Any]:
     import yaml
     from distributed import Client
 
-    sims = 30 if smoke else 300
-    noops = 200 if smoke else 2000
+    sims = 10 if smoke else 300
+    noops = 100 if smoke else 2000
     rounds = 1 if smoke else 3
     params = yaml.safe_load((SIR / "study.yaml").read_text())["params"]
     state = ws.root / "local-state"

@@ -50,7 +50,7 @@ def bench_processes(tmp: Path) -> list[int]:
 def test_smoke_run_writes_the_table(tmp_path):
     tmp = tmp_path / "tmp"
     proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          capture_output=True, text=True, timeout=420, cwd=REPO,
                           stdin=subprocess.DEVNULL, env=bench_env(tmp))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
