@@ -11,14 +11,16 @@ import json
 import sys
 
 from ..client.cluster_stats import ClusterFigures, StatsError, read_cluster
-from ..worker.counters import RemovalReason, Removals, WarmStats
+from ..worker.counters import (FallbackReason, RemovalReason, Removals, TemplateFallbacks,
+                               WarmStats)
 from .options import add_json
 
 
 # -- rendering -------------------------------------------------------------------------
 
 COLUMNS = ["worker", "address", "pid", "executor", "tasks", "spawns", "reuses", "venv hits",
-           "venv misses", "venv builds", "build s", "removals", "procs", "busy", "pool RSS"]
+           "venv misses", "venv builds", "build s", "removals", "template fallbacks", "procs", "busy",
+           "pool RSS"]
 _RIGHT = {"pid", "tasks", "spawns", "reuses", "venv hits", "venv misses", "venv builds",
           "build s", "procs", "busy", "pool RSS"}
 
@@ -26,6 +28,12 @@ _RIGHT = {"pid", "tasks", "spawns", "reuses", "venv hits", "venv misses", "venv 
 def _removals(removals: Removals) -> str:
     parts = [f"{r.value}={getattr(removals, r.value)}" for r in RemovalReason
              if getattr(removals, r.value)]
+    return ",".join(parts) or "0"
+
+
+def _fallbacks(fallbacks: TemplateFallbacks) -> str:
+    parts = [f"{r.value}={getattr(fallbacks, r.value)}" for r in FallbackReason
+             if getattr(fallbacks, r.value)]
     return ",".join(parts) or "0"
 
 
@@ -42,6 +50,7 @@ def _cells(stats: WarmStats, reported: list[str]) -> list[str]:
         show("venv_builds", str(stats.venv_builds)),
         show("venv_build_seconds", f"{stats.venv_build_seconds:.1f}"),
         show("removals", _removals(stats.removals)),
+        show("template_fallbacks", _fallbacks(stats.template_fallbacks)),
         show("size", str(stats.size)),
         show("busy", str(stats.busy)),
         show("rss_bytes", f"{stats.rss_bytes / 2**20:.0f} MiB"),
@@ -56,7 +65,7 @@ def format_table(cluster: ClusterFigures) -> str:
         fig = row.figures
         if fig.executor is None:
             body.append([row.name, row.address, str(fig.pid or "-"),
-                         "error" if fig.error else "none", *["-"] * 11])
+                         "error" if fig.error else "none", *["-"] * (len(COLUMNS) - 4)])
             notes.append(
                 f"{row.address}: cannot read its figures ({fig.error})" if fig.error else
                 f"{row.address}: no modelops runtime in this worker process; start workers "
@@ -92,7 +101,9 @@ def register(sub) -> None:
         "stats", help="per-worker table of the warm pool and venv cache figures",
         description="Read the executor figures of every Dask worker process (tasks, warm "
                     "process spawns and reuses, venv cache hits/misses/builds and build "
-                    "time, evictions and retirements by reason, pool size and memory) "
+                    "time, evictions and retirements by reason, bundles whose fresh "
+                    "processes are exec'd instead of forked from a template, by reason, pool "
+                    "size and memory) "
                     "through the scheduler and print one row per worker process plus a "
                     "total. The same figures are the modelops_* series on each worker's "
                     "/metrics.")

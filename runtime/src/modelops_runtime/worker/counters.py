@@ -54,6 +54,32 @@ if set(Removals.model_fields) != {r.value for r in RemovalReason}:  # pragma: no
     raise TypeError("stats.Removals needs exactly one field per RemovalReason")
 
 
+class FallbackReason(str, enum.Enum):
+    """Why a bundle's fresh processes are exec'd instead of forked from a template."""
+
+    import_side_effects = "import_side_effects"  # the template's own state moved while importing
+    state_changed = "state_changed"  # bundle code changed what an import reads (env, cwd, sys.path)
+    no_subreaper = "no_subreaper"    # the worker cannot adopt forked processes
+
+
+class TemplateFallbacks(BaseModel):
+    """Bundles switched from template to exec, by reason: one field per FallbackReason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    import_side_effects: int = 0
+    state_changed: int = 0
+    no_subreaper: int = 0
+
+    def __add__(self, other: "TemplateFallbacks") -> "TemplateFallbacks":
+        return TemplateFallbacks(**{k: getattr(self, k) + getattr(other, k)
+                                    for k in TemplateFallbacks.model_fields})
+
+
+if set(TemplateFallbacks.model_fields) != {r.value for r in FallbackReason}:  # pragma: no cover
+    raise TypeError("stats.TemplateFallbacks needs exactly one field per FallbackReason")
+
+
 class WarmStats(BaseModel):
     """Counters since the executor started, plus the pool's current size and memory."""
 
@@ -70,6 +96,12 @@ class WarmStats(BaseModel):
     venvs_collected: int = Field(0, description="venvs removed by cache garbage collection")
     bundles_collected: int = Field(0, description="bundles removed by cache garbage collection")
     removals: Removals = Field(default_factory=Removals)
+    template_fallbacks: TemplateFallbacks = Field(
+        default_factory=TemplateFallbacks,
+        description="bundles whose fresh processes are exec'd instead of forked, by reason")
+    template_excluded_imports: int = Field(
+        0, description="modules a template left for each task process to import itself "
+        "(their import does what a fork would not reproduce)")
     size: int = Field(0, description="warm processes alive now (idle + busy)")
     busy: int = 0
     rss_bytes: int = Field(0, description="resident memory (PSS where available) of all warm "
@@ -81,7 +113,8 @@ class WarmStats(BaseModel):
 
 
 _COUNTERS = ("tasks", "spawns", "reuses", "venv_hits", "venv_misses", "venv_builds",
-             "venv_invalid", "venvs_collected", "bundles_collected")
+             "venv_invalid", "venvs_collected", "bundles_collected",
+             "template_excluded_imports")
 
 
 class StatsRecorder:
@@ -92,6 +125,7 @@ class StatsRecorder:
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._build_seconds = 0.0
         self._removals = dict.fromkeys((r.value for r in RemovalReason), 0)
+        self._fallbacks = dict.fromkeys((r.value for r in FallbackReason), 0)
 
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -106,8 +140,14 @@ class StatsRecorder:
         with self._lock:
             self._removals[reason.value] += 1
 
+    def fell_back(self, reason: FallbackReason) -> None:
+        with self._lock:
+            self._fallbacks[reason.value] += 1
+
     def snapshot(self, *, size: int = 0, busy: int = 0, rss_bytes: int = 0) -> WarmStats:
         with self._lock:
             return WarmStats(**self._counts, venv_build_seconds=round(self._build_seconds, 3),
-                             removals=Removals(**self._removals), size=size, busy=busy,
+                             removals=Removals(**self._removals),
+                             template_fallbacks=TemplateFallbacks(**self._fallbacks),
+                             size=size, busy=busy,
                              rss_bytes=rss_bytes)

@@ -183,6 +183,10 @@ def format_pool_stats(stats: Mapping[str, Any]) -> str:
                  f"reuses={pool['reuses']} venv builds={pool['venv_builds']} "
                  f"({pool['venv_build_seconds']:.1f} s) alive={pool['size']} "
                  f"rss={pool['rss_bytes'] / 2**20:.0f} MiB; removals: {removals}")
+        fallbacks = {k: v for k, v in pool.get("template_fallbacks", {}).items() if v}
+        if fallbacks:
+            line += ("; template fallbacks (exec'd instead of forked): "
+                     + ", ".join(f"{k}={v}" for k, v in fallbacks.items()))
     return line
 
 

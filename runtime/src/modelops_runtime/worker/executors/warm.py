@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ from ...errors import (BundleError, EntrypointError, MemoryLimitExceeded, Missin
                       ModelOpsError, ProcessLimitExceeded, SimulationError)
 from ...config import FreshProcessFrom
 from ...models import Call, SimResult
-from ..counters import RemovalReason, StatsRecorder
+from ..counters import FallbackReason, RemovalReason, StatsRecorder
 from ..warm.failures import Lost
 from ..warm.orphans import sweep
 from ..warm.pool import WarmPool
@@ -32,9 +33,11 @@ from ..warm.process import WarmProcess, data_cap, warm_env
 from ..warm.runner.program import compile_runner
 from ..warm.runner.frames import WRITABLE_ENV
 from ..warm.venvs.prefetch import FreshVenvs
-from ..warm.template import Templates
+from ..warm.template import Templates, TemplateTainted
 from ..warm.venvs.store import Venv, VenvCache, venv_key
 from .base import ExecEnv
+
+log = logging.getLogger("modelops_runtime.pool")
 
 
 @dataclass(frozen=True)
@@ -68,17 +71,21 @@ class IsolatedWarmExecEnv(ExecEnv):
                              max_reuse=config.max_process_reuse, ttl=config.process_ttl,
                              memory_budget=config.pool_memory_bytes, stats=self._stats)
         self._bundles: dict[str, _Bundle] = {}
-        # FORCE_FRESH_VENV: the next venvs built while tasks run (prefetch.py)
-        self.fresh_venvs: FreshVenvs | None = None
-        if config.force_fresh_venv and config.fresh_venvs_ahead > 0:
-            self.fresh_venvs = FreshVenvs(self.venvs, config.fresh_venvs_ahead)
-        # MAX_PROCESS_REUSE=1: fork each task's process from a template (template.py)
+        # MAX_PROCESS_REUSE=1 (and FORCE_FRESH_VENV: in the worker process's own pristine uv
+        # build of the venv): fork each task's process from a template (template.py)
         self.templates: Templates | None = None
-        if (config.max_process_reuse == 1 and not config.force_fresh_venv
-                and config.fresh_process_from is FreshProcessFrom.template
-                and self.pool.subreaper):
+        self._template_wanted = ((config.max_process_reuse == 1 or config.force_fresh_venv)
+                                 and config.fresh_process_from is FreshProcessFrom.template)
+        if self._template_wanted and self.pool.subreaper:
             self.templates = Templates(ttl=config.process_ttl, track=self.pool.track_unpooled,
                                        drop=self.pool.drop_unpooled)
+        self._fallbacks: dict[tuple, FallbackReason] = {}  # bundles exec'd instead of forked
+        # FORCE_FRESH_VENV: the pristine builds (stopped at shutdown) and, for exec'd
+        # processes, the next venvs cloned while tasks run (prefetch.py)
+        self.fresh_venvs: FreshVenvs | None = None
+        if config.force_fresh_venv and (self.templates is not None
+                                        or config.fresh_venvs_ahead > 0):
+            self.fresh_venvs = FreshVenvs(self.venvs, config.fresh_venvs_ahead)
         self._lock = threading.Lock()
         # package set of each warm process's venv, read when it was spawned
         self._env_of: weakref.WeakKeyDictionary[WarmProcess, str] = weakref.WeakKeyDictionary()
@@ -89,10 +96,19 @@ class IsolatedWarmExecEnv(ExecEnv):
     def run(self, call: Call) -> SimResult:
         started = time.perf_counter()
         bundle = self._bundle(call.bundle)
+        fresh = self.config.force_fresh_venv
+        key = (*bundle.pool_key, call.entrypoint.partition(":")[0], fresh)
+        if self._template_wanted and self.templates is None:
+            self._fall_back(key, FallbackReason.no_subreaper, "this worker process cannot "
+                            "adopt the processes a template forks (PR_SET_CHILD_SUBREAPER)")
+        elif self.templates is not None and key not in self._fallbacks:
+            return self._run_forked(call, bundle, started, key)
+        return self._run_exec(call, bundle, started)
+
+    def _run_exec(self, call: Call, bundle: _Bundle, started: float) -> SimResult:
+        """The plain path: a process exec'd for the task (fresh modes) or a warm one."""
         if self.config.force_fresh_venv:
             return self._run_fresh(call, bundle, started)
-        if self.templates is not None:
-            return self._run_forked(call, bundle, started)
         venv: list[Venv] = []  # got before a slot is taken: a failed build evicts nothing
         try:
             proc, reused = self.pool.acquire(
@@ -257,18 +273,27 @@ class IsolatedWarmExecEnv(ExecEnv):
                 self.venvs.remove(proc.venv)
         return self._result(outputs, pid, count, False, started, env_digest)
 
-    def _run_forked(self, call: Call, bundle: _Bundle, started: float) -> SimResult:
-        """MAX_PROCESS_REUSE=1 from a template: a process forked for this task alone from
-        the template of (bundle, venv, entrypoint module), stopped after it."""
-        venv = self.venvs.get(bundle.requirements)
-        module = call.entrypoint.partition(":")[0]
+    def _run_forked(self, call: Call, bundle: _Bundle, started: float,
+                    key: tuple) -> SimResult:
+        """A process forked for this task alone from the template of (bundle, venv,
+        entrypoint module), stopped after it. The venv is the cached one, or with
+        FORCE_FRESH_VENV this worker process's own pristine uv build (never a task's before,
+        never the cache's; task processes cannot write into it). Falls back to the plain
+        path for good when the template or the task's own code raises a doubt."""
+        if key[-1]:
+            self._stats.incr("venv_misses")
+            venv = self.fresh_venvs.pristine(bundle.requirements)
+        else:
+            venv = self.venvs.get(bundle.requirements)
+        module = key[2]
 
         def spawn_template() -> WarmProcess:
             template = self._spawn(bundle, venv, template=module)
             template.module = module
+            template.on_excluded = lambda names: self._stats.incr("template_excluded_imports",
+                                                                  len(names))
             return template
 
-        key = (*bundle.pool_key, module)
         label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"
         template_of: list[WarmProcess] = []
         try:
@@ -276,6 +301,9 @@ class IsolatedWarmExecEnv(ExecEnv):
                                        start_timeout=self.pool.start_timeout,
                                        sampler=self.pool.sampler, label=label,
                                        picked=template_of.append)
+        except TemplateTainted as exc:
+            self._fall_back(key, FallbackReason.import_side_effects, str(exc))
+            return self._run_exec(call, bundle, started)
         finally:  # our venv lease: the template (and what it forks) holds its own copy
             _close_all([venv.lease] if venv.lease is not None else [])
         self._stats.incr("spawns")
@@ -283,13 +311,30 @@ class IsolatedWarmExecEnv(ExecEnv):
             self.pool.track_unpooled(proc)
             with self._lock:
                 self._env_of[proc] = self._env_of.get(template_of[-1], "")
-            outputs = self._send(proc, call, bundle)
+            try:
+                outputs = self._send(proc, call, bundle)
+            except ModelOpsError:
+                if not proc.doubt:
+                    raise
             pid, count = proc.pid, proc.task_count
             env_digest = self._env_of.get(proc, "")
         finally:
             self.pool.drop_unpooled(proc, RemovalReason.reuse)
             template_of[-1].learn(proc.imported)  # what it imported: the next forks have it
+        if proc.doubt:  # this task again, as every later one of the bundle: by exec
+            self._fall_back(key, FallbackReason.state_changed, str(proc.doubt))
+            return self._run_exec(call, bundle, started)
         return self._result(outputs, pid, count, venv.cache_hit, started, env_digest)
+
+    def _fall_back(self, key: tuple, reason: FallbackReason, why: str) -> None:
+        """From now on exec the processes of ``key``'s bundle (said once, counted once)."""
+        with self._lock:
+            if key in self._fallbacks:
+                return
+            self._fallbacks[key] = reason
+        self._stats.fell_back(reason)
+        log.warning("bundle %s, module %s: fresh processes are started by exec from now on, "
+                    "not forked from a template (%s): %s", key[0], key[2], reason.value, why)
 
     def _send(self, proc: WarmProcess, call: Call, bundle: _Bundle) -> Any:
         label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"
@@ -302,6 +347,7 @@ class IsolatedWarmExecEnv(ExecEnv):
             proc.lost = lost.reason
             raise lost.error from None
         proc.imported = reply.pop("imported", None)  # a forked task process's imports
+        proc.doubt = reply.pop("doubt", "")  # ... and why it may differ from a new one
         return self._outputs(proc, reply, call, bundle, label, mark)
 
     def _outputs(self, proc: WarmProcess, reply: dict, call: Call, bundle: _Bundle,

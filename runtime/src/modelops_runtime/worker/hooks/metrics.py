@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ... import __version__
 from ...errors import ConfigError
-from ..counters import RemovalReason, WarmStats
+from ..counters import FallbackReason, RemovalReason, WarmStats
 
 log = logging.getLogger("modelops_runtime.metrics")
 
@@ -61,6 +61,9 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "venv_build_seconds": ("venv_build_seconds", "Seconds spent building venvs"),
     "venvs_collected": ("venvs_collected", "Venvs removed by cache garbage collection"),
     "bundles_collected": ("bundles_collected", "Bundles removed by cache garbage collection"),
+    "template_excluded_imports": ("template_excluded_imports",
+                                  "Modules a template left for each task process to import "
+                                  "itself (their import does what a fork would not reproduce)"),
 }
 
 
@@ -136,6 +139,10 @@ def metric_families(processes: Iterable[WorkerFigures]) -> Iterator[Metric]:
     removals = CounterMetricFamily(f"{PREFIX}_process_removals",
                                    "Warm processes evicted or retired, by reason",
                                    labels=[*base, "reason"])
+    fallbacks = CounterMetricFamily(f"{PREFIX}_template_fallbacks",
+                                    "Bundles whose fresh processes are exec'd instead of "
+                                    "forked from a template, by reason",
+                                    labels=[*base, "reason"])
     warm = GaugeMetricFamily(f"{PREFIX}_warm_processes", "Warm processes alive now",
                              labels=[*base, "state"])
     rss = GaugeMetricFamily(f"{PREFIX}_warm_rss_bytes",
@@ -152,13 +159,17 @@ def metric_families(processes: Iterable[WorkerFigures]) -> Iterator[Metric]:
             for reason in RemovalReason:
                 removals.add_metric([*labels, reason.value],
                                     getattr(stats.removals, reason.value))
+        if fig.has("template_fallbacks"):
+            for why in FallbackReason:
+                fallbacks.add_metric([*labels, why.value],
+                                     getattr(stats.template_fallbacks, why.value))
         if fig.has("size"):
             busy = stats.busy if fig.has("busy") else 0
             warm.add_metric([*labels, "busy"], busy)
             warm.add_metric([*labels, "idle"], max(0, stats.size - busy))
         if fig.has("rss_bytes"):
             rss.add_metric(labels, stats.rss_bytes)
-    for family in (info, *counters.values(), removals, warm, rss):
+    for family in (info, *counters.values(), removals, fallbacks, warm, rss):
         if family.samples:  # a series nobody reports is absent, not zero
             yield family
 

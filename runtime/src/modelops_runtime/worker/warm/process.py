@@ -87,6 +87,7 @@ class WarmProcess:
         self.imported: object = None  # forked from a template: what its task imported
         self.guarded: Guarded | None = None  # the signal guard answering for it (guard.py)
         self.max_processes: int | None = None  # descendants alive at once (the guard's)
+        self.doubt: object = ""  # ... and why it may have observed more than a new process
         self._req = request_fd
         self._resp = response_fd
         self._lifeline = lifeline_fd

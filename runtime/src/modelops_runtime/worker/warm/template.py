@@ -1,22 +1,26 @@
 """Fresh processes from a template (MAX_PROCESS_REUSE=1, FRESH_PROCESS_FROM=template).
 
 A template is a warm process (the runner started with ``--template MODULE``) that has
-started the interpreter, imported one entrypoint module of a bundle and its dependencies,
-and runs nothing else. For each task the worker hands it the four pipe ends of a new task
-process over a socket; it forks one (a double fork: the task process is adopted by the
-worker, a child subreaper, so the worker waits for it, signals its process group and reads
-its exit status as for any process it spawned). The task process runs exactly one task,
-starting from the state a fresh process has after those imports.
+started the interpreter and imports none of the bundle's modules: only what its task
+processes imported from outside the bundle and the runner's prewarm.py found clean (its
+import does nothing a fork would not reproduce). For each task the worker hands it the
+four pipe ends of a new task process over a socket; it forks one (a double fork: the task
+process is adopted by the worker, a child subreaper, so the worker waits for it, signals
+its process group and reads its exit status as for any process it spawned). The task
+process runs exactly one task, importing the bundle itself as a new interpreter would.
 
 :class:`TemplateProcess` is the handle of a template; :class:`Templates` keeps one per
 (bundle, venv, module), replaces one that died, whose venv was rebuilt or that is past the
 TTL, and registers each in the pool, whose reaper stops it and whose shutdown reaches it.
+A template whose own state moved while importing raises :class:`TemplateTainted`: the
+executor then execs that bundle's processes instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import marshal
 import os
 import select
@@ -42,6 +46,8 @@ from .process import PIPE_SIZE, WarmProcess
 from .venvs.store import FINGERPRINT, Venv
 
 
+log = logging.getLogger("modelops_runtime.pool")
+
 ORDER_IMPORTS = 500  # ... at most this many with one order (one order is read in 64 KiB)
 
 
@@ -56,6 +62,11 @@ def venv_identity(venv: Venv) -> tuple:
 
 class TemplateLost(Exception):
     """The template ended (or broke its protocol) while asked for a fork."""
+
+
+class TemplateTainted(Exception):
+    """The template's own state moved while it imported learned modules (a thread started,
+    a file opened...): no task process is forked from it; it has ended."""
 
 
 class _Adopted:
@@ -94,11 +105,14 @@ class TemplateProcess(WarmProcess):
         self._fork_lock = threading.Lock()  # one order on the socket at a time
         self._learned: set[str] = set()  # module names told to the template so far
         self._to_import: list[str] = []  # ... of which not yet sent with an order
+        self.excluded: dict[str, str] = {}  # learned names each task process imports itself
+        self.on_excluded: Callable[[dict[str, str]], None] = lambda names: None
 
     def learn(self, imported: object) -> None:
-        """Module names a task process imported while running: the template imports them
-        before its next fork (template.py ``_import_learned``), so later task processes start
-        with them. Bounded; anything but a list of names is ignored (it came from a task)."""
+        """Module names a task process imported from outside the bundle while running: the
+        template imports those its probes find clean before its next fork (runner
+        prewarm.py), so later task processes start with them. Bounded; anything but a list
+        of names is ignored (it came from a task)."""
         if not isinstance(imported, list):
             return
         with self._fork_lock:
@@ -147,7 +161,14 @@ class TemplateProcess(WarmProcess):
             if isinstance(exc, Lost):
                 raise TemplateLost(f"template {self.pid}: {exc}") from None
             raise
+        excluded = reply.get("excluded")
+        if isinstance(excluded, dict) and excluded:
+            self._exclude(excluded)
         pid = reply.get("pid") if reply.get("op") == "forked" else 0
+        if not pid and reply.get("tainted"):
+            _close([req_w, resp_r, life_w, log_r])
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise TemplateTainted(str(reply["tainted"]))
         if not pid:
             _close([req_w, resp_r, life_w, log_r])
             shutil.rmtree(scratch, ignore_errors=True)
@@ -180,6 +201,16 @@ class TemplateProcess(WarmProcess):
             raise ProcessCrashed(f"forked process {pid} sent {hello!r} instead of hello",
                                  exit_code=None, signal_name=None, log_tail="")
         return child
+
+    def _exclude(self, excluded: dict) -> None:
+        new = {str(k): str(v) for k, v in list(excluded.items())[:LEARNED_MAX]
+               if k not in self.excluded}
+        self.excluded.update(new)
+        for name, why in new.items():
+            log.info("the template of %s does not import %s for its task processes (each "
+                     "imports it itself, as a new interpreter does): %s", self.module, name,
+                     why)
+        self.on_excluded(new)
 
     def _order(self, order: bytes, fds: list[int]) -> None:
         if self._req < 0 or self.exited():
@@ -227,6 +258,9 @@ class Templates:
                 picked(template)
                 return template.fork(start_timeout=start_timeout, sampler=sampler,
                                      label=label)
+            except TemplateTainted:
+                self._retire(key, template, RemovalReason.reuse)
+                raise
             except TemplateLost as exc:
                 self._retire(key, template, RemovalReason.crash)
                 if attempt == 2:
@@ -283,4 +317,5 @@ class Templates:
             self._drop(template, RemovalReason.shutdown)
 
 
-__all__ = ["TemplateProcess", "Templates", "TemplateLost", "venv_identity"]
+__all__ = ["TemplateProcess", "Templates", "TemplateLost", "TemplateTainted",
+           "venv_identity"]

@@ -2,7 +2,7 @@
 
 - covers: options, the request loop, running entrypoints, error replies; stdlib only (the
   venv holds the bundle's dependencies, never modelops_runtime).
-- does not: import its siblings (frames, confine, template): ``_load`` runs each into a
+- does not: import its siblings (frames, confine, template, prewarm): ``_load`` runs each into a
   module object of its own, so bundle modules of the same names stay the bundle's.
 - see also: docs/design.md "The runner program" (requests, replies, how it ends, start cost).
 """
@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, bundle_dir)
     forked = None  # in a task process forked from a template: template.py
     if template != frames.NO_TEMPLATE:  # returns only in a forked task process, with its pipes
-        forked = _load("template", frames=frames, confine=confine)
+        forked = _load("template", frames=frames, confine=confine,
+                       prewarm=_load("prewarm", frames=frames))
         forked.unguarded = unguarded  # the template's; a task process sets its own
         request_fd, response_fd = forked.serve_forks(
             request_fd, response_fd, lifeline_fd, parent_pid, template,
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 reply = _run(request, cache, bundle_dir)
             if forked is not None and "op" not in reply:
                 reply["imported"] = forked.imported_since_fork(bundle_dir)
+                reply["doubt"] = forked.doubt()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

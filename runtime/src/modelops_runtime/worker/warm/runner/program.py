@@ -1,5 +1,5 @@
 """The runner program a warm process starts: runner.py and its sibling files (frames.py,
-confine.py, template.py), compiled once per venv into one directory."""
+confine.py, template.py, prewarm.py), compiled once per venv into one directory."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ..venvs.store import FINGERPRINT, Venv
 log = logging.getLogger("modelops_runtime.pool")
 
 SOURCE = Path(__file__).parent  # the program's source files: the runner loads its siblings
-FILES = ("main", "frames", "confine", "template")  # from its own directory
+FILES = ("main", "frames", "confine", "template", "prewarm")  # from its own directory
 RUNNER = SOURCE / "main.py"
 
 

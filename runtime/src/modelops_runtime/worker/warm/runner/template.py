@@ -1,15 +1,18 @@
 """The template's half of the runner program (MAX_PROCESS_REUSE=1 with
 FRESH_PROCESS_FROM=template); runner.py loads it only in a template. Stdlib only.
 
-A template has imported one entrypoint module of the bundle (and so its dependencies) and
-runs nothing else; for each task the worker sends it, over a socket, the four pipe ends of
-a new task process, and it forks one. The fork is doubled: the middle process exits at
-once, so the task process is adopted by the worker (a child subreaper, see orphans.py),
-which then waits for it, signals its group and reads its exit status like any process it
-spawned. The task process makes itself a session leader, moves onto its own pipes,
-scratch directory and mark, arms PR_SET_PDEATHSIG against the worker and starts its own
-lifeline thread, then runs the runner's ordinary loop. What fork does not renew is in the
-README ("fresh-process from a template").
+A template imports none of the bundle's modules: each task process imports them itself,
+so their import-time code runs once per task, as in a new interpreter. It imports only
+what task processes imported from outside the bundle and prewarm.py found clean (no
+thread, file, handler, RNG or module global a fork would not reproduce). For each task the
+worker sends it, over a socket, the four pipe ends of a new task process, and it forks
+one. The fork is doubled: the middle process exits at once, so the task process is adopted
+by the worker (a child subreaper, see orphans.py), which then waits for it, signals its
+group and reads its exit status like any process it spawned. The task process makes
+itself a session leader, moves onto its own pipes, scratch directory and mark, reseeds
+numpy's legacy RNG (Python's `random` reseeds itself at fork), arms PR_SET_PDEATHSIG
+against the worker and starts its own lifeline thread, then runs the runner's ordinary
+loop. What fork does not renew is in the README ("fresh-process from a template").
 """
 
 import marshal
@@ -18,7 +21,7 @@ import sys
 
 # The runner's siblings this module uses: a program started with -I cannot import them,
 # so runner.py's loader sets these once this file has run (see runner.py ``_load``).
-frames = confine = None
+frames = confine = prewarm = None
 
 REPARENT_WAIT = 5.0  # s a forked task process waits to be adopted by the worker
 
@@ -28,26 +31,24 @@ REPARENT_WAIT = 5.0  # s a forked task process waits to be adopted by the worker
 unguarded = ""
 
 _modules_at_fork: frozenset = frozenset()  # what the template had imported
-_import_failed: set = set()  # learned names the template could not import (not retried)
+_at_fork: tuple = ()  # _import_context() when the task process started
 
 
 def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: int,
                 module: str, roots: tuple | None) -> tuple[int, int]:
-    """The template's loop: import ``module`` once, then fork a task process per order.
-    Returns only in a task process (its request and response fds); the template itself
-    exits when the worker closes the socket. ``roots``: (writable, readable) beside its
-    scratch directory, for each task process's own sandbox (None: not sandboxed)."""
+    """The template's loop: fork a task process per order (after importing, checked, what
+    task processes learned). Returns only in a task process (its request and response
+    fds); the template itself exits when the worker closes the socket, or after telling
+    the worker that its own state moved while importing (``tainted``). ``roots``:
+    (writable, readable) beside its scratch directory, for each task process's own
+    sandbox (None: not sandboxed)."""
     import _socket  # the C half of `socket` (which would add enum, selectors... to every
     # task process); SCM_RIGHTS parsed by hand
-    preload = ""
-    try:
-        __import__(module)
-    except BaseException as exc:  # noqa: BLE001 - the task process imports it again and
-        preload = _describe(exc)  # reports the error typed
     frames.write_frame(response_fd, {"op": "hello", "pid": os.getpid(), "template": module,
-                                     "preload_error": preload, "signals": unguarded})
+                                     "signals": unguarded})
     sock = _socket.socket(fileno=sock_fd)
     space = _socket.CMSG_SPACE(4 * 4)
+    baseline = _own_state(())
     while True:
         try:
             order, ancillary, _flags, _addr = sock.recvmsg(1 << 16, space)
@@ -61,8 +62,16 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
         if not order:  # the worker closed the socket: retire
             os._exit(0)
         order = marshal.loads(order)
-        _import_learned(order.get("imports", ()))
-        child = _fork_task_process(order, fds, response_fd, worker_pid, roots)
+        excluded = {}
+        if order.get("imports"):
+            prewarm.learn(order["imports"])
+            excluded = prewarm.prewarm()
+            moved = _moved(baseline, _own_state(fds))
+            if moved:  # what the probes did not see happened here: never fork from it
+                frames.write_frame(response_fd, {"op": "forked", "pid": 0,
+                                                 "tainted": moved, "excluded": excluded})
+                os._exit(0)
+        child = _fork_task_process(order, fds, response_fd, worker_pid, roots, excluded)
         if child is not None:  # in the task process: leave the template's loop
             sock.close()
             for fd in (response_fd, lifeline_fd):
@@ -70,21 +79,42 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
             return child
 
 
-def _describe(exc: BaseException) -> str:
+def _own_state(order_fds) -> dict:
+    """What the template's imports must leave as it was (checked after each import)."""
+    import atexit
+
+    fds = prewarm.open_fds() - {str(fd) for fd in order_fds}
+    return {"threads started": len(os.listdir("/proc/self/task")),
+            "files or sockets opened": sorted(fds),
+            "atexit handlers registered": atexit._ncallbacks()}
+
+
+def _moved(before: dict, after: dict) -> str:
+    for what, value in before.items():
+        if after[what] != value:
+            extra = ""
+            if isinstance(value, list):
+                new = sorted(set(after[what]) - set(value))
+                extra = f": {', '.join(_describe_fd(fd) for fd in new[:3])}"
+            return f"the template's own imports left it with {what}{extra}"
+    return ""
+
+
+def _describe_fd(fd: str) -> str:
     try:
-        return f"{type(exc).__name__}: {exc}"
-    except BaseException:  # noqa: BLE001 - user code: its __str__ raised
-        return f"{type(exc).__name__}: <str() raised>"
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return fd
 
 
 def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int,
-                       roots: tuple | None):
+                       roots: tuple | None, excluded: dict):
     """Fork one task process (in the template: None after replying with its pid; in the
     task process: its (request fd, response fd))."""
     if len(fds) != 4:
         for fd in fds:
             os.close(fd)
-        frames.write_frame(response_fd, {"op": "forked", "pid": 0,
+        frames.write_frame(response_fd, {"op": "forked", "pid": 0, "excluded": excluded,
                                          "error": f"got {len(fds)} file descriptors, not 4"})
         return None
     report_r, report_w = os.pipe()
@@ -115,7 +145,8 @@ def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int
         pid = int.from_bytes(got, "big") if got else 0
         error = "" if pid else "the second fork failed"
     os.close(report_r)
-    frames.write_frame(response_fd, {"op": "forked", "pid": pid, "error": error})
+    frames.write_frame(response_fd, {"op": "forked", "pid": pid, "error": error,
+                                     "excluded": excluded})
     return None
 
 
@@ -140,9 +171,12 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
         unconfined = confine.sandbox((scratch, *writable), readable)
         if unconfined:
             sys.stderr.write(f"modelops runner: no own filesystem sandbox: {unconfined}\n")
-    global _modules_at_fork
+    if "--template" in sys.argv[:-1]:  # as a task process's own interpreter has it
+        sys.argv[sys.argv.index("--template") + 1] = frames.NO_TEMPLATE
+    global _modules_at_fork, _at_fork
     _modules_at_fork = frozenset(sys.modules)
     _reseed_numpy_legacy_rng()
+    _at_fork = _import_context()
     _adopted(middle)
     confine.become_subreaper()  # daemons its task starts stay in its tree
     confine.set_parent_death_signal(worker_pid)
@@ -151,31 +185,45 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
 
 
 def imported_since_fork(bundle_dir: str) -> list:
-    """Modules this task process imported while running (e.g. ``numpy.random``, which
-    numpy imports on first use), for the template to import before its next forks: so a
-    later task process starts with them, as it starts with the entrypoint's own imports.
-    The bundle's own modules are left out: the model may import those lazily on purpose."""
+    """Modules this task process imported from outside the bundle while running, in the
+    order it imported them (e.g. ``numpy``, ``numpy.random``), for the template to import
+    (once prewarm.py found them clean) before its next forks. The bundle's own modules are
+    never the template's: each task process imports them itself."""
     prefix = os.path.join(bundle_dir, "")
     names = []
     for name, module in list(sys.modules.items()):
         if name in _modules_at_fork or module is None:
             continue
         where = getattr(module, "__file__", None) or ""
-        if not where.startswith(prefix):
+        if not where.startswith(prefix) and name not in prewarm.excluded:
             names.append(name)
-    return sorted(names)[:frames.LEARNED_MAX]
+    return names[:frames.LEARNED_MAX]
 
 
-def _import_learned(names) -> None:
-    """In the template: import what task processes imported while running (errors are
-    not the template's: a task process that needs the module imports it and reports)."""
-    for name in names:
-        if name in sys.modules or name in _import_failed:
-            continue
-        try:
-            __import__(name)
-        except BaseException:  # noqa: BLE001 - e.g. an alias some module put in sys.modules
-            _import_failed.add(name)
+def _import_context() -> tuple:
+    """What an import may read that bundle code can change first: the environment, the
+    working directory, sys.path and the import hooks."""
+    return (dict(os.environ), os.getcwd(), list(sys.path),
+            [id(h) for h in (*sys.meta_path, *sys.path_hooks)])
+
+
+def doubt() -> str:
+    """Why this task may have observed something a new interpreter would not ('' if
+    nothing): its code changed what an import reads (the environment, cwd, sys.path or the
+    import hooks) while modules the template imported were in place: in a new interpreter
+    those imports would have run after the change and may have read it."""
+    if not prewarm.prewarmed:
+        return ""
+    try:
+        now = _import_context()
+    except Exception as exc:  # noqa: BLE001 - e.g. a cwd that was removed
+        return f"its state cannot be read ({type(exc).__name__})"
+    for what, before, after in zip(("the environment", "the working directory", "sys.path",
+                                    "the import hooks"), _at_fork, now):
+        if before != after:
+            return (f"bundle code changed {what} while modules the template had imported "
+                    f"({', '.join(prewarm.prewarmed[:3])}...) were in place")
+    return ""
 
 
 def _reseed_numpy_legacy_rng() -> None:

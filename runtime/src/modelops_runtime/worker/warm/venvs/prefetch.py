@@ -92,6 +92,21 @@ class FreshVenvs:
         except CancelledError:  # close() cancelled it before it started
             raise stopped(requirements) from None
 
+    def pristine(self, requirements: Sequence[str]) -> Venv:
+        """The set's pristine venv itself (task processes forked from a template run in
+        it): built once per worker process, its uv killed by :meth:`stop`."""
+        abort = UvAbort()
+        with self._lock:
+            if self._closed:
+                raise stopped(requirements)
+            self._building.add(abort)
+        try:
+            return self.venvs.pristine(requirements, abort=abort)
+        finally:
+            with self._lock:
+                self._building.discard(abort)
+                self._lock.notify_all()
+
     def _build(self, key: tuple[str, ...], abort: UvAbort) -> Venv:
         with self._lock:
             if self._closed:

@@ -248,6 +248,19 @@ class VenvCache:
             self._aborts.current = None
         return Venv(path, key, cache_hit=False, fresh=True)
 
+    def pristine(self, requirements: Sequence[str], abort: UvAbort | None = None) -> Venv:
+        """This worker process's own uv build of the set (FORCE_FRESH_VENV from a template):
+        never taken from the cache, never run in by a task before this worker process
+        started; task processes cannot write into it (read-only files, Landlock), so each
+        observes it as just built. Removed by ``pristines.close()``."""
+        key = venv_key(requirements)
+        self._aborts.current = abort
+        try:
+            return Venv(self.pristines.get(key, requirements), key, cache_hit=False,
+                        fresh=True)
+        finally:
+            self._aborts.current = None
+
     def remove(self, venv: Venv) -> None:
         remove_tree(venv.path)
 
