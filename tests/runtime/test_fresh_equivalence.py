@@ -262,3 +262,40 @@ def test_every_bundle_observes_from_a_template_what_it_observes_from_exec(tmp_pa
     assert stats["template_fallbacks"]["state_changed"] == 1, stats["template_fallbacks"]
     assert stats["template_fallbacks"]["import_side_effects"] == 0
     assert stats["template_excluded_imports"] >= 3  # threadlib, seedlib, timelib (pidlib)
+
+
+SNEAKY = '''
+import os, threading
+# starts a thread only where the parent is the worker (this test): in a template and in a
+# task process, never in the template's probes (whose parent is the template, a runner)
+with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+    if b"modelops-runner-" not in f.read():
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+'''
+
+
+def test_a_template_whose_own_imports_move_its_state_is_left_for_exec(tmp_path, warm,
+                                                                       monkeypatch, caplog):
+    """What the probes cannot see (an import that behaves otherwise in the template) is
+    checked in the template itself: it forks nothing, the task and every later one of the
+    bundle are exec'd, said once in the log and counted."""
+    links = tmp_path / "links"
+    build_wheel(links, "sneaky", "1.0", {"sneaky": SNEAKY})
+    for key, value in offline_uv_env(links).items():
+        monkeypatch.setenv(key, value)
+    ref = make_bundle(tmp_path / "src", tmp_path / "repo", {"m.py": '''
+import threading
+
+def run(params, seed):
+    import sneaky
+    return {"threads": threading.active_count()}
+''', "requirements.txt": "sneaky\n"}, name="sneaky")
+    ex = warm(max_process_reuse=1)
+    outs = [ex.run(Call(bundle=ref, entrypoint="m:run", args=({}, s))).outputs
+            for s in range(4)]
+    assert outs == [{"threads": 2}] * 4  # the thread of its own import, in every task
+    stats = ex.stats()
+    assert stats["template_fallbacks"]["import_side_effects"] == 1
+    said = [r.getMessage() for r in caplog.records if "not forked from a template" in
+            r.getMessage()]
+    assert len(said) == 1 and "threads started" in said[0], said

@@ -114,9 +114,10 @@ class RuntimeConfig(BaseSettings):
         "venv cache plus one more venv would exceed MODELOPS_VENVS_MAX_BYTES; 0: clone each "
         "when its task starts)")
     fresh_process_from: FreshProcessFrom = Field(
-        FreshProcessFrom.template, description="with max_process_reuse=1: `template` forks "
-        "each task's process from a per-(bundle, venv) template that has imported the "
-        "entrypoint module; `exec` starts a new interpreter per task")
+        FreshProcessFrom.template, description="with max_process_reuse=1 or "
+        "force_fresh_venv: `template` forks each task's process from a per-(bundle, venv, "
+        "module) template that imports no bundle module (falling back to exec by itself "
+        "where it cannot be equal); `exec` starts a new interpreter per task")
     process_ttl: float = Field(
         3600, gt=0, description="seconds a warm process lives before retirement")
     max_task_processes: int = Field(

@@ -247,15 +247,28 @@ def _globals(names: list) -> dict:
         except Exception:  # noqa: BLE001 - odd keys or a module without a dict
             continue
         for key, value in items:
-            if isinstance(value, _SKIP):
-                continue
-            try:
-                data = _pickle.dumps(value, protocol=5)
-            except BaseException:  # noqa: BLE001 - not picklable: its type only
-                data = type(value).__qualname__.encode()
-            h.update(key.encode() + b"\0" + data)
+            if not isinstance(value, _SKIP):
+                h.update(key.encode() + b"\0" + _canonical(value, _pickle.dumps))
         digests[name] = h.hexdigest()
     return digests
+
+
+def _canonical(value, dumps, depth: int = 0) -> bytes:
+    """``value`` as bytes, sets in a fixed order: the order of a set of objects hashed by
+    address (e.g. numpy's dtype classes) differs between any two processes, a fork or
+    not, and is no value read at import."""
+    kind = type(value)
+    if kind in (set, frozenset):
+        return b"{" + b",".join(sorted(_canonical(v, dumps, depth + 1) for v in value)) + b"}"
+    if depth < 4 and kind in (tuple, list):
+        return b"(" + b",".join(_canonical(v, dumps, depth + 1) for v in value) + b")"
+    if depth < 4 and kind is dict:
+        return b"[" + b",".join(_canonical(k, dumps, depth + 1) + b":" +
+                                _canonical(v, dumps, depth + 1) for k, v in value.items()) + b"]"
+    try:
+        return dumps(value, protocol=5)
+    except BaseException:  # noqa: BLE001 - not picklable: its type only
+        return kind.__qualname__.encode()
 
 
 def _libc_rand_touched() -> str:
@@ -269,4 +282,6 @@ def _libc_rand_touched() -> str:
         return ""
     first = libc.rand()
     libc.srand(1)
-    return "" if libc.rand() == first else "libc's rand() state touched"
+    touched = libc.rand() != first
+    libc.srand(1)  # the initial state again
+    return "libc's rand() state touched" if touched else ""
