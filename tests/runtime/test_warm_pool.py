@@ -18,7 +18,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
 
 from modelops_runtime.errors import (BundleError, EntrypointError, EnvironmentBuildError,
@@ -375,19 +374,13 @@ def test_health_check_replaces_dead_and_stopped_idle_processes(tmp_path, warm, p
     ex.pool.health_timeout = 1.0  # keep the stopped-process case short
     ref = _bundle(tmp_path)
     first = ex.run(_call(ref)).pid
-    killed = procs.track(first)
     os.kill(first, signal.SIGKILL)
-    # dead (a zombie until the pool reaps it), not merely signalled: a process killed
-    # while a task is on its way fails that task (ProcessCrashed), as it always could
-    wait_for(lambda: not procs.running([killed]), 10, "SIGKILL to take effect")
     second = ex.run(_call(ref))
     assert second.pid != first and second.outputs["count"] == 1
     assert ex.stats()["removals"]["crash"] == 1
 
     second_proc = procs.track(second.pid)
     second_proc.suspend()  # SIGSTOP: alive but not answering
-    # it answered a task just now: the checkout reads its state instead of pinging it
-    wait_for(lambda: second_proc.status() == psutil.STATUS_STOPPED, 10, "SIGSTOP to take effect")
     third = ex.run(_call(ref))
     assert third.pid != second.pid and third.outputs["count"] == 1
     assert ex.stats()["removals"]["unhealthy"] == 1

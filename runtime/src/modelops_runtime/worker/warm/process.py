@@ -36,7 +36,6 @@ from .venvs.store import Venv
 from .watch import TICK, Watch
 
 log = logging.getLogger("modelops_runtime.pool")
-HEALTH_FRESH = 1.0  # s: a process that answered a task this recently skips the health ping
 
 PIPE_SIZE = 1 << 20                # larger pipes: fewer wakeups for big payloads
 BASE_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME")
@@ -77,7 +76,6 @@ class WarmProcess:
         self.started = time.monotonic()
         self.expires_at = self.started + ttl
         self.last_used = self.started
-        self.answered: float | None = None  # when it last answered a task (health)
         self.task_count = 0
         self.lost: RemovalReason | None = None
         self.reply_types: frozenset[str] = frozenset()  # the bundle's declared ones
@@ -219,7 +217,6 @@ class WarmProcess:
             reply = self.exchange(request, timeout=timeout, mem_limit=mem_limit,
                                   label=label, mark=mark)
             self.end_descendants()
-            self.answered = time.monotonic()
             return reply, mark
         except Lost:
             raise
@@ -272,15 +269,9 @@ class WarmProcess:
 
     def health(self, timeout: float) -> RemovalReason | None:
         """Checkout health check of an idle process: None if it is alive and answers within
-        ``timeout``, else why it must be replaced (the pool then stops it). A process that
-        answered a task less than HEALTH_FRESH seconds ago and is runnable (not stopped,
-        traced or a zombie, read from /proc) is not pinged: in steady state that round trip
-        was a second one per task (issue #30)."""
+        ``timeout``, else why it must be replaced (the pool then stops it)."""
         if self.exited():
             return RemovalReason.crash
-        if (self.answered is not None and time.monotonic() - self.answered < HEALTH_FRESH
-                and _runnable(self.pid)):
-            return None
         try:
             reply = self.exchange({"op": "ping"}, timeout=timeout, label="a health check")
         except Lost as lost:
@@ -476,16 +467,3 @@ def psutil_procs(pids: Iterable[int]) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error):
             found.append(psutil.Process(pid))
     return found
-
-
-def _runnable(pid: int) -> bool:
-    """The process is running or sleeping (not stopped, traced, dead or a zombie), read
-    from ``/proc/<pid>/stat`` (the state follows the command name's closing parenthesis);
-    False when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
-    return state in (b"R", b"S", b"D")
