@@ -78,6 +78,13 @@ def escape(params, seed):
 def segfault(params, seed):
     import ctypes
     ctypes.string_at(0)
+
+def escape_then_segfault(params, seed):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                             start_new_session=True)
+    with open(params["pid_file"], "w") as fh:
+        fh.write(str(child.pid))
+    segfault(params, seed)
 '''
 
 COW = '''
@@ -189,39 +196,37 @@ def _escape(ref):
     return Call(bundle=ref, entrypoint="escapes:escape", args=({}, 0))
 
 
-def _running(procs, pid: int):
-    """The escaped descendant, tracked while it surely runs (it sleeps 600 s): one that
-    is already gone here would make the wait below pass without proving anything."""
-    child = procs.track(pid)
-    assert child is not None and procs.alive(child), f"the escaped descendant {pid} never ran"
-    return child
-
-
 def test_a_descendant_in_its_own_session_dies_with_a_crashed_process(tmp_path, warm, procs):
+    """It runs while its task crashes the process (a descendant a task leaves behind when
+    it returns ends with that task: test_task_tree.py)."""
     ex = warm()
     ref = _bundle(tmp_path, extra={"escapes.py": ESCAPES})
     before = _log_threads()
-    child = _running(procs, ex.run(_escape(ref)).outputs["child"])
+    pid_file = tmp_path / "escaped.pid"  # the fixture's writable path
     with pytest.raises(ProcessCrashed, match="SIGSEGV"):
-        ex.run(Call(bundle=ref, entrypoint="escapes:segfault", args=({}, 0)))
+        ex.run(Call(bundle=ref, entrypoint="escapes:escape_then_segfault",
+                    args=({"pid_file": str(pid_file)}, 0)))
+    child = procs.track(int(pid_file.read_text()))
     procs.wait_gone([child], 30)
     wait_for(lambda: _log_threads() <= before, 30, "the crashed process's log thread to end")
 
 
 def test_a_descendant_in_its_own_session_dies_with_a_retired_process(tmp_path, warm, procs):
+    """Since issue #24 it ends with the task that started it, before the process retires."""
     ex = warm(max_process_reuse=1, fresh_process_from="exec")
     ref = _bundle(tmp_path, extra={"escapes.py": ESCAPES})
-    child = _running(procs, ex.run(_escape(ref)).outputs["child"])
-    wait_for(lambda: ex.warm_pids() == [], 60, "the retired process to be reaped")
+    child = procs.track(ex.run(_escape(ref)).outputs["child"])
     procs.wait_gone([child], 30)
+    wait_for(lambda: ex.warm_pids() == [], 60, "the retired process to be reaped")
 
 
 def test_a_descendant_in_its_own_session_dies_at_shutdown(tmp_path, warm, procs):
+    """Since issue #24 it ends with the task that started it, before any shutdown."""
     ex = warm()
     ref = _bundle(tmp_path, extra={"escapes.py": ESCAPES})
-    child = _running(procs, ex.run(_escape(ref)).outputs["child"])
-    ex.shutdown()
+    child = procs.track(ex.run(_escape(ref)).outputs["child"])
     procs.wait_gone([child], 30)
+    ex.shutdown()
 
 
 # -- bug 6 ---------------------------------------------------------------------------------
