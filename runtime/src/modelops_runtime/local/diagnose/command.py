@@ -10,13 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+from ...config import ExecutorType, FreshProcessFrom
 from ...exitcodes import EXIT_FAILED
 from ...errors import LocalModeError, ModelOpsError
-from ..compare.runs import compare_outcomes
-from .steps import FRESH_PROCESS, Context, Step, StepRun, describe_mode, planned_steps, prepare, run_step
+from ..compare.runs import compare_outcomes, key_label
+from .steps import (FRESH_PROCESS, Context, Step, StepRun, again, describe_mode, direct_one_process,
+                    planned_steps, prepare, reference_sample, run_step)
 from .report import as_json, html_page, text
-from .verdict import (judge, needs_fresh_process_again, nondeterministic,
-                               state_explains)
+from .verdict import (Facts, fresh_process_unstable, judge, needs_direct_one_process,
+                      needs_fresh_process_again, state_explains, unexplained_self_difference)
 from ..cluster.stopping import sigterm_as_interrupt, stopped
 
 EXIT_CODES = """exit codes:
@@ -24,6 +26,8 @@ EXIT_CODES = """exit codes:
   1    diagnose could not run (bad input, every sim failed in your mode, a cluster failed)
   3    a layer was named (the verdict says which, with the evidence)
   130  Ctrl-C, 143 SIGTERM: the running step's cluster was stopped, no process is left"""
+
+COST_FACTOR = 5   # warn before a step estimated at this many times your mode's study time
 
 
 def _hint(sr: StepRun, first: StepRun | None) -> str:
@@ -35,21 +39,48 @@ def _hint(sr: StepRun, first: StepRun | None) -> str:
             if c.differs else f"; same as {first.step.name}")
 
 
+def uses_template(ctx: Context) -> bool:
+    """fresh-process steps fork task processes from a template (the runtime's default)."""
+    return ctx.config.fresh_process_from is FreshProcessFrom.template
+
+
+def user_forks(ctx: Context) -> bool:
+    c = ctx.config
+    return (c.executor_type is ExecutorType.isolated_warm and c.max_process_reuse == 1
+            and not c.force_fresh_venv and uses_template(ctx))
+
+
+def cost_warning(ctx: Context, sample: StepRun, mode: StepRun | None, sims: int) -> str:
+    """One line when ``sims`` tasks as slow as ``sample``'s are estimated at >= COST_FACTOR
+    times your mode's study time ("" otherwise, or without the figures)."""
+    if mode is None or not mode.ran or not sample.ran or not mode.total or not sample.total:
+        return ""
+    per_mode, per_sample = mode.study_s / mode.total, sample.study_s / sample.total
+    estimate = per_sample * sims
+    if per_mode <= 0 or per_sample < COST_FACTOR * per_mode:
+        return ""
+    return (f"diagnose: note: fresh-process is estimated at {estimate:.0f} s for {sims} runs "
+            f"({per_sample / per_mode:.0f}× your mode's time per run, from the first "
+            f"{sample.total} runs in a new process each); fewer seeds (--sims) make diagnose "
+            "quicker")
+
+
 def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[StepRun]:
     runs: list[StepRun] = []
+    facts = facts_of(ctx, skipped)
 
     def do(step: Step) -> StepRun:
         sr = run_step(ctx, step, len([r for r in runs if r.index]) + 1)
         runs.append(sr)
         if sr.ran:
-            ctx.say(f"diagnose: step {sr.index} {step.name}: {sr.total - sr.failures} ok, "
+            ctx.say(f"diagnose: step {sr.index} {sr.step.name}: {sr.total - sr.failures} ok, "
                     f"{sr.failures} failed in {sr.elapsed_s:.1f} s"
                     + _hint(sr, runs[0] if runs[0].ran else None))
         return sr
 
     def skip(step: Step, why: str) -> None:
         runs.append(StepRun(step=step, index=0, skipped=why))
-        ctx.say(f"diagnose: {step.name}: skipped: {why}")
+        ctx.say(f"diagnose: {step.name} is not run: {why}")
 
     first = do(steps[0])
     if first.ran and first.failures == first.total:
@@ -57,30 +88,113 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
             f"every one of the {first.total} sims failed in your mode, so there is nothing to "
             f"compare (first: {first.first_failure}); fix the model or the study first "
             f"(step logs: {ctx.out_dir})")
+    mode = first if first.step.name == "your-mode" else None
     stop = ""
     for step in steps[1:]:
-        if stop:
+        if stop and not step.name.startswith("one-process"):
             skip(step, stop)
             continue
-        if step.name == "fresh-venv" and state_explains(runs_by_name(runs)):
+        if step.name == "fresh-venv" and state_explains(by_name(runs)):
             skip(step, "fresh-process already explains the difference (a fresh venv is "
                        "also a fresh process)")
             continue
-        do(step)
-        if step.name in ("fresh-process", "your-mode-again"):
-            if step.name == "fresh-process" and needs_fresh_process_again(runs):
-                do(Step("fresh-process-again", "fresh-process again (is the model itself "
-                        "deterministic?)", FRESH_PROCESS))
-            if nondeterministic(runs) and (step.name == "fresh-process" or
-                                           "fresh-process" in skipped):
-                stop = "the model is not deterministic: no other layer can be judged"
+        if (step.name.startswith("native-threads=") and step.direct
+                and unexplained_self_difference(runs, False) == "your-mode"):
+            skip(step, "your mode differs from itself, so a difference with another thread "
+                       "count could not be told from it")
+            continue
+        if step.name == "fresh-process" and uses_template(ctx):
+            fresh_process_checked(ctx, step, runs, do, mode)
+        else:
+            do(step)
+        if step.name == "fresh-process" and needs_fresh_process_again(runs):
+            do(again(by_name(runs)["fresh-process"].step))
+        if step.name == "your-mode-again" and user_forks(ctx):
+            mode_checked(ctx, runs, do)
+        if step.name == "your-mode-again" or step.name == "fresh-process":
+            if fresh_process_unstable(runs):
+                stop = ("your model gives other results for the same seed in a fresh "
+                        "process per task: only one process, twice, can still tell "
+                        "concurrency from a model that ignores its seed")
+        if step.name == "direct" and needs_direct_one_process(runs, facts):
+            do(direct_one_process())
+        if step.name == "one-process" and unexplained_self_difference(
+                runs, bool(ctx.reference_note and user_forks(ctx))):
+            ran = by_name(runs).get("one-process")
+            if ran is not None:
+                do(again(ran.step))
     for name, why in skipped.items():
-        runs.append(StepRun(step=Step(name, "(your mode already)"), index=0, skipped=why))
+        runs.append(StepRun(step=Step(name, "(not run)"), index=0, skipped=why))
     return runs
 
 
-def runs_by_name(runs: list[StepRun]) -> dict[str, StepRun]:
+def fresh_process_checked(ctx: Context, step: Step, runs: list[StepRun], do, mode) -> None:
+    """fresh-process, its reference checked: the first seeds in a new interpreter each
+    (exec) against the template fork; on a difference, fresh-process again from exec (and
+    every later fresh-process step)."""
+    sample = do(reference_sample())
+    warning = cost_warning(ctx, sample, mode, sims_of(ctx, runs))
+    if warning:
+        ctx.say(warning)
+    fork = do(step)
+    if blame_template(ctx, fork, sample, "fresh-process forked from a template", do, step):
+        fork.step = Step("fresh-process-template", "fresh-process forked from a template "
+                         "(differs from a new interpreter)", fork.step.sets)
+
+
+def mode_checked(ctx: Context, runs: list[StepRun], do) -> None:
+    """Your mode forks task processes from a template: the first seeds in a new
+    interpreter each against it; on a difference, fresh-process from exec is the reference."""
+    mine = by_name(runs).get("your-mode")
+    sample = do(reference_sample())
+    if mine is not None:
+        blame_template(ctx, mine, sample, "your mode (forked from a template)", do,
+                       Step("fresh-process", "a new interpreter per task (the reference)",
+                            FRESH_PROCESS))
+
+
+def blame_template(ctx: Context, fork: StepRun, sample: StepRun, what: str, do,
+                   reference: Step) -> bool:
+    """True when ``fork`` differs from ``sample`` (the same seeds, a new interpreter each):
+    ``reference`` then runs from exec, and the template is named only if exec agrees with
+    itself on the sample's seeds (a model that differs from itself is not the template's)."""
+    if not (sample.ran and fork.ran):
+        return False
+    c = compare_outcomes(fork.view.outcomes, sample.view.outcomes)
+    if not c.differs:
+        return False
+    ctx.fresh_exec = True
+    ctx.say(f"diagnose: {len(c.differing)} of {len(c.common)} {c.words.counted} differ "
+            f"between {what} and a new interpreter per task: the reference runs from exec")
+    exec_run = do(reference)
+    if exec_run.ran:
+        itself = compare_outcomes(exec_run.view.outcomes, sample.view.outcomes)
+        if itself.differs:
+            ctx.say("diagnose: a new interpreter per task differs from itself too: the "
+                    "template is not what differs")
+            return True
+    ctx.reference_note = (f"{len(c.differing)} of {len(c.common)} {c.words.counted} differ "
+                          f"between {what} and a new interpreter per task ({c.words.labels} "
+                          f"{', '.join(map(key_label, c.differing[:8]))}), which agrees "
+                          "with itself")
+    ctx.say(f"diagnose: reference: exec, because {ctx.reference_note}")
+    return True
+
+
+def sims_of(ctx: Context, runs: list[StepRun]) -> int:
+    first = next((r for r in runs if r.ran and r.step.sims is None), None)
+    return ctx.sims or (first.total if first else 0)
+
+
+def by_name(runs: list[StepRun]) -> dict[str, StepRun]:
     return {r.step.name: r for r in runs if r.ran}
+
+
+def facts_of(ctx: Context, skipped: dict[str, str]) -> Facts:
+    return Facts(requirements=ctx.requirements,
+                 user_direct=ctx.config.executor_type is ExecutorType.direct,
+                 user_template=user_forks(ctx), reference_note=ctx.reference_note,
+                 skipped=skipped, replay=ctx.replay)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -99,7 +213,10 @@ def main(args: argparse.Namespace) -> int:
                       state_dir=args.state_dir, out_dir=args.out, release=args.release,
                       say=say, start_timeout=args.start_timeout,
                       results_store=args.results_store, retry_failed=args.retry_failed)
-        steps, skipped = planned_steps(ctx.config, ctx.launch)
+        steps, skipped = planned_steps(ctx.config, ctx.launch, ctx.direct_missing)
+        if ctx.direct_missing:
+            say(f"diagnose: your mode runs the model in the worker environment, but "
+                f"{ctx.direct_missing}; the steps run the bundle in its own venv instead")
         say(f"diagnose: study {ctx.study.name}, "
             f"{ctx.sims or 'the study' + chr(39) + 's'} seeds; your mode: "
             f"{describe_mode(ctx.config, ctx.launch)}")
@@ -107,7 +224,7 @@ def main(args: argparse.Namespace) -> int:
             + (f" (skipped: {', '.join(skipped)})" if skipped else "")
             + f"; results and logs in {ctx.out_dir}")
         runs = run_steps(ctx, steps, skipped)
-        verdict = judge(runs)
+        verdict = judge(runs, facts_of(ctx, skipped))
         elapsed = time.perf_counter() - t0
         if args.report:
             args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,11 @@ def text(verdict: Verdict, runs: Sequence[StepRun], elapsed: float) -> list[str]
         if f is not verdict.findings[0]:
             lines.append(f"also: {f.headline}")
         lines += [f"  evidence: {e}" for e in f.evidence]
-    lines += [f"  next: {n}" for n in verdict.next_steps]
+    if verdict.reference:
+        lines.append(f"  reference: {verdict.reference}")
+    if verdict.next_command:
+        lines += [f"  next: {verdict.next_why}:", f"    {verdict.next_command}"]
+    lines += [f"  also try: {n}" for n in verdict.next_steps]
     m = Matrix(runs)
     if m.steps:
         w = Words.of(m.keys)
@@ -95,18 +99,33 @@ def text(verdict: Verdict, runs: Sequence[StepRun], elapsed: float) -> list[str]
             lines.append(f"  ... {len(rows) - MAX_TEXT_ROWS} more {w.many} (--json or --report)")
     lines.append("")
     for r in runs:
-        status = (f"skipped: {r.skipped}" if r.skipped else
-                  f"{r.elapsed_s:.1f} s, {r.results}" if r.ran else "not run")
-        lines.append(f"step {r.index} {r.step.name} [{r.mode}]: {status}")
+        lines.append(step_line(r))
     lines.append(f"total {elapsed:.1f} s")
     return lines
+
+
+def step_line(r: StepRun) -> str:
+    """A step that ran: its number, mode, time and results; one that did not: a sentence."""
+    if r.ran:
+        return f"step {r.index} {r.step.name} [{r.mode}]: {r.elapsed_s:.1f} s, {r.results}"
+    why = r.skipped or "it was not needed"
+    return f"{r.step.name} was not run: {why.rstrip('.')}."
+
+
+def step_line(r: StepRun) -> str:
+    """A step that ran: its number, mode, time and results; one that did not: a sentence."""
+    if r.ran:
+        return f"step {r.index} {r.step.name} [{r.mode}]: {r.elapsed_s:.1f} s, {r.results}"
+    why = r.skipped or "it was not needed"
+    return f"{r.step.name} was not run: {why.rstrip('.')}."
 
 
 def as_json(verdict: Verdict, runs: Sequence[StepRun], elapsed: float) -> dict[str, Any]:
     return {
         "exit_code": verdict.exit_code, "summary": verdict.summary,
         "findings": [f.model_dump() for f in verdict.findings],
-        "next_steps": verdict.next_steps,
+        "reference": verdict.reference, "next_command": verdict.next_command,
+        "next_why": verdict.next_why, "next_steps": verdict.next_steps,
         "steps": [{"index": r.index, "name": r.step.name, "title": r.step.title,
                    "sets": list(r.step.sets), "mode": r.mode, "ran": r.ran,
                    "skipped": r.skipped or None, "elapsed_s": round(r.elapsed_s, 2),
@@ -165,6 +184,10 @@ def html_page(verdict: Verdict, runs: Sequence[StepRun], elapsed: float, title: 
         parts.append(f"<h3>{e(f.headline)}</h3><ul>")
         parts += [f"<li>{e(x)}</li>" for x in f.evidence]
         parts.append("</ul>")
+    if verdict.reference:
+        parts.append(f"<p>reference: {e(verdict.reference)}</p>")
+    if verdict.next_command:
+        parts.append(f"<p>next: {e(verdict.next_why)}:</p><pre>{e(verdict.next_command)}</pre>")
     if verdict.next_steps:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in verdict.next_steps) + "</ul>")
     m = Matrix(runs)
@@ -175,8 +198,8 @@ def html_page(verdict: Verdict, runs: Sequence[StepRun], elapsed: float, title: 
     parts.append("<h2>steps</h2><table><tr><th>#</th><th>step</th><th>what it removes</th>"
                  "<th>mode</th><th>status</th></tr>")
     for r in runs:
-        status = (f"skipped: {r.skipped}" if r.skipped else
-                  f"{r.elapsed_s:.1f} s" if r.ran else "not run")
+        status = (f"{r.elapsed_s:.1f} s" if r.ran else
+                  f"not run: {r.skipped or 'it was not needed'}")
         parts.append(f"<tr><td>{r.index}</td><td>{e(r.step.name)}</td><td>{e(r.step.title)}"
                      f"</td><td>{e(r.mode)}</td><td>{e(status)}</td></tr>")
     parts.append(f"</table><p>total {elapsed:.1f} s</p></body></html>")

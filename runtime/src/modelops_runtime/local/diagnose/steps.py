@@ -1,7 +1,8 @@
 """The steps of ``diagnose``: each a real local cluster with the user's values plus the
 ``--set`` that removes one layer.
 
-- covers: which steps a mode gets, running one step, describing a mode.
+- covers: which steps a mode gets, running one step, describing a mode, the bundle's
+  requirement names and whether the local worker environment has them (direct steps).
 - does not: judge (verdict.py) or print (report.py).
 - see also: docs/design.md "diagnose steps" (the steps in order and why each is there).
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -21,16 +23,19 @@ from ...errors import LocalModeError
 from ..cluster.launch import LaunchPlan, plan
 from ..cluster.render import DEFAULT_RELEASE, find_chart, render_cluster
 from ..results import RunView, results_document, view_of
-from ..study.run import Study, check_direct_dependencies, run_study
+from ..study.run import Study, direct_install_hint, missing_direct_dependencies, run_study
 from ..cluster.supervise import LocalCluster
 
 FRESH_PROCESS = ("worker.executor.maxProcessReuse=1", "worker.executor.forceFreshVenv=false")
 FRESH_VENV = ("worker.executor.forceFreshVenv=true",)
 DIRECT = ("worker.executor.type=direct",)
+WARM = ("worker.executor.type=isolated_warm",)
+EXEC = ("worker.executor.freshProcessFrom=exec",)
 ONE_PROCESS = ("worker.replicas=1", "worker.processes=1", "worker.threads=1")
 
 
 FRESH_VENV_SIMS = 8   # a venv's fault shows in every task that uses it: a sample decides
+REFERENCE_SAMPLE = 4  # seeds run in a new interpreter each to check the template fork
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class Step:
     title: str                      # what this step removes, in a few words
     sets: tuple[str, ...] = ()      # --set added to the user's values
     sims: int | None = None         # fewer seeds than the other steps (fresh-venv)
+    direct: bool = False            # runs executor=direct (needs the bundle's requirements
+                                    # in the worker environment)
 
 
 @dataclass
@@ -54,6 +61,7 @@ class StepRun:
     failures: int = 0
     total: int = 0                  # runs of the step: (set, seed) pairs
     first_failure: str = ""         # "seed N: Type: message" of the first failed sim
+    study_s: float = 0.0            # the study alone (no cluster start), seconds
 
     @property
     def ran(self) -> bool:
@@ -80,6 +88,25 @@ class Context:
     launch: LaunchPlan | None = None
     results_store: str | None = None        # each step's runs in <store>/<index>-<step>
     retry_failed: bool = False
+    requirements: list[str] = field(default_factory=list)  # the bundle's requirement names
+    direct_missing: str = ""      # why direct steps cannot run here ("" : they can)
+    fresh_exec: bool = False      # fresh-process steps start a new interpreter per task
+    reference_note: str = ""      # how the reference was chosen (said in the verdict)
+    study_path: Path | None = None
+
+    def replay(self, *extra: str, sims: int | None = None, command: str = "local") -> str:
+        """A command the user can paste: ``modelops-runtime <command>`` with their values,
+        their --set and ``extra`` --set, on their study."""
+        args = ["modelops-runtime", command]
+        for v in self.values:
+            args += ["-f", str(v)]
+        for s in (*self.sets, *extra):
+            args += ["--set", s]
+        args += ["--study", str(self.study_path)]
+        n = sims if sims is not None else self.sims
+        if n is not None:
+            args += ["--sims", str(n)]
+        return shlex.join(args)
 
 
 def prepare(study_path: Path, values: Sequence[Path], sets: Sequence[str], *,
@@ -111,11 +138,42 @@ def prepare(study_path: Path, values: Sequence[Path], sets: Sequence[str], *,
         with log_file.open("a") as fh:
             fh.write(line.rstrip("\n") + "\n")
 
-    return Context(study=study, values=list(values), sets=list(sets),
-                   sims=sims, chart=chart, state_dir=state, out_dir=out,
-                   release=release, start_timeout=start_timeout, say=say, log=log,
-                   config=launch.config, launch=launch, results_store=results_store,
-                   retry_failed=retry_failed)
+    ctx = Context(study=study, values=list(values), sets=list(sets),
+                  sims=sims, chart=chart, state_dir=state, out_dir=out,
+                  release=release, start_timeout=start_timeout, say=say, log=log,
+                  config=launch.config, launch=launch, study_path=Path(study_path),
+                  requirements=requirement_names(study),
+                  results_store=results_store, retry_failed=retry_failed)
+    if launch.config.executor_type is ExecutorType.direct:
+        ctx.direct_missing = direct_unavailable(study, launch)
+    return ctx
+
+
+def requirement_names(study: Study) -> list[str]:
+    """The canonical names of the bundle's own requirements."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    from ...bundles import read_dependencies
+
+    names = []
+    for line in read_dependencies(study.bundle):
+        try:
+            names.append(canonicalize_name(Requirement(line).name))
+        except InvalidRequirement:
+            continue
+    return names
+
+
+def direct_unavailable(study: Study, launch: LaunchPlan) -> str:
+    """Why executor=direct cannot run this bundle here, in one sentence with the command
+    that fixes it ("" when it can)."""
+    missing = missing_direct_dependencies(study, launch)
+    if not missing:
+        return ""
+    return (f"the local worker environment lacks the bundle's {', '.join(missing)} (on "
+            f"Kubernetes the worker image must hold them); to run the direct steps too, "
+            f"install them with `{direct_install_hint(study, missing)}`")
 
 
 def _run_id(name: str) -> str:
@@ -123,43 +181,70 @@ def _run_id(name: str) -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-diagnose-{name}-{os.getpid()}"
 
 
-def planned_steps(config: RuntimeConfig, launch: LaunchPlan) -> tuple[list[Step], dict[str, str]]:
-    """The steps for the user's mode, and the ones skipped because the mode already is
-    that step (name → why)."""
+def planned_steps(config: RuntimeConfig, launch: LaunchPlan,
+                  direct_missing: str = "") -> tuple[list[Step], dict[str, str]]:
+    """The steps for the user's mode, and the ones not run because the mode already is
+    that step or cannot run here (name → why, a clause). A direct mode whose worker
+    environment lacks the bundle's requirements gets the warm steps in its place."""
     warm = config.executor_type is ExecutorType.isolated_warm
     skipped: dict[str, str] = {}
-    fresh = FRESH_PROCESS if warm else ()
-    steps = [Step("your-mode", "your values as they are"),
-             Step("your-mode-again", "your values again (is the mode deterministic?)")]
+    # a direct mode's fresh-process step runs the bundle in its own venv (warm)
+    fresh = FRESH_PROCESS if warm else (*WARM, *FRESH_PROCESS)
+    steps: list[Step] = []
+    if warm or not direct_missing:
+        steps += [Step("your-mode", "your values as they are", direct=not warm),
+                  Step("your-mode-again", "your values again (is the mode deterministic?)",
+                       direct=not warm)]
+    else:
+        skipped["your-mode"] = direct_missing
     if warm and config.max_process_reuse == 1 and not config.force_fresh_venv:
         skipped["fresh-process"] = "your mode already starts a fresh process per task"
-    elif warm:
-        steps.append(Step("fresh-process", "a new warm process per task (no state carried "
-                          "between tasks), cached venv kept", FRESH_PROCESS))
     else:
-        skipped["fresh-process"] = "executor=direct has no warm processes"
+        steps.append(Step("fresh-process", "a new warm process per task (no state carried "
+                          "between tasks), cached venv kept"
+                          + ("" if warm else ", the bundle's own venv instead of the "
+                             "worker environment"), fresh))
     if warm and not config.force_fresh_venv:
         steps.append(Step("fresh-venv", f"a new venv and a new process per task (the first "
                           f"{FRESH_VENV_SIMS} seeds: a venv's fault shows in every task)",
                           FRESH_VENV, sims=FRESH_VENV_SIMS))
     else:
         skipped["fresh-venv"] = ("your mode already builds a fresh venv per task" if warm
-                                 else "executor=direct has no venvs")
+                                 else "your mode runs in the worker environment, not in a "
+                                 "cached venv")
     if warm:
         steps.append(Step("direct", "the worker's own environment instead of the bundle's "
-                          "venv; bundle modules re-imported per task", DIRECT))
-    else:
-        skipped["direct"] = "your mode is executor=direct"
+                          "venv; bundle modules re-imported per task", DIRECT, direct=True))
     other = 2 if config.native_threads == 1 else 1
+    in_direct = not warm and not direct_missing
     steps.append(Step(f"native-threads={other}", f"native libraries get {other} thread(s) "
                       f"instead of {config.native_threads}",
-                      (*fresh, f"worker.executor.nativeThreads={other}")))
+                      (*(() if in_direct else fresh), f"worker.executor.nativeThreads={other}"),
+                      direct=in_direct))
     if launch.expected_workers == 1 and launch.rendered.nthreads == 1:
         skipped["one-process"] = "your mode already runs one task at a time in one process"
     else:
         steps.append(Step("one-process", "one worker process, one task at a time",
-                          (*fresh, *ONE_PROCESS)))
+                          (*(() if in_direct else fresh), *ONE_PROCESS), direct=in_direct))
     return steps, skipped
+
+
+def again(step: Step) -> Step:
+    """The same step once more (is it deterministic?)."""
+    return replace(step, name=f"{step.name}-again", title=f"{step.name} again (is it "
+                   "deterministic?)", sims=step.sims)
+
+
+def direct_one_process() -> Step:
+    return Step("direct-one-process", "the worker's own environment in one worker process, "
+                "one task at a time (do direct's worker processes interfere?)",
+                (*DIRECT, *ONE_PROCESS), direct=True)
+
+
+def reference_sample() -> Step:
+    return Step("fresh-process-exec", f"a new interpreter per task on the first "
+                f"{REFERENCE_SAMPLE} seeds (checks the template fork fresh-process uses)",
+                (*FRESH_PROCESS, *EXEC), sims=REFERENCE_SAMPLE)
 
 
 def describe_mode(config: RuntimeConfig, launch: LaunchPlan) -> str:
@@ -176,6 +261,8 @@ def run_step(ctx: Context, step: Step, index: int) -> StepRun:
     """One step on its own local cluster (started, used, stopped: nothing outlives it).
     A step that cannot run in this environment (the direct step without the bundle's
     dependencies in the worker environment) is returned skipped, with the reason."""
+    if ctx.fresh_exec and FRESH_PROCESS[0] in step.sets and EXEC[0] not in step.sets:
+        step = replace(step, sets=(*step.sets, *EXEC))
     sr = StepRun(step=step, index=index)
     rendered = render_cluster(ctx.values, [*ctx.sets, *step.sets], chart=ctx.chart,
                               release=ctx.release)
@@ -183,11 +270,10 @@ def run_step(ctx: Context, step: Step, index: int) -> StepRun:
     sr.mode = describe_mode(launch.config, launch)
     sr.workers = f"{launch.expected_workers} processes, {launch.expected_threads} threads"
     ctx.say(f"diagnose: step {index} {step.name}: {step.title} [{sr.mode}] ...")
-    try:
-        check_direct_dependencies(ctx.study, launch)
-    except LocalModeError as exc:
-        sr.skipped = str(exc).split("; nothing was started")[0]
-        ctx.say(f"diagnose: step {index} {step.name}: skipped: {sr.skipped}")
+    why = direct_unavailable(ctx.study, launch) if step.direct else ""
+    if why:
+        sr.skipped = why
+        ctx.say(f"diagnose: step {index} {step.name} is not run: {why}")
         return sr
     started = time.perf_counter()
     with LocalCluster(launch, ctx.log, start_timeout=ctx.start_timeout) as cluster:
@@ -202,6 +288,7 @@ def run_step(ctx: Context, step: Step, index: int) -> StepRun:
         else:
             run = run_study(client, ctx.study, launch.bundle_repo, sims=sims, progress=False)
     sr.elapsed_s = time.perf_counter() - started
+    sr.study_s = run.elapsed_s
     sr.results = ctx.out_dir / f"{index}-{step.name}.json"
     sr.results.write_text(json.dumps(results_document(
         run, values=[str(v) for v in ctx.values], sets=[*ctx.sets, *step.sets],

@@ -2,40 +2,41 @@
 
 | which pairs differ (seed by seed)                                         | layer |
 |---|---|
-| fresh-process vs fresh-process-again (or your mode vs itself, unexplained) | nondeterministic model |
+| a mode vs itself, while one-process agrees with itself (and the reference) | concurrency between processes |
+| a mode vs itself, and one-process too (or one process is all there is)    | nondeterministic model |
 | your mode vs fresh-process, only seeds that ran after other tasks of their process; direct agrees with fresh-process | module state carried between tasks of a warm process |
-| the same, and direct differs too (again only seeds run after others)       | process state that survives re-importing the bundle |
+| the same, and direct differs too (or your mode is direct)                 | process state that survives re-importing the bundle |
+| fresh-process (template fork) vs a new interpreter, and your mode forks   | the template fork |
 | fresh-process vs fresh-venv                                               | cached venv (stale or modified) |
-| direct vs the warm reference, package sets differ                         | worker environment differs from the bundle's venv |
+| direct vs the reference, the bundle's own requirements in other versions  | worker environment differs from the bundle's venv |
+| direct vs the reference, same versions; direct in one process agrees      | concurrency between direct's worker processes |
 | fresh-process vs native-threads=N                                         | native threads |
 | fresh-process vs one-process                                              | concurrency between processes |
 | none                                                                      | not reproduced |
 
-The warm reference is fresh-process (or fresh-venv when the cached venv was found at
-fault): the step with the fewest layers left.
+The reference is fresh-process (in a new interpreter per task when the template fork was
+found to differ from it; fresh-venv when the cached venv was found at fault): the step with
+the fewest layers left. The sentences and the commands to paste are in advice.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
-from ...exitcodes import EXIT_DIFFERS, EXIT_OK
-from ..compare.runs import Comparison, Words, compare_outcomes, key_label, package_differences
+from ...exitcodes import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK
+from ..compare.runs import Comparison, compare_outcomes, key_label, package_differences
+from . import advice
 from .steps import StepRun
 
 
-NOT_THREADS = ("the runtime never runs two tasks in one Python process at once (direct "
-               "serialises a worker process's tasks, isolated_warm gives each Dask thread "
-               "its own warm process), so Dask's --nthreads cannot trigger a thread-unsafe "
-               "module-level object: only native threads can, and they were varied")
-
-
 class Finding(BaseModel):
-    layer: str                 # nondeterministic, module_state, process_state, warm_state,
-                               # cached_venv, worker_env, native_threads, concurrency
-    headline: str              # the plain-language verdict
+    layer: str                 # nondeterministic, concurrency, module_state, process_state,
+                               # warm_state, warm_process, template_fork, cached_venv,
+                               # worker_env, direct_process, native_threads
+    headline: str              # what the model does, one sentence a modeller understands
     evidence: list[str] = Field(default_factory=list)
     pair: tuple[str, str]      # the two steps whose difference names it
 
@@ -43,8 +44,23 @@ class Finding(BaseModel):
 class Verdict(BaseModel):
     findings: list[Finding]
     summary: str
+    reference: str = ""        # the step read as the reference, and why that way
+    next_command: str = ""     # the next step, a command to paste
+    next_why: str = ""         # what that command shows or does
     next_steps: list[str] = Field(default_factory=list)
     exit_code: int
+
+
+@dataclass
+class Facts:
+    """What the verdict knows beyond the runs: the user's mode and the commands to suggest."""
+
+    requirements: Sequence[str] = ()       # the bundle's own requirement names
+    user_direct: bool = False              # your mode is executor=direct
+    user_template: bool = False            # your mode forks task processes from a template
+    reference_note: str = ""               # "exec, because ..." when the check switched it
+    skipped: Mapping[str, str] = field(default_factory=dict)   # step → why not run
+    replay: advice.Replay = advice.placeholder
 
 
 def _runs(runs: Sequence[StepRun]) -> dict[str, StepRun]:
@@ -62,7 +78,7 @@ def _keys(keys: Sequence, shown: int = 12) -> str:
     return ", ".join(key_label(k) for k in keys[:shown]) + (" ..." if len(keys) > shown else "")
 
 
-def _differ_line(c: Comparison, before: str, now: str) -> str:
+def differ_line(c: Comparison, before: str, now: str) -> str:
     w = c.words
     return (f"{len(c.differing)} of {len(c.common)} {w.counted} differ between {before} and "
             f"{now}: {w.labels} {_keys(c.differing)}")
@@ -78,12 +94,12 @@ def _reuse_line(c: Comparison, now: str) -> str:
     return line
 
 
-def reference(runs: Mapping[str, StepRun]) -> str:
-    """The warm step with the fewest layers left that ran."""
-    for name in ("fresh-process", "your-mode"):
+def reference(runs: Mapping[str, StepRun]) -> str | None:
+    """The step with the fewest layers left that ran (None: no step ran)."""
+    for name in ("fresh-process", "one-process", "your-mode"):
         if name in runs:
             return name
-    raise LookupError("no reference step ran")
+    return next(iter(runs), None)
 
 
 def state_explains(runs: Mapping[str, StepRun]) -> bool:
@@ -102,78 +118,205 @@ def state_explains(runs: Mapping[str, StepRun]) -> bool:
     return found
 
 
+def unexplained_self_difference(runs: Sequence[StepRun], template: bool = False) -> str | None:
+    """The first step that differs from its own repetition where carried state does not
+    explain it (the search must then try one process, twice). ``template``: your mode forks
+    from a template found to differ from a new interpreter, which explains your mode."""
+    r = _runs(runs)
+    for name in ("fresh-process", "your-mode"):
+        c = pair(r, name, f"{name}-again")
+        if c is None or not c.differs:
+            continue
+        if name == "your-mode" and (state_explains(r) or c.explained_by_reuse() or template):
+            continue
+        return name
+    return None
+
+
 def needs_fresh_process_again(runs: Sequence[StepRun]) -> bool:
     """Your mode differs from itself, and process reuse does not explain it."""
     r = _runs(runs)
     c = pair(r, "your-mode", "your-mode-again")
-    return bool(c and c.differs and "fresh-process" in r and not state_explains(r))
+    return bool(c and c.differs and "fresh-process" in r and not state_explains(r)
+                and not c.explained_by_reuse())
 
 
-def nondeterministic(runs: Sequence[StepRun]) -> Finding | None:
+def fresh_process_unstable(runs: Sequence[StepRun]) -> bool:
+    c = pair(_runs(runs), "fresh-process", "fresh-process-again")
+    return bool(c and c.differs)
+
+
+def requirement_differences(a: StepRun, b: StepRun, names: Sequence[str]) -> list[str]:
+    """package_differences limited to the bundle's own requirements, versions that differ."""
+    wanted = {n.lower().replace("_", "-") for n in names}
+    return [line for line in package_differences(a.view, b.view, limit=50)
+            if not line.startswith(("only in ", "... "))
+            and line.split(" ", 1)[0].lower().replace("_", "-") in wanted]
+
+
+def direct_names(facts: Facts) -> tuple[str, str]:
+    """(the step that runs executor=direct in your processes, its one-process twin)."""
+    return ("your-mode", "one-process") if facts.user_direct else ("direct", "direct-one-process")
+
+
+def needs_direct_one_process(runs: Sequence[StepRun], facts: Facts) -> bool:
+    """The direct step differs from the reference with the same versions of the bundle's
+    requirements, and carried state does not explain it: one direct process decides."""
     r = _runs(runs)
-    for before, now in (("fresh-process", "fresh-process-again"),
-                        ("your-mode", "your-mode-again")):
-        c = pair(r, before, now)
-        if c is None or not c.differs:
-            continue
-        if before == "your-mode" and ("fresh-process" in r or state_explains(r) or
-                                      c.explained_by_reuse()):
-            continue   # explained (or to be decided) by fresh-process
-        return Finding(
-            layer="nondeterministic",
-            headline=("the model is not deterministic: the same mode, with a fresh process "
-                      "per task, gives other outputs for the same seeds. Something in the "
-                      "model ignores the seed (an unseeded RNG, time, os.urandom, dict/set "
-                      "order of objects, an external service)"),
-            evidence=[_differ_line(c, before, now),
-                      "no state can be carried between tasks there: every task ran as the "
-                      "first of its process" if before == "fresh-process" else
-                      "process reuse does not explain it"],
-            pair=(before, now))
-    return None
-
-
-def judge(all_runs: Sequence[StepRun]) -> Verdict:
-    r = _runs(all_runs)
-    findings: list[Finding] = []
-    nd = nondeterministic(all_runs)
-    if nd is not None:
-        findings.append(nd)
-        return _verdict(findings, all_runs)
     ref = reference(r)
-    warm_state = None
-    if state_explains(r):
+    c = pair(r, ref, "direct") if ref else None
+    if c is None or not c.differs or c.explained_by_reuse():
+        return False
+    return not requirement_differences(r[ref], r["direct"], facts.requirements)
+
+
+def _self_differences(r: Mapping[str, StepRun]) -> list[str]:
+    out = []
+    for name in ("your-mode", "fresh-process"):
+        c = pair(r, name, f"{name}-again")
+        if c is not None and c.differs:
+            out.append(f"{name} differs from itself: " + differ_line(c, name, f"{name}-again"))
+    return out
+
+
+def unstable(all_runs: Sequence[StepRun], facts: Facts) -> Finding | None:
+    """A mode differs from itself: concurrency when one process is stable, else the model."""
+    r = _runs(all_runs)
+    name = unexplained_self_difference(
+        all_runs, bool(facts.user_template and facts.reference_note))
+    if name is None:
+        return None
+    evidence = _self_differences(r)
+    one = pair(r, "one-process", "one-process-again")
+    ref = reference(r)
+    one_vs_ref = (pair(r, ref, "one-process")
+                  if ref not in (None, "one-process") else None)
+    if one is not None and not one.differs and not (one_vs_ref and one_vs_ref.differs):
+        evidence.append(f"one worker process, one task at a time, gives the same outputs "
+                        f"twice ({len(one.common)} {one.words.counted})"
+                        + (f" and agrees with {ref}" if one_vs_ref is not None else ""))
+        return Finding(layer="concurrency", headline=advice.CONCURRENCY, evidence=evidence,
+                       pair=(name, f"{name}-again"))
+    if one is not None:
+        evidence.append(("one worker process, one task at a time, differs from itself too: "
+                         + differ_line(one, "one-process", "one-process-again"))
+                        if one.differs else
+                        differ_line(one_vs_ref, ref, "one-process"))
+    elif "one-process" in facts.skipped:
+        evidence.append(f"one-process was not run: {facts.skipped['one-process']}")
+    else:
+        evidence.append("one worker process was not tried twice: concurrency is not ruled out")
+    if name == "fresh-process":
+        evidence.append("no state can be carried between tasks there: every task ran as the "
+                        "first of its process")
+    else:
+        evidence.append("process reuse does not explain it")
+    return Finding(layer="nondeterministic", headline=advice.NONDETERMINISTIC,
+                   evidence=evidence, pair=(name, f"{name}-again"))
+
+
+def _state(r: Mapping[str, StepRun], all_runs: Sequence[StepRun], facts: Facts,
+           ref: str) -> Finding | None:
+    if not state_explains(r):
+        return None
+    c = pair(r, "fresh-process", "your-mode")
+    if not c.differs:
+        c = pair(r, "fresh-process", "your-mode-again")
+    evidence = [differ_line(c, "fresh-process", "your-mode"), _reuse_line(c, "your-mode")]
+    again = pair(r, "your-mode", "your-mode-again")
+    if again is not None and again.differs:
+        evidence.append(f"your mode also differs from itself ({len(again.differing)} "
+                        f"{again.words.counted}): which {again.words.many} a process ran "
+                        "before depends on scheduling")
+    if facts.user_direct:
+        evidence.append("your mode (executor=direct) re-imports the bundle's modules per task, "
+                        "so the state lives outside them")
+        return Finding(layer="process_state", headline=advice.PROCESS_STATE,
+                       evidence=evidence, pair=("fresh-process", "your-mode"))
+    direct = pair(r, ref, "direct")
+    if direct is None:
+        why = facts.skipped.get("direct") or next(
+            (s.skipped for s in all_runs if s.step.name == "direct" and s.skipped), "")
+        if why:
+            evidence.append(f"the direct step, which tells module state from process state, "
+                            f"could not run: {why}")
+        return Finding(layer="warm_state", headline=advice.WARM_STATE, evidence=evidence,
+                       pair=("fresh-process", "your-mode"))
+    if not direct.differs:
+        evidence.append(f"direct (bundle modules re-imported per task, the process kept) "
+                        f"agrees with {ref}")
+        return Finding(layer="module_state", headline=advice.MODULE_STATE, evidence=evidence,
+                       pair=("fresh-process", "your-mode"))
+    evidence.append(f"direct differs from {ref} too, although it re-imports the bundle per "
+                    "task: " + _reuse_line(direct, "direct"))
+    return Finding(layer="process_state", headline=advice.PROCESS_STATE, evidence=evidence,
+                   pair=("fresh-process", "your-mode"))
+
+
+def _direct(r: Mapping[str, StepRun], facts: Facts, ref: str) -> Finding | None:
+    """The worker environment against the bundle's venv: versions, or direct's processes."""
+    name, one_name = direct_names(facts)
+    if name == ref:
+        return None
+    c = pair(r, ref, name)
+    if c is None or not c.differs:
+        return None
+    versions = requirement_differences(r[ref], r[name], facts.requirements)
+    if versions:
+        return Finding(layer="worker_env", headline=advice.worker_env(versions),
+                       evidence=[differ_line(c, ref, name), "packages: " + "; ".join(versions)],
+                       pair=(ref, name))
+    same = ("the bundle's requirements have the same versions in both"
+            if facts.requirements else "the bundle declares no requirements")
+    one = pair(r, ref, one_name)
+    if one is not None and not one.differs:
+        return Finding(layer="concurrency", headline=advice.DIRECT_CONCURRENCY,
+                       evidence=[differ_line(c, ref, name), same,
+                                 f"{one_name} (executor=direct, one worker process, one task "
+                                 f"at a time) agrees with {ref}"],
+                       pair=(ref, name))
+    evidence = [differ_line(c, ref, name), same]
+    if one is not None:
+        evidence.append(f"{one_name} differs from {ref} too: " + differ_line(one, ref, one_name))
+    return Finding(layer="direct_process", headline=advice.DIRECT_PROCESS,
+                   evidence=evidence, pair=(ref, name))
+
+
+def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
+    facts = facts or Facts()
+    r = _runs(all_runs)
+    ref = reference(r)
+    if ref is None:
+        reasons = "; ".join(f"{k}: {v}" for k, v in facts.skipped.items()) or "none ran"
+        return Verdict(findings=[], summary=f"no step could run ({reasons})",
+                       exit_code=EXIT_FAILED)
+    first = unstable(all_runs, facts)
+    if first is not None:
+        return _verdict([first], all_runs, facts, ref)
+    findings: list[Finding] = []
+    template = bool(facts.reference_note and facts.user_template)
+    if template:
         c = pair(r, "fresh-process", "your-mode")
-        if not c.differs:
-            c = pair(r, "fresh-process", "your-mode-again")
-        evidence = [_differ_line(c, "fresh-process", "your-mode"), _reuse_line(c, "your-mode")]
-        again = pair(r, "your-mode", "your-mode-again")
-        if again is not None and again.differs:
-            evidence.append(f"your mode also differs from itself ({len(again.differing)} "
-                            f"{again.words.counted}): which {again.words.many} a process ran "
-                            "before depends on scheduling")
-        warm_state = Finding(layer="warm_state", headline="", evidence=evidence,
-                             pair=("fresh-process", "your-mode"))
-    mine = pair(r, "fresh-process", "your-mode")
-    if warm_state is None and nd is None and mine is not None and mine.differs:
         findings.append(Finding(
-            layer="warm_process",
-            headline=("your mode gives other results than a fresh process per task, also for "
-                      "seeds that were the first task of their process: the warm-process "
-                      "layer changes them, but not only through state carried between tasks"),
-            evidence=[_differ_line(mine, "fresh-process", "your-mode"),
-                      _reuse_line(mine, "your-mode")],
+            layer="template_fork", headline=advice.TEMPLATE_FORK,
+            evidence=[facts.reference_note,
+                      *([differ_line(c, "fresh-process", "your-mode")] if c else [])],
             pair=("fresh-process", "your-mode")))
+    state = _state(r, all_runs, facts, ref)
+    mine = pair(r, "fresh-process", "your-mode")
+    if state is not None:
+        findings.append(state)
+    elif not template and not facts.user_direct and mine is not None and mine.differs:
+        findings.append(Finding(layer="warm_process", headline=advice.WARM_PROCESS,
+                                evidence=[differ_line(mine, "fresh-process", "your-mode"),
+                                          _reuse_line(mine, "your-mode")],
+                                pair=("fresh-process", "your-mode")))
     venv = pair(r, "fresh-process", "fresh-venv")
     if venv is not None and venv.differs:
         packages = package_differences(r["fresh-process"].view, r["fresh-venv"].view)
         findings.append(Finding(
-            layer="cached_venv",
-            headline=("the cached venv is at fault: a freshly built venv of the same "
-                      "requirements gives other results (the cached one is stale or was "
-                      "modified after its build, or the requirements resolve differently "
-                      "today)"),
-            evidence=[_differ_line(venv, "fresh-process", "fresh-venv"),
+            layer="cached_venv", headline=advice.CACHED_VENV,
+            evidence=[differ_line(venv, "fresh-process", "fresh-venv"),
                       *(["packages: " + "; ".join(packages)] if packages else
                         ["the package versions are the same: a file inside the cached venv "
                          "differs (modified or deleted after the build)"]),
@@ -181,88 +324,48 @@ def judge(all_runs: Sequence[StepRun]) -> Verdict:
                       "installed files changed)"],
             pair=("fresh-process", "fresh-venv")))
         ref = "fresh-venv"
-    direct = pair(r, ref, "direct")
-    if warm_state is not None:
-        if direct is None:
-            skipped = next((s.skipped for s in all_runs if s.step.name == "direct"), "")
-            warm_state.layer = "warm_state"
-            warm_state.headline = ("state carried between tasks of a warm process: a task's "
-                                   "result depends on the tasks its process ran before")
-            if skipped:
-                warm_state.evidence.append(f"the direct step, which tells module state from "
-                                           f"process state, could not run: {skipped}")
-        elif not direct.differs:
-            warm_state.layer = "module_state"
-            warm_state.headline = ("module state carried between tasks of a warm process: a "
-                                   "module-level variable of the bundle (a list, a cache, a "
-                                   "counter) changes the results of later tasks; re-importing "
-                                   "the bundle per task (direct) removes it")
-            warm_state.evidence.append(f"direct (bundle modules re-imported per task, the "
-                                       f"process kept) agrees with {ref}")
-        else:
-            warm_state.layer = "process_state"
-            warm_state.headline = ("process state that survives re-importing the bundle: "
-                                   "something outside the bundle's modules (a third-party "
-                                   "module's attribute or global RNG, builtins, the "
-                                   "environment, a thread) carries state between tasks")
-            warm_state.evidence.append(f"direct differs from {ref} too, although it "
-                                       "re-imports the bundle per task: "
-                                       + _reuse_line(direct, "direct"))
-        findings.insert(0, warm_state)
-    elif direct is not None and direct.differs:
-        packages = package_differences(r[ref].view, r["direct"].view)
-        findings.append(Finding(
-            layer="worker_env",
-            headline=("the worker environment differs from the bundle's venv: executor=direct "
-                      "runs the model on the worker image's packages and gives other results"),
-            evidence=[_differ_line(direct, ref, "direct"),
-                      *(["packages: " + "; ".join(packages)] if packages else
-                        ["the package versions are the same: the difference is elsewhere "
-                         "(environment variables, the working directory, files next to the "
-                         "worker)"]),
-                      "pin the bundle's requirements (==) to what you validated, or install "
-                      "the same versions in the worker image"],
-            pair=(ref, "direct")))
+    if state is None:
+        direct = _direct(r, facts, ref)
+        if direct is not None:
+            findings.append(direct)
     for name in r:
-        if name.startswith("native-threads="):
-            c = pair(r, reference(r), name)
+        if name.startswith("native-threads=") and not name.endswith("-again"):
+            base = "your-mode" if r[name].step.direct else ref
+            c = pair(r, base, name)
             if c is not None and c.differs:
                 findings.append(Finding(
-                    layer="native_threads",
-                    headline=(f"native threads change the results: with {name.split('=')[1]} "
-                              "thread(s) for BLAS/OpenMP/NumExpr/Numba the model gives other "
-                              "outputs (floating-point reductions depend on the thread count)"),
-                    evidence=[_differ_line(c, reference(r), name),
+                    layer="native_threads", headline=advice.native_threads(name.split("=")[1]),
+                    evidence=[differ_line(c, base, name),
                               "set worker.executor.nativeThreads to the value you validated "
                               "with (1 is the default)"],
-                    pair=(reference(r), name)))
-    c = pair(r, reference(r), "one-process")
-    if c is not None and c.differs:
-        findings.append(Finding(
-            layer="concurrency",
-            headline=("concurrency between processes: the results change when tasks run in "
-                      "parallel processes instead of one at a time (shared files outside the "
-                      "task's scratch directory, an external service, ordering)"),
-            evidence=[_differ_line(c, reference(r), "one-process")],
-            pair=(reference(r), "one-process")))
-    return _verdict(findings, all_runs)
+                    pair=(base, name)))
+    c = pair(r, ref, "one-process")
+    if c is not None and c.differs and not facts.user_direct:
+        findings.append(Finding(layer="concurrency", headline=advice.CONCURRENCY,
+                                evidence=[differ_line(c, ref, "one-process")],
+                                pair=(ref, "one-process")))
+    return _verdict(findings, all_runs, facts, ref)
 
 
-def _verdict(findings: list[Finding], all_runs: Sequence[StepRun]) -> Verdict:
+def _verdict(findings: list[Finding], all_runs: Sequence[StepRun], facts: Facts,
+             ref: str) -> Verdict:
+    reference_line = (f"{ref}" + (f" from a new interpreter per task (exec), because "
+                                  f"{facts.reference_note}" if facts.reference_note else ""))
     if findings:
-        first = findings[0]
-        summary = f"layer found: {first.headline}"
-        return Verdict(findings=findings, summary=summary, exit_code=EXIT_DIFFERS)
+        why, command = advice.next_step(findings[0].layer, all_runs, facts.replay,
+                                        findings[0].pair)
+        return Verdict(findings=findings, summary=f"layer found: {findings[0].headline}",
+                       reference=reference_line, next_command=command, next_why=why,
+                       exit_code=EXIT_DIFFERS)
     ran = [s.step.name for s in all_runs if s.ran]
-    w = Words.of([k for s in all_runs if s.ran for k in s.view.outcomes])
-    every = "every seed gives" if w.one == "seed" else "every (set, seed) run gives"
+    why, command = advice.next_step("", all_runs, facts.replay, ("", ""))
     return Verdict(
         findings=[],
-        summary=(f"no difference: {every} the same outcome in every step "
-                 f"({', '.join(ran)}); the bug was not reproduced in any mode"),
+        summary=(f"no difference: your model gave the same outputs for each seed in every "
+                 f"step ({', '.join(ran)}); the bug was not reproduced in any mode"),
+        reference=reference_line, next_command=command, next_why=why,
         next_steps=[
-            "run more seeds (--sims) or the parameters and values of the run that looked wrong",
-            f"note: {NOT_THREADS}",
+            f"note: {advice.NOT_THREADS}",
             "a difference that needs production load, other nodes or external services is "
             "outside what these modes vary: compare your cluster's --results with a "
             "local one (`modelops-runtime compare`)"],

@@ -211,28 +211,39 @@ print(json.dumps(missing))
 """
 
 
-def check_direct_dependencies(study: Study, launch: LaunchPlan) -> None:
-    """With executor=direct the bundle's dependencies must already be installed where the
-    worker runs (its image; locally: this environment). Checked with the workers' own
-    interpreter and environment before anything starts, so the user gets one clear line
-    instead of 300 failed sims."""
+def missing_direct_dependencies(study: Study, launch: LaunchPlan) -> list[str]:
+    """The bundle's requirements that the worker environment of ``launch`` lacks (or has in
+    a version outside the requirement), checked with the workers' own interpreter and
+    environment; [] for executor isolated_warm (the bundle gets its own venv)."""
     from ...bundles import read_dependencies
     from ...config import ExecutorType
 
     if launch.config.executor_type is not ExecutorType.direct or not launch.workers:
-        return
+        return []
     deps = read_dependencies(study.bundle)
     if not deps:
-        return
+        return []
     proc = subprocess.run([sys.executable, "-c", _CHECK_DEPS, json.dumps(deps)],
                           env=launch.workers[0].env, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise LocalModeError(f"cannot check the bundle's dependencies: {proc.stderr.strip()}")
-    missing = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def direct_install_hint(study: Study, missing: Sequence[str]) -> str:
+    """The command that installs ``missing`` where local direct workers run."""
+    req = study.bundle / "requirements.txt"
+    return (f"{Path(sys.executable).parent / 'pip'} install -r {req}" if req.is_file()
+            else f"{Path(sys.executable).parent / 'pip'} install {' '.join(missing)}")
+
+
+def check_direct_dependencies(study: Study, launch: LaunchPlan) -> None:
+    """With executor=direct the bundle's dependencies must already be installed where the
+    worker runs (its image; locally: this environment). Checked before anything starts, so
+    the user gets one clear line instead of 300 failed sims."""
+    missing = missing_direct_dependencies(study, launch)
     if missing:
-        req = study.bundle / "requirements.txt"
-        how = (f"{Path(sys.executable).parent / 'pip'} install -r {req}" if req.is_file()
-               else f"{Path(sys.executable).parent / 'pip'} install {' '.join(missing)}")
+        how = direct_install_hint(study, missing)
         raise LocalModeError(
             f"executor=direct runs the bundle inside the Dask worker process, whose "
             f"environment lacks {', '.join(missing)}; nothing was started. Install them "
