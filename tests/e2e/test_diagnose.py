@@ -53,6 +53,24 @@ def total(values):
 
 HEAD = "import builtins, os, random, time\nimport numlite\n\n"
 
+CHECKPOINT = """
+import json, tempfile
+
+def simulate(params, seed):
+    path = os.path.join(tempfile.gettempdir(), "model-checkpoint.json")
+    pause = random.SystemRandom()       # the race's timing, not the model's draws
+    total = 0
+    for step in range(4):
+        with open(path, "w") as fh:
+            json.dump({"seed": seed, "step": step}, fh)
+        time.sleep(0.02 + 0.08 * pause.random())
+        with open(path) as fh:
+            saved = json.load(fh)
+        total += numlite.total(random.Random(saved["seed"] * 10 + saved["step"]).random()
+                               for _ in range(50))
+    return {"total": total}
+"""
+
 
 def draws(seed: str = "seed") -> str:
     return f"[random.Random({seed}).random() for _ in range(50)]"
@@ -115,6 +133,20 @@ def simulate(params, seed):
     return {{"total": numlite.total({draws()}) * (1 + 1e-9 * threads)}}
 ''',
     "clean": CLEAN,
+    # issue 22: a generator seeded once when the module is imported, drawn per run (as
+    # `np.random.seed(12345)` at import is); Python's own `random` is reseeded in every
+    # fork, as numpy's legacy RNG is by the template, so the template fork once read this
+    # as "not deterministic"
+    "import_seed": HEAD + """
+random.seed(12345)
+
+def simulate(params, seed):
+    return {"total": numlite.total([random.random() for _ in range(50)])}
+""",
+    # issue 22: checkpoints through one fixed file in the temp dir, which every worker
+    # process of a pod shares (each warm process has its own): runs at the same time in
+    # direct workers read each other's checkpoints
+    "shared_checkpoint": HEAD + CHECKPOINT,
 }
 
 # planted bug → (exit code, first finding's layer or None, text the evidence must hold)
@@ -130,6 +162,13 @@ EXPECTED = {
     "nondeterministic": (3, "nondeterministic", "every task ran as the first of its process"),
     "native_threads": (3, "native_threads", "differ between fresh-process and native-threads=2"),
     "clean": (0, None, "not reproduced in any mode"),
+    # failed before: "the model is not deterministic" (fresh-process forked from a template)
+    "import_seed": (3, "module_state", "direct (bundle modules re-imported per task, the "
+                                       "process kept) agrees with fresh-process"),
+    # failed before: "the worker environment differs from the bundle's venv"
+    "shared_checkpoint": (3, "concurrency", "direct-one-process (executor=direct, one worker "
+                                            "process, one task at a time) agrees with "
+                                            "fresh-process"),
 }
 
 
@@ -229,10 +268,13 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
     else:
         assert findings and findings[0]["layer"] == layer, run.output
         assert evidence in " ".join(findings[0]["evidence"]), run.output
-    # a progress line per step, with its time; the picture in a self-contained page
+    # a progress line per step, with its time (a fresh-process found to differ from a new
+    # interpreter is renamed fresh-process-template after it ran); the picture in a
+    # self-contained page
     ran = [s for s in doc["steps"] if s["ran"]]
     for s in ran:
-        assert f"diagnose: step {s['index']} {s['name']}: " in run.stderr, run.output
+        name = "fresh-process" if s["name"] == "fresh-process-template" else s["name"]
+        assert f"diagnose: step {s['index']} {name}: " in run.stderr, run.output
         assert Path(s["results"]).is_file()
     page = report.read_text()
     assert "<svg" in page and doc["summary"].split(":")[0] in page
@@ -242,8 +284,23 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
         # fresh-process explained it: the costly fresh-venv step was skipped
         assert "fresh-venv" not in names, names
     if bug == "nondeterministic":
-        assert names == ["your-mode", "your-mode-again", "fresh-process",
-                         "fresh-process-again"], names
+        # the template is checked (and not blamed), and one process is tried twice
+        assert names == ["your-mode", "your-mode-again", "fresh-process-exec",
+                         "fresh-process-template", "fresh-process", "fresh-process-again",
+                         "one-process", "one-process-again"], names
+        assert doc["reference"] == "fresh-process", doc["reference"]
+    # the reference was checked against a new interpreter per task on the first seeds; a
+    # template that differed is said, and the reference then ran from exec
+    assert "fresh-process-exec" in names, names
+    if "fresh-process-template" in names and bug != "nondeterministic":
+        assert doc["reference"].startswith(
+            "fresh-process from a new interpreter per task (exec), because "), doc["reference"]
+    if bug == "import_seed":
+        assert "nondeterministic" not in json.dumps(findings), run.output
+    if bug == "shared_checkpoint":
+        assert "worker environment" not in doc["summary"], run.output
+    if layer is not None:
+        assert doc["next_command"].startswith("modelops-runtime "), doc
 
 
 @pytest.mark.parametrize("case", ["missing-study", "values-do-not-render", "every-sim-fails"])
@@ -284,3 +341,47 @@ def test_ctrl_c_stops_the_running_step_and_leaves_nothing(local_cli, numlite_whe
     assert run.wait(120) == 130, run.output
     assert "interrupted: the running step's cluster was stopped" in run.stderr, run.output
     assert_nothing_left(run)
+
+
+DEBUG_PARALLEL = Path(__file__).resolve().parents[2] / "values-examples" / "debug-parallel.yaml"
+
+
+def test_a_shared_checkpoint_file_in_a_direct_mode_is_concurrency(local_cli, numlite_wheels,
+                                                                  worker_site, shared_state,
+                                                                  tmp_path):
+    """Issue 22's report from debug-parallel: your mode differs from itself in every seed;
+    one process, twice, is stable, so the verdict is concurrency, not "not deterministic"
+    (failed before: "the model is not deterministic: the same mode, with a fresh process per
+    task, ..." with one-process skipped)."""
+    env = env_for(numlite_wheels, worker_site)
+    run = diagnose(local_cli, ["-f", DEBUG_PARALLEL, "--study",
+                               study(tmp_path, "shared_checkpoint"), "--sims", SIMS,
+                               "--state-dir", shared_state, "--json"], env)
+    assert run.popen.returncode == 3, run.output
+    doc = json.loads(run.stdout)
+    assert doc["findings"][0]["layer"] == "concurrency", run.output
+    assert "fresh process per task" not in doc["summary"], run.output
+    names = [s["name"] for s in doc["steps"] if s["ran"]]
+    assert {"your-mode", "your-mode-again", "fresh-process", "one-process",
+            "one-process-again"} <= set(names), names
+    assert "worker.processes=1" in doc["next_command"], doc
+
+
+def test_a_direct_mode_without_its_requirements_runs_the_warm_steps(local_cli, numlite_wheels,
+                                                                   shared_state, tmp_path):
+    """A direct preset whose local worker environment lacks the bundle's requirements (no
+    numlite on the workers' path): the warm steps run, the direct ones say in one line how
+    to provide it (failed before: every step skipped, then `LookupError: no reference step
+    ran`)."""
+    env = env_for(numlite_wheels, tmp_path / "empty-site")
+    run = diagnose(local_cli, ["-f", DEBUG_PARALLEL, "--study", study(tmp_path, "clean"),
+                               "--sims", SIMS, "--state-dir", shared_state], env)
+    assert run.popen.returncode == 0, run.output
+    assert "Traceback" not in run.output and "LookupError" not in run.output, run.output
+    lines = run.stdout.splitlines()
+    assert any(line.startswith("verdict: no difference") for line in lines), run.output
+    ran = [line.split()[2] for line in lines if line.startswith("step ")]
+    assert ran[:2] == ["fresh-process-exec", "fresh-process"] and "one-process" in ran, ran
+    said = [line for line in lines if line.startswith("your-mode was not run: ")]
+    assert len(said) == 1 and "lacks the bundle's numlite==1.0" in said[0], run.output
+    assert "pip install -r " in said[0] and said[0].endswith("."), said

@@ -96,12 +96,14 @@ def _compare(runs: Sequence[StepRun], a: str, b: str) -> str | None:
 
 
 def next_step(layer: str, runs: Sequence[StepRun], replay: Replay,
-              pair: tuple[str, str]) -> tuple[str, str]:
-    """(why, command): the one command to paste next for this layer."""
+              pair: tuple[str, str], direct: bool = False) -> tuple[str, str]:
+    """(why, command): the one command to paste next for this layer (``direct``: your mode
+    is executor=direct)."""
     if layer in ("module_state", "process_state", "warm_state", "warm_process"):
         return ("run every task in a new process meanwhile (no state carried between runs); "
                 "after fixing the model, run diagnose again",
-                replay("worker.executor.maxProcessReuse=1", "worker.executor.type=isolated_warm"))
+                replay(*(["worker.executor.type=isolated_warm"] if direct else []),
+                       "worker.executor.maxProcessReuse=1"))
     if layer == "template_fork":
         return ("run your mode with a new interpreter per task",
                 replay("worker.executor.freshProcessFrom=exec"))

@@ -82,15 +82,10 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
         runs.append(StepRun(step=step, index=0, skipped=why))
         ctx.say(f"diagnose: {step.name} is not run: {why}")
 
-    first = do(steps[0])
-    if first.ran and first.failures == first.total:
-        raise LocalModeError(
-            f"every one of the {first.total} sims failed in your mode, so there is nothing to "
-            f"compare (first: {first.first_failure}); fix the model or the study first "
-            f"(step logs: {ctx.out_dir})")
-    mode = first if first.step.name == "your-mode" else None
+    mode: StepRun | None = None
+    checked = False
     stop = ""
-    for step in steps[1:]:
+    for step in steps:
         if stop and not step.name.startswith("one-process"):
             skip(step, stop)
             continue
@@ -106,7 +101,11 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
         if step.name == "fresh-process" and uses_template(ctx):
             fresh_process_checked(ctx, step, runs, do, mode)
         else:
-            do(step)
+            done = do(step)
+            if step.name == "your-mode":
+                mode = done
+        if len([r for r in runs if r.ran]) and not checked:
+            checked = every_sim_failed(ctx, next(r for r in runs if r.ran))
         if step.name == "fresh-process" and needs_fresh_process_again(runs):
             do(again(by_name(runs)["fresh-process"].step))
         if step.name == "your-mode-again" and user_forks(ctx):
@@ -128,11 +127,22 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
     return runs
 
 
+def every_sim_failed(ctx: Context, first: StepRun) -> bool:
+    """Raise when every sim of the first step that ran failed: nothing to compare."""
+    if first.failures == first.total:
+        raise LocalModeError(
+            f"every one of the {first.total} sims failed in "
+            f"{'your mode' if first.step.name == 'your-mode' else first.step.name}, so there is "
+            f"nothing to compare (first: {first.first_failure}); fix the model or the study "
+            f"first (step logs: {ctx.out_dir})")
+    return True
+
+
 def fresh_process_checked(ctx: Context, step: Step, runs: list[StepRun], do, mode) -> None:
     """fresh-process, its reference checked: the first seeds in a new interpreter each
     (exec) against the template fork; on a difference, fresh-process again from exec (and
     every later fresh-process step)."""
-    sample = do(reference_sample())
+    sample = do(reference_sample(step))
     warning = cost_warning(ctx, sample, mode, sims_of(ctx, runs))
     if warning:
         ctx.say(warning)

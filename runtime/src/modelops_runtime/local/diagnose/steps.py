@@ -241,10 +241,12 @@ def direct_one_process() -> Step:
                 (*DIRECT, *ONE_PROCESS), direct=True)
 
 
-def reference_sample() -> Step:
+def reference_sample(fresh: Step | None = None) -> Step:
+    """``fresh`` (a fresh-process step) in a new interpreter per task, on the first seeds."""
+    sets = fresh.sets if fresh is not None else FRESH_PROCESS
     return Step("fresh-process-exec", f"a new interpreter per task on the first "
                 f"{REFERENCE_SAMPLE} seeds (checks the template fork fresh-process uses)",
-                (*FRESH_PROCESS, *EXEC), sims=REFERENCE_SAMPLE)
+                (*sets, *EXEC), sims=REFERENCE_SAMPLE)
 
 
 def describe_mode(config: RuntimeConfig, launch: LaunchPlan) -> str:

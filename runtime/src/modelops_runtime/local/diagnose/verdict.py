@@ -353,7 +353,7 @@ def _verdict(findings: list[Finding], all_runs: Sequence[StepRun], facts: Facts,
                                   f"{facts.reference_note}" if facts.reference_note else ""))
     if findings:
         why, command = advice.next_step(findings[0].layer, all_runs, facts.replay,
-                                        findings[0].pair)
+                                        findings[0].pair, facts.user_direct)
         return Verdict(findings=findings, summary=f"layer found: {findings[0].headline}",
                        reference=reference_line, next_command=command, next_why=why,
                        exit_code=EXIT_DIFFERS)
