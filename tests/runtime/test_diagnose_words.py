@@ -59,6 +59,7 @@ def test_a_study_of_one_set_is_counted_in_seeds():
 # -- issue 22: the verdict read on built step outcomes ---------------------------------------
 
 import shlex  # noqa: E402
+from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 from modelops_runtime.config import RuntimeConfig  # noqa: E402
@@ -164,6 +165,14 @@ def test_a_direct_only_difference_with_equal_versions_is_not_the_worker_environm
     assert "the bundle's requirements have the same versions in both" in evidence
     assert "direct-one-process (executor=direct, one worker process" in evidence
     assert "worker environment differs" not in verdict.summary
+    # the next step compares the two result files (your prod-warm mode is not affected)
+    runs = _prod_warm_race(WORKER_ENV)
+    for r in runs:
+        r.results = Path(f"/out/{r.step.name}.json")
+    verdict = judge(runs, facts)
+    assert verdict.next_command == ("modelops-runtime compare /out/fresh-process.json "
+                                    "/out/direct.json"), verdict
+    assert "your mode is not affected" in verdict.next_why
 
 
 def test_the_worker_environment_verdict_rests_on_the_bundles_requirement_versions():

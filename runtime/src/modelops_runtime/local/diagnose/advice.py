@@ -107,7 +107,7 @@ def next_step(layer: str, runs: Sequence[StepRun], replay: Replay,
     if layer == "template_fork":
         return ("run your mode with a new interpreter per task",
                 replay("worker.executor.freshProcessFrom=exec"))
-    if layer == "concurrency":
+    if layer == "concurrency" and pair[1] != "direct":
         return ("confirm it: your values in one worker process, one task at a time (then give "
                 "each run its own files, e.g. under tempfile.mkdtemp())",
                 replay("worker.replicas=1", "worker.processes=1", "worker.threads=1"))
@@ -116,6 +116,8 @@ def next_step(layer: str, runs: Sequence[StepRun], replay: Replay,
                 replay("worker.executor.nativeThreads=1"))
     compared = _compare(runs, *pair) if pair[0] else None
     if layer and compared:
-        return ("see every differing run side by side, with the package versions", compared)
+        return ("see every differing run side by side, with the package versions"
+                + (" (your mode is not affected: each warm process has its own temp dir)"
+                   if layer == "concurrency" else ""), compared)
     return ("try more seeds (or the parameters of the run that looked wrong)",
             replay(sims=200, command="diagnose"))
