@@ -153,6 +153,24 @@ BLIS_NUM_THREADS MKL_NUM_THREADS NUMBA_NUM_THREADS NUMEXPR_MAX_THREADS NUMEXPR_N
 The worker container's env: the runtime's MODELOPS_* variables rendered from typed values
 (sorted by name; unset optional values are left out), then worker.extraEnv. YAML list items.
 */}}
+{{/*
+Worker pods' terminationGracePeriodSeconds: the value when set; else derived from the task
+timeout: SIGTERM retires the pod's workers through the scheduler (worker/hooks/retire.py),
+running tasks get up to taskTimeout (30 s without one) to finish, then 30 s to hand over
+results, + 10 s to close: taskTimeout + 40 (70 without a task timeout).
+*/}}
+{{- define "modelops-dask.workerGracePeriod" -}}
+{{- include "modelops-dask.resolveMode" . -}}
+{{- $w := .Values.worker -}}
+{{- if not (kindIs "invalid" $w.terminationGracePeriodSeconds) -}}
+{{- int64 $w.terminationGracePeriodSeconds -}}
+{{- else if not (kindIs "invalid" $w.executor.taskTimeout) -}}
+{{- add (int64 $w.executor.taskTimeout) 40 -}}
+{{- else -}}
+70
+{{- end -}}
+{{- end -}}
+
 {{- define "modelops-dask.workerEnv" -}}
 {{- include "modelops-dask.resolveMode" . -}}
 {{- $w := .Values.worker -}}

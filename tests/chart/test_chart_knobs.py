@@ -259,3 +259,24 @@ def test_every_kubernetes_memory_form_the_runtime_reads_is_accepted(helm, memory
     assert worker["args"][worker["args"].index("--memory-limit") + 1] == memory
     # 4 × (memoryPerProcess + 2048Mi pool) + 512Mi
     assert worker["resources"]["limits"]["memory"] == f"{4 * (mi + 2048) + 512}Mi"
+
+
+# ---- scale-down ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values, grace", [
+    ("", 70),                                                    # no task timeout: 30 + 40
+    ("worker: {executor: {taskTimeout: 600}}", 640),             # derived: timeout + 40
+    ("worker: {executor: {taskTimeout: 600}, terminationGracePeriodSeconds: 5}", 5),
+    ("worker: {terminationGracePeriodSeconds: 0}", 0),           # overridden, even to 0
+])
+def test_worker_grace_period_is_derived_from_the_task_timeout(helm, values, grace):
+    """SIGTERM retires a worker through the scheduler and lets running tasks finish within
+    the task timeout: the pod's grace period covers that plus the hand-over."""
+    pod = _pod(render(helm, values=values or None), "worker")
+    assert pod["terminationGracePeriodSeconds"] == grace
+
+
+def test_a_negative_grace_period_is_refused(helm):
+    out = render(helm, values="worker: {terminationGracePeriodSeconds: -1}")
+    assert out.returncode != 0 and "kind:" not in out.stdout
+    assert "terminationGracePeriodSeconds" in out.stderr, out.stderr

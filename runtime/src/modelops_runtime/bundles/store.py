@@ -1,4 +1,6 @@
-"""Fetching, verifying and unpacking bundles into the pod's bundle cache."""
+"""Fetching, verifying and unpacking bundles into the pod's bundle cache; an unpacked bundle
+is checked against its manifest (manifest.py) the first time a worker process uses it, and
+unpacked again if it changed on disk."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..locks import file_lock
 from ..models import BUNDLE_REF
 from .pack import ARCHIVE_SUFFIX, FORMAT_KEY, FORMAT_VERSION, archive_path, repo_fs
 from .cache import CacheEntries, Collected
+from .manifest import tree_problem, write_manifest
 from .readonly import make_read_only, remove_tree
 
 if TYPE_CHECKING:
@@ -76,6 +79,7 @@ class BundleStore:
         self.max_bytes = config.bundles_max_bytes
         self.entries = CacheEntries(self.cache_dir)
         self.on_collect: Callable[[Collected], None] | None = None  # e.g. counting in stats
+        self._verified: set[str] = set()  # bundles this process checked against their manifest
 
     def path(self, ref: str) -> Path:
         """The unpacked directory of bundle ``ref`` (fetched and verified on first use)."""
@@ -86,13 +90,31 @@ class BundleStore:
         hexdigest = ref.split(":", 1)[1]
         final = self.cache_dir / hexdigest
         if final.is_dir():  # complete: only ever created by an atomic rename
-            return final
+            if hexdigest in self._verified or self._intact(final, hexdigest) is None:
+                self._verified.add(hexdigest)
+                return final
         with self._file_lock(hexdigest):
             if final.is_dir():
-                return final
+                problem = self._intact(final, hexdigest)
+                if problem is None:
+                    self._verified.add(hexdigest)
+                    return final
+                log.warning("unpacked bundle %s is not used: %s; unpacking it again from the "
+                            "repository", ref, problem)
+                junk = self.cache_dir / f".trash-{hexdigest}-{uuid.uuid4().hex[:8]}"
+                os.rename(final, junk)
+                remove_tree(junk)
             self._fetch_and_unpack(ref, hexdigest, final)
+            self._verified.add(hexdigest)
         self.collect(keep=hexdigest)  # never the one just fetched for our caller
         return final
+
+    def _manifest(self, hexdigest: str) -> Path:
+        return self.cache_dir / ".manifests" / f"{hexdigest}.json"
+
+    def _intact(self, final: Path, hexdigest: str) -> str | None:
+        """None if ``final`` holds exactly the archive's files, else what differs."""
+        return tree_problem(final, self._manifest(hexdigest))
 
     def lease(self, ref: str) -> tuple[Path, int]:
         """The unpacked directory of ``ref`` and an open fd holding a shared lock on it:
@@ -152,6 +174,7 @@ class BundleStore:
             tree = work / "tree"
             tree.mkdir()
             self._extract(ref, archive, tree)
+            write_manifest(tree, self._manifest(hexdigest))  # before it is published
             os.rename(tree, final)
             os.chmod(final, 0o555)  # after the rename: moving a directory needs its write bit
         finally:

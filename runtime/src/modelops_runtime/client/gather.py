@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..models import SimResult
 from ..errors import SchedulerLost
-from .outcomes import SetResult, StudySetsResult, error_of, scheduler_lost
+from .outcomes import SetResult, StudySetsResult, error_of, failed, scheduler_lost
 from .submit import StudySubmission, aggregate
 
 
@@ -95,7 +95,7 @@ def _gather_list(futures: Sequence, progress: bool, desc: str) -> StudyResult:
                 continue
             seen.add(future.key)
             idx = positions[future.key]
-            if future.status == "finished":
+            if not failed(future, value):  # a result, whatever the status turned to since
                 for i in idx:
                     outcome[i] = value
             else:

@@ -27,6 +27,18 @@ def error_of(future, value) -> BaseException:
     return RuntimeError(f"task {future.key} ended with status {future.status}")
 
 
+def failed(future, value) -> bool:
+    """Whether a future ``as_completed(with_results=True, raise_errors=False)`` handed over
+    failed. Decided by the value, not by ``future.status``: a result whose worker left
+    right after it was fetched turns the status to "lost" (or "pending", recomputing),
+    yet the value is the run's one result."""
+    if isinstance(value, BaseException):
+        return True
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
+        return True
+    return future.status in ("error", "cancelled") and value is None
+
+
 def lost_scheduler_error(future, error: BaseException) -> SchedulerLost | None:
     """:class:`SchedulerLost` if ``future`` was cancelled because its client lost the
     scheduler (its connection dropped, or the client is no longer connected), else None."""

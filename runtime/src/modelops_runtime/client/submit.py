@@ -33,7 +33,7 @@ from ..errors import ModelOpsError
 from ..models import Call, SimResult, SimTask, check_bundle_ref, check_entrypoint
 from .batching import BATCH_TARGET, PROBE_RUNS, BatchPlan, given, plan_batches
 from ..errors import SchedulerLost
-from .outcomes import RunFailure, RunOutcome, error_of, scheduler_lost
+from .outcomes import RunFailure, RunOutcome, error_of, failed, scheduler_lost
 from .plan import ParamSet, StudyPlan, run_key
 
 AGGREGATION_RESOURCE = {"aggregation": 1}
@@ -349,7 +349,7 @@ class StudySubmission:
                     group, _ = pending.pop(future.key)
                     in_flight -= len(group)
                     times = probes.get(future.key)
-                    if future.status != "finished" or isinstance(value, BaseException):
+                    if failed(future, value):
                         # the whole task failed: each run did
                         err = error_of(future, value)
                         if isinstance(err, SchedulerLost):  # and every run still in flight

@@ -1,7 +1,7 @@
 """`dask worker --preload modelops_runtime.preload --preload-nanny modelops_runtime.preload`
 (which delegates here). In a worker process: harden it (hardening.py), validate, then
 register ``modelops``. In the launcher (as a nanny preload, before the nanny starts its
-worker process): harden it, nothing else.
+worker process): harden it, and let SIGTERM retire its workers gracefully (retire.py).
 
 Dask logs and swallows exceptions raised by preloads and by WorkerPlugin.setup, which
 would leave a worker serving tasks with a configuration nobody validated. So a bad
@@ -31,6 +31,18 @@ def _die(line: str) -> None:
     os._exit(EXIT_CONFIG)
 
 
+def _task_timeout() -> float | None:
+    """MODELOPS_TASK_TIMEOUT as the worker process reads it (the worker process warns about
+    unknown variables and ends on a bad value; the launcher stays quiet)."""
+    from ...config import RuntimeConfig
+
+    try:
+        return RuntimeConfig.model_validate(
+            {"task_timeout": os.environ.get("MODELOPS_TASK_TIMEOUT") or None}).task_timeout
+    except Exception:  # noqa: BLE001 - the worker process ends with the clear line
+        return None
+
+
 async def dask_setup(worker) -> None:
     from distributed import Nanny, Worker
 
@@ -44,6 +56,9 @@ async def dask_setup(worker) -> None:
                              "code of the same uid may read its /proc/<pid>/environ",
                              type(worker).__name__.lower(), hardened)
     if isinstance(worker, Nanny):
+        from .retire import retire_on_sigterm
+
+        retire_on_sigterm(worker, _task_timeout())  # SIGTERM: retire through the scheduler
         return
     if not isinstance(worker, Worker):
         logs.log.warning("modelops_runtime.preload is a worker and nanny preload; ignored "
