@@ -49,13 +49,32 @@ def _plan(ref, *, fail=True, x2=2.0, seeds=SEEDS):
                      aggregate_sets="model:best")
 
 
-@pytest.fixture
-def setup(dask_cluster, tmp_path):
-    repo = tmp_path / "repo"
-    ref = make_bundle(tmp_path, repo, {"model.py": MODEL, "requirements.txt": ""})
-    _, client = dask_cluster({"MODELOPS_EXECUTOR_TYPE": "direct",
-                              "MODELOPS_BUNDLE_REPO": str(repo)}, nworkers=2, nthreads=1)
-    return client, ref
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """One real cluster for the module (2 worker processes, executor direct): every test
+    gives its study a store of its own, and stored sessions use keys of their own."""
+    import contextlib
+
+    from support.cluster import ProcessCluster, base_env
+
+    root = tmp_path_factory.mktemp("store-cluster")
+    repo = root / "repo"
+    ref = make_bundle(root, repo, {"model.py": MODEL, "requirements.txt": ""})
+    (root / "cluster").mkdir()
+    cluster = ProcessCluster(root=root / "cluster", env=base_env(root / "cluster", {
+        "MODELOPS_EXECUTOR_TYPE": "direct", "MODELOPS_BUNDLE_REPO": str(repo)}))
+    client = None
+    try:
+        cluster.start_scheduler()
+        cluster.start_worker(nworkers=2, nthreads=1)
+        client = cluster.client()
+        cluster.wait_for_workers(client, 2)
+        yield client, ref
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close(timeout=10)
+        cluster.stop()
 
 
 def _rows(store: ResultsStore):
