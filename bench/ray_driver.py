@@ -7,7 +7,7 @@ interleaves Ray's rounds with modelops' (side by side, round by round):
     noop N       N no-op tasks → seconds
     quit
 
-argv: CPUS PARAMS_JSON. The SIR bundle directory is on PYTHONPATH (its numpy is the Ray
+argv: CPUS PARAMS_JSON TEMP_DIR (Ray's session files: inside the benchmark's workspace). The SIR bundle directory is on PYTHONPATH (its numpy is the Ray
 venv's). Workers are plain Ray worker processes, reused between tasks (Ray's default).
 """
 
@@ -20,9 +20,9 @@ import ray
 
 
 def main() -> int:
-    cpus, params = int(sys.argv[1]), json.loads(sys.argv[2])
+    cpus, params, temp = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, _temp_dir=temp)
 
     @ray.remote
     def sim(p, seed):

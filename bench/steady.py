@@ -80,10 +80,10 @@ def ray_python() -> tuple[str | None, str]:
 class RayDriver:
     """bench/ray_driver.py in the Ray venv: one command per line, one JSON reply per line."""
 
-    def __init__(self, python: str, cpus: int, params: dict) -> None:
+    def __init__(self, python: str, cpus: int, params: dict, temp: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(SIR / "bundle"), "RAY_USAGE_STATS_ENABLED": "0"}
         self.proc = subprocess.Popen([python, str(HERE / "ray_driver.py"), str(cpus),
-                                      json.dumps(params)], stdin=subprocess.PIPE,
+                                      json.dumps(params), str(temp)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, env=env, start_new_session=True)
         self.hello = self._reply()
@@ -231,7 +231,7 @@ def _run(ws, smoke: bool) -> dict[str, Any]:
         study("noop", noops)
         study("noop", noops, batch=1)
         if python is not None:
-            ray = RayDriver(python, slots, params)
+            ray = RayDriver(python, slots, params, ws.root / "ray")
             out["ray_version"] = ray.hello.get("ray")
             out["ray_first_batch_s"] = ray.ask("sir", sims)["seconds"]
             ray.ask("noop", noops)
