@@ -38,24 +38,36 @@ def _tree(pid: int) -> set[int]:
 
 def test_sigterm_mid_study_retires_gracefully_and_every_run_has_one_result(dask_cluster,
                                                                            tmp_path):
+    _drains(dask_cluster, tmp_path, "direct", REPEATS)
+
+
+def test_runs_in_warm_processes_finish_or_move_on_sigterm(dask_cluster, tmp_path):
+    """The same with runs in warm processes (prod-warm): a retiring worker lets them finish
+    instead of stopping its pool under them."""
+    _drains(dask_cluster, tmp_path, "isolated_warm", 2)
+
+
+def _drains(dask_cluster, tmp_path, executor: str, repeats: int) -> None:
     repo = tmp_path / "repo"
     ref = make_bundle(tmp_path, repo, {"model.py": MODEL, "requirements.txt": ""})
-    cluster, client = dask_cluster({"MODELOPS_EXECUTOR_TYPE": "direct",
-                                    "MODELOPS_BUNDLE_REPO": str(repo)}, nworkers=1)
+    cluster, client = dask_cluster({"MODELOPS_EXECUTOR_TYPE": executor,
+                                    "MODELOPS_BUNDLE_REPO": str(repo),
+                                    "MODELOPS_WARM_WRITABLE_PATHS": str(tmp_path)},
+                                   nworkers=1)
     def names() -> set[str]:
         return {w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()}
 
     victims = [cluster.start_worker(nworkers=2, name="victim0")]
-    for attempt in range(REPEATS):
+    for attempt in range(repeats):
         marks = tmp_path / f"marks-{attempt}"
         marks.mkdir()
         victim = victims[attempt]
         wait_for(lambda: {f"victim{attempt}-0", f"victim{attempt}-1"} <= names()
                  or victim.popen.poll() is not None, 90, f"victim{attempt} to connect",
                  on_fail=cluster.logs)
-        if attempt + 1 < REPEATS:  # the next one starts meanwhile (one cluster, less waiting)
+        if attempt + 1 < repeats:  # the next one starts meanwhile (one cluster, less waiting)
             victims.append(cluster.start_worker(nworkers=2, name=f"victim{attempt + 1}"))
-        victim_pids = _tree(victim.popen.pid)
+        victim_pids = _tree(victim.popen.pid)  # grows: warm processes start later
         plan = StudyPlan(name=f"drain{attempt}", bundle=ref, entrypoint="model:simulate",
                          sets=[ParamSet.of({"marks": str(marks)}, "one", index=0)],
                          seeds=Seeds(first=0, count=RUNS))
@@ -70,8 +82,11 @@ def test_sigterm_mid_study_retires_gracefully_and_every_run_has_one_result(dask_
 
         thread = threading.Thread(target=gather, daemon=True)
         thread.start()
-        wait_for(lambda: sum(int(m.name.split("-")[0]) in victim_pids
-                             for m in marks.iterdir()) >= 2 or not thread.is_alive(),
+        def victim_ran() -> int:
+            victim_pids.update(_tree(victim.popen.pid))
+            return sum(int(m.name.split("-")[0]) in victim_pids for m in marks.iterdir())
+
+        wait_for(lambda: victim_ran() >= 2 or not thread.is_alive(),
                  60, f"victim{attempt} to finish two runs", on_fail=cluster.logs)
         os.kill(victim.popen.pid, signal.SIGTERM)   # as the kubelet does: PID 1 only
         thread.join(180)
