@@ -77,7 +77,8 @@ def _import(name: str) -> None:
 
 def _probe_pair(steps: list) -> tuple:
     """(number of leading clean steps, the first unclean step or None, why)."""
-    results = [_run_probe(steps, shifted) for shifted in (False, True)]
+    started = [_start_probe(steps, shifted) for shifted in (False, True)]  # side by side
+    results = [_answer(*probe) for probe in started]
     for result in results:
         if "error" in result:
             return 0, steps[0], f"could not be checked: {result['error']}"
@@ -98,7 +99,8 @@ def _probe_pair(steps: list) -> tuple:
     return len(steps), None, ""
 
 
-def _run_probe(steps: list, shifted: bool) -> dict:
+def _start_probe(steps: list, shifted: bool) -> tuple:
+    """(pid, read end) of a probe importing ``steps``."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the probe: never returns
@@ -117,6 +119,11 @@ def _run_probe(steps: list, shifted: bool) -> dict:
         finally:
             os._exit(code)
     os.close(write)
+    return pid, read
+
+
+def _answer(pid: int, read: int) -> dict:
+    """A probe's answer (an error if it gave none within PROBE_TIMEOUT); it is reaped."""
     try:
         result = _read_within(read, PROBE_TIMEOUT)
     finally:
