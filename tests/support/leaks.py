@@ -104,6 +104,7 @@ class Session:
     def __init__(self, base: Path) -> None:
         self.id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.root = base / f"modelops-tests-{self.id}"
+        sweep_stale(base)  # the TMPDIRs of sessions that were killed
         self.root.mkdir(parents=True)
         self.home: Path | None = None      # the cgroup pytest came from
         self.cgroup: Path | None = None    # ours, holding one cgroup per scope
@@ -132,16 +133,21 @@ class Session:
                 self.cgroup.rmdir()
 
 
-def sweep_stale(home: Path) -> None:
-    """Remove empty cgroups of sessions whose pytest is gone (SIGKILLed)."""
-    for stale in home.glob("modelops-tests-*"):
+def sweep_stale(where: Path) -> None:
+    """Remove what sessions whose pytest is gone (killed) left in ``where``: their
+    directories, their cgroups once empty."""
+    for stale in where.glob("modelops-tests-*"):
         pid = stale.name.removeprefix("modelops-tests-").split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            with contextlib.suppress(OSError):
-                for child in stale.iterdir():
-                    if child.is_dir():
-                        child.rmdir()
-                stale.rmdir()
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        if not (stale / "cgroup.procs").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+            continue
+        with contextlib.suppress(OSError):
+            for child in stale.iterdir():
+                if child.is_dir():
+                    child.rmdir()
+            stale.rmdir()
 
 
 @dataclass
