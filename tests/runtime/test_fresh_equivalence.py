@@ -4,7 +4,8 @@ observes: one small bundle per import-time behaviour, each run for the same seed
 interpreter is random per process, different in every task in both modes.
 
 Real numpy comes from the tests' locked wheelhouse (tests/support/wheelhouse.py) or, until
-it is on main, a directory of wheels named by MODELOPS_TEST_WHEELS (fetched once by hand).
+it is on main, a directory of wheels named by MODELOPS_TEST_WHEELS (fetched once by hand);
+without either, the three numpy bundles are left out (the test prints which).
 """
 
 from __future__ import annotations
@@ -198,16 +199,19 @@ def run(params, seed):
 }
 
 
-def _numpy_wheels() -> Path:
+def _numpy_wheels() -> Path | None:
+    """Where real numpy wheels are: the locked wheelhouse once tests/support/wheelhouse.py
+    is on this branch, else MODELOPS_TEST_WHEELS; None: the numpy bundles cannot run here
+    (the others still do, and the test says which were left out)."""
     try:
         from support.wheelhouse import require_wheelhouse
     except ImportError:  # the locked wheelhouse is not on this branch yet
         named = os.environ.get("MODELOPS_TEST_WHEELS", "")
-        if named and list(Path(named).glob("numpy-*.whl")):
-            return Path(named)
-        pytest.skip("real numpy wheels are needed: the locked wheelhouse "
-                    "(tests/support/wheelhouse.py) or MODELOPS_TEST_WHEELS=<dir with numpy>")
+        return Path(named) if named and list(Path(named).glob("numpy-*.whl")) else None
     return require_wheelhouse()
+
+
+NUMPY = _numpy_wheels()
 
 
 @pytest.fixture
@@ -215,7 +219,7 @@ def uv_offline(monkeypatch, tmp_path):
     """numpy and the LIBS wheels, installed by uv from one find-links dir, offline."""
     links = tmp_path / "links"
     links.mkdir()
-    for wheel in _numpy_wheels().glob("numpy-*.whl"):
+    for wheel in NUMPY.glob("numpy-*.whl") if NUMPY is not None else ():
         shutil.copy(wheel, links / wheel.name)
     for name, source in LIBS.items():
         build_wheel(links, name, "1.0", {name: source})
@@ -223,11 +227,16 @@ def uv_offline(monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
 
 
+def _needs_numpy(files: dict[str, str]) -> bool:
+    return "import numpy" in files["m.py"]
+
+
 def _refs(tmp_path: Path) -> dict[str, str]:
-    requirements = "numpy\n" + "".join(f"{name}\n" for name in LIBS)
+    requirements = ("numpy\n" if NUMPY else "") + "".join(f"{name}\n" for name in LIBS)
     return {name: make_bundle(tmp_path / "src", tmp_path / "repo",
                               {**files, "requirements.txt": requirements}, name=f"b{i}")
-            for i, (name, (files, _)) in enumerate(BUNDLES.items())}
+            for i, (name, (files, _)) in enumerate(BUNDLES.items())
+            if NUMPY is not None or not _needs_numpy(files)}
 
 
 def _outputs(ex, ref: str) -> list[dict]:
@@ -254,6 +263,8 @@ def test_every_bundle_observes_from_a_template_what_it_observes_from_exec(tmp_pa
         if not ok:
             wrong.append(f"{name}: template {forked} vs exec {execd}")
     assert not wrong, "\n".join(wrong)
+    if NUMPY is None:  # said, not skipped: the other bundles ran
+        print(f"not run without real numpy wheels: {sorted(set(BUNDLES) - set(refs))}")
     assert template.template_pids(), "no task process was forked from a template"
     stats = template.stats()
     # only the model that sets an env var its dependency reads at import makes the runtime
