@@ -38,7 +38,7 @@ from shared import replace_between  # noqa: E402
 
 SECTIONS = {"overhead": overhead, "venv": venvbuild, "e2e": endtoend, "memory": memory,
             "fast": fast, "steady": steady}
-README = HERE.parent / "README.md"
+README = HERE.parent / "docs" / "benchmarks.md"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 

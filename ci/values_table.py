@@ -8,11 +8,11 @@
 - Presets: one row per chart/presets/*.yaml, from the file's header comment (summary,
   Isolates:, Trade-offs:) and its five mode keys.
 - Written between marker lines into chart/README.md (values and presets; packaged with the
-  chart, so `helm show readme` has them) and README.md (values).
+  chart, so `helm show readme` has them) and docs/kubernetes.md (values; the docs site).
 
     python ci/values_table.py           print the values table
-    python ci/values_table.py --write   rewrite the tables in the READMEs
-    python ci/values_table.py --check   exit 1 if a README is out of date
+    python ci/values_table.py --write   rewrite the tables in chart/README.md and docs/kubernetes.md
+    python ci/values_table.py --check   exit 1 if one of them is out of date
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 VALUES = REPO / "chart" / "values.yaml"
 SCHEMA = REPO / "chart" / "values.schema.json"
 PRESETS = REPO / "chart" / "presets"
-README = REPO / "README.md"
+DOCS_PAGE = REPO / "docs" / "kubernetes.md"
 CHART_README = REPO / "chart" / "README.md"
 START, END = "<!-- values-table:start -->", "<!-- values-table:end -->"
 PRESETS_START, PRESETS_END = "<!-- presets-table:start -->", "<!-- presets-table:end -->"
@@ -205,7 +205,7 @@ def replace_between(text: str, start: str, end: str, body: str) -> str | None:
     return f"{head}{start}\n{body.strip()}\n{end}{tail}"
 
 
-def readme_with_table(readme: str, name: str = "README.md") -> str:
+def readme_with_table(readme: str, name: str = "docs/kubernetes.md") -> str:
     new = replace_between(readme, START, END, table())
     if new is None:
         raise SystemExit(f"{name} lacks the {START} / {END} markers")
@@ -221,15 +221,15 @@ def chart_readme(text: str) -> str:
     return new
 
 
-# each README → how to make it current
-TARGETS = {README: readme_with_table, CHART_README: chart_readme}
+# each page → how to make it current
+TARGETS = {DOCS_PAGE: readme_with_table, CHART_README: chart_readme}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help="rewrite README.md")
-    group.add_argument("--check", action="store_true", help="fail if README.md is stale")
+    group.add_argument("--write", action="store_true", help="rewrite the tables")
+    group.add_argument("--check", action="store_true", help="fail if a table is stale")
     args = parser.parse_args(argv)
     if not (args.write or args.check):
         print(table())

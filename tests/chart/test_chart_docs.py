@@ -1,4 +1,4 @@
-"""The README's values table, values.yaml's comments and the schema say the same thing."""
+"""docs/kubernetes.md's values table, values.yaml's comments and the schema say the same thing."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ DOCS = values_table.documented_keys(VALUES_TEXT)
 
 
 def test_readme_values_table_is_in_sync_with_values_yaml():
-    readme = (chartkit.REPO / "README.md").read_text()
+    readme = (chartkit.REPO / "docs" / "kubernetes.md").read_text()
     assert readme == values_table.readme_with_table(readme), (
-        "README.md's values table is out of date: run `python ci/values_table.py --write`")
+        "docs/kubernetes.md's values table is out of date: run `python ci/values_table.py --write`")
 
 
 def test_check_mode_of_the_generator_agrees():

@@ -1,4 +1,4 @@
-"""The README's debugging walkthrough: its commands are real commands on real files."""
+"""The debugging walkthrough (docs/modes.md): its commands are real commands on real files."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import shlex
 from e2e_support import PRESETS, REPO
 from modelops_runtime.cli import build_parser
 
-README = (REPO / "README.md").read_text()
+README = (REPO / "docs" / "modes.md").read_text()
+DIAGNOSE = (REPO / "docs" / "diagnose.md").read_text()
 
 
 def _walkthrough() -> str:
+    """docs/diagnose.md (diagnose does it for you), then docs/modes.md's walkthrough (by hand)."""
     m = re.search(r"<!-- debugging:start -->\n(.*?)<!-- debugging:end -->", README, re.S)
-    assert m, "README.md lacks the debugging walkthrough markers"
-    return m.group(1)
+    assert m, "docs/modes.md lacks the debugging walkthrough markers"
+    return DIAGNOSE + m.group(1)
 
 
 def _commands(text: str, program: str) -> list[list[str]]:

@@ -1,4 +1,10 @@
-"""The README is the user's manual: what it says must be what the code does."""
+"""The README and the docs pages are the user's manual: what they say must be what the code does.
+
+- covers: the landing README's opening, the MODELOPS_* table (docs/kubernetes.md), the
+  ignored tool dirs, the tests docs/security.md names
+- see also: test_docs_site.py (the site builds strictly), tests/e2e/test_readme_quickstart.py
+  (the README's commands run)
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,13 @@ from modelops_runtime.config import RuntimeConfig, env_table
 from support.paths import REPO
 
 README = (REPO / "README.md").read_text()
+KUBERNETES = (REPO / "docs" / "kubernetes.md").read_text()
+SECURITY = (REPO / "docs" / "security.md").read_text()
 
 
 def _section(marker: str) -> str:
-    m = re.search(rf"<!-- {marker}:start -->\n(.*?)<!-- {marker}:end -->", README, re.S)
-    assert m, f"README.md lacks the <!-- {marker}:start/end --> markers"
+    m = re.search(rf"<!-- {marker}:start -->\n(.*?)<!-- {marker}:end -->", KUBERNETES, re.S)
+    assert m, f"docs/kubernetes.md lacks the <!-- {marker}:start/end --> markers"
     return m.group(1).strip()
 
 
@@ -22,12 +30,19 @@ def test_readme_opens_with_the_two_commands():
     assert "make run" in head and "make test" in head
 
 
+def test_readme_is_a_landing_page():
+    """Under 10 KB, linking the docs pages; the rest lives in docs/."""
+    assert len(README.encode()) < 10_000, len(README.encode())
+    for page in ("studies", "modes", "diagnose", "kubernetes", "security", "contributing"):
+        assert f"docs/{page}.md" in README, page
+
+
 def test_env_table_matches_runtime_config():
     assert _section("env-table") == env_table(), (
-        "README's MODELOPS_* table is out of date; regenerate it from "
+        "docs/kubernetes.md's MODELOPS_* table is out of date; regenerate it from "
         "modelops_runtime.config.env_table()")
     for name in RuntimeConfig.env_names():
-        assert name in README
+        assert name in KUBERNETES
 
 
 def test_tool_and_venv_dirs_are_ignored(tmp_path):
@@ -42,9 +57,8 @@ def test_tool_and_venv_dirs_are_ignored(tmp_path):
 
 
 def test_every_test_the_security_section_names_exists():
-    """README "Security" backs each claim with a test: those tests must exist."""
-    start = README.index("## Security")
-    section = README[start:README.index("\n## ", start + 1)]
+    """docs/security.md backs each claim with a test: those tests must exist."""
+    section = SECURITY
     named = set(re.findall(r"`(?:(\w+\.py)::)?(test_\w+)`", section))
     named |= {("", n) for n in re.findall(r"::(test_\w+)", section)}
     files = set(re.findall(r"`(test_\w+\.py)", section))
@@ -52,4 +66,4 @@ def test_every_test_the_security_section_names_exists():
     assert files and files <= set(sources), files - set(sources)
     every = "\n".join(sources.values())
     missing = [name for _, name in named if f"def {name}(" not in every]
-    assert not missing, f"README Security names tests that do not exist: {missing}"
+    assert not missing, f"docs/security.md names tests that do not exist: {missing}"

@@ -196,7 +196,7 @@ def test_the_store_opens_as_one_dataset_with_pyarrow_and_pandas(setup, tmp_path)
     client, ref = setup
     url = tmp_path / "store"
     _in_pieces(client, _plan(ref), str(url), [20, 20])
-    # the documented ways (README "Results stores")
+    # the documented ways (docs/studies.md, "Results stores")
     frame = pd.read_parquet(url / "parts")
     table = ds.dataset(url / "parts", format="parquet").to_table()
     assert len(frame) == table.num_rows == 75

@@ -1,4 +1,4 @@
-"""The trust boundary, attacked the way bundle code would (README "Security").
+"""The trust boundary, attacked the way bundle code would (docs/security.md).
 
 One real cluster runs the worker unprivileged: as the tests' own uid when that is not root;
 as root, ``setpriv`` makes it ``nobody``, or — when this interpreter lives where nobody

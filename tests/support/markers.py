@@ -20,6 +20,7 @@ BY_PATH = {
     "e2e/test_local_presets.py": "presets",
     "e2e/test_local_compare.py": "presets",
     "e2e/test_diagnose.py": "presets",
+    "e2e/test_readme_quickstart.py::test_every_other_block_runs_as_written": "presets",
     "realmodels/": "presets",
     "observability/test_bench_smoke.py::test_smoke_run": "presets",
     "observability/test_bench_smoke.py::test_sigterm_during_the_cluster": "presets",
