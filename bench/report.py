@@ -230,7 +230,7 @@ def build(machine: dict[str, str], results: R, *, smoke: bool, elapsed_s: float)
 
 def summary(machine: dict[str, str], results: R, *, smoke: bool, elapsed_s: float,
             level: int = 2) -> str:
-    """The machine and the targets, met or not (what the README shows)."""
+    """The machine and the targets, met or not (what docs/benchmarks.md shows)."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines: list[str] = []
     if smoke:

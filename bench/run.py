@@ -47,7 +47,7 @@ def _terminate(signum, frame):
 
 
 def update_readme(markdown: str, readme: Path = README) -> bool:
-    """Put ``markdown`` between the README's bench markers, if it has them."""
+    """Put ``markdown`` between docs/benchmarks.md's bench markers, if it has them."""
     if not readme.is_file():
         return False
     text = replace_between(readme.read_text(), README_START, README_END, markdown)

@@ -280,7 +280,7 @@ def warn_unknown(environ: Mapping[str, str]) -> list[str]:
 
 
 def env_table() -> str:
-    """The README's MODELOPS_* table, generated from the fields above (kept in sync by a test)."""
+    """docs/kubernetes.md's MODELOPS_* table, generated from the fields above (kept in sync by a test)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, info in RuntimeConfig.model_fields.items():
         default = info.get_default(call_default_factory=True)

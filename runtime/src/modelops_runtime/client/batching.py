@@ -1,6 +1,6 @@
 """The batch plan: how many runs :func:`~.submit.submit_study` puts in one Dask task.
 
-- covers: the documented rule (README "Tiny runs are batched") as pure functions — what a
+- covers: the documented rule (docs/studies.md "Tiny runs are batched") as pure functions — what a
   probe measures, the per-run estimate, the floor, the target, the caps, the quantised
   size — and the plan's one-line description for the summary
 - does not: submit or time anything (submit.py runs the probe and applies the plan)

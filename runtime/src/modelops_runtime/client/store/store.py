@@ -7,7 +7,7 @@ resume runs only what the store lacks.
   writing runs as parts; dropping failed rows before ``retry_failed``; reading it back.
 - does not: submit runs (client/submit.py) or aggregate (client/stored.py); imports
   nothing of client/ (plans and outcomes are read by their attributes).
-- see also: docs in README "Results stores"; fs.py (atomic puts), parts.py (columns).
+- see also: docs/studies.md "Results stores"; fs.py (atomic puts), parts.py (columns).
 
 A part counts once the manifest lists it: a part is published whole (fs.put_atomic), then
 the manifest is rewritten whole to list it. A crash between the two leaves a complete part

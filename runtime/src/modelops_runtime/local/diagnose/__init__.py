@@ -2,5 +2,5 @@
 
 - covers: ``steps`` (what each step runs), ``verdict`` (the signature of differing steps →
   a layer), ``report`` (text, JSON, HTML), ``command`` (running the steps in order).
-- see also: the README's debugging walkthrough.
+- see also: docs/diagnose.md, docs/modes.md (the walkthrough by hand).
 """

@@ -5,7 +5,7 @@ studies, so a modeller's edit-run loop pays the cluster's start once.
   the cluster ``up`` started (the same report as ``local --study``).
 - does not: supervise processes (local/cluster/background.py) or keep the record
   (local/cluster/state.py).
-- see also: README "A cluster that stays up".
+- see also: docs/modes.md "A cluster that stays up".
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ drained, a spot node reclaimed), instead of the `dask worker` command's plain cl
   terminationGracePeriodSeconds is that wait plus HANDOVER_GRACE.
 - does not: touch SIGINT (Ctrl-C stays the quick stop); a second SIGTERM, or a scheduler
   that does not answer, falls back to the plain close.
-- see also: chart/templates/_helpers.tpl (the derived grace period), README "When the
+- see also: chart/templates/_helpers.tpl (the derived grace period), docs/modes.md "When the
   environment or the cluster fails around a task".
 """
 

@@ -12,7 +12,7 @@ stdlib only; template.py uses it).
   imports it itself, as a new interpreter does.
 - does not: import the bundle's own modules (never learned), decide anything for the
   worker (it reports exclusions and, if the template's own state moved, why).
-- see also: README "fresh-process from a template"; tests/runtime/test_fresh_equivalence.py.
+- see also: docs/modes.md "fresh-process from a template"; tests/runtime/test_fresh_equivalence.py.
 """
 
 import os

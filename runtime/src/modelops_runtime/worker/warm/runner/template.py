@@ -12,7 +12,7 @@ group and reads its exit status like any process it spawned. The task process ma
 itself a session leader, moves onto its own pipes, scratch directory and mark, reseeds
 numpy's legacy RNG (Python's `random` reseeds itself at fork), arms PR_SET_PDEATHSIG
 against the worker and starts its own lifeline thread, then runs the runner's ordinary
-loop. What fork does not renew is in the README ("fresh-process from a template").
+loop. What fork does not renew is in docs/modes.md ("fresh-process from a template").
 """
 
 import marshal
