@@ -273,7 +273,8 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
     # self-contained page
     ran = [s for s in doc["steps"] if s["ran"]]
     for s in ran:
-        name = "fresh-process" if s["name"] == "fresh-process-template" else s["name"]
+        name = {"fresh-process-template": "fresh-process",
+                "fresh-venv-template": "fresh-venv"}.get(s["name"], s["name"])
         assert f"diagnose: step {s['index']} {name}: " in run.stderr, run.output
         assert Path(s["results"]).is_file()
     page = report.read_text()
@@ -292,6 +293,9 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
     # the reference was checked against a new interpreter per task on the first seeds; a
     # template that differed is said, and the reference then ran from exec
     assert "fresh-process-exec" in names, names
+    # fresh-venv likewise, against a venv built per task and a new interpreter
+    if "fresh-venv" in names:
+        assert "fresh-venv-exec" in names, names
     if "fresh-process-template" in names and bug != "nondeterministic":
         assert doc["reference"].startswith(
             "fresh-process from a new interpreter per task (exec), because "), doc["reference"]

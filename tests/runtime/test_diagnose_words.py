@@ -315,3 +315,14 @@ def test_a_costly_fresh_process_is_announced_from_the_first_runs():
                            "(6× your mode's time per run"), line
     sample.study_s = 1.6                     # 4x: no note
     assert cost_warning(ctx, sample, mode, 300) == ""
+
+
+def test_fresh_venv_run_from_exec_is_said_in_the_reference():
+    note = "4 of 4 seeds differ between fresh-venv forked from a template ..."
+    runs = [step("your-mode", CLEAN), step("your-mode-again", CLEAN),
+            step("fresh-process", CLEAN), step("fresh-venv-template", {s: 9 for s in SEEDS}),
+            step("fresh-venv", CLEAN)]
+    verdict = judge(runs, Facts(venv_note=note))
+    assert verdict.findings == [], verdict           # the forked run is not the reference
+    assert verdict.reference == ("fresh-process; fresh-venv from a venv built per task and a "
+                                 "new interpreter (exec), because " + note)

@@ -8,14 +8,16 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ...config import ExecutorType, FreshProcessFrom
 from ...exitcodes import EXIT_FAILED
 from ...errors import LocalModeError, ModelOpsError
 from ..compare.runs import compare_outcomes, key_label
-from .steps import (FRESH_PROCESS, Context, Step, StepRun, again, describe_mode, direct_one_process,
-                    planned_steps, prepare, reference_sample, run_step)
+from .steps import (EXEC, FRESH_PROCESS, Context, Step, StepRun, again, describe_mode,
+                    direct_one_process, planned_steps, prepare, reference_sample, run_step,
+                    venv_sample)
 from .report import as_json, html_page, text
 from .verdict import (Facts, fresh_process_unstable, judge, needs_direct_one_process,
                       needs_fresh_process_again, state_explains, unexplained_self_difference)
@@ -100,6 +102,8 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
             continue
         if step.name == "fresh-process" and uses_template(ctx):
             fresh_process_checked(ctx, step, runs, do, mode)
+        elif step.name == "fresh-venv" and uses_template(ctx):
+            fresh_venv_checked(ctx, step, do)
         else:
             done = do(step)
             if step.name == "your-mode":
@@ -163,17 +167,31 @@ def mode_checked(ctx: Context, runs: list[StepRun], do) -> None:
                             FRESH_PROCESS))
 
 
+def fresh_venv_checked(ctx: Context, step: Step, do) -> None:
+    """fresh-venv, checked as fresh-process is: its tasks fork from a template in one uv
+    build per worker process; the first seeds with a venv built by uv for each task and a
+    new interpreter (exec) are the plain way; on a difference, fresh-venv runs from exec."""
+    sample = do(venv_sample())
+    fork = do(step)
+    if blame_template(ctx, fork, sample, "fresh-venv forked from a template in a shared "
+                      "venv build", do, replace(step, sets=(*step.sets, *EXEC)), venv=True):
+        fork.step = Step("fresh-venv-template", "fresh-venv forked from a template (differs "
+                         "from a venv built per task and a new interpreter)", fork.step.sets)
+
+
 def blame_template(ctx: Context, fork: StepRun, sample: StepRun, what: str, do,
-                   reference: Step) -> bool:
+                   reference: Step, venv: bool = False) -> bool:
     """True when ``fork`` differs from ``sample`` (the same seeds, a new interpreter each):
     ``reference`` then runs from exec, and the template is named only if exec agrees with
-    itself on the sample's seeds (a model that differs from itself is not the template's)."""
+    itself on the sample's seeds (a model that differs from itself is not the template's).
+    ``venv``: the fresh-venv check (later fresh-process steps keep their way)."""
     if not (sample.ran and fork.ran):
         return False
     c = compare_outcomes(fork.view.outcomes, sample.view.outcomes)
     if not c.differs:
         return False
-    ctx.fresh_exec = True
+    if not venv:
+        ctx.fresh_exec = True
     ctx.say(f"diagnose: {len(c.differing)} of {len(c.common)} {c.words.counted} differ "
             f"between {what} and a new interpreter per task: the reference runs from exec")
     exec_run = do(reference)
@@ -183,11 +201,14 @@ def blame_template(ctx: Context, fork: StepRun, sample: StepRun, what: str, do,
             ctx.say("diagnose: a new interpreter per task differs from itself too: the "
                     "template is not what differs")
             return True
-    ctx.reference_note = (f"{len(c.differing)} of {len(c.common)} {c.words.counted} differ "
-                          f"between {what} and a new interpreter per task ({c.words.labels} "
-                          f"{', '.join(map(key_label, c.differing[:8]))}), which agrees "
-                          "with itself")
-    ctx.say(f"diagnose: reference: exec, because {ctx.reference_note}")
+    note = (f"{len(c.differing)} of {len(c.common)} {c.words.counted} differ between {what} "
+            f"and a new interpreter per task ({c.words.labels} "
+            f"{', '.join(map(key_label, c.differing[:8]))}), which agrees with itself")
+    if venv:
+        ctx.venv_note = note
+    else:
+        ctx.reference_note = note
+    ctx.say(f"diagnose: reference: exec, because {note}")
     return True
 
 
@@ -204,6 +225,7 @@ def facts_of(ctx: Context, skipped: dict[str, str]) -> Facts:
     return Facts(requirements=ctx.requirements,
                  user_direct=ctx.config.executor_type is ExecutorType.direct,
                  user_template=user_forks(ctx), reference_note=ctx.reference_note,
+                 venv_note=ctx.venv_note,
                  skipped=skipped, replay=ctx.replay)
 
 

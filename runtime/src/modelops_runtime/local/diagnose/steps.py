@@ -92,6 +92,7 @@ class Context:
     direct_missing: str = ""      # why direct steps cannot run here ("" : they can)
     fresh_exec: bool = False      # fresh-process steps start a new interpreter per task
     reference_note: str = ""      # how the reference was chosen (said in the verdict)
+    venv_note: str = ""           # why fresh-venv ran from exec (said in the verdict)
     study_path: Path | None = None
 
     def replay(self, *extra: str, sims: int | None = None, command: str = "local") -> str:
@@ -239,6 +240,14 @@ def direct_one_process() -> Step:
     return Step("direct-one-process", "the worker's own environment in one worker process, "
                 "one task at a time (do direct's worker processes interfere?)",
                 (*DIRECT, *ONE_PROCESS), direct=True)
+
+
+def venv_sample() -> Step:
+    """fresh-venv the plain way on the first seeds: a venv built by uv for each task (a
+    clone of a pristine build) and a new interpreter (exec)."""
+    return Step("fresh-venv-exec", f"a venv built per task and a new interpreter on the "
+                f"first {REFERENCE_SAMPLE} seeds (checks the shared build and template fork "
+                "fresh-venv uses)", (*FRESH_VENV, *EXEC), sims=REFERENCE_SAMPLE)
 
 
 def reference_sample(fresh: Step | None = None) -> Step:

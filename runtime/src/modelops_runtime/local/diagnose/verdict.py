@@ -59,6 +59,7 @@ class Facts:
     user_direct: bool = False              # your mode is executor=direct
     user_template: bool = False            # your mode forks task processes from a template
     reference_note: str = ""               # "exec, because ..." when the check switched it
+    venv_note: str = ""                    # the same for fresh-venv
     skipped: Mapping[str, str] = field(default_factory=dict)   # step → why not run
     replay: advice.Replay = advice.placeholder
 
@@ -350,7 +351,9 @@ def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
 def _verdict(findings: list[Finding], all_runs: Sequence[StepRun], facts: Facts,
              ref: str) -> Verdict:
     reference_line = (f"{ref}" + (f" from a new interpreter per task (exec), because "
-                                  f"{facts.reference_note}" if facts.reference_note else ""))
+                                  f"{facts.reference_note}" if facts.reference_note else "")
+                      + (f"; fresh-venv from a venv built per task and a new interpreter "
+                         f"(exec), because {facts.venv_note}" if facts.venv_note else ""))
     if findings:
         why, command = advice.next_step(findings[0].layer, all_runs, facts.replay,
                                         findings[0].pair, facts.user_direct)
