@@ -126,11 +126,15 @@ class Session:
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         if self.cgroup is not None:
-            with contextlib.suppress(OSError):
-                for child in self.cgroup.iterdir():
-                    if child.is_dir():
-                        child.rmdir()
-                self.cgroup.rmdir()
+            remove_cgroup(self.cgroup)
+
+
+def remove_cgroup(cgroup: Path) -> None:
+    """Remove ``cgroup`` and the cgroups below it, deepest first (each must be empty of
+    processes; one that is not stays)."""
+    for path, _dirs, _files in sorted(os.walk(cgroup), key=lambda w: -w[0].count("/")):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def sweep_stale(where: Path) -> None:
@@ -143,11 +147,7 @@ def sweep_stale(where: Path) -> None:
         if not (stale / "cgroup.procs").exists():
             shutil.rmtree(stale, ignore_errors=True)
             continue
-        with contextlib.suppress(OSError):
-            for child in stale.iterdir():
-                if child.is_dir():
-                    child.rmdir()
-            stale.rmdir()
+        remove_cgroup(stale)
 
 
 @dataclass
