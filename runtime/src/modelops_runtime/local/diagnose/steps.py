@@ -24,6 +24,7 @@ from ..cluster.launch import LaunchPlan, plan
 from ..cluster.render import DEFAULT_RELEASE, find_chart, render_cluster
 from ..results import RunView, results_document, view_of
 from ..study.run import Study, direct_install_hint, missing_direct_dependencies, run_study
+from ..study.preflight import check_study_entrypoints
 from ..cluster.supervise import LocalCluster
 
 FRESH_PROCESS = ("worker.executor.maxProcessReuse=1", "worker.executor.forceFreshVenv=false")
@@ -115,10 +116,12 @@ def prepare(study_path: Path, values: Sequence[Path], sets: Sequence[str], *,
             out_dir: Path | None, release: str = DEFAULT_RELEASE,
             say: Callable[[str], None] = print, start_timeout: float = 180,
             results_store: str | None = None, retry_failed: bool = False) -> Context:
-    """Everything checked before a process starts: the study, the values (rendered once
-    in the user's mode), the directories, the results store's filesystem. Raises
-    LocalModeError/ChartRenderError/ResultsStoreError."""
+    """Everything checked before a process starts: the study and its entrypoints (in the
+    bundle's files), the values (rendered once in the user's mode), the directories, the
+    results store's filesystem. Raises
+    EntrypointError/LocalModeError/ChartRenderError/ResultsStoreError."""
     study = Study.load(study_path)
+    check_study_entrypoints(study)
     if results_store:
         from ...client.store.fs import open_fs
 

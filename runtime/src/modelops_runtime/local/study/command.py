@@ -19,6 +19,7 @@ from .run import (Study, check_direct_dependencies,
 from ..cluster.stopping import sigterm_as_interrupt, stopped
 from ..cluster.supervise import LocalCluster
 from . import session
+from .preflight import check_study_entrypoints
 from .stored import check_store
 from .table import check_table_target
 from ...client.store import StoreInputsDiffer
@@ -62,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         study = Study.load(args.study) if args.study else None
+        if study is not None:
+            check_study_entrypoints(study)
         results = check_results_targets(args.results)
         baseline = load_baseline(args.compare) if args.compare else None
         if args.results_store:
@@ -163,6 +166,7 @@ def main_action(args: argparse.Namespace) -> int:
         state = session.state_dir_of(args)
         if action == "run":
             study = Study.load(args.study)
+            check_study_entrypoints(study)
             results = check_results_targets(args.results)
             baseline = load_baseline(args.compare) if args.compare else None
             if args.results_store:

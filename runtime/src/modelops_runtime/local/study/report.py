@@ -1,5 +1,6 @@
 """What ``modelops-runtime local`` prints about a study run: what it will run, each
-aggregate, the per-set table of a study with several parameter sets, the failed runs."""
+aggregate, the per-set table of a study with several parameter sets, the failed runs (one
+line per distinct error, with the count of runs it hit)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from ..console import Echo
 from .studyfile import Study
 
 SHOWN_SETS = 40        # rows of the per-set table printed (all of them are in --results)
-SHOWN_FAILURES = 5
+SHOWN_FAILURES = 5     # distinct errors printed
+SHOWN_WHERE = 5        # (set, seed) runs named per distinct error
+
+
+def _everything(results_named: bool) -> str:
+    return ("every one is in the --results file" if results_named
+            else "--results FILE keeps every one")
 
 
 def announce(study: Study, echo: Echo, sims: int | None) -> None:
@@ -58,7 +65,7 @@ def table(rows: list[list[str]]) -> list[str]:
     return [fmt(rows[0], True)] + [fmt(r, False) for r in rows[1:]]
 
 
-def set_table(run: StudyRun, study: Study) -> list[str]:
+def set_table(run: StudyRun, study: Study, results_named: bool = False) -> list[str]:
     """One row per set: its label or id, the params that vary, its runs, its aggregate."""
     shared = set(study.params)
     names = list(dict.fromkeys(k for s in run.param_sets for k in s.params if k not in shared))
@@ -83,18 +90,18 @@ def set_table(run: StudyRun, study: Study) -> list[str]:
         rows.append(row)
     lines = table(rows)
     if len(run.param_sets) > SHOWN_SETS:
-        lines.append(f"... and {len(run.param_sets) - SHOWN_SETS} more sets (every set is in "
-                     "the --results file)")
+        lines.append(f"... and {len(run.param_sets) - SHOWN_SETS} more sets "
+                     f"({_everything(results_named)})")
     return lines
 
 
-def report(run: StudyRun, study: Study, echo: Echo) -> None:
+def report(run: StudyRun, study: Study, echo: Echo, results_named: bool = False) -> None:
     """The aggregates (per set as a table, or the one set's) and the failed runs."""
     several = len(run.param_sets) > 1
     if several:
         head = f" by {study.aggregate}" if study.aggregate else ""
         echo(f"per-set results{head} ({len(run.param_sets)} sets):")
-        for line in set_table(run, study):
+        for line in set_table(run, study, results_named):
             echo(f"  {line}")
         for a in run.set_aggregates:
             if a.aggregate_error and a.runs:
@@ -107,7 +114,9 @@ def report(run: StudyRun, study: Study, echo: Echo) -> None:
         _mapping(run.aggregate.outputs, echo)
 
 
-def report_failures(run: StudyRun, echo: Echo) -> None:
+def report_failures(run: StudyRun, echo: Echo, results_named: bool = False) -> None:
+    """The counts, then each distinct error once (type and first line of its message) with
+    how many runs it hit and which: an error every run hits is one line, not one per run."""
     several = len(run.param_sets) > 1
     what = "runs" if several else "sims"
     echo(f"{what}: {len(run.sims)} ok, {len(run.failures)} failed; "
@@ -115,13 +124,27 @@ def report_failures(run: StudyRun, echo: Echo) -> None:
     if run.batch_plan:
         echo(f"batch plan: {run.batch_plan}")
     names = {s.id: s.name for s in run.param_sets}
-    for f in run.failures[:SHOWN_FAILURES]:
-        where = f"set {names.get(f.set, f.set)} seed {f.seed}" if several else f"seed {f.seed}"
+    total = len(run.sims) + len(run.failures)
+    groups: dict[tuple[str, str], list] = {}
+    for f in run.failures:
         first = f.message.splitlines()[0] if f.message else ""
-        echo(f"  {where} failed: {f.error_type}: {first}")
-    if len(run.failures) > SHOWN_FAILURES:
-        echo(f"  ... and {len(run.failures) - SHOWN_FAILURES} more failed (all of them are "
-             "in the --results file)")
+        groups.setdefault((f.error_type, first), []).append(f)
+    for (error_type, first), hit in list(groups.items())[:SHOWN_FAILURES]:
+        where = ", ".join(f"set {names.get(f.set, f.set)} seed {f.seed}" if several
+                          else str(f.seed) for f in hit[:SHOWN_WHERE])
+        where = where if several else f"seed{'s' if len(hit) > 1 else ''} {where}"
+        if len(hit) > SHOWN_WHERE:
+            where += f", … {len(hit) - SHOWN_WHERE} more"
+        if len(hit) == 1:
+            echo(f"  {where} failed: {error_type}: {first}")
+        else:
+            count = (f"all {len(hit)} {what}" if len(hit) == total
+                     else f"{len(hit)} of {total} {what}")
+            echo(f"  {count} failed with this error ({where}): {error_type}: {first}")
+    if len(groups) > SHOWN_FAILURES:
+        rest = sum(len(hit) for hit in list(groups.values())[SHOWN_FAILURES:])
+        echo(f"  ... and {rest} more failed with {len(groups) - SHOWN_FAILURES} other "
+             f"error(s) ({_everything(results_named)})")
     if several and run.failures:
         per_set: dict[str, int] = {}
         for f in run.failures:

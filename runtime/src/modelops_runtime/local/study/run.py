@@ -281,10 +281,10 @@ def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
         run = run_study(client, study, launch.bundle_repo, sims=sims, progress=progress,
                         batch=batch, batch_target=batch_target)
     echo(f"bundle: {run.bundle}")
-    report(run, study, echo)
-    echo(f"pool stats: {format_pool_stats(run.pool_stats)}")
-    report_failures(run, echo)
     targets = [results] if isinstance(results, Path) else list(results or ())
+    report(run, study, echo, results_named=bool(targets))
+    echo(f"pool stats: {format_pool_stats(run.pool_stats)}")
+    report_failures(run, echo, results_named=bool(targets))
     for path in targets:
         if is_table(path):
             n = write_table(run, path)
