@@ -227,3 +227,20 @@ def test_exits_and_modules_missing_from_the_bundle_are_typed(dask_cluster, tmp_p
         assert f"Add {where} to the bundle" in str(error)
     assert isinstance(errors[7], MissingDependencyError) and errors[7].module == "my_helpers"
     assert "add my_helpers.py to the bundle directory" in str(errors[7])
+
+
+def test_gathering_a_list_of_futures_into_a_log_writes_lines_not_redraws(dask_cluster,
+                                                                          tmp_path, capfd):
+    """gather_study(client, futures) with its progress on, and stderr not a terminal (a
+    log file, CI): plain lines, no carriage-return redraws (issue #27: `make run > log`)."""
+    repo = tmp_path / "repo"
+    ref = make_bundle(tmp_path, repo, {"model.py": SIM_MODEL, "requirements.txt": ""})
+    _, client = dask_cluster(direct_env(repo), nworkers=1, nthreads=2, resources="")
+    futures = submit(client, [SimTask(bundle=ref, entrypoint="model:simulate",
+                                      params={"x": 1.0}, seed=s) for s in range(40)],
+                     study="log40")
+    capfd.readouterr()
+    assert gather_study(client, futures, progress=True, desc="log40").ok
+    err = capfd.readouterr().err
+    assert "\r" not in err and "\x1b[" not in err, repr(err[:300])
+    assert err.splitlines()[-1].startswith("log40: 40 of 40 runs done (100.0 %), 0 failed"), err

@@ -41,3 +41,12 @@ def test_no_lines_when_disabled():
         bar.run(ok=True)
     bar.close()
     assert out.getvalue() == ""
+
+
+def test_a_list_of_futures_has_no_sets_to_count():
+    out, clock = io.StringIO(), Clock()
+    bar = StudyProgress("runs", 10, sets=None, file=out, tty=False, every=30.0, clock=clock)
+    for _ in range(10):
+        bar.run(ok=True)
+    bar.close()
+    assert out.getvalue() == "runs: 10 of 10 runs done (100.0 %), 0 failed (in 0 s)\n"

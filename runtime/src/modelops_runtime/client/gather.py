@@ -61,7 +61,8 @@ def gather_study(client, futures: Sequence, progress: bool = True,
 
 
 def gather_study(client, futures, progress: bool = True, desc: str | None = None):
-    """Wait for every run (with a tqdm progress bar) and collect results and failures.
+    """Wait for every run (a bar on a terminal, plain periodic lines otherwise) and collect
+    results and failures.
 
     ``futures``: what :func:`~.submit.submit_study` returned (→ :class:`StudySetsResult`,
     per set, with aggregates), or a list of futures from :func:`~.submit.submit`
@@ -80,7 +81,8 @@ def gather_study(client, futures, progress: bool = True, desc: str | None = None
 
 def _gather_list(futures: Sequence, progress: bool, desc: str) -> StudyResult:
     from distributed import as_completed
-    from tqdm.auto import tqdm
+
+    from .progress import StudyProgress
 
     futures = list(futures)
     positions: dict[str, list[int]] = {}
@@ -89,13 +91,16 @@ def _gather_list(futures: Sequence, progress: bool, desc: str) -> StudyResult:
     outcome: dict[int, SimResult] = {}
     failures: list[TaskFailure] = []
     seen: set[str] = set()
-    with tqdm(total=len(futures), desc=desc, unit="task", disable=not progress) as bar:
+    # a bar on a terminal, plain periodic lines in a log (never hundreds of redraws)
+    bar = StudyProgress(desc, len(futures), sets=None, enabled=progress)
+    try:
         for future, value in as_completed(futures, with_results=True, raise_errors=False):
             if future.key in seen:
                 continue
             seen.add(future.key)
             idx = positions[future.key]
-            if not failed(future, value):  # a result, whatever the status turned to since
+            ok = not failed(future, value)  # a result, whatever the status turned to since
+            if ok:
                 for i in idx:
                     outcome[i] = value
             else:
@@ -103,9 +108,10 @@ def _gather_list(futures: Sequence, progress: bool, desc: str) -> StudyResult:
                 failures.extend(
                     TaskFailure(index=i, key=str(future.key), error_type=type(err).__name__,
                                 message=str(err), error=err) for i in idx)
-            bar.update(len(idx))
-            if failures:
-                bar.set_postfix(failed=len(failures))
+            for _ in idx:
+                bar.run(ok)
+    finally:
+        bar.close()
     order = sorted(outcome)
     result = StudyResult(results=[outcome[i] for i in order], indices=order,
                          failures=sorted(failures, key=lambda f: f.index), total=len(futures))

@@ -3,6 +3,8 @@ included), failures, sets complete, the measured rate and an ETA from it.
 
 - covers: a tqdm bar on a terminal; plain lines (one every ``every`` seconds, and a last
   one) when the output is not a terminal, so logs stay readable.
+- covers: a study submitted in sets (``submit_study``) and a plain list of futures
+  (``sets=None``: no sets to count).
 - does not: count anything itself (the caller says what finished).
 """
 
@@ -29,7 +31,8 @@ def _duration(seconds: float) -> str:
 class StudyProgress:
     """Call :meth:`run` per finished run, :meth:`close` at the end."""
 
-    def __init__(self, desc: str, total: int, *, sets: int, done: int = 0, failed: int = 0,
+    def __init__(self, desc: str, total: int, *, sets: int | None, done: int = 0,
+                 failed: int = 0,
                  sets_done: int = 0, enabled: bool = True, file: TextIO | None = None,
                  every: float = LINE_EVERY, tty: bool | None = None,
                  clock=time.monotonic) -> None:
@@ -56,11 +59,17 @@ class StudyProgress:
     def line(self) -> str:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         text = (f"{self.desc}: {self.done:,} of {self.total:,} runs done ({pct:.1f} %), "
-                f"{self.failed:,} failed, sets complete {self.sets_done:,}/{self.sets:,}")
+                f"{self.failed:,} failed")
+        if self.sets is not None:
+            text += f", sets complete {self.sets_done:,}/{self.sets:,}"
         rate = self.rate()
         if rate and self.done < self.total:
             text += f", {rate:,.1f} runs/s, ETA {_duration((self.total - self.done) / rate)}"
         return text
+
+    def _postfix(self) -> str:
+        sets = f", sets {self.sets_done}/{self.sets}" if self.sets is not None else ""
+        return f"failed {self.failed}{sets}"
 
     def run(self, ok: bool, set_complete: bool = False) -> None:
         self.done += 1
@@ -77,8 +86,7 @@ class StudyProgress:
             self._bar.update(1)
             if set_complete or not ok or now - self._last_line >= 1.0:
                 self._last_line = now
-                self._bar.set_postfix_str(f"failed {self.failed}, sets {self.sets_done}/"
-                                          f"{self.sets}")
+                self._bar.set_postfix_str(self._postfix())
         elif now - self._last_line >= self.every:
             self._last_line = now
             self._times.append((now, self.done))
@@ -88,7 +96,7 @@ class StudyProgress:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.set_postfix_str(f"failed {self.failed}, sets {self.sets_done}/{self.sets}")
+            self._bar.set_postfix_str(self._postfix())
             self._bar.close()
         else:
             elapsed = _duration(self._clock() - self._start)
