@@ -114,6 +114,21 @@ def report(run: StudyRun, study: Study, echo: Echo, results_named: bool = False)
         _mapping(run.aggregate.outputs, echo)
 
 
+def headline(message: str) -> str:
+    """A failure's message in one line: its first line, and when that ends in a colon (a
+    tool's output follows, e.g. uv's), the line that says why (`cause:`, else `error:`)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if first.endswith(":"):
+        for prefix in ("cause:", "error:"):
+            why = next((ln for ln in lines[1:] if ln.startswith(prefix)), None)
+            if why:
+                return f"{first} {why}"
+    return first
+
+
 def report_failures(run: StudyRun, echo: Echo, results_named: bool = False) -> None:
     """The counts, then each distinct error once (type and first line of its message) with
     how many runs it hit and which: an error every run hits is one line, not one per run."""
@@ -127,7 +142,7 @@ def report_failures(run: StudyRun, echo: Echo, results_named: bool = False) -> N
     total = len(run.sims) + len(run.failures)
     groups: dict[tuple[str, str], list] = {}
     for f in run.failures:
-        first = f.message.splitlines()[0] if f.message else ""
+        first = headline(f.message or "")
         groups.setdefault((f.error_type, first), []).append(f)
     for (error_type, first), hit in list(groups.items())[:SHOWN_FAILURES]:
         where = ", ".join(f"set {names.get(f.set, f.set)} seed {f.seed}" if several
