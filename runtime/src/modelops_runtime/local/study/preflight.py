@@ -5,7 +5,8 @@ entrypoints (``entrypoint``, ``aggregate``, ``aggregate_sets``) read from the bu
   a function it does not define (with the closest names it does)
 - does not: import anything (bundle code runs only on workers, in its own venv); judge a
   module the bundle does not ship (it may come from a requirement) or a module whose names
-  are made at run time (``from x import *``, a module ``__getattr__``): the workers do
+  are made at run time (``from x import *``, a module ``__getattr__``, ``exec``,
+  ``globals()``): the workers do
 - see also: report.py (what fails at run time anyway is printed once, with its count)
 """
 
@@ -63,9 +64,9 @@ def _defined_names(tree: ast.Module) -> set[str] | None:
             todo += [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])]
             for handler in getattr(node, "handlers", []):
                 todo += handler.body
-    if "__getattr__" in names or "globals" in {
-            n.func.id for n in ast.walk(tree)
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}:
+    called = {n.func.id for n in ast.walk(tree)
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    if "__getattr__" in names or called & {"globals", "exec", "setattr"}:
         return None
     return names
 
