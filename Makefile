@@ -15,7 +15,7 @@ SIMS    ?= 300
 PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: apiserver run test test-fast lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s venv bench clean help image lock
+.PHONY: apiserver run test test-fast lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s venv wheelhouse bench clean help image lock
 
 help:
 	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
@@ -23,7 +23,7 @@ help:
 	@echo "make test-fast                     the edit-test loop: tests without an API server, a container or several presets"
 	@echo "make bench                         benchmarks (ratios) into bench/results.md"
 	@echo "make image                         the worker image, full and slim, with podman (runtime/image/)"
-	@echo "make lock                          regenerate the image's lock files with uv (needs PyPI)"
+	@echo "make lock                          regenerate the image's and the tests' wheelhouse lock files with uv (needs PyPI)"
 	@echo "make apiserver                     a local Kubernetes API server to try helm install/upgrade/rollback (pods stay Pending)"
 
 # A real API server (etcd, kube-apiserver, kube-controller-manager as local processes, the
@@ -43,6 +43,15 @@ $(VENV)/.installed: runtime/pyproject.toml
 
 tools:
 	@bash ci/install-tools.sh $(TOOLS)
+
+# The tests' wheelhouse: the real scientific wheels of ci/wheelhouse/requirements.lock
+# (numpy, scipy, pandas, numba, matplotlib, joblib, starsim; ~175 MB, a few seconds cold),
+# downloaded with their hashes verified; nothing is fetched when it is complete for the
+# lock. The tests install from it offline (tests/support/wheelhouse.py): no test needs
+# the network.
+WHEELHOUSE := .tools/wheelhouse
+wheelhouse: venv
+	@$(PY) ci/wheelhouse/wheelhouse.py fetch $(WHEELHOUSE)
 
 # podman, runc and debootstrap from Debian for the image tests (tests/cluster/): a machine
 # where that is impossible (no root, not Debian) still runs everything else; those tests
@@ -110,14 +119,14 @@ ct-lint:
 	@echo "== ct $$($(CT) version | awk 'NR == 1 {print $$2}') lint: yamllint, yamale and helm lint --strict with $$(helm version --template '{{.Version}}') on every preset"
 	$(CT) lint --config ci/ct.yaml --lint-conf ci/lintconf.yaml --chart-yaml-schema ci/chart_schema.yaml
 
-pytest: venv tools tool-podman tool-k8s
+pytest: venv tools tool-podman tool-k8s wheelhouse
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The edit-test loop (a few minutes): every test but those marked apiserver, container or
 # presets (tests/support/markers.py). Needs helm 3 and 4 (no k8s build, no podman). Not CI:
 # `make test` runs everything. No test selected is a failure (pytest's exit code 5).
 FAST := not apiserver and not container and not presets
-test-fast: venv tools
+test-fast: venv tools wheelhouse
 	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 # The worker image, both flavours, against the locally made base (cached by content).
@@ -127,6 +136,7 @@ image: tool-podman
 
 lock: venv
 	$(PY) runtime/image/lock.py
+	$(PY) ci/wheelhouse/wheelhouse.py lock
 
 bench: venv tools
 	$(PY) bench/run.py
