@@ -228,6 +228,27 @@ def poison(params, seed):
     import signal
     os.kill(os.getppid(), signal.SIGKILL)
     return {"worker": "still there"}
+
+
+PLACES = ("HOME", "TMPDIR", "XDG_CACHE_HOME", "MPLCONFIGDIR", "JOBLIB_TEMP_FOLDER",
+          "NUMBA_CACHE_DIR")
+
+
+def places(params, seed):
+    out = {"cwd": os.getcwd(), "env": {n: os.environ.get(n) for n in PLACES}, "writes": {},
+           "others": {}}
+    for name in PLACES:
+        where = pathlib.Path(os.environ[name])
+        where.mkdir(parents=True, exist_ok=True)
+        out["writes"][name] = _attempt(_create, where / f"probe-{name}.py")
+    for key, path in params.items():  # other tasks' places
+        out["others"][key] = _attempt(_create, pathlib.Path(path) / "planted.nbi")
+    return out
+
+
+def write_outside(params, seed):
+    pathlib.Path(params["path"], "figure.png").write_bytes(b"not yours")
+    return {}
 '''
 
 VICTIM = {"model.py": "def ok(params, seed):\n    return {'victim': seed}\n"}
@@ -438,3 +459,51 @@ def test_bundle_code_cannot_trace_or_read_another_tasks_process(unprivileged):
     assert out == {"ptrace_other_task": "refused: PermissionError",
                    "read_other_task_memory": "refused: PermissionError"}, out
     assert _run(client, victim_ref, "whoami").outputs["pid"] == victim
+
+
+def test_the_runtime_places_are_writable_and_no_other_tasks(unprivileged):
+    """HOME, TMPDIR, the caches of scientific packages (XDG_CACHE_HOME, MPLCONFIGDIR,
+    joblib's temp folder) are the task process's own scratch; NUMBA_CACHE_DIR is the compile
+    cache of its venv and bundle, outside the venv and the bundle. Attack: write into
+    another bundle's compile cache (same venv: no dependencies) and into another warm
+    process's HOME."""
+    cluster, client, root, uid = unprivileged
+    victim_ref = _bundle(root, "placesvictim", {"attacks.py": ATTACKS, "who.py": "WHO = 1\n"})
+    victim = _run(client, victim_ref, "places").outputs
+    ref = _bundle(root, "places", {"attacks.py": ATTACKS})
+    others = {"victim_numba": victim["env"]["NUMBA_CACHE_DIR"], "victim_home": victim["env"]["HOME"]}
+    out = _run(client, ref, "places", **others).outputs
+
+    assert out["writes"] == dict.fromkeys(out["env"], "written"), out
+    scratch = out["cwd"]
+    for name, path in out["env"].items():
+        inside = path == scratch or path.startswith(scratch + "/")
+        assert inside == (name != "NUMBA_CACHE_DIR"), (name, path, scratch)
+    numba = Path(out["env"]["NUMBA_CACHE_DIR"])
+    assert numba != Path(others["victim_numba"])
+    for shared in (root / "cache" / "venvs", root / "cache" / "bundles"):
+        assert shared not in numba.parents, numba
+    assert out["others"] == {"victim_numba": "refused: PermissionError",
+                             "victim_home": "refused: PermissionError"}, out["others"]
+    assert not (Path(others["victim_numba"]) / "planted.nbi").exists()
+    # the victim's compile cache and HOME still serve it
+    assert _run(client, victim_ref, "places").outputs["writes"] == victim["writes"]
+
+
+def test_a_refused_write_reads_as_one_line_naming_the_path_and_the_value(unprivileged):
+    """A model writing next to another bundle (outside every writable place): the error's
+    first line names the path and worker.executor.writablePaths, not only a traceback."""
+    cluster, client, root, uid = unprivileged
+    victim_ref = _bundle(root, "victim", VICTIM)
+    (future,) = submit(client, [SimTask(bundle=victim_ref, entrypoint="model:ok", params={},
+                                        seed=5)], study=f"security{next(_studies)}")
+    future.result(timeout=300)
+    victim_dir = root / "cache" / "bundles" / victim_ref.split(":", 1)[1]
+    ref = _bundle(root, "outside", {"attacks.py": ATTACKS})
+    with pytest.raises(SimulationError) as info:
+        _run(client, ref, "write_outside", path=str(victim_dir))
+    first = str(info.value).splitlines()[0]
+    assert first.startswith(f"attacks:write_outside failed: writing {victim_dir}/figure.png "
+                            "was refused (PermissionError: "), first
+    assert "add it to worker.executor.writablePaths" in first, first
+    assert not (victim_dir / "figure.png").exists()

@@ -17,13 +17,21 @@ directory instead.
 
 A model calling ``sys.exit()`` or raising ``KeyboardInterrupt`` fails its task with a
 SimulationError, as under isolated_warm; the worker goes on.
+
+Caches that scientific packages write at run time (numba's ``NUMBA_CACHE_DIR``,
+matplotlib's ``MPLCONFIGDIR``, ``XDG_CACHE_HOME``) go to a directory of this worker process
+under its TMPDIR (the image's site-packages and HOME may be read-only), unless the
+worker's environment sets them; shared by its tasks, as everything else here, and removed
+at shutdown.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -34,10 +42,14 @@ from ...bundles import read_dependencies
 from ...errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
                       SimulationError)
 from ...models import Call, SimResult, check_entrypoint
+from ..warm.scratch import CACHES_PREFIX
+from ..warm.venvs.keys import owner_tag
 from .base import ExecEnv
 
 # one per process: the import system it protects is one per process
 _PROCESS_LOCK = threading.Lock()
+CACHE_VARIABLES = {"NUMBA_CACHE_DIR": "numba", "MPLCONFIGDIR": "matplotlib",
+                   "XDG_CACHE_HOME": "cache"}
 
 
 def _is_under(path: str | None, root: str) -> bool:
@@ -66,6 +78,17 @@ class DirectExecEnv(ExecEnv):
         super().__init__(config, bundles)
         self._tasks = 0
         self._packages: tuple[str, list[str]] | None = None   # (digest, list), once
+        self._caches: Path | None = None  # the run-time caches' directory (module docstring)
+        self._set: list[str] = []  # the variables of CACHE_VARIABLES set here
+
+    def _own_caches(self) -> None:
+        unset = [name for name in CACHE_VARIABLES if name not in os.environ]
+        if self._caches is not None or not unset:
+            return
+        self._caches = Path(tempfile.mkdtemp(prefix=f"{CACHES_PREFIX}{owner_tag()}-"))
+        for name in unset:
+            os.environ[name] = str(self._caches / CACHE_VARIABLES[name])
+        self._set = unset
 
     def run(self, call: Call) -> SimResult:
         try:
@@ -75,6 +98,7 @@ class DirectExecEnv(ExecEnv):
         bundle_dir, lease = self.bundles.lease(call.bundle)  # not collected while it runs
         try:
             with _PROCESS_LOCK:
+                self._own_caches()
                 env_digest = self._package_set()[0]
                 self._tasks += 1
                 count = self._tasks
@@ -102,7 +126,13 @@ class DirectExecEnv(ExecEnv):
             return dict([self._package_set()]) if self._tasks else {}
 
     def shutdown(self) -> None:
-        """Nothing to release: direct starts no processes."""
+        """Direct starts no processes: only the caches' directory goes."""
+        with _PROCESS_LOCK:
+            for name in self._set:
+                os.environ.pop(name, None)
+            caches, self._caches, self._set = self._caches, None, []
+        if caches is not None:
+            shutil.rmtree(caches, ignore_errors=True)
 
     def stats(self) -> dict:
         return {"executor": self.name, "tasks": self._tasks}

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...bundles import read_dependencies, read_reply_types
-from ...errors import (BundleError, EntrypointError, MemoryLimitExceeded, MissingDependencyError,
-                      ModelOpsError, ProcessLimitExceeded, SimulationError)
+from ...errors import MemoryLimitExceeded, ModelOpsError, ProcessLimitExceeded
 from ...config import FreshProcessFrom
 from ...models import Call, SimResult
 from ..counters import FallbackReason, RemovalReason, StatsRecorder
@@ -32,10 +31,12 @@ from ..packages import package_digest, venv_packages
 from ..warm.process import WarmProcess, data_cap, warm_env
 from ..warm.runner.program import compile_runner
 from ..warm.runner.frames import WRITABLE_ENV
+from ..warm.scratch import CompileCaches
 from ..warm.venvs.prefetch import FreshVenvs
 from ..warm.template import Templates, TemplateTainted
 from ..warm.venvs.store import Venv, VenvCache, venv_key
 from .base import ExecEnv
+from .replies import user_error
 
 log = logging.getLogger("modelops_runtime.pool")
 
@@ -71,6 +72,7 @@ class IsolatedWarmExecEnv(ExecEnv):
                              max_reuse=config.max_process_reuse, ttl=config.process_ttl,
                              memory_budget=config.pool_memory_bytes, stats=self._stats)
         self._bundles: dict[str, _Bundle] = {}
+        self.compile_caches = CompileCaches()  # numba's, per (venv, bundle): scratch.py
         # MAX_PROCESS_REUSE=1 (and FORCE_FRESH_VENV: in the worker process's own pristine uv
         # build of the venv): fork each task's process from a template (template.py)
         self.templates: Templates | None = None
@@ -186,6 +188,7 @@ class IsolatedWarmExecEnv(ExecEnv):
         if self.fresh_venvs is not None:  # used venvs go once their processes are gone
             self.fresh_venvs.close()
         self.venvs.pristines.close()  # FORCE_FRESH_VENV's uv builds, cloned per task
+        self.compile_caches.close()
 
     def stats(self) -> dict[str, Any]:
         return self.pool.snapshot().model_dump(mode="json")
@@ -230,8 +233,13 @@ class IsolatedWarmExecEnv(ExecEnv):
             packages = venv_packages(venv.path)
             env = {**warm_env(venv, self.config.env_passthrough),
                    **thread_env(self.config.native_threads)}
-            if self.config.warm_writable_paths:  # read (and dropped) by the runner's sandbox
-                env[WRITABLE_ENV] = ",".join(self.config.warm_writable_paths)
+            writable = [str(p) for p in self.config.warm_writable_paths]
+            if not fresh and "NUMBA_CACHE_DIR" not in env:  # unless passed through
+                # compiled once per venv and bundle; a fresh venv's is in its own scratch
+                env["NUMBA_CACHE_DIR"] = str(self.compile_caches.directory(venv.path, bundle.ref))
+                writable.append(env["NUMBA_CACHE_DIR"])
+            if writable:  # read (and dropped) by the runner's sandbox
+                env[WRITABLE_ENV] = ",".join(writable)
             extra = {} if template is None else {"template": template}
             proc = self.pool.spawn(key=bundle.pool_key,
                                    venv=dataclasses.replace(venv, hold_fds=leases),
@@ -376,7 +384,7 @@ class IsolatedWarmExecEnv(ExecEnv):
                 f"warm process (pid {proc.pid}) was killed and will be replaced. Reduce the "
                 "model's memory use or raise the limit.", limit_bytes=limit,
                 peak_bytes=None, pid=proc.pid, log_tail=proc.log.tail(mark))
-        raise _user_error(reply, call, bundle, proc.log.tail(mark))
+        raise user_error(reply, call, bundle.requirements, proc.log.tail(mark))
 
     def _result(self, outputs: Any, pid: int, task_count: int, venv_hit: bool,
                 started: float, env_digest: str = "") -> SimResult:
@@ -385,71 +393,7 @@ class IsolatedWarmExecEnv(ExecEnv):
                          duration_s=time.perf_counter() - started, env_digest=env_digest)
 
 
-def _user_error(reply: dict, call: Call, bundle: _Bundle, log_tail: str) -> ModelOpsError:
-    """The typed error for a failure reported by the runner (the process stays warm)."""
-    kind = reply.get("kind")
-    remote = {"remote_type": reply.get("type", ""), "remote_message": reply.get("message", ""),
-              "remote_traceback": reply.get("traceback", ""), "log_tail": log_tail}
-    what = f"{reply.get('type')}: {reply.get('message')}"
-    if kind == "entrypoint":
-        return EntrypointError(
-            f"entrypoint {call.entrypoint!r} cannot be loaded from bundle {call.bundle} "
-            f"({what}). The entrypoint must be 'module:function' naming a module inside the "
-            "bundle directory and a function in it; fix the name or repack the bundle.",
-            entrypoint=call.entrypoint, **remote)
-    if kind == "bundle_module":
-        missing = reply.get("missing", "")
-        return BundleError(
-            f"{call.entrypoint}: bundle code imports {missing!r}, a module of the bundle "
-            f"itself ({missing.partition('.')[0]!r} is in the bundle directory) that the "
-            f"bundle does not contain. Add {_module_file(missing)} to the bundle (or fix the "
-            "import) and repack.",
-            missing=missing, entrypoint=call.entrypoint, bundle=call.bundle, **remote)
-    if kind == "missing_dependency" and reply.get("in_request"):
-        missing = reply.get("missing", "")
-        return MissingDependencyError(
-            f"{call.entrypoint}: the task's arguments hold an object of module {missing!r}, "
-            f"which the bundle's environment does not have ({what}). Pass plain data (dicts, "
-            "lists, numbers, strings), or add the package that provides it to the bundle's "
-            "requirements.", missing=missing, requirements=list(bundle.requirements),
-            **remote)
-    if kind == "missing_dependency":
-        deps = ", ".join(bundle.requirements) or "none"
-        missing = reply.get("missing", "")
-        return MissingDependencyError(
-            f"{call.entrypoint}: bundle code imports {missing!r}, which its "
-            f"environment does not have (declared dependencies: {deps}). Add the package "
-            "that provides it to the bundle's requirements.txt or pyproject.toml and repack "
-            f"(if {missing!r} is your own code, add {_module_file(missing)} to the bundle "
-            "directory).",
-            missing=missing, requirements=list(bundle.requirements), **remote)
-    if kind == "request":
-        return SimulationError(
-            f"{call.entrypoint}: the task's arguments cannot be read in the bundle's "
-            f"environment ({what}). Pass plain data (dicts, lists, numbers, strings) or "
-            "objects of packages the bundle declares.", **remote)
-    if kind in ("result", "unreadable"):
-        return SimulationError(
-            f"{call.entrypoint} returned outputs that cannot travel back to the worker "
-            f"({what}). Return plain data: dicts, lists, numbers, strings, bytes.", **remote)
-    return SimulationError(
-        f"{call.entrypoint} raised {what}{_exit_hint(reply.get('type', ''))}\n\n"
-        f"Remote traceback:\n{reply.get('traceback', '')}", **remote)
-
-
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def _module_file(name: str) -> str:
-    """Where module ``name`` lives relative to the bundle root (``a.b`` → ``a/b.py``)."""
-    return name.replace(".", "/") + ".py"
-
-
-def _exit_hint(remote_type: str) -> str:
-    if remote_type in ("SystemExit", "KeyboardInterrupt"):
-        return (" (the task failed and its warm process stays up; a model must return its "
-                "outputs instead of exiting)")
-    return ""

@@ -39,6 +39,11 @@ log = logging.getLogger("modelops_runtime.pool")
 
 PIPE_SIZE = 1 << 20                # larger pipes: fewer wakeups for big payloads
 BASE_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME")
+# what numeric libraries compute with (kernels, instruction sets), not secrets: a warm
+# process computes as the worker (and executor=direct) would. OPENBLAS_CORETYPE alone
+# changes scipy's solve_ivp in the last bit (tests/realmodels found it).
+NUMERIC_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
+               "MKL_DEBUG_CPU_TYPE", "NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES")
 
 
 def data_cap(mem_limit: int | None) -> int:
@@ -51,7 +56,7 @@ def data_cap(mem_limit: int | None) -> int:
 
 def warm_env(venv: Venv, passthrough: Iterable[str] = ()) -> dict[str, str]:
     """The allow-listed environment of a warm process: the worker's secrets stay out."""
-    allowed = set(BASE_ENV) | set(passthrough)
+    allowed = set(BASE_ENV) | set(NUMERIC_ENV) | set(passthrough)
     env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
     env["VIRTUAL_ENV"] = str(venv.path)
     env["PATH"] = f"{venv.path / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"

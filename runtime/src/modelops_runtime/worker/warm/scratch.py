@@ -1,15 +1,24 @@
-"""Private working directories of warm processes, under the worker's TMPDIR."""
+"""Private directories of warm processes under the worker's TMPDIR: each process's
+scratch (its cwd, TMPDIR, HOME and per-process caches) and the pool's compile caches.
+
+- Covers: creating them, removing them with their owner, and removing those of worker
+  processes of this host that died without cleaning up.
+- Does not: decide what a process may write (confine.py's sandbox, from the paths the
+  executor passes) or point variables at them (confine.own_places).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from .venvs.store import left_by_dead_local_process, owner_tag
 
 SCRATCH_PREFIX = "modelops-warm-"  # + <host>-<pid>-<random>: a warm process's working dir
+CACHES_PREFIX = "modelops-caches-"  # + <host>-<pid>-<random>: a worker process's compile caches
 
 
 def make_scratch() -> Path:
@@ -19,10 +28,38 @@ def make_scratch() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{owner_tag()}-"))
 
 
+class CompileCaches:
+    """One compile cache directory (numba's NUMBA_CACHE_DIR) per (venv, bundle) for the warm
+    processes of one worker process: what numba compiled in one task is loaded by the next
+    process of the same venv and bundle instead of compiled again. Only the processes of
+    that venv and bundle may write it (the runner's sandbox), so no bundle can change
+    another's compiled code. Removed at shutdown; a fresh venv gets none (its process keeps
+    its compile cache in its own scratch)."""
+
+    def __init__(self) -> None:
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+
+    def directory(self, venv_path: Path, bundle_ref: str) -> Path:
+        with self._lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix=f"{CACHES_PREFIX}{owner_tag()}-"))
+            path = self._root / f"{venv_path.name}-{bundle_ref.rpartition(':')[2][:16]}" / "numba"
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+
+    def close(self) -> None:
+        with self._lock:
+            root, self._root = self._root, None
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def remove_dead_scratch() -> None:
-    """Scratch directories of warm processes whose worker process (of this host) died
-    without stopping them (a SIGKILLed worker cannot clean up)."""
+    """Scratch and compile cache directories of worker processes (of this host) that died
+    without removing them (a SIGKILLed worker cannot clean up)."""
     with contextlib.suppress(OSError):
-        for entry in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
-            if left_by_dead_local_process(entry.name[len(SCRATCH_PREFIX):]):
-                shutil.rmtree(entry, ignore_errors=True)
+        for prefix in (SCRATCH_PREFIX, CACHES_PREFIX):
+            for entry in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+                if left_by_dead_local_process(entry.name[len(prefix):]):
+                    shutil.rmtree(entry, ignore_errors=True)

@@ -5,8 +5,12 @@ any bundle code runs, a warm process (and again each task process forked from a 
 
 - arms PR_SET_PDEATHSIG, so the kernel kills it when its parent dies
   (:func:`set_parent_death_signal`), and sets no_new_privs;
+- points what scientific packages write at run time into its scratch directory
+  (:func:`own_places`: HOME, TMPDIR, XDG_CACHE_HOME, MPLCONFIGDIR, JOBLIB_TEMP_FOLDER,
+  and NUMBA_CACHE_DIR unless the worker chose the venv's compile cache);
 - confines itself with Landlock (:func:`sandbox`): it may write only in its scratch
-  directory (its cwd, also its TMPDIR) and /dev, never in the bundle cache or a venv,
+  directory (its cwd), /dev, its compile cache and the configured writable paths, never
+  in the bundle cache or a venv,
   and read only those, its bundle, its venv, the Python prefix and the system's files
   (:func:`readable_roots`);
 - caps its data size (:func:`cap_data`, RLIMIT_DATA) as the memory limit's backstop;
@@ -49,6 +53,42 @@ def set_parent_death_signal(parent_pid: int) -> None:
             pass
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
         die_with_group()
+
+
+# Where a task process's libraries write at run time, relative to its scratch directory
+# ("": the scratch directory itself). HOME and TMPDIR always (the worker's would be shared
+# or read-only); the others only when the worker's environment does not set them (set by
+# the executor, e.g. NUMBA_CACHE_DIR: the venv's compile cache, or by a passthrough).
+PLACES = {"HOME": "", "TMPDIR": "", "XDG_CACHE_HOME": ".cache",
+          "MPLCONFIGDIR": ".config/matplotlib", "JOBLIB_TEMP_FOLDER": "",
+          "NUMBA_CACHE_DIR": ".cache/numba"}
+ALWAYS = ("HOME", "TMPDIR")
+
+
+def own_places(scratch: str, names: tuple | None = None) -> tuple:
+    """Point the runtime's writable places at ``scratch`` (this process's own); returns the
+    names it set. ``names``: those a template set, set again in a task process it forked
+    (its own scratch, not the template's)."""
+    if names is None:
+        names = tuple(n for n in PLACES if n in ALWAYS or n not in os.environ)
+    for name in names:
+        os.environ[name] = os.path.join(scratch, PLACES[name]) if PLACES[name] else scratch
+    return names
+
+
+def refused_write(exc: BaseException, scratch: str):
+    """The path of a write the sandbox (or a read-only mount) refused somewhere in
+    ``exc``'s chain, outside this process's scratch directory; None if there is none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno in (1, 13, 30)  # EPERM, EACCES, EROFS
+                and isinstance(exc.filename, str)):
+            path = os.path.abspath(exc.filename)
+            if not path.startswith(os.path.join(scratch, "")):
+                return path
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # Landlock (Linux >= 5.13): what the sandbox takes away is every kind of write, and every

@@ -40,6 +40,7 @@ def _load(name: str, **siblings):
 
 
 _OWN_FILES = {_load.__code__.co_filename}  # the program's code: left out of a traceback
+_SCRATCH = [""]  # this process's scratch directory (set in main)
 frames = _load("frames")
 confine = _load("confine", frames=frames)
 
@@ -125,7 +126,8 @@ def _run(request: dict, cache: dict, bundle_dir: str) -> dict:
     except BaseException as exc:  # noqa: BLE001 - reported to the worker as SimulationError
         # SystemExit and KeyboardInterrupt too: a model calling sys.exit() fails its task
         # (as under executor=direct) and must not end this warm process
-        return _error("user", exc)
+        refused = confine.refused_write(exc, _SCRATCH[0])
+        return _error("user", exc, **({"refused": refused} if refused else {}))
     return {"ok": True, "result": result}
 
 
@@ -191,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     for fd in (request_fd, response_fd, lifeline_fd):
         os.set_inheritable(fd, False)  # user subprocesses must not hold our pipes open
     confine.set_parent_death_signal(parent_pid)
-    # writes only in the scratch directory (the cwd the pool gave us) and /dev; temporary
-    # files go there too (removed with the process)
-    scratch = os.getcwd()
-    os.environ["TMPDIR"] = scratch
+    # writes only in the scratch directory (the cwd the pool gave us), /dev and the paths
+    # the worker allows (the venv's compile cache, writablePaths); temporary files, HOME and
+    # the caches of scientific packages go to the scratch directory too (removed with it)
+    scratch = _SCRATCH[0] = os.getcwd()
+    places = confine.own_places(scratch)
     extra = [p for p in os.environ.pop(frames.WRITABLE_ENV, "").split(",") if p]
     readable = confine.readable_roots(bundle_dir, _HERE)
     unconfined = confine.sandbox((scratch, "/dev", *extra), readable)
@@ -216,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         forked.unguarded = unguarded  # the template's; a task process sets its own
         request_fd, response_fd = forked.serve_forks(
             request_fd, response_fd, lifeline_fd, parent_pid, template,
-            None if unconfined else (("/dev", *extra), readable))
+            None if unconfined else (("/dev", *extra), readable), places)
         unguarded = forked.unguarded
+        _SCRATCH[0] = os.getcwd()  # a forked task process's own
 
     frames.write_frame(response_fd, {"op": "hello", "pid": os.getpid(),
                                      "python": sys.version.split()[0], "prefix": sys.prefix,

@@ -35,13 +35,15 @@ _at_fork: tuple = ()  # _import_context() when the task process started
 
 
 def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: int,
-                module: str, roots: tuple | None) -> tuple[int, int]:
+                module: str, roots: tuple | None,
+                places: tuple = ("TMPDIR",)) -> tuple[int, int]:
     """The template's loop: fork a task process per order (after importing, checked, what
     task processes learned). Returns only in a task process (its request and response
     fds); the template itself exits when the worker closes the socket, or after telling
     the worker that its own state moved while importing (``tainted``). ``roots``:
     (writable, readable) beside its scratch directory, for each task process's own
-    sandbox (None: not sandboxed)."""
+    sandbox (None: not sandboxed). ``places``: the variables the template pointed at its
+    scratch directory (confine.own_places), pointed at each task's own."""
     import _socket  # the C half of `socket` (which would add enum, selectors... to every
     # task process); SCM_RIGHTS parsed by hand
     frames.write_frame(response_fd, {"op": "hello", "pid": os.getpid(), "template": module,
@@ -71,7 +73,8 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
                 frames.write_frame(response_fd, {"op": "forked", "pid": 0,
                                                  "tainted": moved, "excluded": excluded})
                 os._exit(0)
-        child = _fork_task_process(order, fds, response_fd, worker_pid, roots, excluded)
+        child = _fork_task_process(order, fds, response_fd, worker_pid, roots, excluded,
+                                   places)
         if child is not None:  # in the task process: leave the template's loop
             sock.close()
             for fd in (response_fd, lifeline_fd):
@@ -108,7 +111,7 @@ def _describe_fd(fd: str) -> str:
 
 
 def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int,
-                       roots: tuple | None, excluded: dict):
+                       roots: tuple | None, excluded: dict, places: tuple):
     """Fork one task process (in the template: None after replying with its pid; in the
     task process: its (request fd, response fd))."""
     if len(fds) != 4:
@@ -131,7 +134,7 @@ def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int
                 in_task_process = True
                 os.close(report_r)
                 os.close(report_w)
-                return _become_task_process(order, fds, me, worker_pid, roots)
+                return _become_task_process(order, fds, me, worker_pid, roots, places)
             os.write(report_w, child.to_bytes(4, "big"))
         finally:
             if not in_task_process:
@@ -151,7 +154,7 @@ def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int
 
 
 def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
-                         roots: tuple | None):
+                         roots: tuple | None, places: tuple):
     request_fd, response_fd, lifeline_fd, log_fd = fds
     os.setsid()  # its own session: the worker's killpg reaches it and its children only
     os.dup2(log_fd, 1)
@@ -161,7 +164,8 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
         os.set_inheritable(fd, False)
     scratch = order["scratch"]
     os.chdir(scratch)
-    os.environ["TMPDIR"] = scratch
+    confine.own_places(scratch, places)  # HOME, TMPDIR, caches: its own, not the template's
+    _forget_places()
     os.environ[frames.TOKEN_VAR] = order["token"]  # what it execs carries its own mark
     tempfile = sys.modules.get("tempfile")
     if tempfile is not None:
@@ -182,6 +186,20 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
     confine.set_parent_death_signal(worker_pid)
     confine.start_lifeline(lifeline_fd)
     return request_fd, response_fd
+
+
+def _forget_places() -> None:
+    """Places a module of the template computed once from the template's environment,
+    computed again from the task process's own (as in a fresh interpreter): matplotlib's
+    config and cache directories."""
+    mpl = sys.modules.get("matplotlib")
+    for name in ("get_configdir", "get_cachedir"):
+        clear = getattr(getattr(mpl, name, None), "cache_clear", None)
+        if clear is not None:
+            try:
+                clear()
+            except Exception:  # noqa: BLE001 - an unusual matplotlib: left as it was
+                pass
 
 
 def imported_since_fork(bundle_dir: str) -> list:
