@@ -111,6 +111,8 @@ class Container(BaseModel):
         default_factory=dict, description="env from the downward API: name → fieldPath")
     mounts: dict[str, str] = Field(
         default_factory=dict, description="volume mount path → volume name")
+    empty_dirs: list[str] = Field(
+        default_factory=list, description="mounted volumes that are emptyDirs in the pod")
 
 
 class RenderedCluster(BaseModel):
@@ -167,9 +169,11 @@ def _container(doc: dict, name: str) -> Container:
                 f"{sorted((item.get('valueFrom') or {}))}, which the local mode cannot "
                 "resolve; the chart must render plain `value:` strings for local use")
     mounts = {m["mountPath"].rstrip("/") or "/": m["name"] for m in c.get("volumeMounts") or []}
+    empty = {v.get("name") for v in spec.get("volumes") or [] if "emptyDir" in v}
     return Container(command=[str(x) for x in c.get("command") or []],
                      args=[str(x) for x in c.get("args") or []],
-                     env=env, field_env=field_env, mounts=mounts)
+                     env=env, field_env=field_env, mounts=mounts,
+                     empty_dirs=sorted(empty & set(mounts.values())))
 
 
 def parse_rendered(docs: Sequence[dict]) -> RenderedCluster:

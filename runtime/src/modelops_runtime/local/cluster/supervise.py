@@ -133,6 +133,10 @@ class LocalCluster:
         p = self.plan
         for d in (p.run_dir, p.bundle_repo, p.state_dir / "volumes"):
             d.mkdir(parents=True, exist_ok=True)
+        # every emptyDir a container mounts exists, as in a pod (worker.extraVolumes too)
+        for c in (p.rendered.scheduler, p.rendered.worker):
+            for name in c.empty_dirs:
+                (p.state_dir / "volumes" / name).mkdir(exist_ok=True)
         for spec in p.workers:
             Path(spec.env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
         self._tracker = threading.Thread(target=self._track_loop, name="localmode-pids",
