@@ -194,6 +194,7 @@ def test_allow_listed_environment(tmp_path, warm, monkeypatch):
     monkeypatch.setenv("WORKER_SECRET_TOKEN", "s3cr3t")
     monkeypatch.setenv("MODEL_THREADS", "3")
     monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # how numeric libraries compute
     ex = warm(env_passthrough="MODEL_THREADS,NOT_SET_ANYWHERE")
     ref = _bundle(tmp_path)
     out = ex.run(_call(ref, "env")).outputs
@@ -201,7 +202,11 @@ def test_allow_listed_environment(tmp_path, warm, monkeypatch):
     assert "WORKER_SECRET_TOKEN" not in env and "s3cr3t" not in env.values()
     assert not any(k.startswith(("MODELOPS_", "UV_", "DASK_")) for k in env)
     assert env["MODEL_THREADS"] == "3" and env["LC_ALL"] == "C.UTF-8"
-    assert env["HOME"] == os.environ["HOME"]
+    assert env["OPENBLAS_CORETYPE"] == "Haswell"
+    # HOME, TMPDIR and the caches of scientific packages: the process's own scratch
+    assert env["HOME"] == env["TMPDIR"] == env["JOBLIB_TEMP_FOLDER"] == out["cwd"]
+    assert env["XDG_CACHE_HOME"] == f"{out['cwd']}/.cache"
+    assert env["MPLCONFIGDIR"] == f"{out['cwd']}/.config/matplotlib"
     venv = env["VIRTUAL_ENV"]
     assert env["PATH"].startswith(f"{venv}/bin")
     # the bundle is importable; the working directory is the process's own scratch dir
