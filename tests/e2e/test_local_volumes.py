@@ -7,8 +7,8 @@ from __future__ import annotations
 import yaml
 
 from e2e_support import CHART, assert_nothing_left, preset
-from modelops_runtime.local import plan as planning
-from modelops_runtime.local import render
+from modelops_runtime.local.cluster import launch as planning
+from modelops_runtime.local.cluster import render
 
 MODEL = '''
 import os

@@ -23,9 +23,9 @@ import numpy as np
 
 from modelops_runtime.bundles import pack
 from modelops_runtime.client import ParamSet, Seeds, StudyPlan, gather_study, submit_study
-from modelops_runtime.local.plan import plan
-from modelops_runtime.local.render import render_cluster
-from modelops_runtime.local.supervise import LocalCluster
+from modelops_runtime.local.cluster.launch import plan
+from modelops_runtime.local.cluster.render import render_cluster
+from modelops_runtime.local.cluster.supervise import LocalCluster
 
 
 def differences(got, want, where: str = "outputs") -> list[str]:
