@@ -54,8 +54,8 @@ def differences(got, want, where: str = "outputs") -> list[str]:
 def main(job_file: str) -> int:
     job = json.loads(Path(job_file).read_text())
     state = Path(job["state"])
-    launch = plan(render_cluster([job["preset"]], [f"bundles.repo=file://{state / 'bundle-repo'}"]),
-                  state)
+    launch = plan(render_cluster([job["preset"]], [f"bundles.repo=file://{state / 'bundle-repo'}"],
+                                 chart=Path(job["chart"])), state)
     launch.bundle_repo.mkdir(parents=True, exist_ok=True)
     ref = pack(Path(job["bundle"]), str(launch.bundle_repo))
     report: dict = {"runs": {}, "failures": [], "executors": set()}

@@ -105,7 +105,8 @@ def worker_site(uv_env, work) -> Path:
 def test_real_models_equal_the_plain_loop(preset, reference, worker_site, uv_env, work):
     job = work / f"{preset}.json"
     job.write_text(json.dumps({
-        "preset": str(REPO / "values-examples" / f"{preset}.yaml"), "state": str(work / "state"),
+        "preset": str(REPO / "values-examples" / f"{preset}.yaml"), "chart": str(REPO / "chart"),
+        "state": str(work / "state"),
         "bundle": str(BUNDLE), "models": list(MODELS), "params": MODELS,
         "first_seed": FIRST_SEED, "seeds": SEEDS, "reference": str(reference)}))
     env = {**uv_env, "PYTHONPATH": str(worker_site)}
