@@ -13,7 +13,6 @@ matplotlib, joblib, starsim), for tests that build venvs of real models with uv,
 from __future__ import annotations
 
 import importlib.util
-import os
 from functools import cache
 from pathlib import Path
 
@@ -57,11 +56,6 @@ def offline_env(wheelhouse: Path = WHEELHOUSE) -> dict[str, str]:
     """uv's own variables (the runtime passes UV_* through to its builds): install only
     from ``wheelhouse``, never from an index."""
     return {"UV_FIND_LINKS": str(wheelhouse), "UV_NO_INDEX": "1", "UV_OFFLINE": "1"}
-
-
-def offline_environ(wheelhouse: Path = WHEELHOUSE) -> dict[str, str]:
-    """This process's environment with :func:`offline_env` (for a subprocess)."""
-    return {**os.environ, **offline_env(wheelhouse)}
 
 
 @pytest.fixture(scope="session")
