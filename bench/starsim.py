@@ -2,10 +2,11 @@
 plain loop, and a fresh process's first task with a cold vs a warm numba compile cache;
 measured once, written to bench/starsim.md (figures side by side, not a test).
 
-    .venv/bin/python bench/starsim.py [--runs 20] [--rounds 3] [--agents 5000]
+    .venv/bin/python bench/starsim.py [--runs 20] [--rounds 3] [--agents 20000] [--years 40]
 
 - plain loop: ``simulate(params, seed)`` called in one interpreter per seed and in one
-  interpreter for all seeds, in a venv of the tests' lock (ci/wheelhouse) built by uv;
+  interpreter for all seeds, in a venv of the tests' lock (ci/wheelhouse) built by uv,
+  with the native thread count a warm process gets (1);
 - prod-warm: the executor a Dask worker process builds (isolated_warm), runs after the
   first (its warm process has imported starsim and compiled its numba functions);
 - numba compile cache (issue #23): ``maxProcessReuse: 1`` by exec (a new interpreter per
@@ -33,33 +34,38 @@ sys.path.insert(0, str(HERE))
 from common import Workspace  # noqa: E402
 from machine import describe  # noqa: E402
 from modelops_runtime.models import Call  # noqa: E402
+from modelops_runtime.worker.native import thread_env  # noqa: E402
 
 REPO = HERE.parent
 OUT = HERE / "starsim.md"
 WHEELHOUSE = REPO / ".tools" / "wheelhouse"
 REQUIREMENTS = "starsim==3.7.2\n"
 MODEL = '''
+import time
+
 import starsim as ss
 
 
 def simulate(params, seed):
+    wall, cpu = time.perf_counter(), time.process_time()
     sim = ss.Sim(n_agents=params["agents"], rand_seed=seed, start=2000,
                  stop=2000 + params["years"], verbose=0,
                  diseases=ss.SIR(beta=0.1, init_prev=0.02), networks=ss.RandomNet(n_contacts=4))
     sim.run()
-    return {"infected": float(sim.results.sir.n_infected[-1])}
+    return {"infected": float(sim.results.sir.n_infected[-1]),
+            "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
 '''
 LOOP = '''
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from ssir import simulate
 params, seeds = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-times = []
+runs = []
 for seed in seeds:
     t0 = time.perf_counter()
-    simulate(params, seed)
-    times.append(time.perf_counter() - t0)
-print(json.dumps(times))
+    out = simulate(params, seed)
+    runs.append([time.perf_counter() - t0, out["cpu_s"]])
+print(json.dumps(runs))
 '''
 
 
@@ -72,8 +78,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--agents", type=int, default=5000)
-    parser.add_argument("--years", type=int, default=20)
+    parser.add_argument("--agents", type=int, default=20000)
+    parser.add_argument("--years", type=int, default=40)
     args = parser.parse_args()
     if not (WHEELHOUSE / "COMPLETE").is_file():
         sys.exit(f"starsim bench: {WHEELHOUSE} is not fetched; run `make wheelhouse`")
@@ -91,34 +97,37 @@ def main() -> int:
         python = str(venv / "bin" / "python")
         home = Path(tmp) / "home"
         home.mkdir()
-        env = {**os.environ, "HOME": str(home)}
+        # the native thread count a warm process gets (nativeThreads: 1), so the ratio is
+        # the runtime's cost, not a thread count's
+        env = {**os.environ, "HOME": str(home), **thread_env(1)}
         subprocess.run([python, "-c", LOOP, str(src), _json(params), "[0]"],
                        env=env, check=True, capture_output=True)  # numba's cache in the venv: warm
 
-        # plain loop: one interpreter for all seeds; one interpreter per seed (whole command)
-        out = subprocess.run([python, "-c", LOOP, str(src), _json(params), _json(seeds)], env=env,
-                             check=True, capture_output=True, text=True)
-        loop_runs = _floats(out.stdout)
-        per_seed = []
-        for seed in seeds[:max(3, args.runs // 4)]:
-            t0 = time.perf_counter()
-            subprocess.run([python, "-c", LOOP, str(src), _json(params), f"[{seed}]"], env=env,
-                           check=True, capture_output=True)
-            per_seed.append(time.perf_counter() - t0)
-
-        # prod-warm: the warm process's runs after its first
+        # plain loop (one interpreter for all seeds) and prod-warm (the warm process's runs
+        # after its first), interleaved round by round: the machine's load changes meanwhile
         ex = ws.executor(executor_type="isolated_warm")
+        loop_runs, warm_runs = [], []
         try:
             t0 = time.perf_counter()
             ex.run(Call(bundle=ref, entrypoint="ssir:simulate", args=(params, 0)))
             warm_first = time.perf_counter() - t0
-            warm_runs = []
-            for seed in seeds:
-                t0 = time.perf_counter()
-                ex.run(Call(bundle=ref, entrypoint="ssir:simulate", args=(params, seed)))
-                warm_runs.append(time.perf_counter() - t0)
+            for r in range(args.rounds):
+                batch = seeds[r::args.rounds]
+                out = subprocess.run([python, "-c", LOOP, str(src), _json(params), _json(batch)],
+                                     env=env, check=True, capture_output=True, text=True)
+                loop_runs += json.loads(out.stdout.strip().splitlines()[-1])
+                for seed in batch:
+                    t0 = time.perf_counter()
+                    res = ex.run(Call(bundle=ref, entrypoint="ssir:simulate", args=(params, seed)))
+                    warm_runs.append([time.perf_counter() - t0, res.outputs["cpu_s"]])
         finally:
             ex.shutdown()
+        per_seed = []
+        for seed in seeds[:3]:
+            t0 = time.perf_counter()
+            subprocess.run([python, "-c", LOOP, str(src), _json(params), f"[{seed}]"], env=env,
+                           check=True, capture_output=True)
+            per_seed.append(time.perf_counter() - t0)
 
         # a fresh process's first task: cold vs warm compile cache (new executor per round)
         cold, warm = [], []
@@ -141,17 +150,24 @@ def main() -> int:
         f"--agents {args.agents} --years {args.years}` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Starsim 3.7.2 SIR on a random "
         f"network, {args.agents} agents, {args.years} years; venvs from the tests' lock "
-        "(ci/wheelhouse), uv offline. Wall time per run, median.",
+        "(ci/wheelhouse), uv offline; the plain loop with the warm processes' native thread "
+        "count (1). Wall time per run, median; load average below.",
         "",
-        "| case | per run | n | vs plain loop |",
-        "|---|---|---|---|",
-        f"| plain loop, one interpreter | {med(loop_runs):.3f} s | {len(loop_runs)} | 1.00× |",
-        f"| prod-warm, warm process (after its first task) | {med(warm_runs):.3f} s | "
-        f"{len(warm_runs)} | {med(warm_runs) / med(loop_runs):.2f}× |",
-        f"| plain loop, a new interpreter per seed (whole command) | {med(per_seed):.3f} s | "
-        f"{len(per_seed)} | {med(per_seed) / med(loop_runs):.2f}× |",
-        f"| prod-warm, first task (spawn, import, numba cache cold) | {warm_first:.3f} s | 1 | "
-        f"{warm_first / med(loop_runs):.2f}× |",
+        "| case | per run (wall) | its simulation's CPU time | n | wall vs plain loop |",
+        "|---|---|---|---|---|",
+        f"| plain loop, one interpreter | {_med(loop_runs, 0):.3f} s | {_med(loop_runs, 1):.3f} s | "
+        f"{len(loop_runs)} | 1.00× |",
+        f"| prod-warm, warm process (after its first task) | {_med(warm_runs, 0):.3f} s | "
+        f"{_med(warm_runs, 1):.3f} s | {len(warm_runs)} | "
+        f"{_med(warm_runs, 0) / _med(loop_runs, 0):.2f}× |",
+        f"| plain loop, a new interpreter per seed (whole command) | {med(per_seed):.3f} s | | "
+        f"{len(per_seed)} | {med(per_seed) / _med(loop_runs, 0):.2f}× |",
+        f"| prod-warm, first task (spawn, import, numba cache cold) | {warm_first:.3f} s | | 1 | "
+        f"{warm_first / _med(loop_runs, 0):.2f}× |",
+        "",
+        "The plain loop and the warm process run interleaved, round by round; the CPU time is "
+        "measured inside the model (`time.process_time()` around `sim.run()`), so it does not "
+        "move with the machine's load as wall time does.",
         "",
         "A fresh process's first task (`maxProcessReuse: 1`, exec: a new interpreter, starsim "
         "imported) with the (venv, bundle)'s numba compile cache empty vs filled by the "
@@ -176,8 +192,8 @@ def _json(value) -> str:
     return json.dumps(value)
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in json.loads(text.strip().splitlines()[-1])]
+def _med(runs: list, i: int) -> float:
+    return statistics.median(r[i] for r in runs)
 
 
 if __name__ == "__main__":
