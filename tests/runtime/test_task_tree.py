@@ -5,6 +5,8 @@ process (the worker's side)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from modelops_runtime.errors import ProcessLimitExceeded
@@ -218,3 +220,55 @@ def test_without_seccomp_the_guard_is_missing_logged_once_and_tasks_still_run(
     assert len(result["warnings"]) == 1, result["warnings"]
     assert "cannot install the seccomp filter (Function not implemented)" in \
         result["warnings"][0]
+
+
+_STARTS_BEFORE_HELLO = '''
+import importlib.util, os, subprocess, sys
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(sys.argv[1], name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+confine = load("confine")
+confine.frames = load("frames")
+why = confine.guard_signals(int(sys.argv[2]), subreaper=False)
+rc = subprocess.run(["/bin/true"]).returncode  # a new process between filter and hello
+os.write(int(sys.argv[3]), f"hello {rc} {why}".encode())
+'''
+
+
+def test_a_new_process_before_the_hello_is_answered_not_left_waiting():
+    """The runner installs its filter, then sends its hello; whatever starts a process in
+    between (a template's imports did: matplotlib's font cache runs fc-list) is asked of a
+    worker that must already answer. Before, the worker took the listener only after the
+    hello: the process waited forever for its own answer (the template of a matplotlib
+    bundle "did not answer within 120 s")."""
+    import select
+    import socket
+    import subprocess
+    import sys
+
+    from modelops_runtime.worker.warm.guard import GUARD
+    from modelops_runtime.worker.warm.runner import program
+
+    theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    hello_r, hello_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-I", "-c", _STARTS_BEFORE_HELLO,
+                             str(program.SOURCE), str(theirs.fileno()), str(hello_w)],
+                            pass_fds=(theirs.fileno(), hello_w))
+    theirs.close()
+    os.close(hello_w)
+    guarded = GUARD.expect(proc.pid, "", ours, None)
+    try:
+        ready, _, _ = select.select([hello_r], [], [], 60)  # bounded: a wait is the bug
+        hello = os.read(hello_r, 4096).decode() if ready else ""
+        assert hello == "hello 0 ", (
+            f"no hello within 60 s: the process waits for the guard's answer ({hello!r})")
+        assert GUARD.settle(guarded) and guarded.forks == 1
+    finally:
+        GUARD.remove(guarded)
+        os.close(hello_r)
+        proc.kill()
+        proc.wait(timeout=30)

@@ -350,3 +350,28 @@ def test_a_task_cannot_change_the_pristine_venv_its_fresh_venv_was_cloned_from(t
     assert not second["had_plant"]
     assert second["cfg"] == first["cfg"] == (pristine / "pyvenv.cfg").read_text()
     assert not list(pristine.rglob("planted.pth"))
+
+
+STARTS_A_PROCESS = '''
+import os, subprocess
+AT_IMPORT = subprocess.run(["/bin/true"]).returncode  # as matplotlib's font cache does
+
+def sim(params, seed):
+    return {"at_import": AT_IMPORT, "pid": os.getpid(),
+            "in_task": subprocess.run(["/bin/true"]).returncode}
+'''
+
+
+@pytest.mark.parametrize("reuse", [1000, 1], ids=["warm", "fresh-process"])
+def test_a_module_starting_a_process_at_import_runs_in_every_mode(tmp_path, warm, reuse):
+    """Regression: a fresh-process template that started a process while importing (before
+    its hello) waited forever for the signal guard's answer (matplotlib building its font
+    cache: "did not answer within 120 s"); a warm process, importing after its hello, ran."""
+    ref = make_bundle(tmp_path / "src", tmp_path / "repo",
+                      {"sub.py": STARTS_A_PROCESS, "requirements.txt": ""}, name="sub")
+    ex = warm(max_process_reuse=reuse)
+    ex.pool.start_timeout = 60  # bounded: a wait for the guard is the bug, not slowness
+    outputs = [ex.run(Call(bundle=ref, entrypoint="sub:sim", args=({}, seed))).outputs
+               for seed in range(3)]
+    assert [(o["at_import"], o["in_task"]) for o in outputs] == [(0, 0)] * 3
+    assert len({o["pid"] for o in outputs}) == (1 if reuse > 1 else 3)

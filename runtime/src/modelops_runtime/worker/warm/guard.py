@@ -1,8 +1,9 @@
 """The worker's half of the signal guard: it answers, from outside the task's reach, what
 the seccomp filter of each warm process asks (runner/confine.py ``guard_signals``).
 
-- covers: receiving a warm process's listener; one thread per worker process answering
-  every listener: a signal is let through only if its target is in the asking warm
+- covers: receiving a warm process's listener, from the moment it arrives (before the
+  process's hello: a call it asks meanwhile is answered, never left waiting); one thread
+  per worker process answering every listener: a signal is let through only if its target is in the asking warm
   process's own tree (the process, its descendants, its orphans that carry its mark), a
   new process only while the tree has fewer than its limit (else EAGAIN, remembered so the
   task fails typed); logging once per worker process when a warm process is unguarded.
@@ -45,7 +46,8 @@ class Guarded:
     pid: int
     token: str
     max_processes: int | None  # descendants alive at once; None: unbounded
-    listener: int | None  # None: asked through the listener of its template
+    listener: int | None  # None: asked through the listener of its template (or pending)
+    pending: socket.socket | None = None  # where its listener is still to arrive
     refused_processes: int = 0  # new processes refused at the limit (since reset)
     forks: int = 0  # new processes let through (since reset): none, no descendant to end
     refused_signals: list[str] = field(default_factory=list)
@@ -103,18 +105,61 @@ class Guard:
             if listener is None:
                 return guarded
             self._by_fd[listener] = guarded
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="modelops-signal-guard")
-                self._thread.start()
+            self._start()
         self._wake()
         return guarded
+
+    def expect(self, pid: int, token: str, sock: socket.socket,
+               max_processes: int | None) -> Guarded:
+        """Answer for a starting warm process ``pid`` as soon as its listener arrives on
+        ``sock`` (which the guard then owns): its filter is installed before its hello, and
+        a new process or a signal it asks before the worker reads that hello must not wait
+        for it. :meth:`settle` once the hello came."""
+        guarded = Guarded(pid, token, max_processes, None, pending=sock)
+        with self._lock:
+            self._by_pid[pid] = guarded
+            self._start()
+        self._wake()
+        return guarded
+
+    def settle(self, guarded: Guarded) -> bool:
+        """After the hello of an :meth:`expect`-ed process: True if its listener is answered
+        (it sent it before its hello, so it is here by now), False if it sent none (then it
+        is no longer guarded here)."""
+        with self._lock:
+            self._take_listener(guarded)
+            if guarded.listener is not None:
+                return True
+            if self._by_pid.get(guarded.pid) is guarded:
+                del self._by_pid[guarded.pid]
+        return False
+
+    def _take_listener(self, guarded: Guarded) -> None:
+        """Under the lock: receive a pending listener if it arrived, and answer it."""
+        sock = guarded.pending
+        if sock is None:
+            return
+        listener = receive_listener(sock)  # None: it sent none (its hello says why)
+        guarded.pending = None
+        sock.close()
+        if listener is not None:
+            guarded.listener = listener
+            self._by_fd[listener] = guarded
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="modelops-signal-guard")
+            self._thread.start()
 
     def remove(self, guarded: Guarded) -> None:
         """Stop answering for ``guarded`` (its processes' asked calls then fail ENOSYS)."""
         with self._lock:
             if self._by_pid.get(guarded.pid) is guarded:
                 del self._by_pid[guarded.pid]
+            if guarded.pending is not None:
+                guarded.pending.close()
+                guarded.pending = None
             if guarded.listener is None or self._by_fd.pop(guarded.listener, None) is None:
                 return
         self._wake()
@@ -130,14 +175,22 @@ class Guard:
         while True:
             with self._lock:
                 fds = dict(self._by_fd)
+                pending = {g.pending.fileno(): g for g in self._by_pid.values()
+                           if g.pending is not None}
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
-            for fd in fds:
+            for fd in (*fds, *pending):
                 poller.register(fd, select.POLLIN)
             for fd, events in poller.poll():
                 if fd == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
+                    continue
+                if fd in pending:  # a starting process's listener arrived: answer it now
+                    with self._lock:
+                        if pending[fd].pending is not None \
+                                and pending[fd].pending.fileno() == fd:
+                            self._take_listener(pending[fd])
                     continue
                 guarded = fds.get(fd)
                 if guarded is None or not events & select.POLLIN:

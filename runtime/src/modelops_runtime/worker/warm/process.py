@@ -27,7 +27,7 @@ from .failures import Lost, describe_exit, start_error
 from .runner.frames import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
 from .logtail import LogTail
 from .memory import MemorySampler, tree_pids
-from .guard import GUARD, Guarded, receive_listener, warn_unguarded
+from .guard import GUARD, Guarded, warn_unguarded
 from .orphans import adopted_descendants, reap, wait_gone
 from .runner.program import runner_program
 from .decode import decode_reply
@@ -175,11 +175,14 @@ class WarmProcess:
                    lifeline_fd=life_w, log=log_tail, max_tasks=max_tasks, ttl=ttl,
                    scratch=scratch)
         self.token, self.sampler, self.max_processes = token, sampler, max_processes
+        # its listener is answered from the moment it arrives, not from its hello: a new
+        # process it starts meanwhile must not wait on a worker that is not listening yet
+        self.guarded = GUARD.expect(self.pid, token, socket.socket(fileno=guard_w),
+                                    max_processes)
         try:
             hello = self.exchange(None, timeout=start_timeout, label="the runner's start")
         except Lost as lost:
-            os.close(guard_w)
-            self.stop(graceful=False)
+            self.stop(graceful=False)  # (and the guard forgets it)
             how, code, sig = describe_exit(self.popen.returncode)
             if lost.reason is RemovalReason.timeout:
                 how = f"it did not answer within {start_timeout:g}s"
@@ -189,22 +192,19 @@ class WarmProcess:
                 f"{tail or '(none)'}\nCheck that the venv's interpreter works; remove "
                 f"{venv.path} to have it rebuilt by the next task.",
                 exit_code=code, signal_name=sig, pid=self.pid, log_tail=tail) from None
-        self.take_guard(guard_w, hello)
+        self.take_guard(hello)
         if hello.get("op") != "hello":  # pragma: no cover - protocol guard
             self.stop(graceful=False)
             raise ProcessCrashed(f"warm process {self.pid} sent {hello!r} instead of hello",
                                  exit_code=None, signal_name=None, log_tail="")
         return self
 
-    def take_guard(self, sock_fd: int, hello: dict) -> None:
-        """Answer this process's signal guard from now on: its listener came on ``sock_fd``
-        (closed here) before its ``hello``; none: the hello says why (logged once)."""
-        with socket.socket(fileno=sock_fd) as sock:
-            listener = receive_listener(sock)
-        if listener is None:
+    def take_guard(self, hello: dict) -> None:
+        """After its ``hello``: its listener came before it (and is answered since); none:
+        the hello says why (logged once)."""
+        if self.guarded is not None and not GUARD.settle(self.guarded):
+            self.guarded = None
             warn_unguarded(str(hello.get("signals") or "the runner sent no guard"))
-            return
-        self.guarded = GUARD.add(self.pid, self.token, listener, self.max_processes)
 
     # -- talking ---------------------------------------------------------------------
 
