@@ -401,13 +401,16 @@ def test_no_warm_process_survives_a_sigkilled_worker(dask_cluster, tmp_path, pro
 @pytest.mark.parametrize("ahead", [0, 2])
 def test_force_fresh_venv_leaves_no_venv_or_process(dask_cluster, tmp_path, procs,
                                                     wheelhouse, ahead):  # noqa: F811
-    """Every task gets a venv no task used before (a clone of one uv build); with venvs
+    """With ``freshProcessFrom: exec`` (the plain reference; the template path forks every
+    task from one venv built per worker process, tested in test_fresh_equivalence.py), every
+    task gets a venv no task used before (a clone of one uv build); with venvs
     made ahead (the default 2) at most that many more are made, and the ones no task took,
     and the pristine venv, are removed by the worker's shutdown."""
     repo = tmp_path / "repo"
     ref = _bundle(tmp_path, "deps", requirements="tinylib==1.0\n")
     cluster, client = dask_cluster(
-        _env(repo, wheelhouse, force_fresh_venv="true", fresh_venvs_ahead=ahead), nthreads=2)
+        _env(repo, wheelhouse, force_fresh_venv="true", fresh_venvs_ahead=ahead,
+             fresh_process_from="exec"), nthreads=2)
     results = run_all(client, ref, "versions", range(20))
     assert {r.outputs["tinylib"] for r in results} == {"1.0"}
     assert len({r.pid for r in results}) == 20
