@@ -49,6 +49,14 @@ def check_results_targets(paths) -> list[Path]:
     return out
 
 
+def exit_for(exc: ModelOpsError) -> int:
+    """One ``error:`` line on stderr; the exit code of the error's kind (inputs that differ
+    from --compare's or the results store's, or anything else that stopped the run)."""
+    print(f"error: {exc}", file=sys.stderr)
+    return (EXIT_INPUTS_DIFFER if isinstance(exc, (InputsDiffer, StoreInputsDiffer))
+            else EXIT_FAILED)
+
+
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) is not None:
         return main_action(args)
@@ -88,13 +96,7 @@ def main(args: argparse.Namespace) -> int:
                     "worker.replicas is 0 in these values: no worker would run the study; "
                     "set worker.replicas >= 1 (e.g. --set worker.replicas=1)")
             check_direct_dependencies(study, launch)
-        values = " ".join(f"-f {v}" for v in args.values) or "(chart defaults)"
-        echo(f"local mode: helm template {args.release} {chart} {values}"
-             + "".join(f" --set {s}" for s in args.set))
-        echo(f"mode: {launch.config.summary()}")
-        echo(f"workers: {launch.describe()}")
-        for notice in launch.notices:
-            echo(f"notice: {notice}")
+        session.announce(args, chart, launch)
         with LocalCluster(launch, echo, start_timeout=args.start_timeout) as cluster:
             client = cluster.client()
             echo(f"scheduler: {cluster.address}  dashboard: {client.dashboard_link}")
@@ -124,12 +126,8 @@ def main(args: argparse.Namespace) -> int:
         return code
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         return stopped(exc, "the local cluster")
-    except (InputsDiffer, StoreInputsDiffer) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUTS_DIFFER
     except ModelOpsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_for(exc)
     finally:
         restore()
 
@@ -185,11 +183,7 @@ def main_action(args: argparse.Namespace) -> int:
         if action == "up":
             return stopped(exc, "the local cluster")
         return stopped(exc, f"`local {action}` (a cluster kept up stays up)")
-    except (InputsDiffer, StoreInputsDiffer) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUTS_DIFFER
     except ModelOpsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_for(exc)
     finally:
         restore()

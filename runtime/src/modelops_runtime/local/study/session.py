@@ -55,6 +55,18 @@ def current(state: Path) -> ClusterState | None:
     return None
 
 
+def announce(args: argparse.Namespace, chart, launch: LaunchPlan) -> None:
+    """What is about to start: the helm command the values render with, the mode, the
+    workers and the plan's notices (``local`` and ``local up``)."""
+    echo(f"local mode: helm template {args.release} {chart} "
+         + (" ".join(f"-f {v}" for v in args.values) or "(chart defaults)")
+         + "".join(f" --set {s}" for s in args.set))
+    echo(f"mode: {launch.config.summary()}")
+    echo(f"workers: {launch.describe()}")
+    for notice in launch.notices:
+        echo(f"notice: {notice}")
+
+
 def _none_up(state: Path) -> int:
     print(f"error: no local cluster is up in {state}; start one with `modelops-runtime local "
           f"up -f VALUES` (with the same --state-dir)", file=sys.stderr)
@@ -73,13 +85,7 @@ def up(args: argparse.Namespace, state: Path) -> int:
     rendered = render_cluster(args.values, args.set, chart=chart, release=args.release)
     launch = plan(rendered, state, release=args.release)
     values = [str(v) for v in args.values]
-    echo(f"local mode: helm template {args.release} {chart} "
-         + (" ".join(f"-f {v}" for v in values) or "(chart defaults)")
-         + "".join(f" --set {s}" for s in args.set))
-    echo(f"mode: {launch.config.summary()}")
-    echo(f"workers: {launch.describe()}")
-    for notice in launch.notices:
-        echo(f"notice: {notice}")
+    announce(args, chart, launch)
     got = background.start(launch, start_timeout=args.start_timeout, values=values,
                            sets=list(args.set), echo=echo)
     where = "" if args.state_dir is None else f" --state-dir {state}"
