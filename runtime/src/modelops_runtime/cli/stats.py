@@ -11,8 +11,7 @@ import json
 import sys
 
 from ..client.cluster_stats import ClusterFigures, StatsError, read_cluster
-from ..worker.counters import (FallbackReason, RemovalReason, Removals, TemplateFallbacks,
-                               WarmStats)
+from ..worker.counters import WarmStats
 from .options import add_json
 
 
@@ -23,18 +22,6 @@ COLUMNS = ["worker", "address", "pid", "executor", "tasks", "spawns", "reuses", 
            "pool RSS"]
 _RIGHT = {"pid", "tasks", "spawns", "reuses", "venv hits", "venv misses", "venv builds",
           "build s", "procs", "busy", "pool RSS"}
-
-
-def _removals(removals: Removals) -> str:
-    parts = [f"{r.value}={getattr(removals, r.value)}" for r in RemovalReason
-             if getattr(removals, r.value)]
-    return ",".join(parts) or "0"
-
-
-def _fallbacks(fallbacks: TemplateFallbacks) -> str:
-    parts = [f"{r.value}={getattr(fallbacks, r.value)}" for r in FallbackReason
-             if getattr(fallbacks, r.value)]
-    return ",".join(parts) or "0"
 
 
 def _cells(stats: WarmStats, reported: list[str]) -> list[str]:
@@ -49,8 +36,8 @@ def _cells(stats: WarmStats, reported: list[str]) -> list[str]:
         show("venv_misses", str(stats.venv_misses)),
         show("venv_builds", str(stats.venv_builds)),
         show("venv_build_seconds", f"{stats.venv_build_seconds:.1f}"),
-        show("removals", _removals(stats.removals)),
-        show("template_fallbacks", _fallbacks(stats.template_fallbacks)),
+        show("removals", stats.removals.shown()),
+        show("template_fallbacks", stats.template_fallbacks.shown()),
         show("size", str(stats.size)),
         show("busy", str(stats.busy)),
         show("rss_bytes", f"{stats.rss_bytes / 2**20:.0f} MiB"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import threading
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 
 class RemovalReason(str, enum.Enum):
@@ -29,29 +29,27 @@ class RemovalReason(str, enum.Enum):
     shutdown = "shutdown"            # stopped because the worker process is stopping
 
 
-class Removals(BaseModel):
-    """Evictions and retirements by reason: one field per RemovalReason (checked below)."""
+class ReasonCounts(BaseModel):
+    """Counts by reason: one int field per member of a reason enum (made by ``counts_by``,
+    so a reason cannot lack its field); summed with ``+``."""
 
     model_config = ConfigDict(extra="forbid")  # a reason without a field must not vanish
 
-    lru: int = 0
-    memory_budget: int = 0
-    reuse: int = 0
-    ttl: int = 0
-    mem_limit: int = 0
-    crash: int = 0
-    timeout: int = 0
-    unhealthy: int = 0
-    fresh_venv: int = 0
-    venv_changed: int = 0
-    shutdown: int = 0
+    def __add__(self, other: "ReasonCounts") -> "ReasonCounts":
+        return type(self)(**{k: getattr(self, k) + getattr(other, k)
+                             for k in type(self).model_fields})
 
-    def __add__(self, other: "Removals") -> "Removals":
-        return Removals(**{k: getattr(self, k) + getattr(other, k) for k in Removals.model_fields})
+    def shown(self) -> str:
+        """``reason=n`` for every reason counted, in the enum's order ("0": none)."""
+        return ",".join(f"{k}={n}" for k, n in self if n) or "0"
 
 
-if set(Removals.model_fields) != {r.value for r in RemovalReason}:  # pragma: no cover
-    raise TypeError("stats.Removals needs exactly one field per RemovalReason")
+def counts_by(reasons: type[enum.Enum], name: str, doc: str) -> type[ReasonCounts]:
+    return create_model(name, __base__=ReasonCounts, __module__=__name__, __doc__=doc,
+                        **{r.value: (int, 0) for r in reasons})
+
+
+Removals = counts_by(RemovalReason, "Removals", "Evictions and retirements by reason.")
 
 
 class FallbackReason(str, enum.Enum):
@@ -62,22 +60,8 @@ class FallbackReason(str, enum.Enum):
     no_subreaper = "no_subreaper"    # the worker cannot adopt forked processes
 
 
-class TemplateFallbacks(BaseModel):
-    """Bundles switched from template to exec, by reason: one field per FallbackReason."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    import_side_effects: int = 0
-    state_changed: int = 0
-    no_subreaper: int = 0
-
-    def __add__(self, other: "TemplateFallbacks") -> "TemplateFallbacks":
-        return TemplateFallbacks(**{k: getattr(self, k) + getattr(other, k)
-                                    for k in TemplateFallbacks.model_fields})
-
-
-if set(TemplateFallbacks.model_fields) != {r.value for r in FallbackReason}:  # pragma: no cover
-    raise TypeError("stats.TemplateFallbacks needs exactly one field per FallbackReason")
+TemplateFallbacks = counts_by(FallbackReason, "TemplateFallbacks",
+                              "Bundles switched from template to exec, by reason.")
 
 
 class WarmStats(BaseModel):
