@@ -33,6 +33,7 @@ from pathlib import Path
 
 import psutil
 
+from modelops_runtime.local.cluster.supervise import StartStop, terminate_groups
 from support.cluster import tail, wait_for
 from support.ports import hold_ports
 
@@ -168,7 +169,7 @@ class Running:
 
 
 @dataclass
-class ControlPlane:
+class ControlPlane(StartStop):
     """etcd + kube-apiserver (+ kube-controller-manager) on loopback ports. ``root`` (a new
     temporary directory by default) holds certificates, etcd's data, logs and kubeconfigs,
     and is removed by :meth:`stop`."""
@@ -182,17 +183,6 @@ class ControlPlane:
     version: str = ""
 
     # -- lifecycle ------------------------------------------------------------------------
-    def __enter__(self) -> ControlPlane:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self) -> None:
         need = ["etcd", "kube-apiserver"] + (["kube-controller-manager"] if self.with_kcm else [])
         missing = [b for b in missing_binaries(self.tools) if b in need]
@@ -273,17 +263,9 @@ class ControlPlane:
     def stop(self, grace: float = 15) -> None:
         """SIGTERM all (the newest first), SIGKILL what is left after ``grace`` s, reap,
         remove the state directory. Idempotent."""
-        alive = [r for r in reversed(self.running) if r.popen.returncode is None]
-        for r in alive:  # unreaped: the pid is still ours
-            with contextlib.suppress(ProcessLookupError):
-                r.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for r in alive:
-            try:
-                r.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                r.popen.kill()
-                r.popen.wait(30)
+        # unreaped: the pid is still ours
+        terminate_groups([r.popen for r in reversed(self.running) if r.popen.returncode is None],
+                         grace)
         self.running.clear()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)

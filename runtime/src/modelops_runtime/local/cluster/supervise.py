@@ -78,13 +78,54 @@ class ProcessRecord:
                     proc.wait(max(0.1, deadline - time.monotonic()))
 
 
+class StartStop:
+    """A context manager over ``start()`` and ``stop()``: entering starts (a start that fails
+    stops what it had started, then raises), leaving stops (also tests/support's)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def terminate_groups(popens: Sequence[subprocess.Popen], grace: float) -> list[subprocess.Popen]:
+    """SIGTERM each command (its main process only, as Kubernetes stops a container: it closes
+    what it started itself), SIGKILL each one's process group (started with
+    start_new_session) after ``grace`` s for all, reap; returns those that needed SIGKILL."""
+    for p in popens:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in popens:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(max(0.1, deadline - time.monotonic()))
+    forced = [p for p in popens if p.poll() is None]
+    for p in popens:
+        _killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(10)
+    return forced
+
+
 class _Started:
     def __init__(self, spec: ProcessSpec, popen: subprocess.Popen) -> None:
         self.spec = spec
         self.popen = popen
 
 
-class LocalCluster:
+class LocalCluster(StartStop):
     """The running local cluster of one :class:`LaunchPlan`. Use as a context manager:
     leaving it (normally, by an exception or by KeyboardInterrupt) stops every process
     it started and every process those started."""
@@ -103,17 +144,6 @@ class LocalCluster:
         self._stopped = False
 
     # -- start -----------------------------------------------------------------------
-    def __enter__(self) -> "LocalCluster":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def _spawn(self, spec: ProcessSpec, argv: list[str]) -> _Started:
         spec.log.parent.mkdir(parents=True, exist_ok=True)
         # a Ctrl-C between fork and recording the pid would leave a process nobody knows
@@ -281,24 +311,12 @@ class LocalCluster:
         _prune_runs(self.plan.state_dir / "runs", keep=KEEP_RUNS,
                     busy=busy.run_dir if busy is not None else None)
 
-    def _terminate(self, procs: Sequence[_Started], grace: float) -> list[str]:
-        """SIGTERM each command (graceful close: as Kubernetes stops a container, its main
-        process only, so `dask worker` closes its worker processes, which clean up after
-        themselves), SIGKILL each process group after ``grace``; returns the names of the
-        commands that needed SIGKILL."""
-        for s in procs:
-            with contextlib.suppress(ProcessLookupError):
-                s.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for s in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                s.popen.wait(max(0.1, deadline - time.monotonic()))
-        forced = [s.spec.name for s in procs if s.popen.poll() is None]
-        for s in procs:
-            _killpg(s.popen.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                s.popen.wait(10)
-        return forced
+    @staticmethod
+    def _terminate(procs: Sequence[_Started], grace: float) -> list[str]:
+        """Graceful close (`dask worker` closes its worker processes, which clean up after
+        themselves), then SIGKILL; returns the names of the commands that needed SIGKILL."""
+        forced = terminate_groups([s.popen for s in procs], grace)
+        return [s.spec.name for s in procs if s.popen in forced]
 
 
 @contextlib.contextmanager
