@@ -245,28 +245,21 @@ class Comparison(BaseModel):
                          f"({_span(self.before)}): nothing could be compared; run the "
                          "same study with the same first_seed and --sims")
             return lines
-        if self.outputs_differ:
-            lines.append(f"{len(self.outputs_differ)} of {n} {w.counted} give different outputs "
-                         f"than {ref} ({w.labels} {_seeds(self.outputs_differ)})")
-        if self.failed_now:
-            lines.append(f"{len(self.failed_now)} of {n} {w.counted} ok in {ref} failed in "
-                         f"{now_label} ({w.labels} {_seeds(self.failed_now, self._error_now)})")
-        if self.failed_before:
-            lines.append(f"{len(self.failed_before)} of {n} {w.counted} failed in {ref} but are "
-                         f"ok in {now_label} ({w.labels} "
-                         f"{_seeds(self.failed_before, self._error_before)})")
-        if self.error_differs:
-            lines.append(f"{len(self.error_differs)} of {n} {w.counted} failed with a different "
-                         f"error than in {ref} ({w.labels} "
-                         f"{_seeds(self.error_differs, self._errors)})")
-        if self.only_before:
-            lines.append(f"note: {len(self.only_before)} {w.one}(s) of {ref} are not in "
-                         f"{now_label} ({w.labels} {_seeds(self.only_before)}); compared the "
-                         f"{n} both cover")
-        if self.only_now:
-            lines.append(f"note: {len(self.only_now)} {w.one}(s) of {now_label} are not in "
-                         f"{ref} ({w.labels} {_seeds(self.only_now)}); compared the {n} both "
-                         "cover")
+        for keys, what, label in (
+                (self.outputs_differ, f"give different outputs than {ref}", key_label),
+                (self.failed_now, f"ok in {ref} failed in {now_label}", self._error_now),
+                (self.failed_before, f"failed in {ref} but are ok in {now_label}",
+                 self._error_before),
+                (self.error_differs, f"failed with a different error than in {ref}",
+                 self._errors)):
+            if keys:
+                lines.append(f"{len(keys)} of {n} {w.counted} {what} ({w.labels} "
+                             f"{_seeds(keys, label)})")
+        for keys, of, other in ((self.only_before, ref, now_label),
+                                (self.only_now, now_label, ref)):
+            if keys:
+                lines.append(f"note: {len(keys)} {w.one}(s) of {of} are not in {other} "
+                             f"({w.labels} {_seeds(keys)}); compared the {n} both cover")
         types = ", ".join(sorted({self.now[s].error_type or "" for s in self.failed_both}))
         if self.differs:
             lines.extend(self._reuse_lines(ref, now_label))
