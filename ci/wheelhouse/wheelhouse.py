@@ -18,9 +18,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,10 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.utils import parse_wheel_filename
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # ci/lockcheck.py, shared with runtime/image/lock.py
+import lockcheck  # noqa: E402
+
 INPUTS = HERE / "requirements.in"
 LOCK = HERE / "requirements.lock"
 PYTHON_VERSION = "3.11"
@@ -52,19 +51,12 @@ def requirements(path: Path = INPUTS) -> list[str]:
 
 
 def inputs_digest(reqs: list[str]) -> str:
-    data = {"requirements": sorted(reqs), "uv": UV_ARGS}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return lockcheck.inputs_digest(reqs, UV_ARGS)
 
 
 def pins(text: str) -> dict[str, tuple[str, set[str]]]:
     """name → (pinned version, the sha256 hashes the lock allows for it)."""
-    out: dict[str, tuple[str, set[str]]] = {}
-    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
-        m = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", block)
-        if m:
-            out[canonicalize_name(m.group(1))] = (m.group(2),
-                                                  set(re.findall(r"--hash=sha256:(\w+)", block)))
-    return out
+    return {name: entries[0] for name, entries in lockcheck.pins(text).items()}
 
 
 def lock_digest(lock: Path = LOCK) -> str:
@@ -76,37 +68,13 @@ def check(inputs: Path = INPUTS, lock: Path = LOCK) -> list[str]:
     if not lock.is_file():
         return [f"{lock.name} is missing"]
     reqs = requirements(inputs)
-    text = lock.read_text()
-    problems = []
-    want = inputs_digest(reqs)
-    m = re.search(r"^# inputs sha256:(\w+)", text, re.M)
-    if not m or m.group(1) != want:
-        problems.append(f"{lock.name} was resolved from other inputs than {inputs.name}'s "
-                        f"(recorded {m.group(1) if m else 'nothing'}, now {want})")
-    pinned = pins(text)
-    for spec in reqs:
-        req = Requirement(spec)
-        found = pinned.get(canonicalize_name(req.name))
-        if found is None:
-            problems.append(f"{lock.name} pins no {req.name} ({spec} is required)")
-        elif not req.specifier.contains(found[0], prereleases=True):
-            problems.append(f"{lock.name} pins {req.name}=={found[0]}, outside {spec}")
-    problems += [f"{lock.name} pins {name} without a hash" for name, (_, hashes) in pinned.items()
-                 if not hashes]
-    return problems
+    return lockcheck.problems(lock.name, lock.read_text(), reqs, inputs_digest(reqs),
+                              inputs.name)
 
 
 def generate(inputs: Path = INPUTS, lock: Path = LOCK) -> None:
-    uv = shutil.which("uv", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                  os.environ.get("PATH", "")]))
-    if uv is None:
-        sys.exit("wheelhouse: uv not found next to this Python or on PATH; run `make venv` first.")
     reqs = requirements(inputs)
-    with tempfile.NamedTemporaryFile("w", suffix=".in") as src:
-        src.write("\n".join(reqs) + "\n")
-        src.flush()
-        out = subprocess.run([uv, "pip", "compile", src.name, *UV_ARGS], check=True,
-                             capture_output=True, text=True).stdout
+    out = lockcheck.uv_compile(reqs, UV_ARGS, "wheelhouse")
     lock.write_text(HEADER.format(digest=inputs_digest(reqs)) + out)
     print(f"wheelhouse: wrote ci/wheelhouse/{lock.name} ({len(pins(out))} pins)")
 
@@ -184,13 +152,9 @@ def fetch(dest: Path, lock: Path = LOCK) -> int:
 def main(argv: list[str]) -> int:
     args = argv[1:]
     if args == ["--check"]:
-        problems = check()
-        for p in problems:
-            print(f"wheelhouse: ci/wheelhouse/{p}", file=sys.stderr)
-        if problems:
-            print("wheelhouse: the tests' lock is stale; run `make lock` and commit it.",
-                  file=sys.stderr)
-        return 1 if problems else 0
+        return lockcheck.report(
+            check(), "wheelhouse: ci/wheelhouse/",
+            "wheelhouse: the tests' lock is stale; run `make lock` and commit it.")
     if args == ["lock"]:
         generate()
         return 0

@@ -11,27 +11,21 @@ Three locks, each with every artifact's sha256 (pip installs them with --require
 
 The first line of each records a digest of the inputs it was resolved from (the
 pyproject's requires-python, dependencies, dashboard extra and build requirements, and
-uv's arguments). ``--check`` recomputes it and verifies that every pin satisfies the
-pyproject's specifiers, so a changed dependency without a new lock fails the tests.
+uv's arguments). ``--check`` recomputes it and verifies that every pin has a hash and
+satisfies the pyproject's specifiers, so a changed dependency without a new lock fails the
+tests (the checks are ci/lockcheck.py's, shared with the tests' wheelhouse).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "ci"))  # ci/lockcheck.py, shared with the wheelhouse
+import lockcheck  # noqa: E402
+
 PYPROJECT = HERE.parent / "pyproject.toml"
 # universal: one lock for every platform the image may be built on (amd64, arm64)
 # (--python-version is the floor: the pyproject's requires-python, added by uv_args)
@@ -56,21 +50,19 @@ def uv_args(pyproject: dict) -> list[str]:
 
 
 def inputs_digest(pyproject: dict, name: str) -> str:
-    data = {"requirements": sorted(LOCKS[name](pyproject)), "uv": uv_args(pyproject)}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return lockcheck.inputs_digest(LOCKS[name](pyproject), uv_args(pyproject))
 
 
 def pins(text: str) -> dict[str, list[str]]:
     """name → pinned versions of a lock's ``name==version`` lines (a universal lock may pin
     two versions of one package under different markers, e.g. per Python version)."""
-    out: dict[str, list[str]] = {}
-    for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", text, re.M):
-        out.setdefault(canonicalize_name(m.group(1)), []).append(m.group(2))
-    return out
+    return {name: [version for version, _ in entries]
+            for name, entries in lockcheck.pins(text).items()}
 
 
 def check(lock_dir: Path = HERE, pyproject_path: Path = PYPROJECT) -> list[str]:
-    """Every reason a lock in ``lock_dir`` is stale or missing (empty: all current)."""
+    """Every reason a lock in ``lock_dir`` is stale, missing or unhashed (empty: all
+    current)."""
     pyproject = _pyproject(pyproject_path)
     problems = []
     for name in LOCKS:
@@ -78,36 +70,15 @@ def check(lock_dir: Path = HERE, pyproject_path: Path = PYPROJECT) -> list[str]:
         if not lock.is_file():
             problems.append(f"{name} is missing")
             continue
-        text = lock.read_text()
-        want = inputs_digest(pyproject, name)
-        m = re.search(r"^# inputs sha256:(\w+)", text, re.M)
-        if not m or m.group(1) != want:
-            problems.append(f"{name} was resolved from other inputs than runtime/pyproject.toml's "
-                            f"(recorded {m.group(1) if m else 'nothing'}, now {want})")
-        pinned = pins(text)
-        for spec in LOCKS[name](pyproject):
-            req = Requirement(spec)
-            versions = pinned.get(canonicalize_name(req.name))
-            if not versions:
-                problems.append(f"{name} pins no {req.name} ({spec} is required)")
-            for version in versions or ():
-                if not req.specifier.contains(version, prereleases=True):
-                    problems.append(f"{name} pins {req.name}=={version}, outside {spec}")
+        problems += lockcheck.problems(name, lock.read_text(), LOCKS[name](pyproject),
+                                       inputs_digest(pyproject, name), "runtime/pyproject.toml")
     return problems
 
 
 def generate(lock_dir: Path = HERE) -> None:
-    uv = shutil.which("uv", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                  os.environ.get("PATH", "")]))
-    if uv is None:
-        sys.exit("lock: uv not found next to this Python or on PATH; run `make venv` first.")
     pyproject = _pyproject()
     for name, reqs in LOCKS.items():
-        with tempfile.NamedTemporaryFile("w", suffix=".in") as src:
-            src.write("\n".join(reqs(pyproject)) + "\n")
-            src.flush()
-            out = subprocess.run([uv, "pip", "compile", src.name, *uv_args(pyproject)],
-                                 check=True, capture_output=True, text=True).stdout
+        out = lockcheck.uv_compile(reqs(pyproject), uv_args(pyproject), "lock")
         header = HEADER.format(name=name, digest=inputs_digest(pyproject, name))
         (lock_dir / name).write_text(header + out)
         print(f"lock: wrote runtime/image/{name} ({len(pins(out))} pins)")
@@ -115,13 +86,9 @@ def generate(lock_dir: Path = HERE) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[1:] == ["--check"]:
-        problems = check()
-        for p in problems:
-            print(f"lock: runtime/image/{p}", file=sys.stderr)
-        if problems:
-            print("lock: the image's lock files are stale; run `make lock` and commit them.",
-                  file=sys.stderr)
-        return 1 if problems else 0
+        return lockcheck.report(
+            check(), "lock: runtime/image/",
+            "lock: the image's lock files are stale; run `make lock` and commit them.")
     if argv[1:]:
         print("usage: lock.py [--check]", file=sys.stderr)
         return 2

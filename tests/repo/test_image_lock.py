@@ -33,6 +33,8 @@ def _copy(tmp_path: Path) -> Path:
     for f in (REPO / "runtime" / "image").iterdir():
         if f.suffix in {".py", ".lock"}:
             shutil.copy2(f, copy / "runtime" / "image" / f.name)
+    (copy / "ci").mkdir()
+    shutil.copy2(REPO / "ci" / "lockcheck.py", copy / "ci" / "lockcheck.py")
     return copy
 
 

@@ -20,8 +20,9 @@ def _check(script: Path) -> subprocess.CompletedProcess:
 
 
 def _copy(tmp_path: Path) -> Path:
-    copy = tmp_path / "wheelhouse"
+    copy = tmp_path / "ci" / "wheelhouse"
     shutil.copytree(SCRIPT.parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(SCRIPT.parent.parent / "lockcheck.py", tmp_path / "ci" / "lockcheck.py")
     return copy
 
 
