@@ -112,14 +112,6 @@ def step_line(r: StepRun) -> str:
     return f"{r.step.name} was not run: {why.rstrip('.')}."
 
 
-def step_line(r: StepRun) -> str:
-    """A step that ran: its number, mode, time and results; one that did not: a sentence."""
-    if r.ran:
-        return f"step {r.index} {r.step.name} [{r.mode}]: {r.elapsed_s:.1f} s, {r.results}"
-    why = r.skipped or "it was not needed"
-    return f"{r.step.name} was not run: {why.rstrip('.')}."
-
-
 def as_json(verdict: Verdict, runs: Sequence[StepRun], elapsed: float) -> dict[str, Any]:
     return {
         "exit_code": verdict.exit_code, "summary": verdict.summary,
