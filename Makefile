@@ -15,7 +15,7 @@ SIMS    ?= 300
 PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: apiserver run test test-fast lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s venv wheelhouse bench clean help image lock
+.PHONY: apiserver run test test-fast lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s tool-registry venv wheelhouse bench clean help image lock
 
 help:
 	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
@@ -71,6 +71,11 @@ else
 	@echo "== not Linux: tests/cluster/apiserver (the chart against a real API server) will skip"
 endif
 
+# The reference OCI registry (distribution v3; ~4.5 min cold, nothing once built): the tests
+# push the worker image and the packaged chart to it and install from it by digest/version.
+tool-registry:
+	@bash ci/install-tools.sh $(TOOLS) registry
+
 # `make run` renders the chart with helm 3 only: it does not wait for helm4 and ct builds
 tool-helm:
 	@bash ci/install-tools.sh $(TOOLS) helm
@@ -119,14 +124,14 @@ ct-lint:
 	@echo "== ct $$($(CT) version | awk 'NR == 1 {print $$2}') lint: yamllint, yamale and helm lint --strict with $$(helm version --template '{{.Version}}') on every preset"
 	$(CT) lint --config ci/ct.yaml --lint-conf ci/lintconf.yaml --chart-yaml-schema ci/chart_schema.yaml
 
-pytest: venv tools tool-podman tool-k8s wheelhouse
+pytest: venv tools tool-podman tool-k8s tool-registry wheelhouse
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The edit-test loop (a few minutes): every test but those marked apiserver, container or
-# presets (tests/support/markers.py). Needs helm 3 and 4 (no k8s build, no podman). Not CI:
+# presets (tests/support/markers.py). Needs helm 3 and 4 and the registry (no k8s build, no podman). Not CI:
 # `make test` runs everything. No test selected is a failure (pytest's exit code 5).
 FAST := not apiserver and not container and not presets
-test-fast: venv tools wheelhouse
+test-fast: venv tools tool-registry wheelhouse
 	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 # The worker image, both flavours, against the locally made base (cached by content).

@@ -2,7 +2,9 @@
 # Builds the pinned chart tools into .tools/bin from the Go module proxy:
 #   helm  (v3), helm4 (v4), ct (chart-testing v3);
 #   k8s: etcd, kube-apiserver, kube-controller-manager, kubectl (the control plane the
-#   chart tests in tests/cluster/apiserver/ run against; a cold build takes tens of minutes).
+#   chart tests in tests/cluster/apiserver/ run against; a cold build takes tens of minutes);
+#   registry (the reference OCI registry, distribution v3: the tests push the worker image
+#   and the packaged chart to it and install from it).
 # Named only: `podman` installs podman, runc and debootstrap from Debian when missing
 # (ci/install-podman.sh; the image tests build and run the worker image with them).
 # ci/tools/<tool>/go.mod is the one place a version is pinned (go.sum holds the hashes,
@@ -10,7 +12,7 @@
 # Usage: ci/install-tools.sh [TOOLS_DIR [TOOL...]]
 #   TOOLS_DIR defaults to .tools/bin under the repo root; TOOL is helm, helm4, ct (default:
 #   these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, or k8s for
-#   those four, e.g. `ci/install-tools.sh .tools/bin helm` for `make run`.
+#   those four, registry, e.g. `ci/install-tools.sh .tools/bin helm` for `make run`.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,6 +28,7 @@ tools=(
   "kube-apiserver|k8s|k8s.io/kubernetes/cmd/kube-apiserver|-|k8s.io/kubernetes"
   "kube-controller-manager|k8s|k8s.io/kubernetes/cmd/kube-controller-manager|-|k8s.io/kubernetes"
   "kubectl|k8s|k8s.io/kubernetes/cmd/kubectl|-|k8s.io/kubernetes"
+  "registry|registry|github.com/distribution/distribution/v3/cmd/registry|github.com/distribution/distribution/v3/version.version|github.com/distribution/distribution/v3"
 )
 default_tools=(helm helm4 ct)
 k8s_tools=(etcd kube-apiserver kube-controller-manager kubectl)
@@ -45,7 +48,7 @@ for want in "${wanted[@]}"; do
   match=
   for spec in "${tools[@]}"; do [[ "${spec%%|*}" == "$want" ]] && match=$spec; done
   if [[ -z "$match" ]]; then
-    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (none: these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four)." >&2
+    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (none: these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry." >&2
     exit 2
   fi
   selected+=("$match")
@@ -79,7 +82,7 @@ version_on_path() {  # name version → path of a matching binary on PATH, or no
   cand=$(command -v "$name" 2>/dev/null) || return 0
   case "$name" in
     ct) out=$("$cand" version 2>/dev/null | head -1) || true ;;
-    etcd|kube-apiserver|kube-controller-manager) out=$("$cand" --version 2>/dev/null | head -1) || true ;;
+    etcd|kube-apiserver|kube-controller-manager|registry) out=$("$cand" --version 2>/dev/null | head -1) || true ;;
     kubectl) out=$("$cand" version --client 2>/dev/null | head -1) || true ;;
     *) out=$("$cand" version --template '{{.Version}}' 2>/dev/null) || true ;;
   esac

@@ -54,6 +54,20 @@ def dask_cluster(tmp_path):
         cluster.stop()
 
 
+@pytest.fixture
+def oci_registry():
+    """A real OCI registry (distribution v3) on 127.0.0.1 over plain HTTP, with its own
+    storage: ``.host``, ``.env()`` for podman and helm, ``.digest()``, ``.requests()``
+    (support/registry.py). Stopped and its storage removed after the test."""
+    from support import registry
+
+    reason = registry.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with registry.Registry() as reg:
+        yield reg
+
+
 # ---- skips: one line saying why, and never silent in CI ---------------------------------
 # A test that cannot run on this machine (no Go, no podman, not Linux) calls
 # ``pytest.skip("<one line: why>")``. Under CI=true (set by .ci/run's environment) every such

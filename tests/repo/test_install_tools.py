@@ -116,7 +116,7 @@ def test_unknown_tool_is_refused_before_anything_is_made(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "tools: unknown tool 'kubelet'; allowed: helm, helm4, ct (none: these three), podman, "
-        "etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four).")
+        "etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry.")
     assert not (tmp_path / "bin").exists()
 
 
@@ -245,3 +245,30 @@ def test_without_go_pinned_k8s_tools_on_path_are_linked(tmp_path):
         for n in ("etcd", "kubectl")]
     for n in ("etcd", "kubectl"):
         assert (bin_dir / f".{n}.stamp").read_text() == (tools / f".{n}.stamp").read_text()
+
+
+REGISTRY_PIN = "v3.1.2"
+
+
+def test_registry_is_named_only_reused_and_reports_its_version(tmp_path):
+    """`registry` (the OCI registry the image and chart tests push to) is not in the default
+    set; named, a built one is reused, and its version is the pinned one (ldflags)."""
+    if not (TOOLS / ".registry.stamp").is_file():
+        pytest.fail(f"registry not built in {TOOLS}: run `ci/install-tools.sh {TOOLS} registry`")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "registry").symlink_to(TOOLS / "registry")
+    shutil.copy2(TOOLS / ".registry.stamp", tools / ".registry.stamp")
+    out = _run([str(tools), "registry"], os.environ["PATH"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"tools: registry {REGISTRY_PIN} already built "
+                                       f"({tools / 'registry'})"]
+    said = subprocess.run([str(tools / "registry"), "--version"], capture_output=True,
+                          text=True, timeout=60).stdout
+    assert said.split()[1:] == ["github.com/distribution/distribution/v3", REGISTRY_PIN], said
+    # without Go, the pinned registry on PATH is linked, with the stamp a Go build writes
+    bin_dir = tmp_path / "bin"
+    out = _run([str(bin_dir), "registry"], _clean_path(tmp_path, {"registry": TOOLS / "registry"}),
+               tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (bin_dir / ".registry.stamp").read_text() == (tools / ".registry.stamp").read_text()
