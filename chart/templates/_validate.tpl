@@ -14,9 +14,9 @@ helm renders the deepest paths first, so values/check.yaml (nothing but the incl
 the one that runs it, and helm's message says "execution error at
 (modelops-dask/templates/values/check.yaml...)" rather than naming an unrelated object. Checks by what they look at:
   _validate.tpl           the mode and keys of other charts
-  _validate_worker.tpl    the worker: executor, env and args, caches, bundles, resources, strategy
+  _validate_worker.tpl    the worker: executor, env and args, caches, bundles, resources, strategy, autoscaling
   _validate_pods.tpl      both pods: security contexts, probes, volumes, requests, scheduling
-  _validate_cluster.tpl   objects beside the pods: Service, ServiceAccount, monitors
+  _validate_cluster.tpl   objects beside the pods: Service, ServiceAccount, monitors, KEDA
 Add a check as its own `define` in the file of what it looks at and list it below.
 */}}
 
@@ -36,12 +36,12 @@ worker's memory formula, the executor type) run only once the mode is known.
 {{- $problems := include "modelops-dask.validate.mode" . | fromJsonArray -}}
 {{- $modeKnown := not $problems -}}
 {{- if $modeKnown }}{{ include "modelops-dask.resolveMode" . }}{{ end -}}
-{{- $needMode := list "executor" "workerResources" "requestsWithinLimits" -}}
+{{- $needMode := list "executor" "workerResources" "requestsWithinLimits" "autoscaling" -}}
 {{- $checks := list
   "legacyKeys"
-  "workerEnv" "workerArgs" "executor" "cacheBudgets" "bundles" "workerResources" "strategy" "topologySpread"
+  "workerEnv" "workerArgs" "executor" "cacheBudgets" "bundles" "workerResources" "strategy" "topologySpread" "autoscaling"
   "securityContext" "podSecurity" "probes" "volumes" "requestsWithinLimits" "scheduling"
-  "serviceAccount" "schedulerService" "monitors" -}}
+  "serviceAccount" "schedulerService" "monitors" "keda" -}}
 {{- range $check := $checks -}}
 {{- if or $modeKnown (not (has $check $needMode)) -}}
 {{- $problems = concat $problems (include (printf "modelops-dask.validate.%s" $check) $ | fromJsonArray) -}}

@@ -37,3 +37,15 @@ the API server answers only "no matches for kind" once helm has rendered everyth
 {{- end -}}
 {{- toJson $errors -}}
 {{- end -}}
+
+{{/*
+The ScaledObject is a KEDA custom resource: without KEDA's CRDs the API server answers only
+"no matches for kind" once helm has rendered everything, and nothing would scale.
+*/}}
+{{- define "modelops-dask.validate.keda" -}}
+{{- $errors := list -}}
+{{- if and (include "modelops-dask.autoscaling" .) (not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) -}}
+{{- $errors = append $errors "worker.autoscaling.enabled=true needs KEDA (the ScaledObject CRD, keda.sh/v1alpha1), which this cluster does not serve. Install KEDA first (its Helm chart kedacore/keda, or its release manifests), or set worker.autoscaling.enabled=false. (helm template knows no cluster: pass --api-versions keda.sh/v1alpha1/ScaledObject.)" -}}
+{{- end -}}
+{{- toJson $errors -}}
+{{- end -}}

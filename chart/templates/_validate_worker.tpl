@@ -220,3 +220,45 @@ and no request above its limit (the API server refuses that).
 {{- end -}}
 {{- toJson $errors -}}
 {{- end -}}
+
+{{/*
+worker.autoscaling (_autoscaling.tpl): the pod count is KEDA's alone, its range is a range,
+and the diagnosis presets keep their fixed layout. Needs the resolved mode.
+*/}}
+{{- define "modelops-dask.validate.autoscaling" -}}
+{{- $errors := list -}}
+{{- $a := .Values.worker.autoscaling | default dict -}}
+{{- if $a.enabled -}}
+{{- $missing := list -}}
+{{- range $key := list "minReplicas" "maxReplicas" "pollingInterval" "cooldownPeriod" "scaleUpStabilizationSeconds" "scaleDownStabilizationSeconds" -}}
+{{- if kindIs "invalid" (index $a $key) }}{{ $missing = append $missing (printf "worker.autoscaling.%s" $key) }}{{ end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- $errors = append $errors (printf "worker.autoscaling.enabled=true but %s not set: set them (the chart's defaults: minReplicas 1, maxReplicas 10, pollingInterval 15, cooldownPeriod 300, scaleUpStabilizationSeconds 0, scaleDownStabilizationSeconds 300). %s" (join ", " $missing) (include "modelops-dask.missingDefaultHint" .)) -}}
+{{- end -}}
+{{- if not (kindIs "invalid" .Values.worker.replicas) -}}
+{{- $errors = append $errors (printf "worker.replicas=%d is set together with worker.autoscaling.enabled=true: with autoscaling the worker pod count is KEDA's (between worker.autoscaling.minReplicas and maxReplicas) and a fixed count would undo its work on every helm upgrade. Remove worker.replicas (--set worker.replicas=null), or set worker.autoscaling.enabled=false." (int64 .Values.worker.replicas)) -}}
+{{- end -}}
+{{- if and (not (kindIs "invalid" $a.minReplicas)) (not (kindIs "invalid" $a.maxReplicas)) -}}
+{{- if lt (int64 $a.maxReplicas) (int64 $a.minReplicas) -}}
+{{- $errors = append $errors (printf "worker.autoscaling.maxReplicas=%d is below worker.autoscaling.minReplicas=%d: the range of worker pods is empty. Set maxReplicas to at least minReplicas." (int64 $a.maxReplicas) (int64 $a.minReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- $diagnosis := list "debug-isolated" "debug-parallel" "diagnose-fresh-venv" -}}
+{{- range $name := .ModelopsMode.matches -}}
+{{- if has $name $diagnosis -}}
+{{- $errors = append $errors (printf "worker.autoscaling.enabled=true with the %s mode: the diagnosis modes (%s) are compared run against run on a fixed layout of pods and processes, and a pod count that follows the backlog changes that layout during a run. Fix the count with worker.replicas and worker.autoscaling.enabled=false, or autoscale prod-warm or fresh-process." $name (join ", " $diagnosis)) -}}
+{{- end -}}
+{{- end -}}
+{{- $routesVar := include "modelops-dask.schedulerRoutesVar" . -}}
+{{- range .Values.scheduler.extraEnv -}}
+{{- if eq .name $routesVar -}}
+{{- $errors = append $errors (printf "scheduler.extraEnv sets %s, which the chart renders with worker.autoscaling.enabled=true (Dask's default routes plus distributed.http.scheduler.api, where KEDA reads /api/v1/adaptive_target). Remove it from scheduler.extraEnv." $routesVar) -}}
+{{- end -}}
+{{- end -}}
+{{- if has "--no-dashboard" (.Values.scheduler.extraArgs | default list) -}}
+{{- $errors = append $errors "scheduler.extraArgs contains --no-dashboard, but worker.autoscaling.enabled=true reads the scheduler's adaptive target on its dashboard port (8787). Remove --no-dashboard, or set worker.autoscaling.enabled=false." -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $errors -}}
+{{- end -}}
