@@ -74,7 +74,7 @@ def preset(name: str) -> Preset:
     values = _merge(yaml.safe_load((CHART / "values.yaml").read_text()),
                     yaml.safe_load(file.read_text()) or {})
     w = values["worker"]
-    return Preset(name=name, file=file, replicas=int(w["replicas"]),
+    return Preset(name=name, file=file, replicas=int(w["replicas"] or 1),  # null: 1
                   processes=int(w["processes"]), threads=int(w["threads"]),
                   executor=w["executor"]["type"],
                   force_fresh_venv=bool(w["executor"]["forceFreshVenv"]),

@@ -102,6 +102,29 @@ def test_later_values_files_and_sets_win_like_helm(tmp_path):
     assert names == {"worker-0.log", "worker-1.log"}
 
 
+@pytest.mark.parametrize("minimum,pods", [(0, 1), (1, 1), (3, 3)])
+def test_an_autoscaled_release_runs_a_fixed_count_locally(minimum, pods, tmp_path):
+    """No autoscaler runs locally: the pods the release keeps at least, one at least (a
+    local study always has work). The scheduler keeps its rendered routes (the adaptive
+    target); diagnose's steps, which set replicas and diagnosis modes the chart refuses to
+    autoscale, render at the same count with the pinning sets."""
+    sets = ["worker.autoscaling.enabled=true", f"worker.autoscaling.minReplicas={minimum}"]
+    rendered = render.render_cluster([preset("prod-warm").file], chart=CHART, sets=sets)
+    assert rendered.autoscaled and rendered.replicas == pods
+    assert "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES" in rendered.scheduler.env
+    plan = planning.plan(rendered, tmp_path)
+    assert len(plan.workers) == pods
+    assert plan.expected_workers == pods * preset("prod-warm").processes
+    assert rendered.fixed_layout == ("worker.autoscaling.enabled=false", f"worker.replicas={pods}")
+    step = render.render_cluster(
+        [preset("prod-warm").file], chart=CHART,
+        sets=[*sets, *rendered.fixed_layout, "mode=debug-isolated", "worker.replicas=1"])
+    assert not step.autoscaled and step.replicas == 1 and step.fixed_layout == ()
+    same = render.render_cluster([preset("prod-warm").file], chart=CHART,
+                                 sets=[*sets, *rendered.fixed_layout])
+    assert same.replicas == pods and same.worker == rendered.worker
+
+
 # -- bad input: a clear error, nothing started ------------------------------------------------
 
 def _nothing_started(run, state: Path) -> None:

@@ -65,6 +65,7 @@ def find_helm(chart: Path) -> str:
 
 
 LOCAL_BUNDLES = "bundles: {repo: 'file:///var/lib/modelops/bundle-repo'}\n"
+KEDA_SCALED_OBJECT = "keda.sh/v1alpha1/ScaledObject"
 
 
 def render(chart: Path, values: Sequence[Path | str] = (), sets: Sequence[str] = (),
@@ -79,7 +80,10 @@ def render(chart: Path, values: Sequence[Path | str] = (), sets: Sequence[str] =
     # The chart requires bundles.repo. The local mode points MODELOPS_BUNDLE_REPO at
     # <state>/bundle-repo itself, so a stand-in goes first; values files that set bundles
     # still win and are checked as on the cluster.
-    argv = [find_helm(chart), "template", release, str(chart), "-f", "-"]
+    # The local mode serves no cluster: a release with worker.autoscaling renders as with
+    # KEDA installed, and runs a fixed count of pods (parse_rendered).
+    argv = [find_helm(chart), "template", release, str(chart), "-f", "-",
+            "--api-versions", KEDA_SCALED_OBJECT]
     for v in values:
         argv += ["-f", str(v)]
     for s in sets:
@@ -123,6 +127,16 @@ class RenderedCluster(BaseModel):
     scheduler: Container
     worker: Container
     replicas: int = Field(ge=0)
+    autoscaled: bool = Field(
+        default=False, description="worker.autoscaling was on: replicas is max(1, minReplicas)")
+
+    @property
+    def fixed_layout(self) -> tuple[str, ...]:
+        """--set pairs that pin an autoscaled release to this count of pods, so that runs
+        which change the layout (diagnose's steps) render as a fixed release would."""
+        if not self.autoscaled:
+            return ()
+        return ("worker.autoscaling.enabled=false", f"worker.replicas={self.replicas}")
 
     @property
     def nworkers(self) -> int:
@@ -188,10 +202,19 @@ def parse_rendered(docs: Sequence[dict]) -> RenderedCluster:
             f"the rendered chart has no {' and no '.join(missing)} Deployment (label "
             "app.kubernetes.io/component); is this the modelops-dask chart?")
     worker = deployments["worker"]
-    replicas = worker["spec"].get("replicas", 1)
+    replicas = worker["spec"].get("replicas")
+    # worker.autoscaling: no replicas in the Deployment, a KEDA ScaledObject scales it. The
+    # local mode has no autoscaler and runs the pods the release keeps at least, one at
+    # least (a local study always has work for a pod).
+    name = (worker.get("metadata") or {}).get("name")
+    scaled = [d for d in docs if d.get("kind") == "ScaledObject"
+              and ((d.get("spec") or {}).get("scaleTargetRef") or {}).get("name") == name]
+    if replicas is None and scaled:
+        replicas = max(1, int(scaled[0]["spec"].get("minReplicaCount") or 0))
     return RenderedCluster(scheduler=_container(deployments["scheduler"], "scheduler"),
                            worker=_container(worker, "worker"),
-                           replicas=1 if replicas is None else int(replicas))
+                           replicas=1 if replicas is None else int(replicas),
+                           autoscaled=bool(scaled))
 
 
 def render_cluster(values: Sequence[Path | str] = (), sets: Sequence[str] = (), *,

@@ -142,7 +142,9 @@ def prepare(study_path: Path, values: Sequence[Path], sets: Sequence[str], *,
         with log_file.open("a") as fh:
             fh.write(line.rstrip("\n") + "\n")
 
-    ctx = Context(study=study, values=list(values), sets=list(sets),
+    # an autoscaled release is diagnosed at the fixed count the local mode runs (the
+    # chart refuses autoscaling in the diagnosis modes the steps switch to)
+    ctx = Context(study=study, values=list(values), sets=[*sets, *rendered.fixed_layout],
                   sims=sims, chart=chart, state_dir=state, out_dir=out,
                   release=release, start_timeout=start_timeout, say=say, log=log,
                   config=launch.config, launch=launch, study_path=Path(study_path),
