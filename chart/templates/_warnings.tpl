@@ -44,5 +44,9 @@ render goes on; refusals are in _validate*.tpl). JSON list of strings.
 {{- if and (.Values.scheduler.ingress | default dict).enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.clientFrom) -}}
 {{- $warnings = append $warnings "scheduler.ingress is enabled, but networkPolicy.enabled admits no client to the scheduler (networkPolicy.clientFrom is empty): the ingress controller cannot reach the dashboard. Add its namespace to networkPolicy.clientFrom, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]." -}}
 {{- end -}}
+{{- /* ---- the Ingress also serves the api routes autoscaling publishes ------------- */}}
+{{- if and (.Values.scheduler.ingress | default dict).enabled (include "modelops-dask.autoscaling" .) -}}
+{{- $warnings = append $warnings "scheduler.ingress is enabled and worker.autoscaling publishes Dask's /api/v1 routes on the dashboard port, which include POST /api/v1/retire_workers (it retires workers, with no authentication): the Ingress serves them too. Put your controller's authentication in front (scheduler.ingress.annotations), or block /api/v1 there; KEDA reads the target inside the cluster, not through the Ingress." -}}
+{{- end -}}
 {{- toJson $warnings -}}
 {{- end -}}

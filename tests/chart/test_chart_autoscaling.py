@@ -275,3 +275,40 @@ def test_a_real_scheduler_serves_the_adaptive_target_with_the_rendered_routes(da
     port = plain_client.scheduler_info()["services"]["dashboard"]
     assert _get(f"http://127.0.0.1:{port}/api/v1/adaptive_target")[0] == 404
     assert _get(f"http://127.0.0.1:{port}/api/v1/retire_workers")[0] == 404
+
+
+def test_the_helm_test_asks_for_a_pod_when_the_autoscaler_keeps_none(dask_cluster, tmp_path):
+    """minReplicas 0 and an idle scheduler: no pod runs, so the helm test pod's script first
+    queues a task, the scheduler's adaptive target (what KEDA reads) rises to 1, a pod
+    starts (here: the rendered worker command, as KEDA's scale-up would start it) and the
+    script runs its probe there."""
+    import subprocess
+    import sys
+
+    out = render("helm3", values="bundles: {repo: 'file:///var/lib/modelops/bundle-repo'}",
+                 sets=(*ON, "worker.autoscaling.minReplicas=0", "worker.processes=1"), extra=KEDA)
+    scheduler_env = _env(out.container("scheduler"))
+    cluster, client = dask_cluster(env={ROUTES_VAR: scheduler_env[ROUTES_VAR]},
+                                   workers=0, wait=False)
+    url = f"http://127.0.0.1:{client.scheduler_info()['services']['dashboard']}/api/v1/adaptive_target"
+    pod = out.one("Pod")["spec"]["containers"][0]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**cluster.env, **_env(pod), "SCHEDULER_ADDRESS": cluster.address,
+           "TEST_TIMEOUT": "120"}
+    assert env["EXPECTED_PROCESSES"] == "1" and env["AUTOSCALED"] == "true"
+    script = subprocess.Popen([sys.executable, "-c", pod["args"][0]], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: json.loads(_get(url)[1])["workers"] >= 1 or script.poll() is not None,
+                 60, "the helm test's demand to raise the adaptive target")
+        assert script.poll() is None, script.communicate()
+        cluster.start_worker(env={"MODELOPS_BUNDLE_REPO": f"file://{repo}"})
+        stdout, stderr = script.communicate(timeout=180)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.communicate()
+    assert script.returncode == 0, stderr
+    assert stdout.strip().startswith("ok: 1 worker processes connected; on each, a task ran "
+                                     "with executor isolated_warm"), stdout

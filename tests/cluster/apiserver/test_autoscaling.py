@@ -78,7 +78,8 @@ def _install(kube, helm, namespace, *sets, preset="prod-warm"):
 def test_install_keeps_the_scaled_object_and_leaves_the_count_to_it(kube, helm, namespace,
                                                                     keda_crds):
     out = _install(kube, helm, namespace, "worker.autoscaling.minReplicas=0",
-                   "worker.autoscaling.maxReplicas=6", "networkPolicy.enabled=true")
+                   "worker.autoscaling.maxReplicas=6", "networkPolicy.enabled=true",
+                   "scheduler.ingress.enabled=true")
     # NOTES (helm install --dry-run takes no --api-versions: only a cluster shows them)
     assert "workers:        up to 6 pod(s) (autoscaled, 0 to 6) × 4 processes" in out.stdout
     assert ("Autoscaling (KEDA)\n  worker pods:    0 to 6, ceil(the scheduler's adaptive "
@@ -88,6 +89,9 @@ def test_install_keeps_the_scaled_object_and_leaves_the_count_to_it(kube, helm, 
     assert "to 0 pods 300s after the last demand" in out.stdout
     assert f"kubectl -n {namespace} get scaledobject,hpa {WORKER} -w" in out.stdout
     assert f"kubectl -n {namespace} describe hpa {WORKER}" in out.stdout
+    assert ("WARNING: scheduler.ingress is enabled and worker.autoscaling publishes Dask's "
+            "/api/v1 routes on the dashboard port, which include POST /api/v1/retire_workers"
+            ) in out.stdout
 
     sent = docs(kube.helm(helm, "get", "manifest", RELEASE, "-n", namespace).stdout)
     assert "ScaledObject" in {o["kind"] for o in sent}
@@ -107,7 +111,8 @@ def test_install_keeps_the_scaled_object_and_leaves_the_count_to_it(kube, helm, 
     kube.kubectl("scale", "deployment", WORKER, "-n", namespace, "--replicas=3")
     kube.helm(helm, "upgrade", RELEASE, str(CHART), "-n", namespace,
               *values_args("prod-warm", *ON, "worker.autoscaling.minReplicas=0",
-                           "worker.autoscaling.maxReplicas=8", "networkPolicy.enabled=true"))
+                           "worker.autoscaling.maxReplicas=8", "networkPolicy.enabled=true",
+                           "scheduler.ingress.enabled=true"))
     assert kube.deployment(namespace, "worker")["spec"]["replicas"] == 3
     so = kube.get("scaledobject.keda.sh", WORKER, "-n", namespace)
     assert so["spec"]["maxReplicaCount"] == 8
