@@ -297,6 +297,15 @@ def test_the_helm_test_asks_for_a_pod_when_the_autoscaler_keeps_none(dask_cluste
     env = {**cluster.env, **_env(pod), "SCHEDULER_ADDRESS": cluster.address,
            "TEST_TIMEOUT": "120"}
     assert env["EXPECTED_PROCESSES"] == "1" and env["AUTOSCALED"] == "true"
+    # without the demand (the script before autoscaling) nothing asks for a pod: it waits
+    # for a worker that never comes
+    idle = subprocess.run([sys.executable, "-c", pod["args"][0]], capture_output=True,
+                          text=True, timeout=120,
+                          env={**{k: v for k, v in env.items() if k != "AUTOSCALED"},
+                               "TEST_TIMEOUT": "3"})
+    assert idle.returncode == 1
+    assert "helm test failed: only 0 of 1 worker processes connected within 3s" in idle.stderr
+    assert json.loads(_get(url)[1]) == {"workers": 0}
     script = subprocess.Popen([sys.executable, "-c", pod["args"][0]], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
