@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from podkit import build
+from podkit import Release, build
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +25,22 @@ def slim_image() -> str:
 def images(request):
     """``images("full")`` → the tag of that flavour (built on first use)."""
     return lambda flavour: request.getfixturevalue(f"{flavour}_image")
+
+
+@pytest.fixture
+def release(tmp_path):
+    """``release(docs_of)`` → a :class:`podkit.Release` whose pods, containers, volumes and
+    network are removed after the test (a leftover fails it)."""
+    made: list[Release] = []
+
+    def start(docs_of) -> Release:
+        workdir = tmp_path / f"release-{len(made)}"
+        workdir.mkdir()
+        rel = Release.new(workdir, docs_of)
+        made.append(rel)
+        return rel
+
+    yield start
+    for rel in made:
+        left = rel.down()
+        assert not left, f"left behind after the test: {left}"

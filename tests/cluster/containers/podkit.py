@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -50,6 +51,34 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     return out
 
 
+@contextlib.contextmanager
+def empty_store(root: Path):
+    """A containers storage of its own under ``root`` (graph and run root; the machine's
+    store, its built images and other tests' containers untouched): with the environment
+    this yields (``CONTAINERS_STORAGE_CONF``), podman sees no image, as a fresh node, and
+    pulls what a pod needs. Everything in it is removed at the end (never ``podman system
+    reset``: that would also remove the machine's networks)."""
+    root.mkdir(parents=True)
+    conf = root / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\n'
+                    f'runroot = "{root / "run"}"\n')
+    env = {"CONTAINERS_STORAGE_CONF": str(conf)}
+    try:
+        yield env
+    finally:
+        run = {**podman_env(), **env}
+        for args in (["pod", "rm", "-a", "-f"], ["rm", "-a", "-f"], ["rmi", "-a", "-f"],
+                     ["volume", "prune", "-f"]):
+            subprocess.run(["podman", *args], env=run, capture_output=True, timeout=300)
+        left = subprocess.run(["podman", "images", "-q"], env=run, capture_output=True,
+                              text=True, timeout=60).stdout.split()
+        mounted = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+                   if f" {root}/" in ln]
+        if not mounted:
+            shutil.rmtree(root, ignore_errors=True)
+        assert not left and not mounted, f"the store {root} kept images {left}, mounts {mounted}"
+
+
 def cannot_run() -> str | None:
     """One line saying why this machine cannot build and run the image, or None."""
     if platform.system() != "Linux":
@@ -78,14 +107,30 @@ def build(flavour: str) -> tuple[str, float]:
 
 # ---- the chart rendered and played ------------------------------------------------------
 
+def readable(path) -> None:
+    """Make ``path`` (a tree) readable by the containers' uid 10001."""
+    for root, dirs, names in os.walk(path):
+        os.chmod(root, 0o755)
+        for n in names:
+            os.chmod(os.path.join(root, n), 0o644)
+
+
+def image_values(image: str) -> list[str]:
+    """``--set`` args for an image reference: ``repository:tag`` sets image.repository and
+    image.tag, ``repository@sha256:...`` sets image.repository and image.digest."""
+    if "@" in image:
+        repo, digest = image.split("@", 1)
+        return ["--set", f"image.repository={repo}", "--set", f"image.digest={digest}"]
+    repo, tag = image.rsplit(":", 1)
+    return ["--set", f"image.repository={repo}", "--set", f"image.tag={tag}"]
+
+
 def render(release: str, preset: str, image: str, bundle_repo: Path,
            values: dict[str, object] | None = None) -> list[dict]:
-    """``helm template`` of ``preset`` with the image, a hostPath bundle volume and
-    ``values`` (dotted key → value, as ``--set-json``)."""
-    repo, tag = image.rsplit(":", 1)
+    """``helm template`` of ``preset`` with the image (a tag or a digest reference), a
+    hostPath bundle volume and ``values`` (dotted key → value, as ``--set-json``)."""
     args = [str(HELM), "template", release, str(REPO / "chart"),
-            "-f", str(REPO / "values-examples" / f"{preset}.yaml"),
-            "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+            "-f", str(REPO / "values-examples" / f"{preset}.yaml"), *image_values(image),
             "--set", f"bundles.repo={BUNDLE_REPO_PATH}",
             "--set-json", "bundles.volume=" + json.dumps({"hostPath": {"path": str(bundle_repo)}})]
     for key, value in (values or {}).items():
@@ -126,6 +171,21 @@ def for_podman(doc: dict, hosts: dict[str, str]) -> dict:
     if hosts:
         spec["hostAliases"] = [{"ip": ip, "hostnames": [name]} for name, ip in hosts.items()]
     return doc
+
+
+class ImagePullFailed(AssertionError):
+    """``podman kube play`` could not pull a pod's image: the message is one line naming
+    the image reference and the registry's answer (what a kubelet reports as ErrImagePull)."""
+
+
+def pull_failure(stderr: str) -> str | None:
+    """The one line of podman's output saying which image reference it could not pull and
+    why, or None when the failure was not a pull."""
+    for line in stderr.splitlines():
+        m = re.match(r"Error: (?:.*?: )?initializing source docker://(\S+?): (.*)$", line)
+        if m:
+            return f"cannot pull image {m.group(1)}: {m.group(2)}"
+    return None
 
 
 @dataclass
@@ -193,6 +253,9 @@ class Release:
             played = Played(name=pod, doc=rewritten, file=path)
             self.played.append(played)  # down() removes it, also after a failed play
             if out.returncode != 0:
+                refused = pull_failure(out.stderr)
+                if refused:
+                    raise ImagePullFailed(f"pod {pod}: {refused}")
                 raise AssertionError(f"podman kube play {path} failed ({out.returncode}):\n"
                                      f"{out.stderr[-3000:]}")
             return played

@@ -7,7 +7,6 @@ Every pod, container, volume and network is removed afterwards, also when a test
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import ssl
@@ -17,7 +16,7 @@ import pytest
 from distributed import Client, as_completed
 
 from modelops_runtime.client import SimTask, aggregate, gather_study, submit
-from podkit import Release, for_podman, pod_spec, podman, render
+from podkit import for_podman, pod_spec, podman, readable, render
 from support.bundles import make_bundle
 from support.cluster import wait_for
 from support.wheels import build_wheel
@@ -50,13 +49,6 @@ def _quantity(q: str | int) -> float:
     return float(m.group(1)) * units[m.group(2)]
 
 
-def _readable(path) -> None:
-    for root, dirs, names in os.walk(path):   # read by uid 10001 in the containers
-        os.chmod(root, 0o755)
-        for n in names:
-            os.chmod(os.path.join(root, n), 0o644)
-
-
 def _bundle_repo(tmp_path, needs_wheel: bool) -> tuple[object, str, dict]:
     """→ (repository dir, bundle ref, chart values for the wheels and a CA bundle)."""
     repo = tmp_path / "bundle-repo"
@@ -71,8 +63,8 @@ def _bundle_repo(tmp_path, needs_wheel: bool) -> tuple[object, str, dict]:
         ca.mkdir()
         shutil.copy(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt",
                     ca / "ca.pem")
-        _readable(wheels)
-        _readable(ca)
+        readable(wheels)
+        readable(ca)
         # how a user behind a TLS-intercepting proxy gives uv (and fsspec) its CA
         values = {
             "worker.extraVolumes": [{"name": "wheels", "hostPath": {"path": str(wheels)}},
@@ -84,25 +76,8 @@ def _bundle_repo(tmp_path, needs_wheel: bool) -> tuple[object, str, dict]:
                 "SSL_CERT_FILE": f"{CA_DIR}/ca.pem"}.items()],
         }
     ref = make_bundle(tmp_path / "src", repo, files)
-    _readable(repo)
+    readable(repo)
     return repo, ref, values
-
-
-@pytest.fixture
-def release(tmp_path):
-    made: list[Release] = []
-
-    def start(docs_of) -> Release:
-        workdir = tmp_path / f"release-{len(made)}"
-        workdir.mkdir()
-        rel = Release.new(workdir, docs_of)
-        made.append(rel)
-        return rel
-
-    yield start
-    for rel in made:
-        left = rel.down()
-        assert not left, f"left behind after the test: {left}"
 
 
 def _check_hardening(rel: Release, played) -> None:

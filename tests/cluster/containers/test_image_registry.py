@@ -1,0 +1,133 @@
+"""The worker image through a real OCI registry, by digest: both flavours (built once per
+session, conftest.py) pushed with podman to the registry on 127.0.0.1, the digest the push
+reports equal to the registry's own; the chart rendered with ``image.repository`` and
+``image.digest`` and its pods played by podman on an empty store of their own (a fresh
+node: no image there before), which pulls ``repository@digest`` from the registry (the
+registry served that manifest) and runs a study. A digest the registry does not hold fails the play with one line naming the
+reference: no fallback to the tag. The node's store, the pods and the registry's storage are
+removed afterwards; the machine's built images are left as they were."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from distributed import Client
+
+from modelops_runtime.client import SimTask, gather_study, submit
+from podkit import ImagePullFailed, empty_store, pod_spec, podman, readable, render
+from support.bundles import make_bundle
+from support.cluster import wait_for
+
+REPOSITORY = "modelops-dask"
+MODEL = '''
+import os
+
+def simulate(params, seed):
+    return {"value": float(params["x"]) * seed, "seed": seed, "pid": os.getpid()}
+'''
+# flavour → the preset its pods play (one of each executor)
+CASES = {"full": "prod-warm", "slim": "debug-isolated"}
+
+
+def exists(ref: str) -> bool:
+    return podman("image", "exists", ref, check=False).returncode == 0
+
+
+@pytest.fixture
+def node(oci_registry, images, monkeypatch, tmp_path):
+    """``push(flavour)`` → ``<registry>/modelops-dask@sha256:...``: that flavour (built in
+    the machine's store) pushed with its tag; from then on this test's podman (and the
+    pods it plays) use an empty store of their own, as a fresh node does, and reach the
+    registry over plain HTTP through a registries.conf naming this registry only. The
+    store, with all it pulled, is removed afterwards (list this fixture before
+    ``release``, whose pods live in it)."""
+    reg = oci_registry
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", reg.env()["CONTAINERS_REGISTRIES_CONF"])
+    with empty_store(tmp_path / "node-store") as store:
+        def push(flavour: str) -> str:
+            monkeypatch.delenv("CONTAINERS_STORAGE_CONF", raising=False)  # the machine's
+            image = images(flavour)
+            tag = image.rsplit(":", 1)[1]
+            digestfile = tmp_path / f"{flavour}.digest"
+            podman("push", "--digestfile", str(digestfile), image,
+                   f"{reg.host}/{REPOSITORY}:{tag}", timeout=600)
+            digest = digestfile.read_text().strip()
+            assert reg.digest(REPOSITORY, tag) == digest, "the registry serves another manifest"
+            monkeypatch.setenv("CONTAINERS_STORAGE_CONF", store["CONTAINERS_STORAGE_CONF"])
+            ref = f"{reg.host}/{REPOSITORY}@{digest}"
+            assert not exists(ref), f"{ref} is in the node's store before any pull"
+            return ref
+
+        yield push
+        monkeypatch.delenv("CONTAINERS_STORAGE_CONF", raising=False)
+
+
+def bundle_repo(tmp_path) -> tuple[object, str]:
+    repo = tmp_path / "bundle-repo"
+    repo.mkdir()
+    ref = make_bundle(tmp_path / "src", repo, {"model.py": MODEL})
+    readable(repo)
+    return repo, ref
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Mismatched versions found")
+@pytest.mark.parametrize("flavour", list(CASES))
+def test_pods_pull_the_image_by_digest_from_the_registry_and_run_a_study(
+        flavour, node, oci_registry, release, tmp_path):
+    reg = oci_registry
+    ref = node(flavour)
+    digest = ref.split("@", 1)[1]
+    repo, bundle = bundle_repo(tmp_path)
+    rel = release(lambda name: render(name, CASES[flavour], ref, repo))
+    for doc in (d for d in rel.docs if d["kind"] in {"Deployment", "Pod"}):
+        assert {c["image"] for c in pod_spec(doc)["containers"]} == {ref}, "pinned by digest"
+
+    manifest_gets = rf"^/v2/{REPOSITORY}/manifests/{digest}$"
+    assert not reg.requests("GET", manifest_gets)
+    scheduler = rel.play(rel.find("Deployment", "scheduler"))
+    # podman pulled it: the registry served that manifest, and the reference is now local
+    assert reg.requests("GET", manifest_gets), reg.logs()
+    assert exists(ref)
+    info = podman("inspect", scheduler.container(), "--format", "{{.ImageName}}").stdout.strip()
+    assert info == ref, info
+    rel.wait_ready(scheduler)
+    worker_doc = rel.find("Deployment", "worker")
+    args = pod_spec(worker_doc)["containers"][0]["args"]
+    nworkers = int(args[args.index("--nworkers") + 1])
+    worker = rel.play(worker_doc)
+    rel.wait_ready(worker)
+    address = f"tcp://{rel.ip(scheduler)}:8786"
+    with Client(address, timeout=60) as client:
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == nworkers, 240,
+                 f"{nworkers} worker processes at {address}", interval=0.5, on_fail=rel.all_logs)
+        tasks = [SimTask(bundle=bundle, entrypoint="model:simulate", params={"x": 2.0}, seed=s)
+                 for s in range(4)]
+        study = gather_study(client, submit(client, tasks, study=f"reg_{flavour}"),
+                             progress=False)
+        assert study.ok, "\n".join(f"{f.error_type}: {f.message}" for f in study.failures) + \
+            rel.all_logs()
+        assert sorted(r.outputs["seed"] for r in study.results) == list(range(4))
+        assert all(r.worker.startswith("tcp://10.") for r in study.results), "ran in the pods"
+
+
+def test_a_digest_the_registry_does_not_hold_fails_naming_it(node, oci_registry, release,
+                                                              tmp_path):
+    """The tag was pushed too: a wrong digest must not quietly become that tag."""
+    reg = oci_registry
+    ref = node("slim")
+    wrong = f"{reg.host}/{REPOSITORY}@sha256:{hashlib.sha256(b'not pushed').hexdigest()}"
+    repo, _ = bundle_repo(tmp_path)
+    rel = release(lambda name: render(name, "debug-isolated", wrong, repo))
+    with pytest.raises(ImagePullFailed) as failed:
+        rel.play(rel.find("Deployment", "scheduler"))
+    message = str(failed.value)
+    assert len(message.splitlines()) == 1, message
+    assert f"cannot pull image {wrong}: " in message and "manifest unknown" in message, message
+    assert not exists(wrong)
+    # nothing was pulled instead: neither by tag nor the pushed digest
+    tag_gets = reg.requests("GET", rf"^/v2/{REPOSITORY}/manifests/(?!sha256:)")
+    assert not tag_gets and not exists(ref), tag_gets
+    assert [c for c in podman("ps", "-a", "--format", "{{.Image}}").stdout.split()
+            if c.startswith(reg.host)] == []
