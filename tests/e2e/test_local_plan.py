@@ -125,6 +125,25 @@ def test_an_autoscaled_release_runs_a_fixed_count_locally(minimum, pods, tmp_pat
     assert same.replicas == pods and same.worker == rendered.worker
 
 
+def test_diagnose_runs_an_autoscaled_release_at_its_fixed_count(tmp_path):
+    """diagnose's steps switch to the diagnosis modes and set worker.replicas, which the
+    chart refuses with autoscaling: prepare() pins the release's local count, so every
+    step renders (no step is started here)."""
+    from modelops_runtime.local.diagnose import steps
+
+    ctx = steps.prepare(STUDY, [preset("prod-warm").file],
+                        ["worker.autoscaling.enabled=true", "worker.autoscaling.minReplicas=2"],
+                        sims=2, chart=CHART, state_dir=tmp_path / "state",
+                        out_dir=tmp_path / "out", say=lambda line: None)
+    assert ctx.sets[-2:] == ["worker.autoscaling.enabled=false", "worker.replicas=2"]
+    assert ctx.launch.expected_workers == 2 * preset("prod-warm").processes
+    for step_sets in (steps.ONE_PROCESS + steps.DIRECT, steps.DIRECT, steps.FRESH_VENV,
+                      steps.FRESH_PROCESS):
+        rendered = render.render_cluster(ctx.values, [*ctx.sets, *step_sets], chart=CHART)
+        assert not rendered.autoscaled
+    assert "worker.replicas=2" in ctx.replay()
+
+
 # -- bad input: a clear error, nothing started ------------------------------------------------
 
 def _nothing_started(run, state: Path) -> None:
