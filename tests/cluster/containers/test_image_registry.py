@@ -10,14 +10,20 @@ removed afterwards; the machine's built images are left as they were."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
 
 import pytest
 from distributed import Client
 
 from modelops_runtime.client import SimTask, gather_study, submit
-from podkit import ImagePullFailed, empty_store, pod_spec, podman, readable, render
+from podkit import ImagePullFailed, empty_store, pod_spec, podman, podman_env, readable, render
 from support.bundles import make_bundle
 from support.cluster import wait_for
+from support.paths import MY_VALUES, REPO, TOOLS
 
 REPOSITORY = "modelops-dask"
 MODEL = '''
@@ -131,3 +137,51 @@ def test_a_digest_the_registry_does_not_hold_fails_naming_it(node, oci_registry,
     assert not tag_gets and not exists(ref), tag_gets
     assert [c for c in podman("ps", "-a", "--format", "{{.Image}}").stdout.split()
             if c.startswith(reg.host)] == []
+
+
+def _docs_block() -> str:
+    """The bash block of docs/kubernetes.md's "Install from a registry"."""
+    text = (REPO / "docs" / "kubernetes.md").read_text()
+    section = text.split("\n## Install from a registry\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_docs_install_from_a_registry_runs_as_written(images, oci_registry, tmp_path):
+    """docs/kubernetes.md's block, as written, in a directory holding what a checkout has and
+    the user's my-values.yaml: REGISTRY is the test's registry, helm talks to a control plane
+    of the test's own (its pods stay Pending: the install and upgrade are what is checked)."""
+    from support.controlplane import ControlPlane, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    reg, block = oci_registry, _docs_block()
+    image = images("full")
+    assert f" {image} " in block, f"the docs push {image}, the image make image builds"
+    (tmp_path / "chart").symlink_to(REPO / "chart")
+    shutil.copy(MY_VALUES, tmp_path / "my-values.yaml")
+    with ControlPlane(with_kcm=False) as plane:
+        env = {**plane.env(), **reg.env(podman_env()), "REGISTRY": reg.host,
+               "PATH": f"{TOOLS}:{os.environ['PATH']}"}
+        env.pop("CONTAINERS_REGISTRIES_CONF")   # the block's own flags say plain HTTP
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+        assert "\n# modelops-dask chart\n" in proc.stdout, proc.stdout[:500]   # helm show readme
+        digest = (tmp_path / "image.digest").read_text().strip()
+        assert reg.digest(REPOSITORY, image.rsplit(":", 1)[1]) == digest
+        kubectl = [str(TOOLS / "kubectl"), "-n", "default", "get"]
+        releases = json.loads(subprocess.run(
+            [str(TOOLS / "helm"), "list", "-n", "default", "-o", "json"], env=env,
+            capture_output=True, text=True, timeout=60, check=True).stdout)
+        assert [(r["name"], r["revision"], r["chart"]) for r in releases] == \
+            [("sims", "2", "modelops-dask-0.1.0")]
+        dep = json.loads(subprocess.run(
+            [*kubectl, "deployment", "sims-modelops-dask-worker", "-o", "json"], env=env,
+            capture_output=True, text=True, timeout=60, check=True).stdout)
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert c["image"] == f"{reg.host}/{REPOSITORY}@{digest}"
+        assert {e["name"]: e.get("value") for e in c["env"]}["MODELOPS_EXECUTOR_TYPE"] == "direct"
+    assert not [ln for ln in podman("images", "--format", "{{.Repository}}").stdout.split()
+                if ln.startswith(reg.host)], "the push left a local name behind"
