@@ -15,10 +15,13 @@ pytest_plugins = ["support.leakcheck", "support.flags", "support.wheels", "suppo
                   "pytester"]
 
 def pytest_sessionstart(session):
-    """What a SIGKILLed session could not remove: a control plane's state directory."""
+    """What a SIGKILLed session could not remove: a control plane's or a registry's state
+    directory."""
+    from support import registry
     from support.controlplane import sweep_stale
 
     sweep_stale()
+    sweep_stale(prefix=registry.ROOT_PREFIX)
 
 
 @pytest.fixture

@@ -5,11 +5,21 @@ against an API server: tests/cluster/apiserver/test_oci_chart.py)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import subprocess
+import sys
 import tarfile
+from pathlib import Path
+
+import psutil
 
 import chartkit
+from support import controlplane, registry
+from support.cluster import wait_for
+from support.paths import TESTS
 
 CHART_NAME = "modelops-dask"
 
@@ -71,10 +81,46 @@ def test_a_version_not_in_the_registry_is_one_line_naming_it(helm, packaged, oci
 
 def test_the_registry_stops_with_nothing_left():
     """The fixture's own promise: its process is gone and its storage removed after stop."""
-    from support.registry import Registry
-
-    with Registry() as reg:
+    with registry.Registry() as reg:
         root, popen = reg.root, reg.popen
         assert reg.digest("nothing/here", "latest") is None
     assert popen.returncode is not None
     assert not root.exists()
+
+
+KEEP_RUNNING = """
+import json, time
+from support.registry import Registry
+with Registry() as reg:
+    print(json.dumps({"root": str(reg.root), "pid": reg.popen.pid}), flush=True)
+    while True:
+        time.sleep(1)
+"""
+
+
+def test_a_sigkilled_session_leaves_no_registry_and_its_storage_is_swept(tmp_path):
+    """No finalizer runs after SIGKILL: the registry dies with its parent (PDEATHSIG) and
+    its directory goes at the next session's (or registry's) start."""
+    out = tmp_path / "out"
+    with out.open("w") as f:
+        popen = subprocess.Popen([sys.executable, "-c", KEEP_RUNNING], stdout=f,
+                                 stderr=subprocess.STDOUT, cwd=TESTS, start_new_session=True,
+                                 env={**os.environ, "PYTHONPATH": str(TESTS)})
+    try:
+        line = wait_for(lambda: "\n" in out.read_text() and out.read_text().split("\n", 1)[0]
+                        or (popen.poll() is not None and "exited"), registry.READY_TIMEOUT + 30,
+                        "the registry to come up", on_fail=out.read_text)
+        info = json.loads(line)
+        proc = psutil.Process(info["pid"])
+        popen.kill()
+        popen.wait(30)
+        wait_for(lambda: not controlplane.still_running([proc]), 30,
+                 "the registry to die with its parent")
+        root = Path(info["root"])
+        assert (root / "data").is_dir()   # nobody was left to remove it ...
+        assert root in controlplane.sweep_stale(root.parent, prefix=registry.ROOT_PREFIX)
+        assert not root.exists()          # ... until the next start
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(30)

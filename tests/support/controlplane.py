@@ -192,7 +192,7 @@ class ControlPlane(StartStop):
         sweep_stale()
         if self.root is None:
             self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
-            (self.root / OWNER).write_text(_identity(psutil.Process()))
+            owner_file(self.root)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         pki = make_pki(self.root / "pki")  # ca, apiserver, admin, kcm (.crt/.key), sa.key/.pub
         held = hold_ports(4)  # until they listen (Go's listeners share a held port)
@@ -312,17 +312,26 @@ ROOT_PREFIX = "modelops-k8s-"
 OWNER = "owner"  # "<pid> <start time>" of the process that made the state directory
 
 
+def owner_file(root: Path) -> Path:
+    """Write ``root``'s OWNER file (this process): :func:`sweep_stale` removes ``root``
+    once this process is gone."""
+    (root / OWNER).write_text(_identity(psutil.Process()))
+    return root / OWNER
+
+
 def _identity(proc: psutil.Process) -> str:
     return f"{proc.pid} {proc.create_time()}"
 
 
-def sweep_stale(base: Path | None = None) -> list[Path]:
+def sweep_stale(base: Path | None = None, prefix: str = ROOT_PREFIX) -> list[Path]:
     """Remove the state directories (CA and service-account keys, etcd data, logs) of
     control planes whose process is gone without stop() (SIGKILLed): its etcd and API
     server died with it (PDEATHSIG), nobody was left to remove the directory. Called at
-    every start and at every pytest session's start. Returns what it removed."""
+    every start and at every pytest session's start. Returns what it removed. Another
+    ``prefix`` sweeps other servers' directories holding the same OWNER file (the test
+    registry's, support/registry.py)."""
     removed = []
-    for root in Path(base or tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+    for root in Path(base or tempfile.gettempdir()).glob(f"{prefix}*"):
         try:
             pid, created = (root / OWNER).read_text().split()
             alive = _identity(psutil.Process(int(pid))) == f"{pid} {created}"

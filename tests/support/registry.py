@@ -3,7 +3,8 @@
 storage directory and a config file written here.
 
 - covers: :class:`Registry` (a context manager) starts it and stops it, removing its storage,
-  config and logs (also on an exception); the settings that make podman and helm use plain
+  config and logs (also on an exception; a SIGKILLed session's registry dies with it and
+  its directory is swept at the next start); the settings that make podman and helm use plain
   HTTP for this one address only, scoped to the caller's environment (a registries.conf
   of its own named by ``CONTAINERS_REGISTRIES_CONF``, helm's ``--plain-http`` and its
   registry config in the state directory), never the machine's; a manifest's digest as the
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from support.cluster import tail, wait_for
+from support.controlplane import owner_file, sweep_stale
 from support.paths import TOOLS
 from support.ports import HeldPort
 
@@ -114,7 +116,9 @@ class Registry:
         if not os.access(BINARY, os.X_OK):
             raise AssertionError(f"the OCI registry is not built at {BINARY}: run "
                                  "`ci/install-tools.sh .tools/bin registry` (make pytest does)")
+        sweep_stale(prefix=ROOT_PREFIX)
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        owner_file(self.root)  # a SIGKILLed session's directory: swept at the next start
         (self.root / "data").mkdir()
         with HeldPort() as held:  # Go's listener shares the held port; released once up
             self.port = held.port
