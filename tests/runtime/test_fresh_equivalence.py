@@ -275,6 +275,42 @@ def test_every_bundle_observes_from_a_template_what_it_observes_from_exec(tmp_pa
     assert stats["template_excluded_imports"] >= 3  # threadlib, seedlib, timelib (pidlib)
 
 
+def test_a_template_started_from_a_stored_plan_observes_what_exec_observes(tmp_path, warm,
+                                                                         caplog):
+    """A second worker process (the same venvs directory) starts its templates from the
+    plans the first one's probes left (worker/warm/plans.py): it imports those modules
+    without probing them, before its first task. Every bundle still observes what it
+    observes from exec, seed by seed, and what was excluded stays excluded."""
+    first = warm(max_process_reuse=1)
+    refs = _refs(tmp_path)
+    for ref in refs.values():
+        _outputs(first, ref)
+    # one per bundle whose task processes imported something from outside the bundle
+    plans = list((tmp_path / "venvs" / ".template-plans").glob("*.json"))
+    assert len(plans) >= (10 if NUMPY is not None else 5), plans
+    caplog.set_level("INFO", logger="modelops_runtime.pool")
+    second = warm(max_process_reuse=1)
+    plain = warm(max_process_reuse=1, fresh_process_from="exec")
+    wrong = []
+    for name, ref in refs.items():
+        forked, execd = _outputs(second, ref), _outputs(plain, ref)
+        if BUNDLES[name][1]:
+            ok = (len({repr(o) for o in forked}) == len({repr(o) for o in execd}) == len(SEEDS)
+                  and not {repr(o) for o in forked} & {repr(o) for o in execd})
+        else:
+            ok = forked == execd
+        if not ok:
+            wrong.append(f"{name}: template from a plan {forked} vs exec {execd}")
+    assert not wrong, "\n".join(wrong)
+    started = [r.getMessage() for r in caplog.records
+               if "starts from the plan of an earlier template" in r.getMessage()]
+    assert len(started) == len(plans), started
+    stats = second.stats()
+    assert stats["template_excluded_imports"] >= 3, stats  # taken from the plans
+    assert stats["template_fallbacks"]["state_changed"] == 1, stats["template_fallbacks"]
+    assert stats["template_fallbacks"]["import_side_effects"] == 0
+
+
 SNEAKY = '''
 import os, threading
 # starts a thread only where the parent is the worker (this test): in a template and in a

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -31,10 +32,12 @@ from ..packages import package_digest, venv_packages
 from ..warm.process import WarmProcess, data_cap, warm_env
 from ..warm.runner.program import compile_runner
 from ..warm.runner.frames import WRITABLE_ENV
+from ..warm.plans import DIRECTORY as PLANS_DIRECTORY, Plans, plan_key
+from ..warm.runner.program import program_dir
 from ..warm.scratch import CompileCaches
 from ..warm.venvs.prefetch import FreshVenvs
 from ..warm.template import Templates, TemplateTainted
-from ..warm.venvs.store import Venv, VenvCache, venv_key
+from ..warm.venvs.store import FINGERPRINT, Venv, VenvCache, venv_key
 from .base import ExecEnv
 from .replies import user_error
 
@@ -73,6 +76,8 @@ class IsolatedWarmExecEnv(ExecEnv):
                              memory_budget=config.pool_memory_bytes, stats=self._stats)
         self._bundles: dict[str, _Bundle] = {}
         self.compile_caches = CompileCaches()  # numba's, per (venv, bundle): scratch.py
+        # what templates' probes decided, for the next template of the same inputs
+        self.plans = Plans(config.venvs_dir / PLANS_DIRECTORY)
         # MAX_PROCESS_REUSE=1 (and FORCE_FRESH_VENV: in the worker process's own pristine uv
         # build of the venv): fork each task's process from a template (template.py)
         self.templates: Templates | None = None
@@ -223,6 +228,31 @@ class IsolatedWarmExecEnv(ExecEnv):
         with self._lock:
             return self._bundles.setdefault(ref, bundle)
 
+    def _env(self, bundle: _Bundle, venv: Venv, fresh: bool) -> dict[str, str]:
+        """The environment a warm process (or template) of ``bundle`` starts with."""
+        env = {**warm_env(venv, self.config.env_passthrough),
+               **thread_env(self.config.native_threads)}
+        writable = [str(p) for p in self.config.warm_writable_paths]
+        if not fresh and "NUMBA_CACHE_DIR" not in env:  # unless passed through
+            # compiled once per venv and bundle; a fresh venv's is in its own scratch
+            env["NUMBA_CACHE_DIR"] = str(self.compile_caches.directory(venv.path, bundle.ref))
+            writable.append(env["NUMBA_CACHE_DIR"])
+        if writable:  # read (and dropped) by the runner's sandbox
+            env[WRITABLE_ENV] = ",".join(writable)
+        return env
+
+    def _plan_key(self, bundle: _Bundle, venv: Venv, module: str) -> str | None:
+        """The key of the plans of templates of ``bundle``'s ``module`` in ``venv``
+        (plans.py); None if the venv's fingerprint cannot be read."""
+        try:
+            fingerprint = (venv.path / FINGERPRINT).read_bytes()
+        except OSError:
+            return None
+        return plan_key(venv_path=venv.path, fingerprint=fingerprint, bundle_ref=bundle.ref,
+                        module=module, runner=program_dir(venv.path).name,
+                        env=self._env(bundle, venv, False),
+                        per_process=[str(self.compile_caches.root or "")])
+
     def _spawn(self, bundle: _Bundle, venv: Venv, *, fresh: bool = False,
                template: str | None = None) -> WarmProcess:
         # leases: the warm process inherits them, so its bundle and venv are not collected
@@ -231,15 +261,7 @@ class IsolatedWarmExecEnv(ExecEnv):
         leases = tuple(fd for fd in (bundle_lease, venv.lease) if fd is not None)
         try:
             packages = venv_packages(venv.path)
-            env = {**warm_env(venv, self.config.env_passthrough),
-                   **thread_env(self.config.native_threads)}
-            writable = [str(p) for p in self.config.warm_writable_paths]
-            if not fresh and "NUMBA_CACHE_DIR" not in env:  # unless passed through
-                # compiled once per venv and bundle; a fresh venv's is in its own scratch
-                env["NUMBA_CACHE_DIR"] = str(self.compile_caches.directory(venv.path, bundle.ref))
-                writable.append(env["NUMBA_CACHE_DIR"])
-            if writable:  # read (and dropped) by the runner's sandbox
-                env[WRITABLE_ENV] = ",".join(writable)
+            env = self._env(bundle, venv, fresh)
             extra = {} if template is None else {"template": template}
             proc = self.pool.spawn(key=bundle.pool_key,
                                    venv=dataclasses.replace(venv, hold_fds=leases),
@@ -300,6 +322,15 @@ class IsolatedWarmExecEnv(ExecEnv):
             template.module = module
             template.on_excluded = lambda names: self._stats.incr("template_excluded_imports",
                                                                   len(names))
+            plan = self._plan_key(bundle, venv, module)
+            if plan is not None:  # what an earlier template of the same inputs decided
+                template.plan = self.plans.load(plan)
+                template.on_plan = functools.partial(self.plans.save, plan)
+                if template.plan is not None:
+                    log.info("the template of %s starts from the plan of an earlier template "
+                             "of the same venv, bundle and environment: %d import(s) without "
+                             "probes, %d left to its task processes", module,
+                             len(template.plan["imports"]), len(template.plan["excluded"]))
             return template
 
         label = f"{call.entrypoint} from bundle {call.bundle[:19]}…"

@@ -48,6 +48,12 @@ class CompileCaches:
             path.mkdir(parents=True, exist_ok=True)
             return path
 
+    @property
+    def root(self) -> Path | None:
+        """The directory holding them (None until the first is made): this worker
+        process's own."""
+        return self._root
+
     def close(self) -> None:
         with self._lock:
             root, self._root = self._root, None

@@ -49,6 +49,7 @@ from .venvs.store import FINGERPRINT, Venv
 log = logging.getLogger("modelops_runtime.pool")
 
 ORDER_IMPORTS = 500  # ... at most this many with one order (one order is read in 64 KiB)
+ORDER_BYTES = 60_000  # an order with an earlier template's plan larger than this goes without
 
 
 def venv_identity(venv: Venv) -> tuple:
@@ -107,6 +108,10 @@ class TemplateProcess(WarmProcess):
         self._to_import: list[str] = []  # ... of which not yet sent with an order
         self.excluded: dict[str, str] = {}  # learned names each task process imports itself
         self.on_excluded: Callable[[dict[str, str]], None] = lambda names: None
+        # an earlier template's decisions (plans.py), sent with the first order; told what
+        # it has imported (and excluded) whenever that changed, to be kept for the next
+        self.plan: dict | None = None
+        self.on_plan: Callable[[list, dict[str, str]], None] = lambda names, excluded: None
 
     def learn(self, imported: object) -> None:
         """Module names a task process imported from outside the bundle while running: the
@@ -149,8 +154,13 @@ class TemplateProcess(WarmProcess):
             with self._fork_lock:
                 imports = self._to_import[:ORDER_IMPORTS]
                 del self._to_import[:ORDER_IMPORTS]
-                order = marshal.dumps({"scratch": str(scratch), "token": token,
-                                       "imports": imports})
+                fields = {"scratch": str(scratch), "token": token, "imports": imports}
+                if self.plan is not None:
+                    fields["plan"], self.plan = self.plan, None
+                order = marshal.dumps(fields)
+                if len(order) > ORDER_BYTES and "plan" in fields:  # probed as before
+                    del fields["plan"]
+                    order = marshal.dumps(fields)
                 self._order(order, [req_r, resp_w, life_r, log_w])
                 _close([req_r, resp_w, life_r, log_w])  # the task process has them now
                 reply = self.exchange(None, timeout=start_timeout,
@@ -164,6 +174,9 @@ class TemplateProcess(WarmProcess):
         excluded = reply.get("excluded")
         if isinstance(excluded, dict) and excluded:
             self._exclude(excluded)
+        prewarmed = reply.get("prewarmed")
+        if isinstance(prewarmed, list) and not reply.get("tainted"):
+            self.on_plan(prewarmed[:LEARNED_MAX], dict(self.excluded))
         pid = reply.get("pid") if reply.get("op") == "forked" else 0
         if not pid and reply.get("tainted"):
             _close([req_w, resp_r, life_w, log_r])

@@ -40,6 +40,23 @@ def learn(names) -> None:
             _pending.append(name)
 
 
+def adopt(plan) -> dict:
+    """Take what an earlier template of the same venv, bundle, module, runner and
+    environment decided (worker/warm/plans.py): import its clean names in its order, no
+    probe (the probes' verdicts depend on nothing else: the same steps from the same state
+    again), and exclude what it excluded. Returns the exclusions taken."""
+    new: dict = {}
+    if not isinstance(plan, dict):
+        return new
+    for name, why in dict(plan.get("excluded") or {}).items():
+        if isinstance(name, str) and name not in excluded:
+            excluded[name] = new[name] = str(why)
+    for name in list(plan.get("imports") or ()):
+        if isinstance(name, str) and name not in excluded and name not in _failed:
+            _import(name)
+    return new
+
+
 def prewarm() -> dict:
     """Probe the pending names and import the clean ones in the template. Returns the names
     excluded by this call with their reasons."""

@@ -64,17 +64,20 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
         if not order:  # the worker closed the socket: retire
             os._exit(0)
         order = marshal.loads(order)
-        excluded = {}
-        if order.get("imports"):
-            prewarm.learn(order["imports"])
-            excluded = prewarm.prewarm()
+        excluded, plan = {}, None
+        if order.get("plan") or order.get("imports"):
+            if order.get("plan"):  # an earlier template's decisions (worker/warm/plans.py)
+                excluded.update(prewarm.adopt(order["plan"]))
+            prewarm.learn(order.get("imports") or ())
+            excluded.update(prewarm.prewarm())
             moved = _moved(baseline, _own_state(fds))
             if moved:  # what the probes did not see happened here: never fork from it
                 frames.write_frame(response_fd, {"op": "forked", "pid": 0,
                                                  "tainted": moved, "excluded": excluded})
                 os._exit(0)
+            plan = list(prewarm.prewarmed)  # for the worker to keep (with the exclusions)
         child = _fork_task_process(order, fds, response_fd, worker_pid, roots, excluded,
-                                   places)
+                                   places, plan)
         if child is not None:  # in the task process: leave the template's loop
             sock.close()
             for fd in (response_fd, lifeline_fd):
@@ -111,14 +114,18 @@ def _describe_fd(fd: str) -> str:
 
 
 def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int,
-                       roots: tuple | None, excluded: dict, places: tuple):
-    """Fork one task process (in the template: None after replying with its pid; in the
-    task process: its (request fd, response fd))."""
+                       roots: tuple | None, excluded: dict, places: tuple,
+                       plan: list | None = None):
+    """Fork one task process (in the template: None after replying with its pid and, if
+    this order made it import anything, ``prewarmed``: every name it has imported for its
+    task processes, in order; in the task process: its (request fd, response fd))."""
+    extra = {} if plan is None else {"prewarmed": plan}
     if len(fds) != 4:
         for fd in fds:
             os.close(fd)
         frames.write_frame(response_fd, {"op": "forked", "pid": 0, "excluded": excluded,
-                                         "error": f"got {len(fds)} file descriptors, not 4"})
+                                         "error": f"got {len(fds)} file descriptors, not 4",
+                                         **extra})
         return None
     report_r, report_w = os.pipe()
     try:
@@ -149,7 +156,7 @@ def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int
         error = "" if pid else "the second fork failed"
     os.close(report_r)
     frames.write_frame(response_fd, {"op": "forked", "pid": pid, "error": error,
-                                     "excluded": excluded})
+                                     "excluded": excluded, **extra})
     return None
 
 
