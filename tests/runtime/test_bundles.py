@@ -28,10 +28,12 @@ def _store(tmp_path: Path, repo: Path) -> BundleStore:
 
 
 def _cache_entries(store: BundleStore) -> list[str]:
-    """What a user would find in the cache dir (locks and manifests are bookkeeping)."""
+    """What a user would find in the cache dir (locks, manifests and compiled files are
+    bookkeeping)."""
     if not store.cache_dir.exists():
         return []
-    return sorted(p.name for p in store.cache_dir.iterdir() if p.name not in (".locks", ".manifests"))
+    return sorted(p.name for p in store.cache_dir.iterdir()
+                  if p.name not in (".locks", ".manifests", ".bytecode"))
 
 
 # -- packing ---------------------------------------------------------------------------
@@ -336,7 +338,9 @@ def test_crash_mid_unpack_never_leaves_a_half_bundle(tmp_path):
     assert ok.returncode == 0, err
     final = Path(out.strip())
     assert (final / "pkg" / "util.py").read_text() == "X = 1\n"
-    assert sorted(p.name for p in cache.iterdir() if p.name not in (".locks", ".manifests")) == [ref[7:]]
+    assert sorted(p.name for p in cache.iterdir()
+                  if p.name not in (".locks", ".manifests", ".bytecode")) == [ref[7:]]
+    assert [p.name for p in (cache / ".bytecode").iterdir()] == [ref[7:]]  # no half-done one
 
 
 def test_concurrent_processes_share_one_unpack(tmp_path):
@@ -357,4 +361,5 @@ def test_concurrent_processes_share_one_unpack(tmp_path):
     unpacked = [e.count(f"bundle {ref} fetched, verified and unpacked") for _, e in outs]
     assert sorted(unpacked) == [0, 0, 0, 1], [e for _, e in outs]
     assert (cache / ref[7:] / "data.txt").stat().st_size == 500_000
-    assert sorted(p.name for p in cache.iterdir() if p.name not in (".locks", ".manifests")) == [ref[7:]]
+    assert sorted(p.name for p in cache.iterdir()
+                  if p.name not in (".locks", ".manifests", ".bytecode")) == [ref[7:]]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import itertools
 import os
 import shutil
@@ -90,6 +91,11 @@ def tamper(params, seed):
         "other_bundle_remove": _attempt(lambda p: p.unlink(), victim / "model.py"),
         "venv_sitecustomize": _attempt(_create, site / "sitecustomize.py"),
         "venv_config": _attempt(_append, pathlib.Path(sys.prefix) / "pyvenv.cfg"),
+        # the bundles' compiled files, beside the bundle cache (bundles/bytecode.py)
+        "other_bundle_bytecode": _attempt(
+            _create, victim.parent / ".bytecode" / victim.name / "model.pyc"),
+        "own_bytecode": _attempt(_create, pathlib.Path(__file__).parent.parent / ".bytecode"
+                                 / pathlib.Path(__file__).parent.name / "attacks.pyc"),
         "scratch": _attempt(_create, pathlib.Path("mine.txt")),
     }
 
@@ -338,8 +344,9 @@ def test_bundle_code_cannot_read_the_worker_or_nanny_environment(unprivileged):
 
 
 def test_bundle_code_cannot_change_other_bundles_or_venvs(unprivileged):
-    """Attack: a warm process chmods and writes into another bundle's unpacked directory
-    and into the (shared) venv it runs in; only its own scratch directory is writable."""
+    """Attack: a warm process chmods and writes into another bundle's unpacked directory,
+    into the bundles' compiled files (its own and another's: later tasks load them) and
+    into the (shared) venv it runs in; only its own scratch directory is writable."""
     cluster, client, root, uid = unprivileged
     victim_ref = _bundle(root, "victim", VICTIM)
     (future,) = submit(client, [SimTask(bundle=victim_ref, entrypoint="model:ok", params={},
@@ -347,6 +354,8 @@ def test_bundle_code_cannot_change_other_bundles_or_venvs(unprivileged):
     assert future.result(timeout=300).outputs == {"victim": 3}
     victim_dir = root / "cache" / "bundles" / victim_ref.split(":", 1)[1]
     venvs = root / "cache" / "venvs"
+    compiled = root / "cache" / "bundles" / ".bytecode"
+    assert (compiled / victim_dir.name / "model.pyc").is_file()
     before = (_tree_digest(victim_dir), _tree_digest(venvs))
 
     ref = _bundle(root, "tamper", {"attacks.py": ATTACKS})
@@ -356,8 +365,13 @@ def test_bundle_code_cannot_change_other_bundles_or_venvs(unprivileged):
                    "other_bundle_remove": "refused: PermissionError",
                    "venv_sitecustomize": "refused: PermissionError",
                    "venv_config": "refused: PermissionError",
+                   "other_bundle_bytecode": "refused: PermissionError",
+                   "own_bytecode": "refused: PermissionError",
                    "scratch": "written"}
     assert (_tree_digest(victim_dir), _tree_digest(venvs)) == before
+    assert sorted(p.name for p in (compiled / victim_dir.name).iterdir()) == ["model.pyc"]
+    own = (compiled / ref.split(":", 1)[1] / "attacks.pyc").read_bytes()
+    assert own[:4] == importlib.util.MAGIC_NUMBER  # still the worker's compiled file
     # the victim still runs, unchanged
     (future,) = submit(client, [SimTask(bundle=victim_ref, entrypoint="model:ok", params={},
                                         seed=4)], study=f"security{next(_studies)}")

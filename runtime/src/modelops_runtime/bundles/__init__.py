@@ -12,16 +12,19 @@ only when complete. The unpacker refuses every link and special member whatever 
 Python version (it never relies on tarfile's extraction filters).
 
 Modules: deps (declared dependencies and reply types), pack, store (fetch/verify/unpack),
-readonly (read-only trees and their removal).
+bytecode (the bundle's Python files compiled once per pod, beside it), readonly (read-only
+trees and their removal).
 """
 
 import os  # noqa: F401 - tests patch bundles.os.rename to crash an unpack mid-way
 
+from .bytecode import bytecode_dir
 from .deps import read_dependencies, read_reply_types
 from .pack import ARCHIVE_SUFFIX, FORMAT_KEY, FORMAT_VERSION, pack, write_canonical_tar
 from .readonly import make_read_only, remove_tree
 from .store import BundleStore
 
-__all__ = ["ARCHIVE_SUFFIX", "FORMAT_KEY", "FORMAT_VERSION", "BundleStore", "make_read_only",
+__all__ = ["ARCHIVE_SUFFIX", "FORMAT_KEY", "FORMAT_VERSION", "BundleStore", "bytecode_dir",
+           "make_read_only",
            "pack", "read_dependencies", "read_reply_types", "remove_tree",
            "write_canonical_tar"]

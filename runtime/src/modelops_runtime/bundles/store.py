@@ -24,6 +24,7 @@ from ..locks import file_lock
 from ..models import BUNDLE_REF
 from .pack import ARCHIVE_SUFFIX, FORMAT_KEY, FORMAT_VERSION, archive_path, repo_fs
 from .cache import CacheEntries, Collected
+from .bytecode import bytecode_dir, compile_bundle, remove_bytecode
 from .manifest import tree_problem, write_manifest
 from .readonly import make_read_only, remove_tree
 
@@ -90,7 +91,10 @@ class BundleStore:
         hexdigest = ref.split(":", 1)[1]
         final = self.cache_dir / hexdigest
         if final.is_dir():  # complete: only ever created by an atomic rename
-            if hexdigest in self._verified or self._intact(final, hexdigest) is None:
+            if hexdigest in self._verified:
+                return final
+            if self._intact(final, hexdigest) is None:
+                compile_bundle(final, final)  # unpacked by an older runtime: none yet
                 self._verified.add(hexdigest)
                 return final
         with self._file_lock(hexdigest):
@@ -104,6 +108,7 @@ class BundleStore:
                 junk = self.cache_dir / f".trash-{hexdigest}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, junk)
                 remove_tree(junk)
+                remove_bytecode(final)
             self._fetch_and_unpack(ref, hexdigest, final)
             self._verified.add(hexdigest)
         self.collect(keep=hexdigest)  # never the one just fetched for our caller
@@ -135,7 +140,8 @@ class BundleStore:
             return
         names = [e.name for e in self.cache_dir.iterdir()
                  if _HEX.match(e.name) and e.name != keep]
-        done = self.entries.collect(names, budget=self.max_bytes)
+        done = self.entries.collect(names, budget=self.max_bytes,
+                                    unpublish=lambda name: remove_bytecode(self.cache_dir / name))
         if done and done.entries and self.on_collect is not None:
             self.on_collect(done)
 
@@ -165,6 +171,8 @@ class BundleStore:
         # leftovers of a crashed unpack of this bundle: never used, safe to drop under the lock
         for stale in self.cache_dir.glob(f".tmp-{hexdigest}-*"):
             remove_tree(stale)
+        for stale in bytecode_dir(final).parent.glob(f".tmp-{hexdigest}-*"):
+            remove_tree(stale)
         work = self.cache_dir / f".tmp-{hexdigest}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         work.mkdir()
         try:
@@ -175,6 +183,7 @@ class BundleStore:
             tree.mkdir()
             self._extract(ref, archive, tree)
             write_manifest(tree, self._manifest(hexdigest))  # before it is published
+            compile_bundle(tree, final)  # beside it, as it will be named (bytecode.py)
             os.rename(tree, final)
             os.chmod(final, 0o555)  # after the rename: moving a directory needs its write bit
         finally:

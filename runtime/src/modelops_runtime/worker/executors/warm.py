@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...bundles import read_dependencies, read_reply_types
+from ...bundles import bytecode_dir, read_dependencies, read_reply_types
 from ...errors import MemoryLimitExceeded, ModelOpsError, ProcessLimitExceeded
 from ...config import FreshProcessFrom
 from ...models import Call, SimResult
@@ -31,7 +31,7 @@ from ..native import thread_env
 from ..packages import package_digest, venv_packages
 from ..warm.process import WarmProcess, data_cap, warm_env
 from ..warm.runner.program import compile_runner
-from ..warm.runner.frames import WRITABLE_ENV
+from ..warm.runner.frames import BYTECODE_ENV, WRITABLE_ENV
 from ..warm.plans import DIRECTORY as PLANS_DIRECTORY, Plans, plan_key
 from ..warm.runner.program import program_dir
 from ..warm.scratch import CompileCaches
@@ -239,6 +239,9 @@ class IsolatedWarmExecEnv(ExecEnv):
             writable.append(env["NUMBA_CACHE_DIR"])
         if writable:  # read (and dropped) by the runner's sandbox
             env[WRITABLE_ENV] = ",".join(writable)
+        compiled = bytecode_dir(bundle.path)
+        if compiled.is_dir():  # read (and dropped) by the runner (pycache.py)
+            env[BYTECODE_ENV] = str(compiled)
         return env
 
     def _plan_key(self, bundle: _Bundle, venv: Venv, module: str) -> str | None:

@@ -18,6 +18,7 @@ PLAIN = frozenset({str, int, float, bool, bytes, type(None)})  # + dict, list, t
 PLAIN_ITEMS = 1000   # objects in a message beyond which pickle is used (bounds the walk)
 PROTOCOL = 5
 WRITABLE_ENV = "MODELOPS_WARM_WRITABLE_PATHS"  # extra writable dirs (comma-separated)
+BYTECODE_ENV = "_MODELOPS_BUNDLE_BYTECODE"  # the bundle's compiled files (runner pycache.py)
 NO_TEMPLATE = "-"  # --template value of a process that runs tasks itself
 TOKEN_VAR = "_MODELOPS_WARM_PROCESS"  # marks a warm process's descendants (see orphans.py)
 LEARNED_MAX = 4000  # module names a template imports on behalf of its task processes

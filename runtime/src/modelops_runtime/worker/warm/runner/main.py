@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = _SCRATCH[0] = os.getcwd()
     places = confine.own_places(scratch)
     extra = [p for p in os.environ.pop(frames.WRITABLE_ENV, "").split(",") if p]
-    readable = confine.readable_roots(bundle_dir, _HERE)
+    bytecode = os.environ.pop(frames.BYTECODE_ENV, "")  # read-only, beside the bundle
+    readable = confine.readable_roots(bundle_dir, _HERE) + ((bytecode,) if bytecode else ())
     unconfined = confine.sandbox((scratch, "/dev", *extra), readable)
     if unconfined:
         sys.stderr.write(f"modelops runner: no filesystem sandbox: {unconfined}\n")
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     confine.start_lifeline(lifeline_fd)
     faulthandler.enable()  # a segfault's Python stack lands in the log tail
     sys.path.insert(0, bundle_dir)
+    if bytecode:  # the bundle's modules compiled once per pod, not in every process
+        _load("pycache").install(bundle_dir, bytecode)
     forked = None  # in a task process forked from a template: template.py
     if template != frames.NO_TEMPLATE:  # returns only in a forked task process, with its pipes
         forked = _load("template", frames=frames, confine=confine,

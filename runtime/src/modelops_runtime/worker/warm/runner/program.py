@@ -22,7 +22,7 @@ from ..venvs.store import FINGERPRINT, Venv
 log = logging.getLogger("modelops_runtime.pool")
 
 SOURCE = Path(__file__).parent  # the program's source files: the runner loads its siblings
-FILES = ("main", "frames", "confine", "template", "prewarm")  # from its own directory
+FILES = ("main", "frames", "confine", "template", "prewarm", "pycache")  # its directory
 RUNNER = SOURCE / "main.py"
 
 
