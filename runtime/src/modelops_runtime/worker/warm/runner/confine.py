@@ -106,7 +106,8 @@ SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin
                    "/proc", "/sys")
 
 
-def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = ()) -> str:
+def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = (),
+            prepared: tuple | None = None) -> str:
     """Confine this process (and everything it starts) with Landlock: it may create,
     write, truncate, rename or remove files only beneath ``writable`` (its scratch
     directory and /dev), and read, list or execute only beneath ``writable`` and
@@ -114,17 +115,21 @@ def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = ()) -> str:
     code cannot change the pod's bundle cache or venvs, whatever their modes, nor read
     another task's scratch, another bundle, other venvs or the worker's state. Returns ''
     once applied, else why not (an old kernel or a seccomp profile without the calls:
-    the process then runs unconfined, as before). Roots that do not exist are skipped."""
+    the process then runs unconfined, as before). Roots that do not exist are skipped.
+    ``prepared``: more roots, opened beforehand by :func:`prepare_sandbox` (a template's,
+    for the task processes it forks; the caller closes them with :func:`release`)."""
     if not sys.platform.startswith("linux"):
         return "not Linux"
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, 1)  # 1 = LANDLOCK_CREATE_RULESET_VERSION
-    if abi < 1:
-        return f"Landlock is not available ({os.strerror(ctypes.get_errno())})"
-    handled = _LL_WRITE_FILE | _LL_REMOVE | _LL_MAKE | _LL_READ
-    handled |= (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
+    if prepared is not None:
+        libc, handled, ready, again = prepared
+    else:
+        libc = ctypes.CDLL(None, use_errno=True)
+        handled = _handled(libc)
+        if isinstance(handled, str):
+            return handled
+        ready, again = [], []
     attr = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr, first field only
     ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), 8, 0)
     if ruleset < 0:
@@ -132,28 +137,91 @@ def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = ()) -> str:
     try:
         rules = [(path, handled, True) for path in writable]
         rules += [(path, _LL_READ, False) for path in readable]
-        for path, access, loud in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError as exc:  # e.g. a configured directory that does not exist
-                if loud:
-                    sys.stderr.write(f"modelops runner: {path} stays read-only: {exc}\n")
+        for path, access, loud in (*rules, *again):
+            rule = _rule(path, access, loud)
+            if rule is None:
                 continue
-            try:  # struct landlock_path_beneath_attr (packed): u64 allowed_access, s32 fd
-                if not os.path.isdir(f"/proc/self/fd/{fd}"):
-                    access &= _LL_FILE  # a file's rule holds file rights only
-                rule = ctypes.create_string_buffer(
-                    access.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder), 12)
-                if libc.syscall(_SYS_ADD_RULE, ruleset, 1, rule, 0) < 0:
+            fd, encoded = rule
+            try:
+                if libc.syscall(_SYS_ADD_RULE, ruleset, 1, encoded, 0) < 0:
                     return f"cannot add a Landlock rule ({os.strerror(ctypes.get_errno())})"
             finally:
                 os.close(fd)
+        for _fd, encoded in ready:  # opened and encoded once, by the template
+            if libc.syscall(_SYS_ADD_RULE, ruleset, 1, encoded, 0) < 0:
+                return f"cannot add a Landlock rule ({os.strerror(ctypes.get_errno())})"
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: required by landlock_restrict_self
         if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) < 0:
             return f"cannot enforce the Landlock ruleset ({os.strerror(ctypes.get_errno())})"
     finally:
         os.close(ruleset)
     return ""
+
+
+def _handled(libc):
+    """The access rights a ruleset handles on this kernel, or why there is none."""
+    import ctypes
+
+    abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, 1)  # 1 = LANDLOCK_CREATE_RULESET_VERSION
+    if abi < 1:
+        return f"Landlock is not available ({os.strerror(ctypes.get_errno())})"
+    handled = _LL_WRITE_FILE | _LL_REMOVE | _LL_MAKE | _LL_READ
+    return handled | (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
+
+
+def _rule(path: str, access: int, loud: bool):
+    """(O_PATH fd, struct landlock_path_beneath_attr) for ``path``; None if it cannot be
+    opened (said on stderr if ``loud``)."""
+    import ctypes
+
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as exc:  # e.g. a configured directory that does not exist
+        if loud:
+            sys.stderr.write(f"modelops runner: {path} stays read-only: {exc}\n")
+        return None
+    if not os.path.isdir(f"/proc/self/fd/{fd}"):
+        access &= _LL_FILE  # a file's rule holds file rights only
+    # struct landlock_path_beneath_attr (packed): u64 allowed_access, s32 parent_fd
+    return fd, ctypes.create_string_buffer(
+        access.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder), 12)
+
+
+def prepare_sandbox(writable: tuple[str, ...], readable: tuple[str, ...]):
+    """In a template: the roots of its task processes' own sandbox that are the same for
+    every task (all but its scratch directory), opened and encoded once; each task process
+    it forks inherits the open fds (same numbers) and passes the result to :func:`sandbox`
+    with its scratch directory, then closes them (:func:`release`), so the rules are the
+    ones :func:`sandbox` would make and no fd is left to bundle code. A root that cannot be
+    opened now is tried again in each task process. None where Landlock is unavailable
+    (:func:`sandbox` then says why)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    handled = _handled(libc)
+    if isinstance(handled, str):
+        return None
+    ready, again = [], []
+    rules = [(path, handled, True) for path in writable]
+    rules += [(path, _LL_READ, False) for path in readable]
+    for path, access, loud in rules:
+        rule = _rule(path, access, False)
+        if rule is None:
+            again.append((path, access, loud))
+        else:
+            ready.append(rule)
+    return libc, handled, ready, again
+
+
+def release(prepared) -> None:
+    """Close the fds of :func:`prepare_sandbox` (in a task process, once sandboxed)."""
+    for fd, _encoded in prepared[2] if prepared is not None else ():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def readable_roots(bundle_dir: str, program_dir: str) -> tuple[str, ...]:

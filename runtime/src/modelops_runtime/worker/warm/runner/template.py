@@ -50,6 +50,8 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
                                      "signals": unguarded})
     sock = _socket.socket(fileno=sock_fd)
     space = _socket.CMSG_SPACE(4 * 4)
+    # the task processes' own sandbox, all but their scratch: opened once (confine.py)
+    prepared = confine.prepare_sandbox(*roots) if roots is not None else None
     baseline = _own_state(())
     while True:
         try:
@@ -76,7 +78,8 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
                                                  "tainted": moved, "excluded": excluded})
                 os._exit(0)
             plan = list(prewarm.prewarmed)  # for the worker to keep (with the exclusions)
-        child = _fork_task_process(order, fds, response_fd, worker_pid, roots, excluded,
+        child = _fork_task_process(order, fds, response_fd, worker_pid,
+                                   None if roots is None else (roots, prepared), excluded,
                                    places, plan)
         if child is not None:  # in the task process: leave the template's loop
             sock.close()
@@ -116,7 +119,8 @@ def _describe_fd(fd: str) -> str:
 def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int,
                        roots: tuple | None, excluded: dict, places: tuple,
                        plan: list | None = None):
-    """Fork one task process (in the template: None after replying with its pid and, if
+    """Fork one task process (``roots``: its sandbox's and what the template prepared of
+    it; in the template: None after replying with its pid and, if
     this order made it import anything, ``prewarmed``: every name it has imported for its
     task processes, in order; in the task process: its (request fd, response fd))."""
     extra = {} if plan is None else {"prewarmed": plan}
@@ -178,8 +182,12 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
     if tempfile is not None:
         tempfile.tempdir = None  # computed again from TMPDIR, as in a fresh process
     if roots is not None:  # a second Landlock layer: of the template's scratch, only its own
-        writable, readable = roots  # (the others' task directories are beneath it)
-        unconfined = confine.sandbox((scratch, *writable), readable)
+        (writable, readable), prepared = roots  # (the others' task directories are beneath it)
+        if prepared is not None:  # the roots but its scratch: opened by the template
+            unconfined = confine.sandbox((scratch,), (), prepared)
+            confine.release(prepared)
+        else:
+            unconfined = confine.sandbox((scratch, *writable), readable)
         if unconfined:
             sys.stderr.write(f"modelops runner: no own filesystem sandbox: {unconfined}\n")
     if "--template" in sys.argv[:-1]:  # as a task process's own interpreter has it

@@ -20,8 +20,14 @@ FORMAT = 2  # bump when the venv layout or fingerprint changes: old venvs are re
 
 
 def python_identity() -> dict[str, str]:
-    """What a venv built on this interpreter is only valid for."""
-    return {
+    """What a venv built on this interpreter is only valid for (read once per process:
+    it is asked at every venv cache hit)."""
+    return dict(_python_identity())
+
+
+@functools.cache
+def _python_identity() -> tuple[tuple[str, str], ...]:
+    return tuple({
         "implementation": sys.implementation.name,
         "version": ".".join(map(str, sys.version_info[:3])),
         "abi": sysconfig.get_config_var("SOABI") or "",
@@ -30,7 +36,7 @@ def python_identity() -> dict[str, str]:
         # venvs point at different interpreters, so they must not share a key
         "executable": os.path.realpath(sys.executable),
         "uv": _uv_version(),
-    }
+    }.items())
 
 
 @functools.cache
