@@ -22,6 +22,7 @@ import pytest
 
 from e2e_support import assert_nothing_left
 from support.bundles import write_bundle
+from support.paths import PRESETS_DIR
 from support.wheels import build_wheel, offline_uv_env
 
 SIMS = 12
@@ -347,7 +348,7 @@ def test_ctrl_c_stops_the_running_step_and_leaves_nothing(local_cli, numlite_whe
     assert_nothing_left(run)
 
 
-DEBUG_PARALLEL = Path(__file__).resolve().parents[2] / "values-examples" / "debug-parallel.yaml"
+DEBUG_PARALLEL = PRESETS_DIR / "debug-parallel.yaml"
 
 
 def test_a_shared_checkpoint_file_in_a_direct_mode_is_concurrency(local_cli, numlite_wheels,

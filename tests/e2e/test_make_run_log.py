@@ -2,21 +2,27 @@
 the report, never hundreds of progress-bar redraws.
 
 - covers: the Makefile's `run` with stdout and stderr a file, as in CI or under nohup
+- does not: reach an index: the example's numpy comes from the locked wheelhouse, offline
+  (uv's own UV_* variables, which the workers pass on)
 - see also: tests/runtime/test_progress.py (the lines themselves, on a fake clock)
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from e2e_support import REPO
 
+from support.wheelhouse import offline_env, real_wheels  # noqa: F401 - fixture
 
-def test_make_run_into_a_log_has_lines_not_redraws(tmp_path):
+
+def test_make_run_into_a_log_has_lines_not_redraws(tmp_path, real_wheels):  # noqa: F811
     log = tmp_path / "log"
     with log.open("w") as out:
         proc = subprocess.run(["make", "--no-print-directory", "run", "SIMS=300"], cwd=REPO,
-                              stdout=out, stderr=subprocess.STDOUT, timeout=600)
+                              env={**os.environ, **offline_env(real_wheels)}, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=600)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert "\r" not in text and "\x1b[" not in text, repr(text[:2000])

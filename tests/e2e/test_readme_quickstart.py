@@ -5,15 +5,21 @@ runs, in order, in a fresh directory holding what a checkout has.
 - covers: README.md's bash blocks, including the Parquet read with pandas (issue #27)
 - does not: run `make run` / `make test` themselves (make run has its own tests; make test
   is what runs this)
+- does not: reach an index: the blocks run as written, with uv's own UV_* variables (which
+  the workers pass on to uv) pointing at the locked wheelhouse, offline, as a user behind
+  a private mirror would set them
 - see also: test_local_readme.py (the debugging walkthrough in docs/modes.md)
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
 from e2e_support import REPO
+
+from support.wheelhouse import offline_env, real_wheels  # noqa: F401 - fixture
 
 README = (REPO / "README.md").read_text()
 BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
@@ -30,12 +36,13 @@ def test_the_two_commands_are_makefile_targets():
         assert f"make {target}" in README and target in targets, target
 
 
-def test_every_other_block_runs_as_written(tmp_path):
+def test_every_other_block_runs_as_written(tmp_path, real_wheels):  # noqa: F811
+    env = {**os.environ, **offline_env(real_wheels)}  # numpy from the wheelhouse, offline
     for name in (".venv", ".tools", "chart", "values-examples"):
         (tmp_path / name).symlink_to(REPO / name)
     outputs = []
     for block in BLOCKS[1:]:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path,
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, (block, proc.stdout[-3000:], proc.stderr[-3000:])
         outputs.append(proc.stdout)

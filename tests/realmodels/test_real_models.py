@@ -24,12 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from support.paths import PRESETS, REPO
 from support.wheelhouse import offline_env, real_wheels  # noqa: F401 - fixture
 
 HERE = Path(__file__).resolve().parent
 BUNDLE = HERE / "bundle"
-REPO = HERE.parents[1]
-PRESETS = sorted(p.stem for p in (REPO / "values-examples").glob("*.yaml"))
 UV = str(Path(sys.executable).with_name("uv"))
 MODELS = {"realmodels.ssir:simulate": {"agents": 300, "years": 6},
           "realmodels.njitwalk:simulate": {"steps": 100},

@@ -11,8 +11,6 @@ from pathlib import Path
 
 from support.wheelhouse import SCRIPT, lock_module, require_wheelhouse
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _check(script: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), "--check"], capture_output=True,

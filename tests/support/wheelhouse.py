@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from support.paths import REPO
+
 SCRIPT = REPO / "ci" / "wheelhouse" / "wheelhouse.py"
 WHEELHOUSE = REPO / ".tools" / "wheelhouse"
 

@@ -1,0 +1,54 @@
+"""The tripwire of the network-free run: `make test` runs pytest in a network namespace with
+only the loopback interface (ci/no-network.sh, which sets TESTS_NETWORK=none), and this
+proves that namespace really has no way off the machine — so every other test that passes
+in it needs no network.
+
+- covers: no route to any public IPv4 or IPv6 address (a UDP ``connect`` asks the kernel for
+  a route and sends nothing, so the proof never sends traffic anywhere, whatever the
+  namespace), no interface but ``lo``, ``lo`` up, and name resolution of an index failing.
+- does not: run when pytest was started without ci/no-network.sh (it skips with one line,
+  which fails under CI=true: CI must prove it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+import pytest
+
+# documentation addresses (RFC 5737, RFC 3849) and a well-known public one: with no route,
+# the kernel refuses each before any packet exists
+PUBLIC = [(socket.AF_INET, "192.0.2.1"), (socket.AF_INET, "8.8.8.8"),
+          (socket.AF_INET6, "2001:db8::1"), (socket.AF_INET6, "2001:4860:4860::8888")]
+
+
+@pytest.fixture(autouse=True)
+def _in_the_namespace():
+    if os.environ.get("TESTS_NETWORK") != "none":
+        pytest.skip("pytest was not started by ci/no-network.sh (`make test` and `make "
+                    "test-fast` do that): the run may use the network")
+
+
+@pytest.mark.parametrize(("family", "address"), PUBLIC, ids=[a for _, a in PUBLIC])
+def test_no_route_to_a_public_address(family, address):
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        with pytest.raises(OSError) as caught:
+            sock.connect((address, 443))  # UDP: a route lookup, no packet
+    assert caught.value.errno in (errno.ENETUNREACH, errno.EADDRNOTAVAIL), caught.value
+
+
+def test_only_the_loopback_interface_and_it_is_up():
+    assert [name for _, name in socket.if_nameindex()] == ["lo"]
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.settimeout(5)
+        client.connect(server.getsockname())  # the tests' own servers work
+
+
+def test_an_index_name_does_not_resolve():
+    # only after the route tests above: with no route, the resolver cannot ask anyone
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("pypi.org", 443, type=socket.SOCK_STREAM)
