@@ -15,7 +15,7 @@ SIMS    ?= 300
 PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: apiserver run test test-fast image-cache lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s tool-registry venv wheelhouse bench clean help image lock
+.PHONY: apiserver run test test-fast image-cache lint lint-helm3 lint-helm4 ct-lint render-check pytest tools tool-helm tool-podman tool-k8s tool-registry tool-keda venv wheelhouse bench clean help image lock
 
 help:
 	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
@@ -76,6 +76,18 @@ endif
 tool-registry:
 	@bash ci/install-tools.sh $(TOOLS) registry
 
+# KEDA's operator and metrics API server (keda-operator, keda-adapter) and its CRDs
+# (.tools/keda-crds), which the autoscaling tests (tests/cluster/autoscaling) run against
+# the control plane above. KEDA needs Go 1.27.4: `go` fetches that release itself through
+# the module proxy (ci/tools/keda/go.mod). Tens of minutes cold, nothing once built.
+tool-keda:
+ifeq ($(shell uname -s),Linux)
+	@if command -v go >/dev/null 2>&1; then bash ci/install-tools.sh $(TOOLS) keda; \
+	else bash ci/install-tools.sh $(TOOLS) keda || echo "== tests/cluster/autoscaling (KEDA against a real API server) will skip"; fi
+else
+	@echo "== not Linux: tests/cluster/autoscaling (KEDA against a real API server) will skip"
+endif
+
 # `make run` renders the chart with helm 3 only: it does not wait for helm4 and ct builds
 tool-helm:
 	@bash ci/install-tools.sh $(TOOLS) helm
@@ -96,7 +108,7 @@ run: venv tool-helm
 
 ## ---- tests -------------------------------------------------------------------------
 
-test: venv tools tool-k8s lint pytest
+test: venv tools tool-k8s tool-keda lint pytest
 
 lint: lint-helm3 lint-helm4 ct-lint render-check
 
@@ -129,7 +141,7 @@ ct-lint:
 # run itself has none: ci/no-network.sh runs pytest in a new network namespace holding only
 # lo (needs root; elsewhere it says so in one line, and fails under CI=true).
 NO_NETWORK := bash ci/no-network.sh
-pytest: venv tools tool-podman tool-k8s tool-registry wheelhouse image-cache
+pytest: venv tools tool-podman tool-k8s tool-registry tool-keda wheelhouse image-cache
 	$(NO_NETWORK) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The edit-test loop (a few minutes): every test but those marked apiserver, container or

@@ -4,15 +4,20 @@
 #   k8s: etcd, kube-apiserver, kube-controller-manager, kubectl (the control plane the
 #   chart tests in tests/cluster/apiserver/ run against; a cold build takes tens of minutes);
 #   registry (the reference OCI registry, distribution v3: the tests push the worker image
-#   and the packaged chart to it and install from it).
+#   and the packaged chart to it and install from it);
+#   keda: keda-operator, keda-adapter (KEDA's operator and metrics API server, for the
+#   autoscaling tests in tests/cluster/autoscaling/).
 # Named only: `podman` installs podman, runc and debootstrap from Debian when missing
 # (ci/install-podman.sh; the image tests build and run the worker image with them).
 # ci/tools/<tool>/go.mod is the one place a version is pinned (go.sum holds the hashes,
 # a `tool` directive names the command); a tool already built from the same pin is skipped.
+# A module whose `go` line asks for a newer Go than the one installed is built with that
+# release, which `go` fetches itself as the module golang.org/toolchain (GOTOOLCHAIN).
 # Usage: ci/install-tools.sh [TOOLS_DIR [TOOL...]]
 #   TOOLS_DIR defaults to .tools/bin under the repo root; TOOL is helm, helm4, ct (default:
-#   these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, or k8s for
-#   those four, registry, e.g. `ci/install-tools.sh .tools/bin helm` for `make run`.
+#   these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s for
+#   those four, registry, keda-operator, keda-adapter, or keda for those two, e.g.
+#   `ci/install-tools.sh .tools/bin helm` for `make run`.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,9 +34,12 @@ tools=(
   "kube-controller-manager|k8s|k8s.io/kubernetes/cmd/kube-controller-manager|-|k8s.io/kubernetes"
   "kubectl|k8s|k8s.io/kubernetes/cmd/kubectl|-|k8s.io/kubernetes"
   "registry|registry|github.com/distribution/distribution/v3/cmd/registry|github.com/distribution/distribution/v3/version.version|github.com/distribution/distribution/v3"
+  "keda-operator|keda|github.com/kedacore/keda/v2/cmd/operator|github.com/kedacore/keda/v2/version.Version|github.com/kedacore/keda/v2"
+  "keda-adapter|keda|github.com/kedacore/keda/v2/cmd/adapter|github.com/kedacore/keda/v2/version.Version|github.com/kedacore/keda/v2"
 )
 default_tools=(helm helm4 ct)
 k8s_tools=(etcd kube-apiserver kube-controller-manager kubectl)
+keda_tools=(keda-operator keda-adapter)
 
 wanted=()
 want_podman=
@@ -39,6 +47,7 @@ for want in "$@"; do
   case "$want" in
     podman) want_podman=yes ;;
     k8s) wanted+=("${k8s_tools[@]}") ;;
+    keda) wanted+=("${keda_tools[@]}") ;;
     *) wanted+=("$want") ;;
   esac
 done
@@ -48,7 +57,7 @@ for want in "${wanted[@]}"; do
   match=
   for spec in "${tools[@]}"; do [[ "${spec%%|*}" == "$want" ]] && match=$spec; done
   if [[ -z "$match" ]]; then
-    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (none: these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry." >&2
+    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (none: these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry, keda-operator, keda-adapter, keda (those two)." >&2
     exit 2
   fi
   selected+=("$match")
@@ -62,11 +71,25 @@ mkdir -p "$bin"
 bin=$(cd "$bin" && pwd)  # absolute: the builds run from ci/tools/<tool>
 have_go=$(command -v go >/dev/null 2>&1 && echo yes || true)
 
+# The Go release a module dir is built with: the installed one, or the newer release its
+# go.mod's `go` line asks for (`go` fetches it once through the module proxy).
+toolchain_for() {  # module dir → value for GOTOOLCHAIN
+  local want have
+  want=$(awk '$1 == "go" {print $2; exit}' "$root/ci/tools/$1/go.mod")
+  have=$(GOTOOLCHAIN=local go env GOVERSION); have=${have#go}
+  if [[ -n "$want" && "$(printf '%s\n%s\n' "$want" "$have" | sort -V | tail -1)" != "$have" ]]; then
+    echo "go$want"
+  else
+    echo local
+  fi
+}
+
 # The version go.mod pins: Go's own answer when Go is here, else the require line itself.
 pinned_version() {  # module dir → version
   local gomod=$root/ci/tools/$2/go.mod
   if [[ -n "$have_go" ]]; then
-    (cd "$root/ci/tools/$2" && GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' "$1")
+    (cd "$root/ci/tools/$2" && GOTOOLCHAIN=$(toolchain_for "$2") GOFLAGS=-mod=readonly \
+       go list -m -f '{{.Version}}' "$1")
   else
     awk -v m="$1" '($1 == "require" && $2 == m) {print $3; exit} ($1 == m) {print $2; exit}' "$gomod"
   fi
@@ -84,6 +107,7 @@ version_on_path() {  # name version → path of a matching binary on PATH, or no
     ct) out=$("$cand" version 2>/dev/null | head -1) || true ;;
     etcd|kube-apiserver|kube-controller-manager|registry) out=$("$cand" --version 2>/dev/null | head -1) || true ;;
     kubectl) out=$("$cand" version --client 2>/dev/null | head -1) || true ;;
+    keda-*) out= ;;  # no version command that is safe to run: never taken from PATH
     *) out=$("$cand" version --template '{{.Version}}' 2>/dev/null) || true ;;
   esac
   # etcd prints its version without the v
@@ -133,9 +157,24 @@ for spec in "${selected[@]}"; do
     done
   fi
   echo "tools: building $name $version from the Go module proxy ..."
-  (cd "$root/ci/tools/$dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+  (cd "$root/ci/tools/$dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly GOTOOLCHAIN=$(toolchain_for "$dir") \
      go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg")
   mv "$bin/$name.tmp" "$bin/$name"
   echo "$want" >"$bin/.$name.stamp"
   echo "tools: built $name $version in $(( $(date +%s) - start ))s"
+done
+
+# KEDA's CRDs (ScaledObject, ...), which the autoscaling tests apply to their API server:
+# copied from the pinned module's source (config/crd/bases) next to the binaries, in
+# .tools/keda-crds, whenever a KEDA tool was asked for.
+for spec in "${selected[@]}"; do
+  [[ "${spec%%|*}" == keda-* ]] || continue
+  src=$(cd "$root/ci/tools/keda" && GOTOOLCHAIN=$(toolchain_for keda) GOFLAGS=-mod=readonly \
+          go list -m -f '{{.Dir}}' github.com/kedacore/keda/v2)
+  crds=$(dirname "$bin")/keda-crds
+  rm -rf "$crds.tmp" && mkdir -p "$crds.tmp"
+  cp "$src"/config/crd/bases/*.yaml "$crds.tmp/" && chmod 644 "$crds.tmp"/*.yaml
+  rm -rf "$crds" && mv "$crds.tmp" "$crds"
+  echo "tools: KEDA's CRDs in $crds"
+  break
 done

@@ -116,7 +116,8 @@ def test_unknown_tool_is_refused_before_anything_is_made(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "tools: unknown tool 'kubelet'; allowed: helm, helm4, ct (none: these three), podman, "
-        "etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry.")
+        "etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry, "
+        "keda-operator, keda-adapter, keda (those two).")
     assert not (tmp_path / "bin").exists()
 
 
@@ -272,3 +273,36 @@ def test_registry_is_named_only_reused_and_reports_its_version(tmp_path):
                tmp_path)
     assert out.returncode == 0, out.stderr
     assert (bin_dir / ".registry.stamp").read_text() == (tools / ".registry.stamp").read_text()
+
+
+KEDA_PINS = {"keda-operator": "v2.21.1", "keda-adapter": "v2.21.1"}
+KEDA_CRDS = {"keda.sh_scaledobjects.yaml", "keda.sh_scaledjobs.yaml",
+             "keda.sh_triggerauthentications.yaml", "keda.sh_clustertriggerauthentications.yaml",
+             "eventing.keda.sh_cloudeventsources.yaml",
+             "eventing.keda.sh_clustercloudeventsources.yaml"}
+
+
+def test_keda_tools_are_reused_and_its_crds_copied(tmp_path):
+    """`keda` names KEDA's operator and metrics server (built with the newer Go that
+    ci/tools/keda/go.mod asks for); built ones are reused, and KEDA's CRDs of the pinned
+    release land next to the tools directory, where the autoscaling tests read them."""
+    if shutil.which("go") is None:
+        pytest.skip("no Go: KEDA (the autoscaling tests' operator) is built from the Go "
+                    "module proxy; install Go 1.26+ and run `make tool-keda`")
+    missing = [n for n in KEDA_PINS if not (TOOLS / f".{n}.stamp").is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not built in {TOOLS}: run `make tool-keda` first")
+    tools = tmp_path / "tools" / "bin"
+    tools.mkdir(parents=True)
+    for name in KEDA_PINS:
+        (tools / name).symlink_to(TOOLS / name)
+        shutil.copy2(TOOLS / f".{name}.stamp", tools / f".{name}.stamp")
+    out = _run([str(tools), "keda"], os.environ["PATH"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    crds = tmp_path / "tools" / "keda-crds"
+    assert out.stdout.splitlines() == [
+        *(f"tools: {n} {v} already built ({tools / n})" for n, v in KEDA_PINS.items()),
+        f"tools: KEDA's CRDs in {crds}"]
+    assert {p.name for p in crds.iterdir()} == KEDA_CRDS
+    scaled = (crds / "keda.sh_scaledobjects.yaml").read_text()
+    assert "kind: ScaledObject" in scaled and "name: v1alpha1" in scaled
