@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import datetime
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -41,6 +42,7 @@ from support.paths import TOOLS
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 SERVICE_CIDR = "10.96.0.0/16"  # only allocated from: nothing routes to it
+FRONT_PROXY_CLIENT = "front-proxy-client"  # the aggregation layer's client certificate (CN)
 READY_TIMEOUT = 180  # seconds; a loaded 2-core machine needs far less, but never hangs
 STOP_TIMEOUT = 120  # seconds for stop(): 15 s of grace, then SIGKILL (bounded, even under load)
 
@@ -66,7 +68,7 @@ def missing_binaries(tools: Path = TOOLS) -> list[str]:
     return [b for b in BINARIES if not os.access(tools / b, os.X_OK)]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -75,8 +77,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def make_pki(directory: Path) -> Path:
     """A throwaway CA (ECDSA P-256, valid one day), the API server's serving certificate,
-    client certificates for the admin (system:masters) and the controller-manager, and the
-    service-account signing key."""
+    client certificates for the admin (system:masters) and the controller-manager, the
+    service-account signing key, and the aggregation layer's front-proxy CA with the client
+    certificate the API server presents to extension API servers (KEDA's metrics server)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -97,29 +100,34 @@ def make_pki(directory: Path) -> Path:
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []
         return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
-    ca_key = key("ca")
-    ca_name = subject("modelops-test-kubernetes-ca")
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(start).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(
-              digital_signature=True, key_cert_sign=True, crl_sign=True,
-              content_commitment=False, key_encipherment=False, data_encipherment=False,
-              key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(name: str, subj: x509.Name, usage, sans=None) -> None:
+    def authority(name: str, cn: str):
         k = key(name)
-        b = (x509.CertificateBuilder().subject_name(subj).issuer_name(ca_name)
+        n = subject(cn)
+        cert = (x509.CertificateBuilder().subject_name(n).issuer_name(n)
+                .public_key(k.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(start).not_valid_after(end)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=True, key_cert_sign=True, crl_sign=True,
+                    content_commitment=False, key_encipherment=False, data_encipherment=False,
+                    key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+                .sign(k, hashes.SHA256()))
+        (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return n, k
+
+    ca_name, ca_key = authority("ca", "modelops-test-kubernetes-ca")
+
+    def leaf(name: str, subj: x509.Name, usage, sans=None, issuer=None) -> None:
+        issuer_name, issuer_key = issuer or (ca_name, ca_key)
+        k = key(name)
+        b = (x509.CertificateBuilder().subject_name(subj).issuer_name(issuer_name)
              .public_key(k.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(start).not_valid_after(end)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
+        cert = b.sign(issuer_key, hashes.SHA256())
         (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
@@ -130,6 +138,9 @@ def make_pki(directory: Path) -> Path:
           *(x509.DNSName(d) for d in dns)])
     leaf("admin", subject("kubernetes-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
     leaf("kcm", subject("system:kube-controller-manager"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    front_proxy = authority("front-proxy-ca", "modelops-test-front-proxy-ca")
+    leaf("front-proxy-client", subject(FRONT_PROXY_CLIENT), ExtendedKeyUsageOID.CLIENT_AUTH,
+         issuer=front_proxy)
     sa = key("sa")
     (directory / "sa.pub").write_bytes(sa.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -172,10 +183,13 @@ class Running:
 class ControlPlane(StartStop):
     """etcd + kube-apiserver (+ kube-controller-manager) on loopback ports. ``root`` (a new
     temporary directory by default) holds certificates, etcd's data, logs and kubeconfigs,
-    and is removed by :meth:`stop`."""
+    and is removed by :meth:`stop`. The aggregation layer is configured as a real cluster's
+    (front-proxy CA and client certificate), so an APIService can put an extension API
+    server behind it."""
 
     tools: Path = TOOLS
     with_kcm: bool = True
+    kcm_args: tuple[str, ...] = ()  # more kube-controller-manager flags (e.g. the HPA's sync)
     root: Path | None = None
     running: list[Running] = field(default_factory=list)
     api_url: str = ""
@@ -231,7 +245,16 @@ class ControlPlane(StartStop):
             "--service-account-key-file", str(pki / "sa.pub"),
             "--service-account-signing-key-file", str(pki / "sa.key"),
             "--service-cluster-ip-range", SERVICE_CIDR,
-            "--authorization-mode", "Node,RBAC", "--profiling=false"])
+            "--authorization-mode", "Node,RBAC", "--profiling=false",
+            # the aggregation layer: how the API server authenticates to an extension API
+            # server, and how that server recognises the API server's proxied requests
+            "--requestheader-client-ca-file", str(pki / "front-proxy-ca.crt"),
+            "--requestheader-allowed-names", FRONT_PROXY_CLIENT,
+            "--requestheader-username-headers", "X-Remote-User",
+            "--requestheader-group-headers", "X-Remote-Group",
+            "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+            "--proxy-client-cert-file", str(pki / "front-proxy-client.crt"),
+            "--proxy-client-key-file", str(pki / "front-proxy-client.key")])
         admin = _admin_context(pki)
         self._wait(api, lambda: _http_ok(f"{self.api_url}/readyz", admin) == "ok",
                    "kube-apiserver /readyz")
@@ -250,7 +273,8 @@ class ControlPlane(StartStop):
                 "--root-ca-file", str(pki / "ca.crt"),
                 "--cluster-signing-cert-file", str(pki / "ca.crt"),
                 "--cluster-signing-key-file", str(pki / "ca.key"),
-                "--service-cluster-ip-range", SERVICE_CIDR, "--profiling=false"])
+                "--service-cluster-ip-range", SERVICE_CIDR, "--profiling=false",
+                *self.kcm_args])
             insecure = ssl.create_default_context()
             insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
             # Healthy, and its serviceaccount controller works: the ServiceAccount admission
@@ -282,6 +306,23 @@ class ControlPlane(StartStop):
                 "HELM_CONFIG_HOME": str(home / "helm-config"),
                 "HELM_DATA_HOME": str(home / "helm-data"), "HELM_DEBUG": "false"}
 
+    def api(self, path: str, method: str = "GET", body: dict | None = None,
+            timeout: float = 30) -> dict:
+        """One request to the API server as the admin: the decoded JSON answer. An error
+        status raises AssertionError with the server's message."""
+        assert self.root is not None
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout,
+                                        context=_admin_context(self.root / "pki")) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"{method} {path}: {e.code} {e.read().decode(errors='replace')}"
+                                 ) from None
+
     def pids(self) -> list[psutil.Process]:
         return [r.proc for r in self.running]
 
@@ -295,7 +336,7 @@ class ControlPlane(StartStop):
             popen = subprocess.Popen([str(self.tools / name), *args], stdout=out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=self.root, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         running = Running(name, popen, psutil.Process(popen.pid), log)
         self.running.append(running)
         return running

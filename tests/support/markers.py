@@ -1,7 +1,8 @@
 """pytest plugin: what each test needs beyond this machine's CPU, as markers, so that
 ``make test-fast`` (``-m fast``'s complement of the marks below) is the edit-test loop.
 
-- covers: ``apiserver`` (tests/cluster/apiserver: a Kubernetes control plane),
+- covers: ``apiserver`` (tests/cluster/apiserver and tests/cluster/autoscaling: a
+  Kubernetes control plane, KEDA in the latter),
   ``container`` (tests/cluster/containers: the image built and run with podman),
   ``presets`` (local clusters of several presets one after another: every preset, compare,
   diagnose, the bench smoke run, the real models); given here by path, in one place.
@@ -16,6 +17,7 @@ import pytest
 HEAVY = ("apiserver", "container", "presets")
 BY_PATH = {
     "cluster/apiserver/": "apiserver",
+    "cluster/autoscaling/": "apiserver",
     "cluster/containers/": "container",
     "e2e/test_local_presets.py": "presets",
     "e2e/test_local_compare.py": "presets",
