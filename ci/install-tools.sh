@@ -7,6 +7,8 @@
 #   and the packaged chart to it and install from it);
 #   keda: keda-operator, keda-adapter (KEDA's operator and metrics API server, for the
 #   autoscaling tests in tests/cluster/autoscaling/).
+#   weed: SeaweedFS, the S3 API server the tests keep bundles and results in
+#   (tests/support/s3.py).
 # Named only: `podman` installs podman, runc and debootstrap from Debian when missing
 # (ci/install-podman.sh; the image tests build and run the worker image with them).
 # ci/tools/<tool>/go.mod is the one place a version is pinned (go.sum holds the hashes,
@@ -16,7 +18,7 @@
 # Usage: ci/install-tools.sh [TOOLS_DIR [TOOL...]]
 #   TOOLS_DIR defaults to .tools/bin under the repo root; TOOL is helm, helm4, ct (default:
 #   these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s for
-#   those four, registry, keda-operator, keda-adapter, or keda for those two, e.g.
+#   those four, registry, keda-operator, keda-adapter, keda for those two, or weed, e.g.
 #   `ci/install-tools.sh .tools/bin helm` for `make run`.
 set -euo pipefail
 
@@ -36,6 +38,7 @@ tools=(
   "registry|registry|github.com/distribution/distribution/v3/cmd/registry|github.com/distribution/distribution/v3/version.version|github.com/distribution/distribution/v3"
   "keda-operator|keda|github.com/kedacore/keda/v2/cmd/operator|github.com/kedacore/keda/v2/version.Version|github.com/kedacore/keda/v2"
   "keda-adapter|keda|github.com/kedacore/keda/v2/cmd/adapter|github.com/kedacore/keda/v2/version.Version|github.com/kedacore/keda/v2"
+  "weed|seaweedfs|github.com/seaweedfs/seaweedfs/weed|github.com/seaweedfs/seaweedfs/weed/util/version.COMMIT|github.com/seaweedfs/seaweedfs"
 )
 default_tools=(helm helm4 ct)
 k8s_tools=(etcd kube-apiserver kube-controller-manager kubectl)
@@ -57,7 +60,7 @@ for want in "${wanted[@]}"; do
   match=
   for spec in "${tools[@]}"; do [[ "${spec%%|*}" == "$want" ]] && match=$spec; done
   if [[ -z "$match" ]]; then
-    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (none: these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry, keda-operator, keda-adapter, keda (those two)." >&2
+    echo "tools: unknown tool '$want'; allowed: helm, helm4, ct (none: these three), podman, etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry, keda-operator, keda-adapter, keda (those two), weed." >&2
     exit 2
   fi
   selected+=("$match")
@@ -108,6 +111,7 @@ version_on_path() {  # name version → path of a matching binary on PATH, or no
     etcd|kube-apiserver|kube-controller-manager|registry) out=$("$cand" --version 2>/dev/null | head -1) || true ;;
     kubectl) out=$("$cand" version --client 2>/dev/null | head -1) || true ;;
     keda-*) out= ;;  # no version command that is safe to run: never taken from PATH
+    weed) out=$("$cand" version 2>/dev/null | head -1) || true ;;
     *) out=$("$cand" version --template '{{.Version}}' 2>/dev/null) || true ;;
   esac
   # etcd prints its version without the v

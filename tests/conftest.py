@@ -71,6 +71,19 @@ def oci_registry():
         yield reg
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """One local S3 API server for the session (support/s3.py): credentials of its own, a
+    data directory removed at the end; tests make their own buckets (``s3_server.bucket()``)."""
+    from support.s3 import S3Server, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with S3Server() as server:
+        yield server
+
+
 # ---- skips: one line saying why, and never silent in CI ---------------------------------
 # A test that cannot run on this machine (no Go, no podman, not Linux) calls
 # ``pytest.skip("<one line: why>")``. Under CI=true (set by .ci/run's environment) every such

@@ -202,6 +202,10 @@ results, + 10 s to close: taskTimeout + 40 (70 without a task timeout).
 {{- with $w.cache.uvCacheBudget }}{{ $_ := set $env "MODELOPS_UV_CACHE_MAX_BYTES" . }}{{ end -}}
 {{- with $w.cache.bundlesBudget }}{{ $_ := set $env "MODELOPS_BUNDLES_MAX_BYTES" . }}{{ end -}}
 {{- with $x.writablePaths }}{{ $_ := set $env "MODELOPS_WARM_WRITABLE_PATHS" (join "," .) }}{{ end -}}
+{{- $creds := .Values.bundles.credentials | default dict -}}
+{{- with $creds.secretName }}{{ $_ := set $env "MODELOPS_BUNDLE_CREDENTIALS" (printf "Secret %s" .) }}{{ end -}}
+{{- with $creds.endpoint }}{{ $_ := set $env "AWS_ENDPOINT_URL" . }}{{ end -}}
+{{- with $creds.region }}{{ $_ := set $env "AWS_DEFAULT_REGION" . }}{{ end -}}
 {{- /* native libraries size their thread pools when loaded, and `import distributed`
        loads numpy before any preload runs: the Dask worker processes must start with
        these (the nanny passes its own environment's values over its pre-spawn-environ) */ -}}

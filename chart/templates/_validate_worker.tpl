@@ -25,7 +25,11 @@
   "MODELOPS_ALLOW_SDIST_BUILDS" "worker.executor.allowSdistBuilds"
   "MODELOPS_LOG_LEVEL" "worker.logLevel"
   "MODELOPS_BUNDLE_REPO" "bundles.repo"
+  "MODELOPS_BUNDLE_CREDENTIALS" "bundles.credentials.secretName"
 -}}
+{{- $creds := .Values.bundles.credentials | default dict -}}
+{{- if $creds.endpoint }}{{ $_ := set $owners "AWS_ENDPOINT_URL" "bundles.credentials.endpoint" }}{{ end -}}
+{{- if $creds.region }}{{ $_ := set $owners "AWS_DEFAULT_REGION" "bundles.credentials.region" }}{{ end -}}
 {{- range (include "modelops-dask.nativeThreadVars" . | splitList " ") -}}
 {{- $_ := set $owners . "worker.executor.nativeThreads" -}}
 {{- end -}}
@@ -139,7 +143,7 @@ image), so nothing is mounted for it.
 {{- $errors := list -}}
 {{- $repo := .Values.bundles.repo -}}
 {{- $volume := .Values.bundles.volume -}}
-{{- $howTo := "either an fsspec URL the workers can reach (bundles.repo: s3://bucket/prefix, with credentials through worker.extraEnvFrom and the fsspec backend, e.g. s3fs, in the image) or a path with your repository mounted there (bundles.repo: /var/lib/modelops/bundle-repo plus bundles.volume: {persistentVolumeClaim: {claimName: <your claim>}} or any other volume source)" -}}
+{{- $howTo := "either an fsspec URL the workers can reach (bundles.repo: s3://bucket/prefix, with a Secret holding its credentials named in bundles.credentials.secretName; s3fs is in the image's full flavour) or a path with your repository mounted there (bundles.repo: /var/lib/modelops/bundle-repo plus bundles.volume: {persistentVolumeClaim: {claimName: <your claim>}} or any other volume source)" -}}
 {{- $isURL := regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://" $repo -}}
 {{- if not $repo -}}
 {{- $errors = append $errors (printf "bundles.repo is not set: the workers need a bundle repository and the chart has no default (the image holds no bundles and its root filesystem is read-only). Set it in your values file to %s." $howTo) -}}
@@ -151,6 +155,16 @@ image), so nothing is mounted for it.
 {{- $errors = append $errors "bundles.volume is an emptyDir: it starts empty and is mounted read-only, so it never holds a bundle. Use a volume source that already holds your repository (e.g. {persistentVolumeClaim: {claimName: <your claim>}} or nfs), or an fsspec URL in bundles.repo." -}}
 {{- else if and (not $isURL) (not $volume) -}}
 {{- $errors = append $errors (printf "bundles.repo=%q is a path in the worker pods but bundles.volume is empty: nothing would put bundles there (the image's root filesystem is read-only and holds none), so every task would fail with BundleNotFound. Mount your repository there with bundles.volume (e.g. {persistentVolumeClaim: {claimName: <your claim>}}, or any volume source such as nfs), or use an fsspec URL instead (s3://bucket/prefix; file://%s if your own image contains the repository)." $repo $repo) -}}
+{{- end -}}
+{{- $creds := .Values.bundles.credentials | default dict -}}
+{{- $set := list -}}
+{{- range $key := list "secretName" "endpoint" "region" -}}
+{{- if get $creds $key }}{{ $set = append $set (printf "bundles.credentials.%s" $key) }}{{ end -}}
+{{- end -}}
+{{- if and $repo $set (not $isURL) -}}
+{{- $errors = append $errors (printf "%s is set but bundles.repo=%q is a path: credentials are for a URL repository the workers reach themselves (s3://bucket/prefix). Remove %s, or set bundles.repo to your repository's URL." (join " and " $set) $repo (join " and " $set)) -}}
+{{- else if and $isURL (not (hasPrefix "s3://" $repo)) (or $creds.endpoint $creds.region) -}}
+{{- $errors = append $errors (printf "bundles.credentials.endpoint and .region are for an s3:// repository (they are rendered as AWS_ENDPOINT_URL and AWS_DEFAULT_REGION, which only S3 clients read), but bundles.repo=%q. Remove them, or use an s3:// URL (GCS through its S3 API: s3://<bucket>/<prefix> with endpoint https://storage.googleapis.com)." $repo) -}}
 {{- end -}}
 {{- toJson $errors -}}
 {{- end -}}

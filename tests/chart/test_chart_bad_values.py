@@ -391,7 +391,7 @@ CASES = {
     "bundle repository emptied": (
         "bundles: {repo: ''}", (),
         ["bundles.repo is not set: the workers need a bundle repository and the chart has no "
-         "default", "bundles.repo: s3://bucket/prefix", "worker.extraEnvFrom",
+         "default", "bundles.repo: s3://bucket/prefix", "bundles.credentials.secretName",
          "bundles.volume: {persistentVolumeClaim: {claimName: <your claim>}}"]),
     "bundle repository path without a volume": (
         "bundles: {repo: /var/lib/modelops/bundle-repo}", (),
@@ -401,6 +401,27 @@ CASES = {
          "Mount your repository there with bundles.volume",
          "or use an fsspec URL instead (s3://bucket/prefix; "
          "file:///var/lib/modelops/bundle-repo if your own image contains the repository)"]),
+    "bundle credentials with a path repository": (
+        "bundles: {repo: /var/lib/modelops/bundle-repo, volume: {persistentVolumeClaim: "
+        "{claimName: x}}, credentials: {secretName: s3-creds, region: eu-west-1}}", (),
+        ["bundles.credentials.secretName and bundles.credentials.region is set but "
+         'bundles.repo="/var/lib/modelops/bundle-repo" is a path: credentials are for a URL '
+         "repository"]),
+    "bundle endpoint with a gs:// repository": (
+        "bundles: {repo: 'gs://b/x', credentials: {endpoint: 'https://storage.googleapis.com'}}",
+        (), ["bundles.credentials.endpoint and .region are for an s3:// repository",
+             'but bundles.repo="gs://b/x"', "GCS through its S3 API"]),
+    "worker.extraEnv shadowing the bundle endpoint": (
+        "bundles: {repo: 's3://b/x', credentials: {endpoint: 'http://s3.storage:8333'}}\n"
+        "worker: {extraEnv: [{name: AWS_ENDPOINT_URL, value: 'http://other:9000'}]}", (),
+        ["worker.extraEnv sets AWS_ENDPOINT_URL, which the chart renders from "
+         "bundles.credentials.endpoint"]),
+    "bundle endpoint that is not an http(s) URL": (
+        "bundles: {repo: 's3://b/x', credentials: {endpoint: 's3.storage:8333'}}", (),
+        [SCHEMA, "at '/bundles/credentials/endpoint': 's3.storage:8333' does not match pattern"]),
+    "bundle credentials Secret name with capitals": (
+        "bundles: {repo: 's3://b/x', credentials: {secretName: S3Creds}}", (),
+        [SCHEMA, "at '/bundles/credentials/secretName': 'S3Creds' does not match pattern"]),
     "bundle repository relative path": (
         "bundles: {repo: bundles/repo}", (),
         ['bundles.repo="bundles/repo" is neither an absolute path nor a URL']),
@@ -494,6 +515,9 @@ def test_an_install_without_a_bundle_repository_is_refused(helm, preset):
 
 @pytest.mark.parametrize("values", [
     "bundles: {repo: 'file:///opt/bundle-repo'}",
+    "bundles: {repo: 's3://b/x', credentials: {secretName: s3-creds, endpoint: "
+    "'http://seaweedfs-s3.storage.svc:8333/', region: us-east-1}}",
+    "bundles: {repo: 'gs://b/x', credentials: {secretName: gcs-key}}",
     "bundles: {repo: /mnt/repo, volume: {persistentVolumeClaim: {claimName: bundles}}}",
     "worker: {resources: {requests: {memory: 16Gi, cpu: 500m}, limits: {memory: 16Gi, cpu: 0.5}}}",
     "podSecurityContext: {runAsUser: 0, runAsNonRoot: false}",

@@ -176,6 +176,30 @@ bundles:
     assert worker["resources"]["limits"] == {"cpu": "4", "memory": "18944Mi"}
 
 
+def test_bundle_credentials_render_into_the_worker_only(helm):
+    """bundles.credentials: the Secret as the first envFrom source (before
+    worker.extraEnvFrom), the endpoint and region as AWS_* variables, the Secret's name as
+    MODELOPS_BUNDLE_CREDENTIALS (for messages); the scheduler gets none of it."""
+    out = render(helm, values="""
+bundles:
+  repo: s3://bundles/team-a
+  credentials: {secretName: s3-team-a, endpoint: "http://seaweedfs-s3.storage.svc:8333", region: us-east-1}
+worker:
+  extraEnvFrom: [{configMapRef: {name: ca-settings}}]
+""")
+    worker, scheduler = out.container("worker"), out.container("scheduler")
+    assert worker["envFrom"] == [{"secretRef": {"name": "s3-team-a"}},
+                                 {"configMapRef": {"name": "ca-settings"}}]
+    env = {e["name"]: e["value"] for e in worker["env"]}
+    assert env["MODELOPS_BUNDLE_CREDENTIALS"] == "Secret s3-team-a"
+    assert env["AWS_ENDPOINT_URL"] == "http://seaweedfs-s3.storage.svc:8333"
+    assert env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert "envFrom" not in scheduler
+    assert not [e for e in scheduler.get("env", []) if e["name"].startswith(("AWS_", "MODELOPS_BUNDLE"))]
+    plain = {e["name"] for e in render(helm, values="bundles: {repo: s3://b/x}").container("worker")["env"]}
+    assert not {"MODELOPS_BUNDLE_CREDENTIALS", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"} & plain
+
+
 def test_big_numbers_render_as_integers(helm):
     env = {e["name"]: e["value"] for e in render(
         helm, sets=("worker.executor.maxProcessReuse=10000000",

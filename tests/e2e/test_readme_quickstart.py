@@ -4,8 +4,8 @@ runs, in order, in a fresh directory holding what a checkout has.
 
 - covers: README.md's bash blocks, including the Parquet read with pandas (issue #27)
 - does not: run `make run` / `make test` themselves (make run has its own tests; make test
-  is what runs this)
-- does not: reach an index: the blocks run as written, with uv's own UV_* variables (which
+  is what runs this), nor the blocks of SERVER_SECTIONS (a server of their test's own);
+  reach an index: the blocks run as written, with uv's own UV_* variables (which
   the workers pass on to uv) pointing at the locked wheelhouse, offline, as a user behind
   a private mirror would set them
 - see also: test_local_readme.py (the debugging walkthrough in docs/modes.md)
@@ -22,7 +22,22 @@ from e2e_support import REPO
 from support.wheelhouse import offline_env, real_wheels  # noqa: F401 - fixture
 
 README = (REPO / "README.md").read_text()
-BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
+# sections whose blocks need a server a test starts: run by their own tests
+SERVER_SECTIONS = {"Bundles in S3": "tests/e2e/test_readme_s3.py"}
+
+
+def sections(text: str) -> dict[str, str]:
+    """README's ``## `` sections by title ("" for the text before the first)."""
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return {"": parts[0], **dict(zip(parts[1::2], parts[2::2]))}
+
+
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
+BLOCKS = [b for title, body in sections(README).items() if title not in SERVER_SECTIONS
+          for b in bash_blocks(body)]
 
 
 def test_the_two_commands_are_makefile_targets():

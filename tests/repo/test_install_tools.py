@@ -117,7 +117,7 @@ def test_unknown_tool_is_refused_before_anything_is_made(tmp_path):
     assert out.stderr.strip() == (
         "tools: unknown tool 'kubelet'; allowed: helm, helm4, ct (none: these three), podman, "
         "etcd, kube-apiserver, kube-controller-manager, kubectl, k8s (those four), registry, "
-        "keda-operator, keda-adapter, keda (those two).")
+        "keda-operator, keda-adapter, keda (those two), weed.")
     assert not (tmp_path / "bin").exists()
 
 

@@ -132,6 +132,10 @@ class RuntimeConfig(BaseSettings):
         None, gt=0, description="seconds a task may run before its process is killed (unset: no limit)")
     bundle_repo: str | None = Field(
         None, description="bundle repository: a path or an fsspec URL")
+    bundle_credentials: str | None = Field(
+        None, description="where the bundle repository's credentials come from, named in "
+        "errors (never their values), e.g. `Secret s3-creds` (the chart renders it from "
+        "bundles.credentials.secretName); unset: the environment's own variables")
     bundle_cache_dir: Path = Field(
         _TMP / "bundles", description="where fetched bundles are unpacked (one per pod)")
     venvs_dir: Path = Field(

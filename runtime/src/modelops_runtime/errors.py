@@ -43,6 +43,12 @@ class BundleNotFound(BundleError):
     """No archive with that digest exists in the bundle repository."""
 
 
+class BundleRepositoryError(BundleError):
+    """The bundle repository cannot be read or written: wrong credentials, no such bucket,
+    an unreachable endpoint. Fields: repo, credentials (where they came from: variable
+    names and their source, never values), cause."""
+
+
 class BundleDigestMismatch(BundleError):
     """The fetched archive's content does not hash to the requested digest."""
 

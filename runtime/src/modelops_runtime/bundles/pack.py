@@ -11,10 +11,13 @@ import stat
 import tarfile
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import BundleError, UnsafeBundle
+from ..errors import BundleError, BundleRepositoryError, UnsafeBundle
+from .access import (bucket_problem, credentials_source, diagnose, is_object_store, protocol,
+                     storage_options)
 
 ARCHIVE_SUFFIX = ".tar.gz"
 # the archive format, in a PAX global header: 2 = regular files and directories only (links
@@ -125,11 +128,12 @@ class _HashingWriter(io.RawIOBase):
         return len(data)
 
 
-def repo_fs(repo: str):
+def repo_fs(repo: str, environ: Mapping[str, str] | None = None):
+    """(filesystem, root) of a repository; ``environ``: see access.storage_options."""
     import fsspec.core
 
     try:
-        return fsspec.core.url_to_fs(repo)
+        return fsspec.core.url_to_fs(repo, **storage_options(repo, environ))
     except (ImportError, ValueError) as exc:
         raise BundleError(
             f"bundle repository {repo!r} cannot be opened: {exc}. Use a local path or an "
@@ -141,28 +145,51 @@ def archive_path(root: str, hexdigest: str) -> str:
     return f"{root.rstrip('/')}/{hexdigest}{ARCHIVE_SUFFIX}"
 
 
-def pack(source: Path, repo: str) -> str:
+def pack(source: Path, repo: str, credentials: str | None = None,
+         environ: Mapping[str, str] | None = None) -> str:
     """Pack ``source`` into the repository ``repo`` (a path or fsspec URL).
 
     Returns ``sha256:<hex>``. Packing the same files again yields the same reference (and
     rewrites the same archive). The upload goes to a temporary name first and is then
-    renamed, so a crash never leaves a half archive under the final name.
+    renamed, so a crash never leaves a half archive under the final name. ``credentials``
+    names where the credentials come from, for the error message (e.g. ``Secret x``);
+    ``environ``: the environment whose AWS_* variables reach ``repo`` (default: this one).
     """
-    fs, root = repo_fs(str(repo))
+    fs, root = repo_fs(str(repo), environ)
     with tempfile.TemporaryFile() as tmp:
         with gzip.GzipFile(filename="", mode="wb", fileobj=tmp, mtime=0) as gz:
             hexdigest = write_canonical_tar(Path(source), gz)
         final = archive_path(root, hexdigest)
+        partial = f"{root.rstrip('/')}/.partial-{uuid.uuid4().hex}"
+        if is_object_store(str(repo)) and (problem := bucket_problem(fs, root)):
+            raise _write_error(str(repo), problem, credentials, environ)
         try:
-            fs.makedirs(root, exist_ok=True)
+            if protocol(str(repo)) == "file":  # object stores have no directories: a
+                fs.makedirs(root, exist_ok=True)  # missing bucket is an error, not made
             # always (re)written: packing again repairs a damaged copy under the same name
-            partial = f"{root.rstrip('/')}/.partial-{uuid.uuid4().hex}"
             tmp.seek(0)
             with fs.open(partial, "wb") as dst:
                 shutil.copyfileobj(tmp, dst, _CHUNK)
             fs.mv(partial, final)
         except OSError as exc:
-            raise BundleError(
-                f"cannot write the bundle archive to repository {repo!r}: {exc}; check the "
-                "path/URL and its permissions", repo=str(repo)) from None
+            if protocol(str(repo)) == "file":
+                raise BundleError(
+                    f"cannot write the bundle archive to repository {repo!r}: {exc}; check "
+                    "the path/URL and its permissions", repo=str(repo)) from None
+            raise _write_error(str(repo), diagnose(fs, root, exc), credentials,
+                               environ) from None
+        except Exception as exc:  # noqa: BLE001 - a client's own errors (botocore's)
+            if protocol(str(repo)) == "file":
+                raise
+            raise _write_error(str(repo), diagnose(fs, root, exc), credentials,
+                               environ) from None
     return f"sha256:{hexdigest}"
+
+
+def _write_error(repo: str, why: str, credentials: str | None,
+                 environ: Mapping[str, str] | None) -> BundleRepositoryError:
+    source = credentials_source(repo, credentials, environ)
+    return BundleRepositoryError(
+        f"cannot write the bundle archive to repository {repo}: {why} ({source}); nothing "
+        "was stored. Check the URL, the bucket and the credentials",
+        repo=repo, credentials=source, cause=why)

@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from ..errors import (BundleDigestMismatch, BundleError, BundleNotFound, ConfigError,
-                      UnsafeBundle)
+from ..errors import (BundleDigestMismatch, BundleError, BundleNotFound,
+                      BundleRepositoryError, ConfigError, UnsafeBundle)
 from ..locks import file_lock
 from ..models import BUNDLE_REF
+from .access import credentials_source, diagnose, is_object_store, protocol
 from .pack import ARCHIVE_SUFFIX, FORMAT_KEY, FORMAT_VERSION, archive_path, repo_fs
 from .cache import CacheEntries, Collected
 from .bytecode import bytecode_dir, compile_bundle, remove_bytecode
@@ -76,6 +77,7 @@ class BundleStore:
 
     def __init__(self, config: "RuntimeConfig") -> None:
         self.repo = config.bundle_repo
+        self.credentials = config.bundle_credentials  # where they come from, for messages
         self.cache_dir = Path(config.bundle_cache_dir)
         self.max_bytes = config.bundles_max_bytes
         self.entries = CacheEntries(self.cache_dir)
@@ -193,18 +195,44 @@ class BundleStore:
     def _download(self, ref: str, hexdigest: str, dest: Path) -> None:
         fs, root = repo_fs(self.repo)
         src = archive_path(root, hexdigest)
+        remote = protocol(self.repo) != "file"
         try:
             with fs.open(src, "rb") as fin, dest.open("wb") as fout:
                 shutil.copyfileobj(fin, fout, _CHUNK)
         except FileNotFoundError:
+            if is_object_store(self.repo) and (missing := self._missing_bucket(fs, root)):
+                raise self._access_error(ref, missing) from None
+            where = f" ({credentials_source(self.repo, self.credentials)})" if remote else ""
             raise BundleNotFound(
-                f"bundle {ref} is not in repository {self.repo!r} (no {hexdigest}{ARCHIVE_SUFFIX}); "
-                "pack it there with `modelops-runtime bundle pack DIR --repo "
-                f"{self.repo}` and use the reference it prints", ref=ref, repo=self.repo) from None
-        except OSError as exc:
-            raise BundleError(
-                f"cannot fetch bundle {ref} from repository {self.repo!r}: {exc}",
+                f"bundle {ref} is not in repository {self.repo}{where} (no "
+                f"{hexdigest}{ARCHIVE_SUFFIX}); pack it there with `modelops-runtime bundle "
+                f"pack DIR --repo {self.repo}` and use the reference it prints",
                 ref=ref, repo=self.repo) from None
+        except Exception as exc:  # noqa: BLE001 - OSError, and a client's own (botocore's)
+            if not remote and not isinstance(exc, OSError):
+                raise
+            if not remote:
+                raise BundleError(
+                    f"cannot fetch bundle {ref} from repository {self.repo!r}: {exc}",
+                    ref=ref, repo=self.repo) from None
+            raise self._access_error(ref, diagnose(fs, root, exc)) from None
+
+    def _access_error(self, ref: str, why: str) -> BundleRepositoryError:
+        source = credentials_source(self.repo, self.credentials)
+        return BundleRepositoryError(
+            f"cannot fetch bundle {ref} from repository {self.repo}: {why} ({source}); "
+            "nothing was cached. Check the URL, the bucket and the credentials "
+            "(docs/bundles-s3.md)", ref=ref, repo=self.repo, credentials=source, cause=why)
+
+    @staticmethod
+    def _missing_bucket(fs, root: str) -> str | None:
+        """For an object store: "the bucket does not exist" when the repository's bucket
+        is missing (a missing object alone looks the same as a missing bucket)."""
+        bucket = root.split("/", 1)[0]
+        try:
+            return None if fs.exists(bucket) else f"the bucket {bucket!r} does not exist"
+        except Exception:  # noqa: BLE001 - cannot tell: the object is missing, say that
+            return None
 
     @staticmethod
     def _verify(ref: str, hexdigest: str, archive: Path) -> None:

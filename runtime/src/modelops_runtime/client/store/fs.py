@@ -2,7 +2,8 @@
 reader sees complete or not at all.
 
 - covers: opening a store URL (a directory or any fsspec URL) with one clear line when its
-  filesystem package is missing; atomic puts (local: temp name, fsync, rename; object
+  filesystem package is missing or, on an object store, its bucket or credentials are wrong
+  (the cause and the credential variables' names, never their values); atomic puts (local: temp name, fsync, rename; object
   stores: one put of the whole object); the store's typed errors.
 - does not: know what a part or a manifest holds (parts.py, manifest.py).
 """
@@ -13,6 +14,8 @@ import os
 import uuid
 from typing import Any
 
+from ...bundles.access import (cause, credentials_source, diagnose, is_object_store,
+                               storage_options)
 from ...errors import ModelOpsError
 
 TMP_PREFIX = "_tmp-"   # pyarrow and pandas skip names starting with "_" or "."
@@ -38,7 +41,7 @@ def open_fs(url: str) -> tuple[Any, str]:
             f"results store {url}: results stores are Parquet, which needs pyarrow, not "
             "installed here; pip install pyarrow (or 'modelops-runtime[parquet]')") from None
     try:
-        fs, root = fsspec.core.url_to_fs(str(url))
+        fs, root = fsspec.core.url_to_fs(str(url), **storage_options(str(url)))
     except ImportError as exc:
         proto = str(url).split("://", 1)[0]
         raise ResultsStoreError(
@@ -82,7 +85,39 @@ def put_atomic(fs: Any, path: str, data: bytes) -> None:
 
 
 def not_writable(url: str, exc: BaseException) -> ResultsStoreError:
+    if "://" in str(url) and not str(url).startswith("file://"):
+        why = f"{cause(exc)} ({credentials_source(str(url))})"
+    else:
+        why = f"({type(exc).__name__}: {exc})"
     return ResultsStoreError(
-        f"results store {url} is not writable ({type(exc).__name__}: {exc}); nothing was "
+        f"results store {url} is not writable {why}; nothing was "
         "run and nothing in it was changed. Give a store you can write (or fix its "
         f"permissions); read it with `modelops-runtime results {url}`")
+
+
+def not_readable(url: str, exc: BaseException, fs: Any = None,
+                 root: str = "") -> ResultsStoreError:
+    """A store that cannot even be looked at: for an object store, the cause in the user's
+    terms (asking the bucket again with ``fs`` when the first answer had no reason) and
+    where the credentials came from (names only)."""
+    if "://" in str(url) and not str(url).startswith("file://"):
+        why = diagnose(fs, root, exc) if fs is not None else cause(exc)
+        why = f"{why} ({credentials_source(str(url))})"
+    else:
+        why = f"({type(exc).__name__}: {exc})"
+    return ResultsStoreError(f"results store {url} cannot be read: {why}. Check the URL, "
+                             "the bucket and the credentials")
+
+
+def manifest_exists(fs: Any, root: str, url: str, manifest: str) -> bool:
+    """Whether the store at ``root`` has its manifest. On an object store a missing one is
+    told apart from a bucket that does not exist or a key pair that is refused (listing
+    the bucket): those raise :func:`not_readable`'s one line."""
+    try:
+        if fs.exists(f"{root}/{manifest}"):
+            return True
+        if is_object_store(url):
+            fs.ls(root.split("/", 1)[0], detail=False, refresh=True)
+        return False
+    except Exception as exc:  # noqa: BLE001 - OSError, and a client's own (botocore's)
+        raise not_readable(url, exc, fs, root) from None

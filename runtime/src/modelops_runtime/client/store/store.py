@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .fs import (TMP_PREFIX, ResultsStoreError, StoreInputsDiffer, not_writable, open_fs,
-                 put_atomic)
+from .fs import (TMP_PREFIX, ResultsStoreError, StoreInputsDiffer, is_local,
+                 manifest_exists, not_writable, open_fs, put_atomic)
 from .manifest import (AGGREGATES, MANIFEST, PARTS, Manifest, PartEntry, StoreInputs,
                        inputs_difference)
 from .parts import (KEY_COLUMNS, grow_columns, param_types, part_bytes, read_part, row_of,
@@ -59,11 +59,7 @@ class ResultsStore:
         url = str(url)
         fs, root = open_fs(url)
         path = f"{root}/{MANIFEST}"
-        try:
-            exists = fs.exists(path)
-        except Exception as exc:  # noqa: BLE001 - e.g. credentials, endpoint
-            raise ResultsStoreError(f"results store {url} cannot be read ({type(exc).__name__}:"
-                                    f" {exc})") from None
+        exists = manifest_exists(fs, root, url, MANIFEST)
         if not exists and plan is None:
             raise ResultsStoreError(f"{url} is not a results store (no {MANIFEST}); give the "
                                     "URL a study wrote with --results-store")
@@ -104,7 +100,8 @@ class ResultsStore:
         manifest = Manifest(study=plan.name, inputs_digest=inputs.digest(), inputs=inputs,
                             columns=param_types(s.params for s in inputs.sets))
         try:
-            fs.makedirs(f"{root}/{PARTS}", exist_ok=True)
+            if is_local(fs):  # an object store has no directories (and makedirs would
+                fs.makedirs(f"{root}/{PARTS}", exist_ok=True)  # create a missing bucket)
             put_atomic(fs, f"{root}/{MANIFEST}", manifest.dumps())
         except OSError as exc:
             raise not_writable(url, exc) from None
@@ -113,7 +110,8 @@ class ResultsStore:
     def _check_writable(self) -> None:
         probe = f"{self.root}/{PARTS}/{TMP_PREFIX}probe"
         try:
-            self.fs.makedirs(f"{self.root}/{PARTS}", exist_ok=True)
+            if is_local(self.fs):
+                self.fs.makedirs(f"{self.root}/{PARTS}", exist_ok=True)
             put_atomic(self.fs, probe, b"")
             self.fs.rm_file(probe)
         except OSError as exc:

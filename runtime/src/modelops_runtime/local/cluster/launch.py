@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...bundles.access import client_env, protocol
 from ...config import PREFIX, RuntimeConfig, parse_bytes
 from ...errors import LocalModeError
 from .argv import drop_opt, get_opt, set_opt
@@ -67,7 +68,13 @@ class LaunchPlan(BaseModel):
     state_dir: Path
     run_dir: Path
     scheduler_file: Path
-    bundle_repo: Path
+    # <state>/bundle-repo, or the values' own URL repository (s3://...): bundles are
+    # packed there and the workers fetch them from there
+    bundle_repo: Path | str
+    # what a client-side pack into a URL repository needs of the workers' environment
+    # (their AWS_* variables: the values' bundles.credentials endpoint and region,
+    # worker.extraEnv, and this shell's own, which the workers inherit)
+    bundle_env: dict[str, str] = Field(default_factory=dict)
     notices: list[str] = Field(default_factory=list)
 
     @property
@@ -192,11 +199,25 @@ def plan(rendered: RenderedCluster, state_dir: Path, *,
                 f"exceeds this machine's {_machine_memory() / 2**30:.1f} GiB: running with "
                 "--memory-limit 0 (no Dask memory management) locally")
 
+    # A URL repository in the values (s3://bucket/prefix) is used as is: the study's bundle
+    # is packed there and the workers fetch it from there, with this shell's credentials
+    # (and the values' endpoint and region); a Secret is not read locally.
+    rendered_repo = w.env.get("MODELOPS_BUNDLE_REPO", "")
+    repo: Path | str = bundle_repo
+    if "://" in rendered_repo and protocol(rendered_repo) != "file":
+        repo = rendered_repo
+        secret = w.env.get("MODELOPS_BUNDLE_CREDENTIALS")
+        if secret:
+            notices.append(f"the workers' {secret} (bundles.credentials.secretName) is not "
+                           "read locally: the local workers use this shell's AWS_* "
+                           "variables for " + rendered_repo)
     worker_specs = []
     for i in range(rendered.replicas):
         pod = f"{release}-worker-local-{i}"
         env = container_env(w, w_rw, pod)
-        env["MODELOPS_BUNDLE_REPO"] = str(bundle_repo)
+        env["MODELOPS_BUNDLE_REPO"] = str(repo)
+        if isinstance(repo, str) and env.get("MODELOPS_BUNDLE_CREDENTIALS"):
+            env["MODELOPS_BUNDLE_CREDENTIALS"] = "this shell's environment (local mode)"
         # scratch of this run (warm processes inherit TMPDIR): removed at teardown
         env["TMPDIR"] = str(run_dir / "tmp" / f"worker-{i}")
         args = [w_rw.path(expand_refs(a, env)) for a in w.args]
@@ -233,5 +254,6 @@ def plan(rendered: RenderedCluster, state_dir: Path, *,
 
     return LaunchPlan(rendered=rendered, config=config, scheduler=scheduler,
                       workers=worker_specs, state_dir=state_dir, run_dir=run_dir,
-                      scheduler_file=scheduler_file, bundle_repo=bundle_repo,
+                      scheduler_file=scheduler_file, bundle_repo=repo,
+                      bundle_env=client_env(probe) if isinstance(repo, str) else {},
                       notices=notices)

@@ -162,7 +162,8 @@ class LocalCluster(StartStop):
         timeout = self.start_timeout if timeout is None else timeout
         p = self.plan
         for d in (p.run_dir, p.bundle_repo, p.state_dir / "volumes"):
-            d.mkdir(parents=True, exist_ok=True)
+            if isinstance(d, Path):  # not a URL repository (s3://...)
+                d.mkdir(parents=True, exist_ok=True)
         # every emptyDir a container mounts exists, as in a pod (worker.extraVolumes too)
         for c in (p.rendered.scheduler, p.rendered.worker):
             for name in c.empty_dirs:

@@ -300,9 +300,10 @@ def run_step(ctx: Context, step: Step, index: int) -> StepRun:
 
             url = f"{ctx.results_store.rstrip('/')}/{index}-{step.name}"
             run = run_study_stored(client, ctx.study, launch.bundle_repo, url, ctx.log,
-                                   sims=sims, progress=False, retry_failed=ctx.retry_failed)
+                                   sims=sims, repo_env=launch.bundle_env, progress=False, retry_failed=ctx.retry_failed)
         else:
-            run = run_study(client, ctx.study, launch.bundle_repo, sims=sims, progress=False)
+            run = run_study(client, ctx.study, launch.bundle_repo, sims=sims,
+                            repo_env=launch.bundle_env, progress=False)
     sr.elapsed_s = time.perf_counter() - started
     sr.study_s = run.elapsed_s
     sr.results = ctx.out_dir / f"{index}-{step.name}.json"

@@ -35,14 +35,18 @@ __all__ = ["STUDY_FILE", "Study", "pack_study",
 
 
 
-def pack_study(study: Study, repo: Path) -> str:
+def pack_study(study: Study, repo: Path | str,
+               repo_env: Mapping[str, str] | None = None) -> str:
+    """Pack the study's bundle into ``repo``; ``repo_env``: the workers' AWS_* variables
+    for a URL repository (LaunchPlan.bundle_env), else this process's environment."""
     from ...bundles import pack
 
-    return pack(study.bundle, str(repo))
+    return pack(study.bundle, str(repo), environ=repo_env or None)
 
 
-def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = None,
-              progress: bool = True, window: int | None = None, batch: int | None = None,
+def run_study(client, study: Study, bundle_repo: Path | str, *, sims: int | None = None,
+              repo_env: Mapping[str, str] | None = None, progress: bool = True,
+              window: int | None = None, batch: int | None = None,
               batch_target: float | None = None) -> StudyRun:
     """Pack the study's bundle, run every (set, seed) with a progress bar (submitted in a
     bounded window), then each set's aggregation over its successful runs (failures are
@@ -51,7 +55,7 @@ def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = Non
                           submit_study)
 
     started = time.perf_counter()
-    ref = pack_study(study, bundle_repo)
+    ref = pack_study(study, bundle_repo, repo_env)
     plan = study.plan(ref, sims)
     submission = submit_study(client, plan, window=window or DEFAULT_WINDOW, batch=batch,
                               batch_target=batch_target or BATCH_TARGET)
@@ -87,8 +91,8 @@ def run_study(client, study: Study, bundle_repo: Path, *, sims: int | None = Non
                     batch_plan=submission.batching.describe() if submission.batching else "")
 
 
-def run_study_stored(client, study: Study, bundle_repo: Path, url: str, echo: Echo, *,
-                     sims: int | None = None, progress: bool = True, window: int | None = None,
+def run_study_stored(client, study: Study, bundle_repo: Path | str, url: str, echo: Echo, *,
+                     sims: int | None = None, repo_env: Mapping[str, str] | None = None, progress: bool = True, window: int | None = None,
                      batch: int | None = None, batch_target: float | None = None,
                      retry_failed: bool = False) -> StudyRun:
     """:func:`run_study` with the runs streamed to the results store ``url`` (only the
@@ -97,7 +101,7 @@ def run_study_stored(client, study: Study, bundle_repo: Path, url: str, echo: Ec
     from ...client.stored import gather_stored, resume_line
 
     started = time.perf_counter()
-    ref = pack_study(study, bundle_repo)
+    ref = pack_study(study, bundle_repo, repo_env)
     plan = study.plan(ref, sims)
     sub = submit_study(client, plan, window=window or DEFAULT_WINDOW, batch=batch,
                        batch_target=batch_target or BATCH_TARGET, store=url,
@@ -275,10 +279,12 @@ def run_and_report(client, study: Study, launch: LaunchPlan, echo: Echo, *,
     announce(study, echo, sims)
     if results_store:
         run = run_study_stored(client, study, launch.bundle_repo, results_store, echo,
-                               sims=sims, progress=progress, batch=batch,
-                               batch_target=batch_target, retry_failed=retry_failed)
+                               sims=sims, repo_env=launch.bundle_env, progress=progress,
+                               batch=batch, batch_target=batch_target,
+                               retry_failed=retry_failed)
     else:
-        run = run_study(client, study, launch.bundle_repo, sims=sims, progress=progress,
+        run = run_study(client, study, launch.bundle_repo, sims=sims,
+                        repo_env=launch.bundle_env, progress=progress,
                         batch=batch, batch_target=batch_target)
     echo(f"bundle: {run.bundle}")
     targets = [results] if isinstance(results, Path) else list(results or ())

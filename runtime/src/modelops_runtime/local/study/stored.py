@@ -8,7 +8,7 @@ opened, and a store that exists holds this study's inputs.
 
 from __future__ import annotations
 
-from ...client.store.fs import ResultsStoreError, StoreInputsDiffer, open_fs
+from ...client.store.fs import ResultsStoreError, StoreInputsDiffer, manifest_exists, open_fs
 from ...client.store.manifest import MANIFEST, Manifest, StoreInputs, inputs_difference
 from .studyfile import Study
 
@@ -19,9 +19,9 @@ def check_store(url: str, study: Study, sims: int | None) -> None:
     packed)."""
     fs, root = open_fs(url)
     path = f"{root}/{MANIFEST}"
+    if not manifest_exists(fs, root, url, MANIFEST):
+        return
     try:
-        if not fs.exists(path):
-            return
         manifest = Manifest.loads(fs.cat_file(path), url)
     except ValueError as exc:
         raise ResultsStoreError(f"results store {url}: {exc}") from None
