@@ -29,6 +29,15 @@ import sys
 from _signal import SIGKILL  # the C half of `signal`, already loaded; `signal` adds enum
 
 frames = None  # the runner's wire module: set by runner.py's loader (``_load``)
+_LIBC: list = []  # the C library through ctypes, loaded once (a forked process inherits it)
+
+
+def _libc():
+    if not _LIBC:
+        import ctypes
+
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
 
 
 def die_with_group() -> None:
@@ -44,9 +53,7 @@ def set_parent_death_signal(parent_pid: int) -> None:
     is the one import here that is not free (~1.5 ms), and the only stdlib way to it."""
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
+            libc = _libc()
             libc.prctl(1, SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
             libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS (the worker set it too)
         except Exception:  # noqa: BLE001 - best effort: the lifeline pipe is the main watch
@@ -125,7 +132,7 @@ def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = (),
     if prepared is not None:
         libc, handled, ready, again = prepared
     else:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc()
         handled = _handled(libc)
         if isinstance(handled, str):
             return handled
@@ -197,9 +204,7 @@ def prepare_sandbox(writable: tuple[str, ...], readable: tuple[str, ...]):
     (:func:`sandbox` then says why)."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     handled = _handled(libc)
     if isinstance(handled, str):
         return None
@@ -340,9 +345,7 @@ def become_subreaper() -> None:
     """PR_SET_CHILD_SUBREAPER: orphans among our descendants (a daemon's double fork, a
     setsid'd child whose parent exited) become our children, so they stay in our tree,
     where the worker finds and ends them after the task."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def guard_signals(sock_fd: int, subreaper: bool, template: bool = False) -> str:
@@ -359,7 +362,7 @@ def guard_signals(sock_fd: int, subreaper: bool, template: bool = False) -> str:
         nrs = frames.GUARD_SYSCALLS.get(os.uname().machine)
         if nrs is None:
             return f"no signal guard for the {os.uname().machine} architecture"
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc()
         if subreaper:
             become_subreaper()
         program = signal_filter(nrs, 0 if template else os.getpid())

@@ -222,10 +222,13 @@ def imported_since_fork(bundle_dir: str) -> list:
     order it imported them (e.g. ``numpy``, ``numpy.random``), for the template to import
     (once prewarm.py found them clean) before its next forks. The bundle's own modules are
     never the template's: each task process imports them itself."""
+    new = sys.modules.keys() - _modules_at_fork
+    if not new:
+        return []
     prefix = os.path.join(bundle_dir, "")
     names = []
     for name, module in list(sys.modules.items()):
-        if name in _modules_at_fork or module is None:
+        if name not in new or module is None:
             continue
         where = getattr(module, "__file__", None) or ""
         if not where.startswith(prefix) and name not in prewarm.excluded:
