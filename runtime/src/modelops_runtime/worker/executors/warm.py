@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
 import threading
@@ -246,15 +247,27 @@ class IsolatedWarmExecEnv(ExecEnv):
 
     def _plan_key(self, bundle: _Bundle, venv: Venv, module: str) -> str | None:
         """The key of the plans of templates of ``bundle``'s ``module`` in ``venv``
-        (plans.py); None if the venv's fingerprint cannot be read."""
+        (plans.py); None if the venv's fingerprint cannot be read. A cached venv is named
+        by its path (one generation) and its fingerprint; a worker process's own pristine
+        build (FORCE_FRESH_VENV) by what is installed in it (its fingerprint but the build
+        time), its path being this worker process's own."""
         try:
             fingerprint = (venv.path / FINGERPRINT).read_bytes()
         except OSError:
             return None
-        return plan_key(venv_path=venv.path, fingerprint=fingerprint, bundle_ref=bundle.ref,
+        per_process = [str(self.compile_caches.root or "")]
+        if venv.fresh:
+            try:
+                built = json.loads(fingerprint)
+                built.pop("built_at", None)
+            except (ValueError, AttributeError):
+                return None
+            fingerprint = json.dumps(built, sort_keys=True).encode()
+            per_process += [str(venv.path), venv.path.name]  # (its compile cache's name)
+        return plan_key(venv_path=Path("<this worker process's venv>") if venv.fresh
+                        else venv.path, fingerprint=fingerprint, bundle_ref=bundle.ref,
                         module=module, runner=program_dir(venv.path).name,
-                        env=self._env(bundle, venv, False),
-                        per_process=[str(self.compile_caches.root or "")])
+                        env=self._env(bundle, venv, False), per_process=per_process)
 
     def _spawn(self, bundle: _Bundle, venv: Venv, *, fresh: bool = False,
                template: str | None = None) -> WarmProcess:
