@@ -153,7 +153,8 @@ pytest: venv tools tool-podman tool-k8s tool-registry tool-keda tool-s3 wheelhou
 	$(NO_NETWORK) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The edit-test loop (a few minutes): every test but those marked apiserver, container or
-# presets (tests/support/markers.py). Needs helm 3 and 4 and the registry (no k8s build, no podman). Not CI:
+# presets (tests/support/markers.py). Needs helm 3 and 4, the registry and the S3 server
+# (no k8s build, no podman). Not CI:
 # `make test` runs everything. No test selected is a failure (pytest's exit code 5).
 FAST := not apiserver and not container and not presets
 test-fast: venv tools tool-registry tool-s3 wheelhouse

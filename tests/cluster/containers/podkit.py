@@ -4,7 +4,9 @@
 renders for a preset: the containers get the rendered command, env, security context
 (user, read-only root, capabilities, no privilege escalation, seccomp), volumes and
 resource limits from podman itself. Only what podman 4.3 does differently from a kubelet is
-adjusted, each named in :func:`for_podman`; everything else is the rendered spec as is.
+adjusted, each named in :func:`for_podman` (and a Secret's form in
+:func:`secret_for_podman`); everything else is the rendered spec as is. A server the pods
+use (an S3 endpoint) runs beside them on their network (:meth:`Release.run_beside`).
 """
 
 from __future__ import annotations
@@ -125,14 +127,18 @@ def image_values(image: str) -> list[str]:
     return ["--set", f"image.repository={repo}", "--set", f"image.tag={tag}"]
 
 
-def render(release: str, preset: str, image: str, bundle_repo: Path,
+def render(release: str, preset: str, image: str, bundle_repo: Path | str,
            values: dict[str, object] | None = None) -> list[dict]:
     """``helm template`` of ``preset`` with the image (a tag or a digest reference), a
-    hostPath bundle volume and ``values`` (dotted key → value, as ``--set-json``)."""
+    hostPath bundle volume (or, with a URL ``bundle_repo`` such as s3://..., that URL and
+    no volume) and ``values`` (dotted key → value, as ``--set-json``)."""
     args = [str(HELM), "template", release, str(REPO / "chart"),
-            "-f", str(REPO / "values-examples" / f"{preset}.yaml"), *image_values(image),
-            "--set", f"bundles.repo={BUNDLE_REPO_PATH}",
-            "--set-json", "bundles.volume=" + json.dumps({"hostPath": {"path": str(bundle_repo)}})]
+            "-f", str(REPO / "values-examples" / f"{preset}.yaml"), *image_values(image)]
+    if isinstance(bundle_repo, str):
+        args += ["--set", f"bundles.repo={bundle_repo}"]
+    else:
+        args += ["--set", f"bundles.repo={BUNDLE_REPO_PATH}", "--set-json",
+                 "bundles.volume=" + json.dumps({"hostPath": {"path": str(bundle_repo)}})]
     for key, value in (values or {}).items():
         args += ["--set-json", f"{key}={json.dumps(value)}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120)
@@ -200,6 +206,18 @@ class Played:
         return f"{self.name}-{pod_spec(self.doc)['containers'][index]['name']}"
 
 
+def secret_for_podman(doc: dict) -> bytes:
+    """A Kubernetes Secret as podman 4.3 keeps one for ``envFrom: secretRef``: its ``data``
+    (values base64, as in the object) as JSON. (``podman kube play`` of a Secret stores the
+    YAML itself, which 4.3's secretRef lookup then cannot read.)"""
+    import base64
+
+    data = dict(doc.get("data") or {})
+    for key, value in (doc.get("stringData") or {}).items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    return json.dumps(data).encode()
+
+
 @dataclass
 class Release:
     """A preset's rendered objects played as podman pods on a network of their own."""
@@ -209,6 +227,10 @@ class Release:
     docs: list[dict]
     played: list[Played] = field(default_factory=list)
     network: str = ""
+    # names the pods resolve besides the Services' (a server the test runs beside them)
+    extra_hosts: dict[str, str] = field(default_factory=dict)
+    containers: list[str] = field(default_factory=list)   # run by run_beside()
+    secrets: list[str] = field(default_factory=list)      # made by add_secret()
 
     @classmethod
     def new(cls, workdir: Path, docs_of) -> Release:
@@ -235,11 +257,38 @@ class Release:
                     hosts[svc["metadata"]["name"]] = self.ip(p)
         return hosts
 
-    def play(self, doc: dict) -> Played:
+    def ensure_network(self) -> str:
         if not self.network:
             self.network = f"{self.name}-net"
             podman("network", "create", self.network)
-        hosts = self.service_hosts()
+        return self.network
+
+    def add_secret(self, doc: dict) -> str:
+        """The Kubernetes Secret ``doc`` in podman's store (its name must start with the
+        release's name, so that down() and leftovers() find it)."""
+        name = doc["metadata"]["name"]
+        assert name.startswith(self.name), name
+        path = self.workdir / f"secret-{name}.json"
+        path.write_bytes(secret_for_podman(doc))
+        path.chmod(0o600)
+        self.secrets.append(name)
+        podman("secret", "create", name, str(path))
+        path.unlink()
+        return name
+
+    def run_beside(self, suffix: str, args: list[str]) -> str:
+        """``podman run -d`` a container named ``<release>-<suffix>`` on the release's
+        network (a server its pods use); → its IP address."""
+        name = f"{self.name}-{suffix}"
+        self.containers.append(name)
+        podman("run", "-d", "--name", name, "--network", self.ensure_network(), *args)
+        out = podman("inspect", name, "--format",
+                     "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")
+        return out.stdout.strip()
+
+    def play(self, doc: dict) -> Played:
+        self.ensure_network()
+        hosts = {**self.extra_hosts, **self.service_hosts()}
 
         def play_once() -> Played:  # published ports are picked anew on each attempt
             rewritten = for_podman(doc, hosts)
@@ -271,6 +320,10 @@ class Release:
         out = podman("logs", "--tail", str(lines), p.container(), check=False)
         return f"--- {p.container()} ---\n{out.stdout}{out.stderr}"
 
+    def container_logs(self, name: str, lines: int = 40) -> str:
+        out = podman("logs", "--tail", str(lines), name, check=False)
+        return f"--- {name} ---\n{out.stdout}{out.stderr}"
+
     def all_logs(self) -> str:
         return "\n".join(self.logs(p) for p in self.played)
 
@@ -300,6 +353,10 @@ class Release:
             podman("kube", "down", str(p.file), check=False, timeout=120)
         for p in self.played:
             podman("pod", "rm", "-f", "-t", "5", p.name, check=False)
+        for c in self.containers:
+            podman("rm", "-f", "-t", "5", c, check=False)
+        for secret in self.secrets:
+            podman("secret", "rm", secret, check=False)
         vols = podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split()
         for v in vols:
             if v.startswith(self.name + "-"):
@@ -310,10 +367,11 @@ class Release:
 
 
 def leftovers(prefix: str) -> list[str]:
-    """Pods, containers, volumes and networks whose name starts with ``prefix``."""
+    """Pods, containers, volumes, networks and secrets whose name starts with ``prefix``."""
     found = []
     for what, args in (("pod", ["pod", "ps", "-a"]), ("container", ["ps", "-a"]),
-                       ("volume", ["volume", "ls"]), ("network", ["network", "ls"])):
+                       ("volume", ["volume", "ls"]), ("network", ["network", "ls"]),
+                       ("secret", ["secret", "ls"])):
         names = podman(*args, "--format", "{{.Name}}" if what != "container" else "{{.Names}}",
                        check=False).stdout.split()
         found += [f"{what} {n}" for n in names if n.startswith(prefix)]
