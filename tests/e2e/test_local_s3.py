@@ -1,18 +1,23 @@
 """The local mode and the results store with an S3 repository (support/s3.py's server):
 wrong credentials or a missing bucket are one line before anything starts, naming the store
 and where the credentials came from; a values file's bundles.credentials is planned the
-local way (this shell's variables, the Secret named as not read).
+local way (this shell's variables, the Secret named as not read); a study killed halfway
+resumes from its store in the bucket.
 
 - see also: test_readme_s3.py (the whole path working: pack, run, store, resume, read back).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import time
 
 import yaml
 
 from e2e_support import preset
+from modelops_runtime.client.store import ResultsStore
 from modelops_runtime.local.cluster.launch import plan
 from modelops_runtime.local.cluster.render import render_cluster
 from support.bundles import write_bundle
@@ -94,3 +99,64 @@ def test_a_url_repository_in_the_values_is_where_local_packs_and_fetches(tmp_pat
     local = plan(render_cluster([preset("prod-warm").file]), tmp_path / "state2")
     assert local.bundle_repo == (tmp_path / "state2").resolve() / "bundle-repo"
     assert local.bundle_env == {} and os.environ.get("MODELOPS_BUNDLE_REPO") is None
+
+
+SLOW_MODEL = '''
+import time
+
+def simulate(params, seed):
+    time.sleep(0.002)          # slow enough that a kill lands mid-study
+    return {"value": params["x"] * seed, "seed": seed}
+'''
+SETS, SEEDS = 2, 500
+DIRECT = ["--set", "worker.executor.type=direct", "--set", "worker.processes=2",
+          "--set", "worker.threads=1"]
+
+
+def _stored_runs(s3_server, bucket: str, key: str) -> int:
+    try:
+        body = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception:  # noqa: BLE001 - not written yet
+        return 0
+    return sum(p["rows"] for p in json.loads(body)["parts"])
+
+
+def test_a_study_killed_halfway_resumes_in_s3(s3_server, local_cli, local_env, tmp_path,
+                                              monkeypatch):
+    """Bundles and results in one bucket: the client and its cluster SIGKILLed halfway,
+    the same command again resumes from the bucket's store and ends with every (set, seed)
+    once; `results` reads it back."""
+    bucket = s3_server.bucket("resume")
+    values = tmp_path / "s3.yaml"
+    values.write_text(yaml.safe_dump({"bundles": {"repo": f"s3://{bucket}/bundles"}}))
+    bundle = write_bundle(tmp_path / "slow", {"model.py": SLOW_MODEL, "requirements.txt": ""})
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "slow", "bundle": str(bundle),
+                                     "entrypoint": "model:simulate",
+                                     "grid": {"x": [1.0, 2.0]}, "seeds_per_set": SEEDS}))
+    url = f"s3://{bucket}/results/slow"
+    env = _env(local_env, s3_server)
+    args = ["-f", preset("prod-warm").file, "-f", values, *DIRECT, "--study", study,
+            "--state-dir", tmp_path / "state", "--results-store", url, "--no-progress"]
+    first = local_cli.start(args, env)
+    total, deadline = SETS * SEEDS, time.monotonic() + 240
+    while _stored_runs(s3_server, bucket, "results/slow/manifest.json") < total // 2:
+        assert first.popen.poll() is None, f"the study ended before half:\n{first.output}"
+        assert time.monotonic() < deadline, f"no half of the study in 240s:\n{first.output}"
+        time.sleep(0.1)
+    os.killpg(first.popen.pid, signal.SIGKILL)          # the client and its cluster
+    first.wait(30)
+    first.cleanup()
+
+    again = local_cli.run(args, env)
+    assert again.popen.returncode == 0, again.output
+    [resumed] = [ln for ln in again.stdout.splitlines() if ln.startswith("resuming from")]
+    assert resumed.startswith(f"resuming from {url}: "), resumed
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    rows = ResultsStore.open(url).table().to_pylist()
+    keys = [(r["set_id"], r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)) == total, (len(keys), len(set(keys)))
+    shown = local_cli.run([url], env, command="results")
+    assert shown.popen.returncode == 0, shown.output
+    assert f"runs: {total:,} of {total:,} done (0 failed), 0 missing" in shown.stdout
