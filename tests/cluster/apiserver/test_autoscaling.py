@@ -1,7 +1,7 @@
 """worker.autoscaling against the real API server with KEDA's own CRDs (from the pinned
-KEDA module, ci/tools/keda): helm 3 and 4 install the ScaledObject and the API server keeps
-it as rendered; the worker Deployment carries no replicas, so helm upgrade leaves the count
-the autoscaler set; on scale-down the ReplicaSet controller removes a pod that is not ready
+KEDA module, ci/tools/keda, through support/keda.py): helm 3 and 4 install the
+ScaledObject and the API server keeps it as rendered; the worker Deployment carries no
+replicas, so helm upgrade leaves the count the autoscaler set; on scale-down the ReplicaSet controller removes a pod that is not ready
 yet, else the one ready for the shortest time (the coldest caches), and gives it the
 derived terminationGracePeriodSeconds to retire its Dask workers.
 
@@ -12,59 +12,28 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import re
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from kubekit import CHART, RELEASE, REPO, docs, kept, values_args
+from kubekit import CHART, RELEASE, docs, kept, values_args
+from support import keda
 from support.cluster import wait_for
 
-KEDA_MODULE = "github.com/kedacore/keda/v2"
-KEDA_VERSION = "v2.21.1"  # ci/tools/keda/go.mod's, once that module exists
-CRDS = ("keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml",
-        "keda.sh_clustertriggerauthentications.yaml")
 ON = ("worker.autoscaling.enabled=true",)
 KEDA = ("--api-versions", "keda.sh/v1alpha1/ScaledObject")  # helm template asks no cluster
 WORKER = f"{RELEASE}-modelops-dask-worker"
 
 
-def keda_crd_dir() -> Path | None:
-    """KEDA's CRDs: .tools/keda-crds (copied there by `make tool-keda`), else config/crd/bases
-    of the pinned KEDA module in Go's module cache (where its build puts it), else None."""
-    copied = REPO / ".tools" / "keda-crds"
-    if all((copied / c).is_file() for c in CRDS):
-        return copied
-    gomod = REPO / "ci" / "tools" / "keda" / "go.mod"
-    version = KEDA_VERSION
-    if gomod.is_file():
-        found = re.search(rf"^\s*{re.escape(KEDA_MODULE)} (v\S+)", gomod.read_text(), re.M)
-        version = found.group(1) if found else version
-    cache = os.environ.get("GOMODCACHE")
-    if not cache and shutil.which("go"):
-        cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True,
-                               timeout=60).stdout.strip()
-    cache = cache or str(Path.home() / "go" / "pkg" / "mod")
-    bases = Path(cache) / f"{KEDA_MODULE}@{version}" / "config" / "crd" / "bases"
-    return bases if all((bases / c).is_file() for c in CRDS) else None
-
-
 @pytest.fixture(scope="module")
 def keda_crds(kube):
-    bases = keda_crd_dir()
-    if bases is None:
-        pytest.skip(f"KEDA's CRDs are neither in .tools/keda-crds nor in Go's module cache "
-                    f"({KEDA_MODULE}@{KEDA_VERSION}): run `make tool-keda` first")
-    for crd in CRDS:
-        kube.kubectl("apply", "--server-side", "--force-conflicts",
-                     "--field-manager=modelops-tests", "-f", str(bases / crd))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/scaledobjects.keda.sh")
-    return bases
+    """KEDA's CRDs (support/keda.py: .tools/keda-crds, copied from the pinned module by
+    `make tool-keda`) applied to the session's control plane."""
+    if not keda.CRDS.is_dir() and shutil.which("go") is None:
+        pytest.skip("no Go to build KEDA, whose CRDs these tests apply: install Go 1.26+ and "
+                    "run `make tool-keda`")
+    keda.apply_crds(kube.plane)
 
 
 def _install(kube, helm, namespace, *sets, preset="prod-warm"):
