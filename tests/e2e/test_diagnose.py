@@ -1,6 +1,7 @@
 """`modelops-runtime diagnose` against planted bugs: each bundle below hides one kind of
-state, environment or threading bug (the six of issue 16's table, a model that ignores its
-seed, a native-threads dependence, and a clean model), and diagnose must name the right
+state, environment or threading bug (the six of issue 16's table, a C library's global
+state, a model that ignores its seed, a native-threads dependence, a checkpoint file shared
+between processes, and a clean model), and diagnose must name the right
 layer, with the evidence, from real local clusters rendered from the user's values.
 
 ``numlite`` stands in for numpy: a wheel built here in two versions (1.0 and 2.0, whose
@@ -122,6 +123,16 @@ def simulate(params, seed):
     "modified_venv": CLEAN,
     # 6. unpinned: the worker environment has 1.0, the bundle's venv resolves 2.0
     "unpinned": CLEAN,
+    # a C library's global state (libc's rand() through ctypes, never seeded): the n-th run
+    # of a process draws the n-th number, whatever re-imports the bundle
+    "c_state": HEAD + f'''
+import ctypes
+
+_LIBC = ctypes.CDLL(None)
+
+def simulate(params, seed):
+    return {{"total": numlite.total({draws()}) + _LIBC.rand() % 1000}}
+''',
     # the model ignores its seed
     "nondeterministic": HEAD + f'''
 def simulate(params, seed):
@@ -158,6 +169,7 @@ EXPECTED = {
     "thread_buffer": (0, None, "never runs two tasks in one Python process at once"),
     "modified_venv": (3, "cached_venv", "numlite 2.0 (fresh-process, bundle venv) vs 1.0 "
                                         "(fresh-venv, bundle venv)"),
+    "c_state": (3, "process_state", "direct differs from fresh-process too"),
     "unpinned": (3, "worker_env", "numlite 2.0 (fresh-process, bundle venv) vs 1.0 (direct, "
                                   "worker environment)"),
     "nondeterministic": (3, "nondeterministic", "every task ran as the first of its process"),
@@ -294,9 +306,17 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
     # the reference was checked against a new interpreter per task on the first seeds; a
     # template that differed is said, and the reference then ran from exec
     assert "fresh-process-exec" in names, names
-    # fresh-venv likewise, against a venv built per task and a new interpreter
-    if "fresh-venv" in names:
+    # in one worker process: a new interpreter per task sees nothing of the processes beside it
+    sample = next(s for s in ran if s["name"] == "fresh-process-exec")
+    assert "1×1×1 (pods×processes×threads)" in sample["mode"], sample
+    # fresh-venv likewise, against a venv built per task and a new interpreter, where that
+    # can change the verdict: when fresh-venv differs from the checked fresh-process
+    if layer == "cached_venv":
         assert "fresh-venv-exec" in names, names
+    elif "fresh-venv" in names:
+        assert "fresh-venv-exec" not in names, names
+        said = [s["skipped"] for s in doc["steps"] if s["name"] == "fresh-venv-exec"]
+        assert said and said[0].startswith("fresh-venv agrees with fresh-process"), doc["steps"]
     if "fresh-process-template" in names and bug != "nondeterministic":
         assert doc["reference"].startswith(
             "fresh-process from a new interpreter per task (exec), because "), doc["reference"]

@@ -315,6 +315,9 @@ def test_a_costly_fresh_process_is_announced_from_the_first_runs():
                            "(6× your mode's time per run"), line
     sample.study_s = 1.6                     # 4x: no note
     assert cost_warning(ctx, sample, mode, 300) == ""
+    # the sample runs one task at a time; the step runs as many at once as your mode
+    sample.study_s = 4.8                     # 1.2 s a run alone, 0.6 s with 2 at once: 6x
+    assert "(6× your mode's time per run" in cost_warning(ctx, sample, mode, 300, parallel=2)
 
 
 def test_fresh_venv_run_from_exec_is_said_in_the_reference():
@@ -326,3 +329,17 @@ def test_fresh_venv_run_from_exec_is_said_in_the_reference():
     assert verdict.findings == [], verdict           # the forked run is not the reference
     assert verdict.reference == ("fresh-process; fresh-venv from a venv built per task and a "
                                  "new interpreter (exec), because " + note)
+
+
+def test_a_modified_cached_venv_is_named_from_the_fresh_process_preset():
+    # your mode is fresh-process, so that step does not run: fresh-venv is read against your
+    # mode (failed before: "no difference", fresh-venv compared with nothing)
+    runs = [step("your-mode", CLEAN, packages=VENV_2), step("your-mode-again", CLEAN,
+                                                           packages=VENV_2),
+            step("fresh-venv", {s: s + 0.5 for s in SEEDS}), step("one-process", CLEAN,
+                                                                 packages=VENV_2)]
+    verdict = judge(runs, Facts(user_template=True, user_fresh=True))
+    assert verdict.exit_code == EXIT_DIFFERS, verdict
+    assert verdict.findings[0].layer == "cached_venv", verdict
+    assert verdict.findings[0].pair == ("your-mode", "fresh-venv")
+    assert any("numlite 2.0" in e for e in verdict.findings[0].evidence), verdict

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -46,18 +47,25 @@ def uses_template(ctx: Context) -> bool:
     return ctx.config.fresh_process_from is FreshProcessFrom.template
 
 
-def user_forks(ctx: Context) -> bool:
+def user_fresh(ctx: Context) -> bool:
+    """Your mode is fresh-process: a new process per task in the cached venv."""
     c = ctx.config
     return (c.executor_type is ExecutorType.isolated_warm and c.max_process_reuse == 1
-            and not c.force_fresh_venv and uses_template(ctx))
+            and not c.force_fresh_venv)
 
 
-def cost_warning(ctx: Context, sample: StepRun, mode: StepRun | None, sims: int) -> str:
-    """One line when ``sims`` tasks as slow as ``sample``'s are estimated at >= COST_FACTOR
-    times your mode's study time ("" otherwise, or without the figures)."""
+def user_forks(ctx: Context) -> bool:
+    return user_fresh(ctx) and uses_template(ctx)
+
+
+def cost_warning(ctx: Context, sample: StepRun, mode: StepRun | None, sims: int,
+                 parallel: int = 1) -> str:
+    """One line when ``sims`` tasks as slow as ``sample``'s (run one at a time; the step
+    runs ``parallel`` at once, as your mode does) are estimated at >= COST_FACTOR times your
+    mode's study time ("" otherwise, or without the figures)."""
     if mode is None or not mode.ran or not sample.ran or not mode.total or not sample.total:
         return ""
-    per_mode, per_sample = mode.study_s / mode.total, sample.study_s / sample.total
+    per_mode, per_sample = mode.study_s / mode.total, sample.study_s / sample.total / parallel
     estimate = per_sample * sims
     if per_mode <= 0 or per_sample < COST_FACTOR * per_mode:
         return ""
@@ -103,7 +111,7 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
         if step.name == "fresh-process" and uses_template(ctx):
             fresh_process_checked(ctx, step, runs, do, mode)
         elif step.name == "fresh-venv" and uses_template(ctx):
-            fresh_venv_checked(ctx, step, do)
+            fresh_venv_checked(ctx, step, runs, do)
         else:
             done = do(step)
             if step.name == "your-mode":
@@ -147,13 +155,18 @@ def fresh_process_checked(ctx: Context, step: Step, runs: list[StepRun], do, mod
     (exec) against the template fork; on a difference, fresh-process again from exec (and
     every later fresh-process step)."""
     sample = do(reference_sample(step))
-    warning = cost_warning(ctx, sample, mode, sims_of(ctx, runs))
+    warning = cost_warning(ctx, sample, mode, sims_of(ctx, runs), parallel(ctx))
     if warning:
         ctx.say(warning)
     fork = do(step)
     if blame_template(ctx, fork, sample, "fresh-process forked from a template", do, step):
         fork.step = Step("fresh-process-template", "fresh-process forked from a template "
                          "(differs from a new interpreter)", fork.step.sets)
+
+
+def parallel(ctx: Context) -> int:
+    """How many tasks your topology runs at once on this machine (the samples run one)."""
+    return max(1, min(ctx.launch.expected_threads if ctx.launch else 1, os.cpu_count() or 1))
 
 
 def mode_checked(ctx: Context, runs: list[StepRun], do) -> None:
@@ -167,14 +180,34 @@ def mode_checked(ctx: Context, runs: list[StepRun], do) -> None:
                             FRESH_PROCESS))
 
 
-def fresh_venv_checked(ctx: Context, step: Step, do) -> None:
-    """fresh-venv, checked as fresh-process is: its tasks fork from a template in one uv
-    build per worker process; the first seeds with a venv built by uv for each task and a
-    new interpreter (exec) are the plain way; on a difference, fresh-venv runs from exec."""
-    sample = do(venv_sample())
+def fresh_venv_checked(ctx: Context, step: Step, runs: list[StepRun], do) -> None:
+    """fresh-venv, checked as fresh-process is, where the check can change the verdict: its
+    tasks fork from a template in one uv build per worker process. A template found to
+    differ for this bundle → fresh-venv runs from exec (a venv built per task and a new
+    interpreter) at once. Else fresh-venv runs forked; if it agrees with the forked step
+    whose template was checked, the plain way could not differ (docs/diagnose.md) and is
+    not run; if it differs, the first seeds the plain way decide (on a difference,
+    fresh-venv runs from exec)."""
+    plain = replace(step, sets=(*step.sets, *EXEC))
+    if ctx.fresh_exec:
+        ctx.venv_note = ("fresh-process's template fork differed from a new interpreter "
+                         "per task for this bundle")
+        do(plain)
+        return
     fork = do(step)
+    base = by_name(runs).get(ctx.template_agreed)
+    if base is not None and fork.ran:
+        c = compare_outcomes(fork.view.outcomes, base.view.outcomes)
+        if not c.differs:
+            why = (f"fresh-venv agrees with {base.step.name} ({len(c.common)} "
+                   f"{c.words.counted}), whose template fork agreed with a new interpreter "
+                   "per task: a venv built by uv per task could differ only through that fork")
+            runs.append(StepRun(step=venv_sample(), index=0, skipped=why))
+            ctx.say(f"diagnose: {venv_sample().name} is not run: {why}")
+            return
+    sample = do(venv_sample())
     if blame_template(ctx, fork, sample, "fresh-venv forked from a template in a shared "
-                      "venv build", do, replace(step, sets=(*step.sets, *EXEC)), venv=True):
+                      "venv build", do, plain, venv=True):
         fork.step = Step("fresh-venv-template", "fresh-venv forked from a template (differs "
                          "from a venv built per task and a new interpreter)", fork.step.sets)
 
@@ -189,6 +222,8 @@ def blame_template(ctx: Context, fork: StepRun, sample: StepRun, what: str, do,
         return False
     c = compare_outcomes(fork.view.outcomes, sample.view.outcomes)
     if not c.differs:
+        if not venv:
+            ctx.template_agreed = fork.step.name
         return False
     if not venv:
         ctx.fresh_exec = True
@@ -224,7 +259,8 @@ def by_name(runs: list[StepRun]) -> dict[str, StepRun]:
 def facts_of(ctx: Context, skipped: dict[str, str]) -> Facts:
     return Facts(requirements=ctx.requirements,
                  user_direct=ctx.config.executor_type is ExecutorType.direct,
-                 user_template=user_forks(ctx), reference_note=ctx.reference_note,
+                 user_template=user_forks(ctx), user_fresh=user_fresh(ctx),
+                 reference_note=ctx.reference_note,
                  venv_note=ctx.venv_note,
                  skipped=skipped, replay=ctx.replay)
 

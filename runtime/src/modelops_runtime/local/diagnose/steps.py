@@ -93,6 +93,7 @@ class Context:
     direct_missing: str = ""      # why direct steps cannot run here ("" : they can)
     fresh_exec: bool = False      # fresh-process steps start a new interpreter per task
     reference_note: str = ""      # how the reference was chosen (said in the verdict)
+    template_agreed: str = ""     # the forked step found equal to a new interpreter per task
     venv_note: str = ""           # why fresh-venv ran from exec (said in the verdict)
     study_path: Path | None = None
 
@@ -249,18 +250,21 @@ def direct_one_process() -> Step:
 
 def venv_sample() -> Step:
     """fresh-venv the plain way on the first seeds: a venv built by uv for each task (a
-    clone of a pristine build) and a new interpreter (exec)."""
+    clone of a pristine build) and a new interpreter (exec), in one worker process (one
+    uv build, see docs/diagnose.md)."""
     return Step("fresh-venv-exec", f"a venv built per task and a new interpreter on the "
-                f"first {REFERENCE_SAMPLE} seeds (checks the shared build and template fork "
-                "fresh-venv uses)", (*FRESH_VENV, *EXEC), sims=REFERENCE_SAMPLE)
+                f"first {REFERENCE_SAMPLE} seeds, in one worker process (checks the shared "
+                "build and template fork fresh-venv uses)", (*FRESH_VENV, *EXEC, *ONE_PROCESS),
+                sims=REFERENCE_SAMPLE)
 
 
 def reference_sample(fresh: Step | None = None) -> Step:
-    """``fresh`` (a fresh-process step) in a new interpreter per task, on the first seeds."""
+    """``fresh`` (a fresh-process step) in a new interpreter per task, on the first seeds,
+    in one worker process (a new interpreter sees nothing of the processes beside it)."""
     sets = fresh.sets if fresh is not None else FRESH_PROCESS
     return Step("fresh-process-exec", f"a new interpreter per task on the first "
-                f"{REFERENCE_SAMPLE} seeds (checks the template fork fresh-process uses)",
-                (*sets, *EXEC), sims=REFERENCE_SAMPLE)
+                f"{REFERENCE_SAMPLE} seeds, in one worker process (checks the template fork "
+                "fresh-process uses)", (*sets, *EXEC, *ONE_PROCESS), sims=REFERENCE_SAMPLE)
 
 
 def describe_mode(config: RuntimeConfig, launch: LaunchPlan) -> str:

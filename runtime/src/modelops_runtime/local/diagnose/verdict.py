@@ -7,7 +7,7 @@
 | your mode vs fresh-process, only seeds that ran after other tasks of their process; direct agrees with fresh-process | module state carried between tasks of a warm process |
 | the same, and direct differs too (or your mode is direct)                 | process state that survives re-importing the bundle |
 | fresh-process (template fork) vs a new interpreter, and your mode forks   | the template fork |
-| fresh-process vs fresh-venv                                               | cached venv (stale or modified) |
+| fresh-process (or your mode, when it is fresh-process) vs fresh-venv      | cached venv (stale or modified) |
 | direct vs the reference, the bundle's own requirements in other versions  | worker environment differs from the bundle's venv |
 | direct vs the reference, same versions; direct in one process agrees      | concurrency between direct's worker processes |
 | fresh-process vs native-threads=N                                         | native threads |
@@ -58,6 +58,8 @@ class Facts:
     requirements: Sequence[str] = ()       # the bundle's own requirement names
     user_direct: bool = False              # your mode is executor=direct
     user_template: bool = False            # your mode forks task processes from a template
+    user_fresh: bool = False               # your mode is fresh-process (a new process per
+                                           # task in the cached venv): that step is not run
     reference_note: str = ""               # "exec, because ..." when the check switched it
     venv_note: str = ""                    # the same for fresh-venv
     skipped: Mapping[str, str] = field(default_factory=dict)   # step → why not run
@@ -312,18 +314,20 @@ def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
                                 evidence=[differ_line(mine, "fresh-process", "your-mode"),
                                           _reuse_line(mine, "your-mode")],
                                 pair=("fresh-process", "your-mode")))
-    venv = pair(r, "fresh-process", "fresh-venv")
+    # your mode may be fresh-process itself (then that step is not run)
+    fresh = "fresh-process" if "fresh-process" in r or not facts.user_fresh else "your-mode"
+    venv = pair(r, fresh, "fresh-venv")
     if venv is not None and venv.differs:
-        packages = package_differences(r["fresh-process"].view, r["fresh-venv"].view)
+        packages = package_differences(r[fresh].view, r["fresh-venv"].view)
         findings.append(Finding(
             layer="cached_venv", headline=advice.CACHED_VENV,
-            evidence=[differ_line(venv, "fresh-process", "fresh-venv"),
+            evidence=[differ_line(venv, fresh, "fresh-venv"),
                       *(["packages: " + "; ".join(packages)] if packages else
                         ["the package versions are the same: a file inside the cached venv "
                          "differs (modified or deleted after the build)"]),
                       "keep worker.executor.validateDeps: true (it rebuilds a venv whose "
                       "installed files changed)"],
-            pair=("fresh-process", "fresh-venv")))
+            pair=(fresh, "fresh-venv")))
         ref = "fresh-venv"
     if state is None:
         direct = _direct(r, facts, ref)
