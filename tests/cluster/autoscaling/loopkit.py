@@ -97,6 +97,14 @@ class Release:
         return sorted(items, key=lambda e: e.get("lastTimestamp") or e["metadata"]
                       ["creationTimestamp"])
 
+    def keda_events(self) -> list[str]:
+        """The reasons of KEDA's events about this release's ScaledObject, oldest first."""
+        items = self.plane.api(
+            f"/api/v1/namespaces/{self.namespace}/events?fieldSelector="
+            f"involvedObject.kind%3DScaledObject,involvedObject.name%3D{WORKER}")["items"]
+        items.sort(key=lambda e: e.get("lastTimestamp") or e["metadata"]["creationTimestamp"])
+        return [e["reason"] for e in items]
+
     def scaled_object_ready(self) -> bool:
         so = self.plane.api(f"/apis/keda.sh/v1alpha1/namespaces/{self.namespace}/"
                             f"scaledobjects/{WORKER}")
@@ -117,8 +125,9 @@ class Release:
 
 
 def autoscaling_sets(dashboard_port: int, *, min_replicas: int, max_replicas: int,
-                     down_window: int) -> list[str]:
+                     down_window: int, cooldown: int) -> list[str]:
     return ["worker.autoscaling.enabled=true",
+            f"worker.autoscaling.cooldownPeriod={cooldown}",
             f"worker.autoscaling.minReplicas={min_replicas}",
             f"worker.autoscaling.maxReplicas={max_replicas}",
             "worker.autoscaling.pollingInterval=1",
@@ -130,7 +139,7 @@ def autoscaling_sets(dashboard_port: int, *, min_replicas: int, max_replicas: in
 @contextlib.contextmanager
 def release(plane: ControlPlane, tmp: Path, namespace: str, wheels: Path, *,
             min_replicas: int = 1, max_replicas: int = 3, down_window: int = 0,
-            sets: Sequence[str] = ()) -> Iterator[Release]:
+            cooldown: int = 300, sets: Sequence[str] = ()) -> Iterator[Release]:
     """Install the chart (helm 3, the prod-warm preset + ``sets``) into a new namespace,
     render the same values into local processes, start the scheduler on the dashboard
     port the ScaledObject names, and follow the worker pods until the block ends."""
@@ -138,7 +147,7 @@ def release(plane: ControlPlane, tmp: Path, namespace: str, wheels: Path, *,
     port = held.port
     values = [str(MY_VALUES), str(PRESETS_DIR / "prod-warm.yaml")]
     all_sets = [*autoscaling_sets(port, min_replicas=min_replicas, max_replicas=max_replicas,
-                                  down_window=down_window), *sets]
+                                  down_window=down_window, cooldown=cooldown), *sets]
     plane.api("/api/v1/namespaces", "POST", {"apiVersion": "v1", "kind": "Namespace",
                                               "metadata": {"name": namespace}})
     helm = [str(helm_binary("helm3")), "install", RELEASE, str(CHART), "-n", namespace,

@@ -6,13 +6,13 @@ Deployment, the ReplicaSet controller creates and deletes Pod objects, and the k
 stand-in (kubelet.py) runs and SIGTERMs one `dask worker` per pod. The Deployment's
 replicas rise while the backlog lasts and fall back to minReplicas when it is gone, with
 the HPA's own events as evidence; pods removed while the study still runs retire
-gracefully and every run has exactly one result."""
+gracefully and every run has exactly one result. With minReplicas 0, KEDA itself takes
+the Deployment from 0 to 1 pod for a study and back to 0 after its cooldown."""
 
 from __future__ import annotations
 
 import threading
 
-from kubelet import Event
 from loopkit import release, wait_replicas, write_study
 from modelops_runtime.local.study.run import run_study
 from modelops_runtime.local.study.studyfile import Study
@@ -77,7 +77,7 @@ def test_replicas_follow_a_study_up_and_down(keda_plane, tmp_path):
         assert run.aggregate is not None and run.aggregate.outputs["seeds"] == list(range(SIMS))
         during = [e for e in events[:outcome["end"]] if e.what == "sigterm"]
         assert during, "no pod was removed while the study ran:\n" + timeline
-        assert_retired(events, timeline)
+        assert_retired(rel, timeline)
         # the HPA's own word for both directions
         hpa = rel.hpa()
         rescales = [e["message"] for e in rel.hpa_events() if e["reason"] == "SuccessfulRescale"]
@@ -92,13 +92,56 @@ def test_replicas_follow_a_study_up_and_down(keda_plane, tmp_path):
         keda.check_alive()
 
 
-def assert_retired(events: list[Event], timeline: str) -> None:
-    """Every SIGTERMed worker exited by itself (code 0) before its grace period: retired
-    through Dask, never SIGKILLed."""
+def test_replicas_scale_from_zero_and_back(keda_plane, tmp_path):
+    """minReplicas 0: no worker while the scheduler has nothing to do; a study's first runs
+    wait for KEDA to activate the Deployment (0 → 1, KEDA's own step; the HPA then takes
+    over), and after the cooldown the last pod retires."""
+    plane, _ = keda_plane
+    sims = 8
+    study = Study.load(write_study(tmp_path, sims=sims, short=1.0, long=1.0, tail=0))
+    with release(plane, tmp_path, "zero", tmp_path / "wheels", min_replicas=0,
+                 max_replicas=2, cooldown=5, sets=("worker.processes=1", "worker.threads=1")
+                 ) as rel:
+        from distributed import Client
+
+        wait_replicas(rel, lambda n: n == 0, "KEDA to scale the idle release to zero")
+        assert_eventually(lambda: not rel.kubelet.running() and not rel.kubelet.terminating,
+                          "no worker pod", rel)
+        client = Client(rel.kubelet.cluster.address, timeout=60)
+        try:
+            run = run_study(client, study, rel.kubelet.plan.bundle_repo, progress=False,
+                            batch=1)
+        finally:
+            client.close(timeout=10)
+        assert not run.failures and sorted(r.seed for r in run.sims) == list(range(sims))
+        wait_replicas(rel, lambda n: n == 0, "KEDA to scale back to zero after the cooldown")
+        assert_eventually(lambda: not rel.kubelet.running() and not rel.kubelet.terminating,
+                          "the last worker pod gone", rel)
+        events = rel.kubelet.events
+        timeline = rel.kubelet.timeline(events[0].at) + "\n" + rel.describe()
+        assert [e.what for e in events if e.what == "start"], timeline
+        assert_retired(rel, timeline)
+        reasons = rel.keda_events()
+        # KEDA's own word: activated for the study, deactivated after it
+        activated = [i for i, r in enumerate(reasons) if r == "KEDAScaleTargetActivated"]
+        deactivated = [i for i, r in enumerate(reasons) if r == "KEDAScaleTargetDeactivated"]
+        assert activated and deactivated and activated[0] < deactivated[-1], reasons
+
+
+def assert_retired(rel, timeline: str) -> None:
+    """Every SIGTERMed worker exited by itself before its grace period (never SIGKILLed),
+    and each that had joined the cluster retired through Dask (exit code 0). One SIGTERMed
+    before it registered with the scheduler (the idle release scaled to zero at once) has
+    nothing to retire and may end by the signal."""
+    events = rel.kubelet.events
     termed = {e.pod for e in events if e.what == "sigterm"}
     exits = {e.pod: e.detail for e in events if e.what == "exit"}
+    logs = {w.name: w.log_text() for w in rel.kubelet.cluster.workers}
+    joined = {p for p in termed if "Registered to:" in logs.get(p, "")}
     assert not [e for e in events if e.what == "sigkill"], timeline
-    assert termed and {p: exits.get(p) for p in termed} == {p: "0" for p in termed}, timeline
+    assert termed and termed <= set(exits), timeline
+    assert joined and {p: exits[p] for p in joined} == dict.fromkeys(joined, "0"), timeline
+    assert all(exits[p] in ("0", "-15") for p in termed - joined), timeline
 
 
 def assert_eventually(predicate, what: str, rel, timeout: float = 180) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from .broadcast import run_answered
+
 
 def _worker_package_sets() -> dict[str, list[str]]:
     from ..worker.hooks.runtime import current_executor
@@ -11,9 +13,10 @@ def _worker_package_sets() -> dict[str, list[str]]:
 
 
 def package_sets(client) -> dict[str, list[str]]:
-    """Every package set the workers' executors have run tasks with (merged over workers)."""
+    """Every package set the workers' executors have run tasks with (merged over the workers
+    still there: one that left meanwhile is left out)."""
     merged: dict[str, list[str]] = {}
-    for sets in client.run(_worker_package_sets).values():
+    for sets in run_answered(client, _worker_package_sets).values():
         for digest, packages in sets.items():
             merged.setdefault(digest, packages)
     return dict(sorted(merged.items()))

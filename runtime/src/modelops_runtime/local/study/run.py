@@ -53,6 +53,7 @@ def run_study(client, study: Study, bundle_repo: Path | str, *, sims: int | None
     reported apart, never hidden) and the one across sets."""
     from ...client import (BATCH_TARGET, DEFAULT_WINDOW, gather_study, package_sets,
                           submit_study)
+    from ...client.broadcast import run_answered
 
     started = time.perf_counter()
     ref = pack_study(study, bundle_repo, repo_env)
@@ -76,7 +77,7 @@ def run_study(client, study: Study, bundle_repo: Path | str, *, sims: int | None
                                 aggregate=s.aggregate, aggregate_error=s.aggregate_error)
                    for s in outcome.sets]
     nthreads = dict(client.nthreads())
-    worker_pids = dict(client.run(os.getpid))
+    worker_pids = dict(run_answered(client, os.getpid))
     used = {r.result.env_digest for r in records} | ({agg.env_digest} if agg else set())
     used |= {a.aggregate.env_digest for a in per_set if a.aggregate is not None}
     environments = {d: p for d, p in package_sets(client).items() if d in used}
@@ -98,6 +99,7 @@ def run_study_stored(client, study: Study, bundle_repo: Path | str, url: str, ec
     """:func:`run_study` with the runs streamed to the results store ``url`` (only the
     ones it lacks run), then read back from it for the report, --results and --compare."""
     from ...client import BATCH_TARGET, DEFAULT_WINDOW, package_sets, submit_study
+    from ...client.broadcast import run_answered
     from ...client.stored import gather_stored, resume_line
 
     started = time.perf_counter()
@@ -145,7 +147,7 @@ def run_study_stored(client, study: Study, bundle_repo: Path | str, url: str, ec
     return StudyRun(study=study.name, bundle=ref, sims=records, failures=failures,
                     aggregate=agg, aggregate_error=agg_error, param_sets=sets,
                     set_aggregates=per_set, nthreads=dict(client.nthreads()),
-                    worker_pids=dict(client.run(os.getpid)),
+                    worker_pids=dict(run_answered(client, os.getpid)),
                     environments={d: p for d, p in package_sets(client).items() if d in used},
                     inputs=study.inputs(ref, sims),
                     pool_stats=pool_stats(client, [r.result for r in records]),
