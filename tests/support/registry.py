@@ -16,7 +16,6 @@ storage directory and a config file written here.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import re
@@ -30,6 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelops_runtime.local.cluster.supervise import StartStop, terminate_groups
 from support.cluster import tail, wait_for
 from support.controlplane import owner_file, sweep_stale
 from support.paths import TOOLS
@@ -83,24 +83,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 @dataclass
-class Registry:
+class Registry(StartStop):
     """The registry on ``127.0.0.1:<port>``; ``root`` (a new temporary directory) holds
     its config, storage, log and the clients' settings, and is removed by :meth:`stop`."""
 
     root: Path | None = None
     port: int = 0
     popen: subprocess.Popen | None = None
-
-    def __enter__(self) -> Registry:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     @property
     def host(self) -> str:
@@ -142,13 +131,7 @@ class Registry:
     def stop(self) -> None:
         """SIGTERM, SIGKILL after a grace period, reap, remove the state. Idempotent."""
         if self.popen is not None and self.popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(30)
+            terminate_groups([self.popen], STOP_TIMEOUT)
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 

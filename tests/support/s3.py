@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from modelops_runtime.local.cluster.supervise import StartStop
 from support.cluster import tail, wait_for
 from support.paths import TOOLS
 from support.ports import hold_ports
@@ -69,7 +70,7 @@ def weed_args(data: Path | str, ports: dict[str, int], config: Path | str, bind:
     return args
 
 
-class S3Server:
+class S3Server(StartStop):
     """One ``weed server -s3`` on 127.0.0.1 until :meth:`stop`."""
 
     def __init__(self, root: Path | None = None) -> None:
@@ -82,17 +83,6 @@ class S3Server:
         self.log = self.root / "weed.log"
 
     # -- lifecycle ----------------------------------------------------------------------
-    def __enter__(self) -> S3Server:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self) -> None:
         reason = unavailable()
         if reason:
