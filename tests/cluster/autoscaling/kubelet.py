@@ -60,7 +60,7 @@ class Kubelet:
     # -- the scheduler (a pod of the scheduler Deployment, started by the test) -----------
     def start_scheduler(self, dashboard_port: int) -> str:
         p = self.plan
-        for d in (p.run_dir, p.bundle_repo):
+        for d in (p.run_dir, Path(p.bundle_repo)):
             d.mkdir(parents=True, exist_ok=True)
         argv = [a if a != f"127.0.0.1:0" else f"127.0.0.1:{dashboard_port}"
                 for a in p.scheduler.argv]

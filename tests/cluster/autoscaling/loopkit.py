@@ -30,6 +30,7 @@ from support.ports import hold_ports
 from support.wheels import build_wheel, offline_uv_env
 
 RELEASE = "sims"
+LOCAL_REPO = "file:///var/lib/modelops/bundle-repo"
 WORKER = f"{RELEASE}-modelops-dask-worker"
 HPA = WORKER                          # advanced.horizontalPodAutoscalerConfig.name
 
@@ -146,7 +147,9 @@ def release(plane: ControlPlane, tmp: Path, namespace: str, wheels: Path, *,
     held = hold_ports(1)[0]
     port = held.port
     values = [str(MY_VALUES), str(PRESETS_DIR / "prod-warm.yaml")]
-    all_sets = [*autoscaling_sets(port, min_replicas=min_replicas, max_replicas=max_replicas,
+    # a repository the local workers read (not my-values' s3:// one, which the local mode
+    # would use as is): in the pods, a volume at that path; locally, the plan's own folder
+    all_sets = [f"bundles.repo={LOCAL_REPO}", *autoscaling_sets(port, min_replicas=min_replicas, max_replicas=max_replicas,
                                   down_window=down_window, cooldown=cooldown), *sets]
     plane.api("/api/v1/namespaces", "POST", {"apiVersion": "v1", "kind": "Namespace",
                                               "metadata": {"name": namespace}})
