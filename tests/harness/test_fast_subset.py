@@ -1,6 +1,6 @@
 """`make test-fast` selects what it says: every test but those marked as starting an API
-server, a container or a series of preset clusters, and those marks are where they must
-be (tests/support/markers.py)."""
+server, a container, a series of preset clusters or the `local` command's whole cluster, or
+measured slow, and those marks are where they must be (tests/support/markers.py)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ def test_the_fast_subset_leaves_out_the_heavy_tests_and_keeps_the_rest():
     heavy = _selected(" or ".join(HEAVY))
     assert not [t for t in heavy if not t.startswith(("tests/cluster/", "tests/e2e/",
                                                         "tests/observability/",
-                                                        "tests/realmodels/"))]
+                                                        "tests/realmodels/",
+                                                        "tests/runtime/"))]
     for where in ("tests/cluster/apiserver/", "tests/cluster/containers/",
-                  "tests/e2e/test_local_presets.py", "tests/e2e/test_diagnose.py"):
+                  "tests/e2e/test_local_presets.py", "tests/e2e/test_diagnose.py",
+                  "tests/e2e/test_local_lifecycle.py", "tests/runtime/test_fresh_equivalence.py"):
         assert [t for t in heavy if t.startswith(where)], f"nothing of {where} is marked"
     assert "make test-fast" in (REPO / "README.md").read_text()

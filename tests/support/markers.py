@@ -1,20 +1,23 @@
 """pytest plugin: what each test needs beyond this machine's CPU, as markers, so that
-``make test-fast`` (``-m fast``'s complement of the marks below) is the edit-test loop.
+``make test-fast`` (the complement of the marks below) is the edit-test loop.
 
 - covers: ``apiserver`` (tests/cluster/apiserver and tests/cluster/autoscaling: a
   Kubernetes control plane, KEDA in the latter),
   ``container`` (tests/cluster/containers: the image built and run with podman),
   ``presets`` (local clusters of several presets one after another: every preset, compare,
-  diagnose, the bench smoke run, the real models); given here by path, in one place.
+  diagnose, the bench smoke run, the real models), ``cluster`` (the ``local`` command run
+  end to end: a whole local cluster per test, often killed and resumed; `make run`'s log)
+  and ``slow`` (single tests measured at a minute or more on two busy cores, listed by
+  name); given here by path, in one place (``@pytest.mark.slow`` in a heavy file too).
 - does not: skip anything: ``make test`` runs every test whatever its marks.
-- see also: pytest.ini (the markers), Makefile ``test-fast``.
+- see also: pytest.ini (the markers), Makefile ``test-fast``, docs/contributing.md.
 """
 
 from __future__ import annotations
 
 import pytest
 
-HEAVY = ("apiserver", "container", "presets")
+HEAVY = ("apiserver", "container", "presets", "cluster", "slow")
 BY_PATH = {
     "cluster/apiserver/": "apiserver",
     "cluster/autoscaling/": "apiserver",
@@ -26,6 +29,16 @@ BY_PATH = {
     "realmodels/": "presets",
     "observability/test_bench_smoke.py::test_smoke_run": "presets",
     "observability/test_bench_smoke.py::test_sigterm_during_the_cluster": "presets",
+    "e2e/test_local_lifecycle.py": "cluster",
+    "e2e/test_local_results_store.py": "cluster",
+    "e2e/test_local_sets.py": "cluster",
+    "e2e/test_local_background.py": "cluster",
+    "e2e/test_local_errors_once.py": "cluster",
+    "e2e/test_local_volumes.py": "cluster",
+    "e2e/test_make_run_log.py": "cluster",
+    # ~100 s on two busy cores (a venv built for every task)
+    "runtime/test_fresh_equivalence.py::test_every_bundle_observes_from_a_template_what_it_"
+    "observes_from_exec[diagnose-fresh-venv]": "slow",
 }
 
 
