@@ -5,14 +5,11 @@ real crashes and signals. Stats are read the way a user reads them: cluster_stat
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import itertools
 import json
 import os
 import signal
-import threading
 from pathlib import Path
 
 import psutil
@@ -25,6 +22,7 @@ from modelops_runtime.models import SimTask
 from modelops_runtime.worker.warm.venvs.store import FINGERPRINT
 from support.bundles import make_bundle
 from support.cluster import tail, wait_for
+from support.index import HeldIndex
 from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 MODEL = '''
@@ -263,38 +261,19 @@ def test_16_threads_at_once_on_a_new_bundle_build_one_venv(dask_cluster, tmp_pat
     assert installed.stat().st_nlink > 1
 
 
-class _GatedIndex(http.server.SimpleHTTPRequestHandler):
-    """Serves the wheelhouse as a find-links page; the first request waits for the gate."""
-
-    gate: threading.Event
-    hit: threading.Event
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        self.hit.set()
-        self.gate.wait(120)
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_venv_build_killed_half_way_is_rebuilt(dask_cluster, tmp_path,
                                                wheelhouse):  # noqa: F811
-    handler = type("Handler", (_GatedIndex,), {"gate": threading.Event(),
-                                                "hit": threading.Event()})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(wheelhouse)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # the only index uv asks: one on 127.0.0.1 that holds every request until released
+    index = HeldIndex(wheelhouse)
     try:
         (tmp_path / "tmp").mkdir()
-        env = {"MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"), "UV_NO_INDEX": "1",
-               "UV_FIND_LINKS": f"http://127.0.0.1:{server.server_port}/",
+        env = {"MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"), "UV_INDEX_URL": index.url,
                "TMPDIR": str(tmp_path / "tmp")}
         ref = _bundle(tmp_path, "deps", requirements="tinylib==1.0\n")
         cluster, client = dask_cluster(env, nthreads=1)
         (worker_pid,) = client.run(os.getpid).values()
         (future,) = submit(client, _tasks(ref, "versions", [1]), study="killed_build")
-        wait_for(handler.hit.is_set, 120, "uv to ask the index for tinylib",
+        wait_for(lambda: index.paths, 120, "uv to ask the index for tinylib",
                  on_fail=cluster.logs)
         venvs = cluster.root / "venvs"
         assert [p for p in venvs.iterdir() if p.name.startswith(".tmp-")]  # half-built
@@ -302,7 +281,7 @@ def test_venv_build_killed_half_way_is_rebuilt(dask_cluster, tmp_path,
         os.kill(worker_pid, signal.SIGKILL)  # the worker dies in the middle of the build
         for proc in builders:  # ...and so does its uv
             proc.kill()
-        handler.gate.set()
+        index.release.set()
 
         result = future.result(timeout=180)  # Dask reruns it on the restarted worker
         assert result.outputs["tinylib"] == "1.0" and result.venv_cache_hit is False
@@ -312,9 +291,7 @@ def test_venv_build_killed_half_way_is_rebuilt(dask_cluster, tmp_path,
         (venv,) = _published(venvs)
         assert json.loads((venv / FINGERPRINT).read_text())["requirements"] == ["tinylib==1.0"]
     finally:
-        handler.gate.set()
-        server.shutdown()
-        server.server_close()
+        index.close()
 
 
 def test_tampered_fingerprint_is_rebuilt_when_validating(dask_cluster, tmp_path,
