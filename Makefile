@@ -20,7 +20,7 @@ export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 help:
 	@echo "make run [PRESET=$(PRESET)] [SIMS=$(SIMS)]  run the example study on a local cluster"
 	@echo "make test                          chart lint (helm 3, helm 4, ct) + the pytest suite"
-	@echo "make test-fast                     the edit-test loop: no API server, container, preset series, local run or slow test"
+	@echo "make test-fast                     the edit-test loop: no API server, container, preset series, local run, slow test or helm 4"
 	@echo "make bench                         benchmarks (ratios) into bench/results.md"
 	@echo "make image                         the worker image, full and slim, with podman (runtime/image/)"
 	@echo "make lock                          regenerate the image's and the tests' wheelhouse lock files with uv (needs PyPI)"
@@ -153,10 +153,11 @@ pytest: venv tools tool-podman tool-k8s tool-registry tool-keda tool-s3 wheelhou
 	$(NO_NETWORK) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The edit-test loop (under 5 minutes on 2 quiet cores): every test but those marked apiserver,
-# container, presets, cluster (the `local` command end to end) or slow (tests/support/markers.py).
+# container, presets, cluster (the `local` command end to end), slow or helm4 (chart tests run
+# again with helm 4) (tests/support/markers.py; docs/contributing.md).
 # Needs helm 3 and 4, the registry and the S3 server (no k8s build, no podman). Not CI:
 # `make test` runs everything. No test selected is a failure (pytest's exit code 5).
-FAST := not apiserver and not container and not presets and not cluster and not slow
+FAST := not apiserver and not container and not presets and not cluster and not slow and not helm4
 test-fast: venv tools tool-registry tool-s3 wheelhouse
 	$(NO_NETWORK) $(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 

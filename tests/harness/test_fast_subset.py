@@ -24,12 +24,14 @@ def test_the_fast_subset_leaves_out_the_heavy_tests_and_keeps_the_rest():
     fast = re.search(r"^FAST := (.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
     assert fast == " and ".join(f"not {mark}" for mark in HEAVY)  # the complement of:
     heavy = _selected(" or ".join(HEAVY))
-    assert not [t for t in heavy if not t.startswith(("tests/cluster/", "tests/e2e/",
+    assert not [t for t in heavy if not t.startswith(("tests/cluster/", "tests/e2e/", "tests/chart/",
                                                         "tests/observability/",
                                                         "tests/realmodels/",
                                                         "tests/runtime/"))]
     for where in ("tests/cluster/apiserver/", "tests/cluster/containers/",
                   "tests/e2e/test_local_presets.py", "tests/e2e/test_diagnose.py",
-                  "tests/e2e/test_local_lifecycle.py", "tests/runtime/test_fresh_equivalence.py"):
+                  "tests/e2e/test_local_lifecycle.py", "tests/runtime/test_fresh_equivalence.py",
+                  "tests/chart/test_chart_bad_values.py"):
         assert [t for t in heavy if t.startswith(where)], f"nothing of {where} is marked"
+    assert not [t for t in heavy if t.startswith("tests/chart/") and "helm3" in t]
     assert "make test-fast" in (REPO / "README.md").read_text()

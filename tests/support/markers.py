@@ -6,9 +6,10 @@
   ``container`` (tests/cluster/containers: the image built and run with podman),
   ``presets`` (local clusters of several presets one after another: every preset, compare,
   diagnose, the bench smoke run, the real models), ``cluster`` (the ``local`` command run
-  end to end: a whole local cluster per test, often killed and resumed; `make run`'s log)
-  and ``slow`` (single tests measured at a minute or more on two busy cores, listed by
-  name); given here by path, in one place (``@pytest.mark.slow`` in a heavy file too).
+  end to end: a whole local cluster per test, often killed and resumed; `make run`'s
+  log), ``slow`` (single tests measured at 30 s or more on two cores at load ~5, listed by
+  name; ``@pytest.mark.slow`` in a heavy file too) and ``helm4`` (a chart test run again
+  with helm 4: test-fast renders with helm 3 only); given here, in one place.
 - does not: skip anything: ``make test`` runs every test whatever its marks.
 - see also: pytest.ini (the markers), Makefile ``test-fast``, docs/contributing.md.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-HEAVY = ("apiserver", "container", "presets", "cluster", "slow")
+HEAVY = ("apiserver", "container", "presets", "cluster", "slow", "helm4")
 BY_PATH = {
     "cluster/apiserver/": "apiserver",
     "cluster/autoscaling/": "apiserver",
@@ -36,12 +37,16 @@ BY_PATH = {
     "e2e/test_local_errors_once.py": "cluster",
     "e2e/test_local_volumes.py": "cluster",
     "e2e/test_make_run_log.py": "cluster",
-    # measured on two busy cores: ~100 s (a venv built for every task), ~115 s (a graceful
-    # retirement waits out its timeouts)
+    # measured on two cores at load 5-20: ~100 s (a venv built for every task), ~115 s (a
+    # graceful retirement waits out its timeouts), ~34 s and ~30 s (waits for stopped parts)
     "runtime/test_fresh_equivalence.py::test_every_bundle_observes_from_a_template_what_it_"
     "observes_from_exec[diagnose-fresh-venv]": "slow",
     "runtime/test_scale_down.py::test_sigterm_mid_study_retires_gracefully_and_every_run_has_"
     "one_result": "slow",
+    "runtime/test_fresh_venvs_ahead.py::test_a_worker_stopped_mid_build_leaves_no_venv_or_uv":
+        "slow",
+    "runtime/test_warm_regressions.py::test_an_evicted_process_is_stopped_by_the_pool_and_"
+    "reached_by_shutdown": "slow",
 }
 
 
@@ -51,3 +56,6 @@ def pytest_collection_modifyitems(config, items) -> None:
         for prefix, mark in BY_PATH.items():
             if nodeid.startswith(prefix):
                 item.add_marker(getattr(pytest.mark, mark))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("helm") == "helm4":
+            item.add_marker(pytest.mark.helm4)
