@@ -37,6 +37,8 @@ BY_PATH = {
     "e2e/test_local_errors_once.py": "cluster",
     "e2e/test_local_volumes.py": "cluster",
     "e2e/test_make_run_log.py": "cluster",
+    "e2e/test_local_s3.py": "cluster",
+    "e2e/test_readme_s3.py": "cluster",
     # measured on two cores at load 5-20: ~100 s (a venv built for every task), ~115 s (a
     # graceful retirement waits out its timeouts), ~34 s and ~30 s (waits for stopped parts)
     "runtime/test_fresh_equivalence.py::test_every_bundle_observes_from_a_template_what_it_"
