@@ -272,3 +272,91 @@ def test_a_new_process_before_the_hello_is_answered_not_left_waiting():
         os.close(hello_r)
         proc.kill()
         proc.wait(timeout=30)
+
+
+_ASKS_AFTER_GO = '''
+import importlib.util, os, subprocess, sys
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(sys.argv[1], name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+confine = load("confine")
+confine.frames = load("frames")
+os.read(int(sys.argv[4]), 1)  # the test's go: install the filter, send the listener
+why = confine.guard_signals(int(sys.argv[2]), subreaper=False)
+os.write(int(sys.argv[3]), f"hello {why}".encode())
+os.read(int(sys.argv[4]), 1)  # the test's go: a new process, asked of the guard
+rc = subprocess.run(["/bin/true"]).returncode
+os.write(int(sys.argv[3]), f"ran {rc}".encode())
+'''
+
+
+def test_a_listener_taken_at_the_hello_is_answered_though_its_socket_number_is_reused():
+    """The guard's thread reads what to poll (a starting process's socket, its listener not
+    there yet), then polls. If the hello comes in between, settle() takes the listener and
+    closes the socket; the next fork's pipes reuse its number. Before, settle() did not wake
+    the thread: it polled that pipe, not the listener, and the template's next fork waited
+    for an answer until the worker's 120 s start timeout killed it (the fresh-process SIR
+    study's ~120 s stalls, in about 1 run in 5). The interleaving is forced: the thread
+    is held between its second reading (its first poll returned on expect()'s wake, which
+    it consumed; the runner is held until then) and its poll while the test does the
+    rest."""
+    import select
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from modelops_runtime.worker.warm.guard import Guard
+    from modelops_runtime.worker.warm.runner import program
+
+    in_window, proceed, polls = threading.Event(), threading.Event(), []
+
+    def before_poll() -> None:
+        polls.append(1)
+        if len(polls) == 2:  # the socket, no listener yet, no wake left to read
+            in_window.set()
+            proceed.wait(60)
+
+    guard = Guard(before_poll=before_poll)
+    theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    number = ours.fileno()
+    said_r, said_w = os.pipe()
+    go_r, go_w = os.pipe()
+    never_r, never_w = os.pipe()  # readable never: what now has the socket's number
+    proc = subprocess.Popen([sys.executable, "-I", "-c", _ASKS_AFTER_GO, str(program.SOURCE),
+                             str(theirs.fileno()), str(said_w), str(go_r)],
+                            pass_fds=(theirs.fileno(), said_w, go_r))
+    theirs.close()
+    os.close(said_w)
+    os.close(go_r)
+    guarded = guard.expect(proc.pid, "", ours, None)
+
+    reused = []
+
+    def said() -> str:
+        ready, _, _ = select.select([said_r], [], [], 30)  # bounded: a wait is the bug
+        return os.read(said_r, 4096).decode() if ready else ""
+
+    try:
+        assert in_window.wait(60), "the guard's thread never read what to poll twice"
+        os.write(go_w, b"x")  # the runner installs its filter, sends its listener, hello
+        assert said() == "hello ", "no hello: the runner could not install its filter"
+        assert guard.settle(guarded)  # the listener is taken, the socket closed
+        reused.append(os.dup2(never_r, number))  # ... its number reused, as by a fork's pipes
+        proceed.set()
+        os.write(go_w, b"x")
+        assert said() == "ran 0", (
+            "no answer within 30 s to a new process: the guard's thread polls the closed "
+            "socket's number (a pipe now), not the listener that came with the hello")
+        assert guarded.forks == 1
+    finally:
+        proceed.set()
+        guard.remove(guarded)
+        proc.kill()
+        proc.wait(timeout=30)
+        for fd in (said_r, go_w, never_r, never_w, *reused):
+            os.close(fd)

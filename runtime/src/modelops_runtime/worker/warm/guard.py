@@ -7,6 +7,8 @@ the seccomp filter of each warm process asks (runner/confine.py ``guard_signals`
   process's own tree (the process, its descendants, its orphans that carry its mark), a
   new process only while the tree has fewer than its limit (else EAGAIN, remembered so the
   task fails typed); logging once per worker process when a warm process is unguarded.
+- one rule keeps its thread from waiting on a stale fd: an fd it may be polling leaves the
+  registry, then the thread is woken, and only then is the fd closed (its number reused).
 - does not: end descendants after a task (process.py), count memory (memory.py).
 - see also: docs/design.md "The signal guard" (what is asked, what is answered, why).
 """
@@ -23,6 +25,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .memory import tree_pids
@@ -83,9 +86,12 @@ def warn_unguarded(why: str) -> None:
 
 
 class Guard:
-    """Answers the listeners of this worker process's warm processes, from one thread."""
+    """Answers the listeners of this worker process's warm processes, from one thread.
+    ``before_poll`` is called by that thread between reading what it polls and polling
+    (tests force an interleaving with it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, before_poll: Callable[[], None] = lambda: None) -> None:
+        self._before_poll = before_poll
         self._lock = threading.Lock()
         self._by_fd: dict[int, Guarded] = {}  # listeners
         self._by_pid: dict[int, Guarded] = {}  # every guarded process
@@ -127,24 +133,36 @@ class Guard:
         (it sent it before its hello, so it is here by now), False if it sent none (then it
         is no longer guarded here)."""
         with self._lock:
-            self._take_listener(guarded)
-            if guarded.listener is not None:
-                return True
-            if self._by_pid.get(guarded.pid) is guarded:
+            sock = self._take_listener(guarded)
+            answered = guarded.listener is not None
+            if not answered and self._by_pid.get(guarded.pid) is guarded:
                 del self._by_pid[guarded.pid]
-        return False
+        # the thread may be polling the socket's fd, without the listener: woken first, it
+        # polls the listener; closed first, the socket's number could be reused (a pipe of
+        # the next fork) and the thread wait on that while the process waits for an answer
+        self._release(sock)
+        return answered
 
-    def _take_listener(self, guarded: Guarded) -> None:
-        """Under the lock: receive a pending listener if it arrived, and answer it."""
+    def _take_listener(self, guarded: Guarded) -> socket.socket | None:
+        """Under the lock: receive a pending listener if it arrived, and answer it. Returns
+        the socket it came on, for :meth:`_release` (out of the registry, not yet closed)."""
         sock = guarded.pending
         if sock is None:
-            return
+            return None
         listener = receive_listener(sock)  # None: it sent none (its hello says why)
         guarded.pending = None
-        sock.close()
         if listener is not None:
             guarded.listener = listener
             self._by_fd[listener] = guarded
+        return sock
+
+    def _release(self, sock: socket.socket | None) -> None:
+        """Close ``sock`` (taken out of the registry) once the thread is woken: a poll of
+        an earlier reading of the registry then returns at once, never waiting on the fd's
+        number reused by something else."""
+        if sock is not None:
+            self._wake()
+            sock.close()
 
     def _start(self) -> None:
         if self._thread is None:
@@ -157,15 +175,18 @@ class Guard:
         with self._lock:
             if self._by_pid.get(guarded.pid) is guarded:
                 del self._by_pid[guarded.pid]
-            if guarded.pending is not None:
-                guarded.pending.close()
-                guarded.pending = None
-            if guarded.listener is None or self._by_fd.pop(guarded.listener, None) is None:
-                return
-        self._wake()
-        # the thread answers only listeners still registered (checked under the lock)
-        with contextlib.suppress(OSError):
-            os.close(guarded.listener)
+            sock, guarded.pending = guarded.pending, None
+            listener = guarded.listener
+            if listener is not None and self._by_fd.get(listener) is guarded:
+                del self._by_fd[listener]
+            else:
+                listener = None
+        self._release(sock)
+        if listener is not None:
+            self._wake()  # as _release: woken before its number can be reused
+            # the thread answers only listeners still registered (checked under the lock)
+            with contextlib.suppress(OSError):
+                os.close(listener)
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -181,6 +202,7 @@ class Guard:
             poller.register(self._wake_r, select.POLLIN)
             for fd in (*fds, *pending):
                 poller.register(fd, select.POLLIN)
+            self._before_poll()
             for fd, events in poller.poll():
                 if fd == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
@@ -188,9 +210,12 @@ class Guard:
                     continue
                 if fd in pending:  # a starting process's listener arrived: answer it now
                     with self._lock:
+                        sock = None
                         if pending[fd].pending is not None \
                                 and pending[fd].pending.fileno() == fd:
-                            self._take_listener(pending[fd])
+                            sock = self._take_listener(pending[fd])
+                    if sock is not None:  # this thread polls nothing now: no wake needed
+                        sock.close()
                     continue
                 guarded = fds.get(fd)
                 if guarded is None or not events & select.POLLIN:
