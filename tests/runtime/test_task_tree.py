@@ -360,3 +360,42 @@ def test_a_listener_taken_at_the_hello_is_answered_though_its_socket_number_is_r
         proc.wait(timeout=30)
         for fd in (said_r, go_w, never_r, never_w, *reused):
             os.close(fd)
+
+
+def test_a_process_waiting_for_an_unanswered_guard_call_is_named():
+    """What a timed-out wait names (watch.py): the threads of a warm process's tree that
+    wait for the guard's answer. Here nobody answers the listener (the test holds it), as
+    when the guard's thread polled a stale fd: the new process the runner asks for waits."""
+    import socket
+    import subprocess
+    import sys
+
+    from modelops_runtime.worker.warm.guard import receive_listener, waiting_for_answer
+    from modelops_runtime.worker.warm.runner import program
+
+    theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    said_r, said_w = os.pipe()
+    go_r, go_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-I", "-c", _ASKS_AFTER_GO, str(program.SOURCE),
+                             str(theirs.fileno()), str(said_w), str(go_r)],
+                            pass_fds=(theirs.fileno(), said_w, go_r))
+    theirs.close()
+    os.close(said_w)
+    os.close(go_r)
+    listener = None
+    try:
+        assert waiting_for_answer(proc.pid) == []
+        os.write(go_w, b"x")
+        wait_for(lambda: os.read(said_r, 4096), 30, "the runner's hello")
+        listener = receive_listener(ours)
+        assert listener is not None, "the runner sent no listener"
+        os.write(go_w, b"x")  # its new process is asked of a guard that never answers
+        waiting = wait_for(lambda: waiting_for_answer(proc.pid), 30,
+                           "the runner's thread to wait for the guard's answer")
+        assert waiting == [f"{proc.pid}/{proc.pid}"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for fd in (said_r, go_w) + ((listener,) if listener is not None else ()):
+            os.close(fd)
+        ours.close()

@@ -316,6 +316,26 @@ class Guard:
         return bool(guarded.token) and read_mark(pid) == guarded.token
 
 
+def waiting_for_answer(pid: int) -> list[str]:
+    """The threads (``pid/tid``) of ``pid``'s tree blocked now in a call its filter asked
+    of the worker (a new process or a signal), unanswered: named when a wait on the
+    process times out, as nothing else would say why it stopped."""
+    found = []
+    for member in tree_pids(pid):
+        try:
+            tids = os.listdir(f"/proc/{member}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{member}/task/{tid}/wchan", "rb") as fh:
+                    if b"seccomp_do_user_notification" in fh.read():
+                        found.append(f"{member}/{tid}")
+            except OSError:
+                continue
+    return found
+
+
 def _status_field(pid: int, name: bytes) -> int | None:
     try:
         with open(f"/proc/{pid}/status", "rb") as fh:

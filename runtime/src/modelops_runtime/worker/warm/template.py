@@ -276,6 +276,8 @@ class Templates:
                 raise
             except TemplateLost as exc:
                 self._retire(key, template, RemovalReason.crash)
+                if attempt == 1:
+                    log.warning("the template of %s is replaced: %s", template.module, exc)
                 if attempt == 2:
                     tail = template.log.tail()
                     how, code, sig = describe_exit(template.exit_status())

@@ -7,6 +7,7 @@ import time
 from ...errors import MemoryLimitExceeded, ProcessCrashed, TaskTimeout, WorkerStopping
 from ..counters import RemovalReason
 from .failures import Lost, describe_exit
+from .guard import waiting_for_answer
 from .memory import mb
 
 TICK = 0.05  # s between liveness/deadline checks of a busy process
@@ -30,10 +31,16 @@ class Watch:
         if alive and self.proc.exited():
             raise self.died()
         if self.deadline is not None and time.monotonic() > self.deadline:
+            waiting = waiting_for_answer(self.proc.pid)  # before the kill ends them
             self.proc.kill()
+            why = ""
+            if waiting:
+                why = (f" It was waiting for the worker's signal guard to answer a new "
+                       f"process or a signal (thread(s) {', '.join(waiting[:4])}): a bug of "
+                       "the worker, not of the task.")
             raise Lost(RemovalReason.timeout, TaskTimeout(
                 f"{self.label} did not finish within {self.timeout:g}s; its warm process "
-                f"(pid {self.proc.pid}) was killed and will be replaced. Make the task "
+                f"(pid {self.proc.pid}) was killed and will be replaced.{why} Make the task "
                 "faster or raise the time limit (MODELOPS_TASK_TIMEOUT).",
                 timeout_s=self.timeout, pid=self.proc.pid,
                 log_tail=self.proc.log.tail(self.mark)))
