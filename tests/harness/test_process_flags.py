@@ -36,3 +36,33 @@ def test_the_subreaper_flag_is_cleared_after_the_test_that_set_it(pytester):
         assert subreaper() is True
     finally:
         set_subreaper(False)
+
+
+SIGINT_INNER = """
+import signal, subprocess, sys
+
+def test_a_child_can_be_interrupted():
+    child = subprocess.run([sys.executable, "-c",
+                            "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"],
+                           capture_output=True, text=True, timeout=60)
+    assert child.stdout.strip() == "False", "the child starts with SIGINT ignored"
+"""
+
+
+@pytest.mark.parametrize("plugin, passes", [("support.flags", True), (None, False)])
+def test_sigint_ignored_by_a_background_start_is_not_passed_on(pytester, plugin, passes):
+    """`make test &` in a script starts pytest with SIGINT ignored; with the plugin the
+    processes the tests start can be interrupted as from a terminal (the Ctrl-C tests
+    failed in a background CI-like run before)."""
+    import os
+    import subprocess
+
+    pytester.makepyfile(test_inner=SIGINT_INNER)
+    pytester.makeconftest(f'pytest_plugins = ["{plugin}"]\n' if plugin else "")
+    ignore = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    run = ("import os, sys; os.execv(sys.executable, [sys.executable, '-m', 'pytest', "
+           "'-q', '-p', 'no:cacheprovider'])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", ignore + run], cwd=pytester.path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode == 0) is passes, proc.stdout[-2000:]

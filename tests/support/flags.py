@@ -4,13 +4,18 @@ restored after it, so no result depends on which tests ran before.
 - covers: the child-subreaper flag (``PR_SET_CHILD_SUBREAPER``), which every in-process
   warm pool sets (worker/warm/orphans.py ``become_subreaper``): left set, pytest would
   adopt the orphans of every later test. Restored after each test's teardown.
+- covers: SIGINT ignored by inheritance. A run started in the background of a script
+  (`make test &`) starts pytest with SIGINT ignored, and every process a test starts would
+  inherit that: the Ctrl-C tests would see a "terminal" that cannot interrupt. The
+  session puts Python's own handler back, so children start with the default again.
 - does not: restore what a test changes through ``monkeypatch`` (pytest does that).
-- see also: tests/runtime/test_process_flags.py.
+- see also: tests/harness/test_process_flags.py.
 """
 
 from __future__ import annotations
 
 import ctypes
+import signal
 import sys
 
 import pytest
@@ -34,6 +39,11 @@ def subreaper() -> bool | None:
 def set_subreaper(on: bool) -> None:
     if _libc is not None and _libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def pytest_configure(config) -> None:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
