@@ -222,7 +222,9 @@ def test_without_seccomp_the_guard_is_missing_logged_once_and_tasks_still_run(
         result["warnings"][0]
 
 
-_STARTS_BEFORE_HELLO = '''
+# a child script's start: the runner's confine module (and its frames) loaded from the
+# runner's source directory (argv[1]), as a runner process has them
+_RUNNER_PRELUDE = '''
 import importlib.util, os, subprocess, sys
 
 def load(name):
@@ -233,7 +235,10 @@ def load(name):
 
 confine = load("confine")
 confine.frames = load("frames")
-why = confine.guard_signals(int(sys.argv[2]), subreaper=False)
+'''
+
+
+_STARTS_BEFORE_HELLO = _RUNNER_PRELUDE + '''why = confine.guard_signals(int(sys.argv[2]), subreaper=False)
 rc = subprocess.run(["/bin/true"]).returncode  # a new process between filter and hello
 os.write(int(sys.argv[3]), f"hello {rc} {why}".encode())
 '''
@@ -274,18 +279,7 @@ def test_a_new_process_before_the_hello_is_answered_not_left_waiting():
         proc.wait(timeout=30)
 
 
-_ASKS_AFTER_GO = '''
-import importlib.util, os, subprocess, sys
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(sys.argv[1], name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-confine = load("confine")
-confine.frames = load("frames")
-os.read(int(sys.argv[4]), 1)  # the test's go: install the filter, send the listener
+_ASKS_AFTER_GO = _RUNNER_PRELUDE + '''os.read(int(sys.argv[4]), 1)  # the test's go: install the filter, send the listener
 why = confine.guard_signals(int(sys.argv[2]), subreaper=False)
 os.write(int(sys.argv[3]), f"hello {why}".encode())
 os.read(int(sys.argv[4]), 1)  # the test's go: a new process, asked of the guard
