@@ -19,7 +19,7 @@ from distributed import Client
 from modelops_runtime.bundles import pack
 from modelops_runtime.client import SimTask, gather_study, submit
 from modelops_runtime.errors import BundleNotFound
-from podkit import Release, pod_spec, render
+from podkit import pod_spec, render
 from support.bundles import write_bundle
 from support.cluster import wait_for
 from support.s3 import WEED, S3Server, unavailable, weed_args
@@ -35,21 +35,6 @@ HOST = "bundles-s3"          # the endpoint's name in the pods (hostAliases, lik
 PORTS = {"master.port": 9333, "master.port.grpc": 19333, "volume.port": 8080,
          "volume.port.grpc": 18080, "filer.port": 8888, "filer.port.grpc": 18888,
          "s3.port": 8333, "s3.port.grpc": 18333}
-
-
-@pytest.fixture
-def release(tmp_path):
-    made: list[Release] = []
-
-    def start(docs_of) -> Release:
-        rel = Release.new(tmp_path, docs_of)
-        made.append(rel)
-        return rel
-
-    yield start
-    for rel in made:
-        left = rel.down()
-        assert not left, f"left behind after the test: {left}"
 
 
 # the full image has numpy (for bokeh) and the test client does not: Dask warns, rightly
