@@ -1,6 +1,7 @@
 """Process-wide flags set during a test are cleared after it (support/flags.py): the
 child-subreaper flag an in-process warm pool sets (``become_subreaper``) does not outlive
-the test, so pytest adopts no later test's orphans."""
+the test, so pytest adopts no later test's orphans; SIGINT ignored by a background start is
+not passed on; a SIGTERM to pytest tears down the clusters its tests started."""
 
 from __future__ import annotations
 
@@ -66,3 +67,68 @@ def test_sigint_ignored_by_a_background_start_is_not_passed_on(pytester, plugin,
     proc = subprocess.run([sys.executable, "-c", ignore + run], cwd=pytester.path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode == 0) is passes, proc.stdout[-2000:]
+
+
+SIGTERM_INNER = """
+import json, os, signal
+from pathlib import Path
+
+from conftest import dask_cluster  # the real fixture of tests/conftest.py
+
+def test_holds_a_cluster_until_terminated(dask_cluster):
+    cluster, client = dask_cluster()
+    pids = sorted(cluster.tree_pids())
+    Path(os.environ["INNER_PIDS"]).write_text(json.dumps(pids))
+    signal.pause()  # until the outer test's SIGTERM
+"""
+
+
+@pytest.mark.parametrize("plugin, cleans", [("support.flags", True), (None, False)])
+def test_sigterm_to_pytest_tears_down_the_clusters_its_tests_started(pytester, tmp_path,
+                                                                      plugin, cleans):
+    """A pytest run ended by SIGTERM (CI's timeout, a user's kill) stops the real Dask
+    cluster a test holds through ``dask_cluster``: with the plugin no scheduler, nanny or
+    worker is left (before, all of them were: SIGTERM ended pytest before any teardown)."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+
+    from support.cluster import wait_for
+
+    pytester.makepyfile(test_inner=SIGTERM_INNER)
+    pids_file = tmp_path / "pids.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "INNER_PIDS": str(pids_file)}
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s"]
+    if plugin:
+        args += ["-p", plugin]
+    inner = subprocess.Popen(args, cwd=pytester.path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    procs: list[psutil.Process] = []
+    try:
+        wait_for(lambda: pids_file.exists() and pids_file.read_text()
+                 or inner.poll() is not None, 120, "the inner test to start its cluster")
+        assert inner.poll() is None, inner.communicate()[0][-3000:]
+        pids = json.loads(pids_file.read_text())
+        assert len(pids) >= 3, pids  # scheduler, nanny, worker process
+        procs = [psutil.Process(pid) for pid in pids]
+        inner.send_signal(signal.SIGTERM)
+        out = inner.communicate(timeout=90)[0]
+        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if cleans:
+            assert inner.returncode == 128 + signal.SIGTERM, out[-3000:]
+            assert alive == [], f"left behind: {alive}\n{out[-3000:]}"
+        else:
+            assert inner.returncode == -signal.SIGTERM
+            assert alive, "without the plugin the cluster was expected to be left"
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait(30)
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
