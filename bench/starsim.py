@@ -84,7 +84,7 @@ def main() -> int:
     if not (WHEELHOUSE / "COMPLETE").is_file():
         sys.exit(f"starsim bench: {WHEELHOUSE} is not fetched; run `make wheelhouse`")
     # the runtime passes uv's own variables through: offline, from the wheelhouse
-    os.environ.update(UV_FIND_LINKS=str(WHEELHOUSE), UV_NO_INDEX="1", UV_OFFLINE="1")
+    os.environ.update(UV_FIND_LINKS=str(WHEELHOUSE), UV_OFFLINE="1")
     params = {"agents": args.agents, "years": args.years}
     seeds = list(range(args.runs))
     with tempfile.TemporaryDirectory(prefix="modelops-bench-starsim-") as tmp:

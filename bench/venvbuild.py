@@ -52,7 +52,7 @@ def _imports_work(python: Path, packages: list[str]) -> None:
 def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
     packages = SMOKE_PACKAGES if smoke else PACKAGES
     links, requirements = wheelhouse(packages, ws.root / "wheelhouse")
-    uv_env = {"UV_FIND_LINKS": str(links), "UV_NO_INDEX": "1", "UV_OFFLINE": "1",
+    uv_env = {"UV_FIND_LINKS": str(links), "UV_OFFLINE": "1",
               "UV_CACHE_DIR": str(ws.root / "uv-cache")}
     builds = iter(range(1_000_000))
     pip_venvs: list[Path] = []

@@ -11,8 +11,8 @@
 - ``fetch`` downloads the lock's wheels (pip --require-hashes, wheels only) into DIR and
   writes DIR/COMPLETE with the lock's sha256; a DIR already complete for this lock (every
   file present with a hash the lock allows) is left alone without any network.
-- The tests read DIR through tests/support/wheelhouse.py (uv's own UV_FIND_LINKS,
-  UV_NO_INDEX, UV_OFFLINE): no test reaches a package index.
+- The tests read DIR through tests/support/wheelhouse.py (uv's own UV_FIND_LINKS and
+  UV_OFFLINE): no test reaches a package index.
 """
 
 from __future__ import annotations

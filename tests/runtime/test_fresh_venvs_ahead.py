@@ -28,7 +28,7 @@ REQS = ["tinylib==1.0"]
 @pytest.fixture
 def stalling_index(monkeypatch, tmp_path):
     index = HeldIndex()  # no wheels: answers 404 once released
-    for name in ("UV_FIND_LINKS", "UV_NO_INDEX", "UV_OFFLINE", "UV_INDEX_URL", "UV_INDEX"):
+    for name in ("UV_FIND_LINKS", "UV_OFFLINE", "UV_INDEX_URL", "UV_INDEX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("UV_DEFAULT_INDEX", index.url)
     monkeypatch.setenv("UV_HTTP_TIMEOUT", "600")  # uv waits on the index, it does not give up

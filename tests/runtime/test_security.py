@@ -294,7 +294,7 @@ def unprivileged():
             os.chown(root / sub, uid, uid)
         env = base_env(root / "cache", {
             "MODELOPS_BUNDLE_REPO": str(root / "repo"), "TMPDIR": str(root / "tmp"),
-            "UV_OFFLINE": "1", "UV_NO_INDEX": "1", "MY_SECRET_TOKEN": SECRET,
+            "UV_OFFLINE": "1", "MY_SECRET_TOKEN": SECRET,
             "HOME": str(root / "tmp")})
         cluster = ProcessCluster(root=root, env=env)
         cluster.start_scheduler()

@@ -99,7 +99,7 @@ def test_a_collection_skips_while_another_uv_build_uses_the_cache(tmp_path, uv_o
     root, uv_cache = tmp_path / "venvs", tmp_path / "uv-cache"
     index = HeldIndex(wheelhouse)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("UV_FIND_LINKS", "UV_NO_INDEX", "UV_OFFLINE", "UV_INDEX_URL", "UV_INDEX")}
+           if k not in ("UV_FIND_LINKS", "UV_OFFLINE", "UV_INDEX_URL", "UV_INDEX")}
     env.update(UV_DEFAULT_INDEX=index.url, UV_HTTP_TIMEOUT="600", NO_PROXY="127.0.0.1",
                no_proxy="127.0.0.1", PYTHONPATH=str(REPO / "runtime" / "src"))
     other = subprocess.Popen([sys.executable, "-c", OTHER_WORKER, str(root)], env=env,

@@ -56,7 +56,7 @@ def require_wheelhouse() -> Path:
 def offline_env(wheelhouse: Path = WHEELHOUSE) -> dict[str, str]:
     """uv's own variables (the runtime passes UV_* through to its builds): install only
     from ``wheelhouse``, never from an index."""
-    return {"UV_FIND_LINKS": str(wheelhouse), "UV_NO_INDEX": "1", "UV_OFFLINE": "1"}
+    return {"UV_FIND_LINKS": str(wheelhouse), "UV_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,7 @@ def build_wheel(out_dir: Path, name: str, version: str, modules: Mapping[str, st
 
 def offline_uv_env(find_links: Path) -> dict[str, str]:
     """uv's own variables for installing only from ``find_links`` (never the network)."""
-    return {"UV_FIND_LINKS": str(find_links), "UV_NO_INDEX": "1", "UV_OFFLINE": "1"}
+    return {"UV_FIND_LINKS": str(find_links), "UV_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def _bundle_repo(tmp_path, needs_wheel: bool) -> tuple[object, str, dict]:
             "worker.extraVolumeMounts": [{"name": "wheels", "mountPath": WHEELS, "readOnly": True},
                                          {"name": "ca", "mountPath": CA_DIR, "readOnly": True}],
             "worker.extraEnv": [{"name": k, "value": v} for k, v in {
-                "UV_FIND_LINKS": WHEELS, "UV_NO_INDEX": "1", "UV_OFFLINE": "1",
+                "UV_FIND_LINKS": WHEELS, "UV_OFFLINE": "1",
                 "SSL_CERT_FILE": f"{CA_DIR}/ca.pem"}.items()],
         }
     ref = make_bundle(tmp_path / "src", repo, files)
