@@ -53,6 +53,13 @@ WHEELHOUSE := .tools/wheelhouse
 wheelhouse: venv
 	@$(PY) ci/wheelhouse/wheelhouse.py fetch $(WHEELHOUSE)
 
+# $(call go_tool,TOOL,TESTS): build TOOL with ci/install-tools.sh. With Go a failed build
+# fails here; without Go (and no such binary on PATH) it says that TESTS will skip (which
+# fails under CI=true). linux_go_tool: the same on Linux; elsewhere it only says so.
+go_tool = @if command -v go >/dev/null 2>&1; then bash ci/install-tools.sh $(TOOLS) $(1); \
+	else bash ci/install-tools.sh $(TOOLS) $(1) || echo "== $(2) will skip"; fi
+linux_go_tool = $(if $(filter Linux,$(shell uname -s)),$(call go_tool,$(1),$(2)),@echo "== not Linux: $(2) will skip")
+
 # podman, runc and debootstrap from Debian for the image tests (tests/cluster/): a machine
 # where that is impossible (no root, not Debian) still runs everything else; those tests
 # then say why they cannot run (and fail under CI=true).
@@ -64,12 +71,7 @@ tool-podman:
 # test` needs it. Without Go (and no such binaries on PATH) or off Linux those tests skip
 # with one line, which fails under CI=true; with Go a failed build fails here.
 tool-k8s:
-ifeq ($(shell uname -s),Linux)
-	@if command -v go >/dev/null 2>&1; then bash ci/install-tools.sh $(TOOLS) k8s; \
-	else bash ci/install-tools.sh $(TOOLS) k8s || echo "== tests/cluster/apiserver (the chart against a real API server) will skip"; fi
-else
-	@echo "== not Linux: tests/cluster/apiserver (the chart against a real API server) will skip"
-endif
+	$(call linux_go_tool,k8s,tests/cluster/apiserver (the chart against a real API server))
 
 # The reference OCI registry (distribution v3; ~4.5 min cold, nothing once built): the tests
 # push the worker image and the packaged chart to it and install from it by digest/version.
@@ -81,20 +83,14 @@ tool-registry:
 # the control plane above. KEDA needs Go 1.27.4: `go` fetches that release itself through
 # the module proxy (ci/tools/keda/go.mod). Tens of minutes cold, nothing once built.
 tool-keda:
-ifeq ($(shell uname -s),Linux)
-	@if command -v go >/dev/null 2>&1; then bash ci/install-tools.sh $(TOOLS) keda; \
-	else bash ci/install-tools.sh $(TOOLS) keda || echo "== tests/cluster/autoscaling (KEDA against a real API server) will skip"; fi
-else
-	@echo "== not Linux: tests/cluster/autoscaling (KEDA against a real API server) will skip"
-endif
+	$(call linux_go_tool,keda,tests/cluster/autoscaling (KEDA against a real API server))
 
 # The S3 API server (SeaweedFS's `weed`) the tests keep bundles and results in
 # (tests/support/s3.py; ≈ 410 s of CPU cold, 24 s with a warm Go cache, nothing once
 # built). Without Go (and no weed on PATH) the S3 tests skip with one line, which fails
 # under CI=true; with Go a failed build fails here.
 tool-s3:
-	@if command -v go >/dev/null 2>&1; then bash ci/install-tools.sh $(TOOLS) weed; \
-	else bash ci/install-tools.sh $(TOOLS) weed || echo "== the S3 tests (bundles and results in S3) will skip"; fi
+	$(call go_tool,weed,the S3 tests (bundles and results in S3))
 
 # `make run` renders the chart with helm 3 only: it does not wait for helm4 and ct builds
 tool-helm:

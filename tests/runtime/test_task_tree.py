@@ -288,6 +288,27 @@ os.write(int(sys.argv[3]), f"ran {rc}".encode())
 '''
 
 
+def _start_asking_after_go():
+    """A process running _ASKS_AFTER_GO: (its Popen, our end of its socket, the pipe it
+    says what it did on, the pipe its go is written to). The caller kills and closes."""
+    import socket
+    import subprocess
+    import sys
+
+    from modelops_runtime.worker.warm.runner import program
+
+    theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    said_r, said_w = os.pipe()
+    go_r, go_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-I", "-c", _ASKS_AFTER_GO, str(program.SOURCE),
+                             str(theirs.fileno()), str(said_w), str(go_r)],
+                            pass_fds=(theirs.fileno(), said_w, go_r))
+    theirs.close()
+    os.close(said_w)
+    os.close(go_r)
+    return proc, ours, said_r, go_w
+
+
 def test_a_listener_taken_at_the_hello_is_answered_though_its_socket_number_is_reused():
     """The guard's thread reads what to poll (a starting process's socket, its listener not
     there yet), then polls. If the hello comes in between, settle() takes the listener and
@@ -299,13 +320,9 @@ def test_a_listener_taken_at_the_hello_is_answered_though_its_socket_number_is_r
     it consumed; the runner is held until then) and its poll while the test does the
     rest."""
     import select
-    import socket
-    import subprocess
-    import sys
     import threading
 
     from modelops_runtime.worker.warm.guard import Guard
-    from modelops_runtime.worker.warm.runner import program
 
     in_window, proceed, polls = threading.Event(), threading.Event(), []
 
@@ -316,17 +333,9 @@ def test_a_listener_taken_at_the_hello_is_answered_though_its_socket_number_is_r
             proceed.wait(60)
 
     guard = Guard(before_poll=before_poll)
-    theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    proc, ours, said_r, go_w = _start_asking_after_go()
     number = ours.fileno()
-    said_r, said_w = os.pipe()
-    go_r, go_w = os.pipe()
     never_r, never_w = os.pipe()  # readable never: what now has the socket's number
-    proc = subprocess.Popen([sys.executable, "-I", "-c", _ASKS_AFTER_GO, str(program.SOURCE),
-                             str(theirs.fileno()), str(said_w), str(go_r)],
-                            pass_fds=(theirs.fileno(), said_w, go_r))
-    theirs.close()
-    os.close(said_w)
-    os.close(go_r)
     guarded = guard.expect(proc.pid, "", ours, None)
 
     reused = []
@@ -360,22 +369,9 @@ def test_a_process_waiting_for_an_unanswered_guard_call_is_named():
     """What a timed-out wait names (watch.py): the threads of a warm process's tree that
     wait for the guard's answer. Here nobody answers the listener (the test holds it), as
     when the guard's thread polled a stale fd: the new process the runner asks for waits."""
-    import socket
-    import subprocess
-    import sys
-
     from modelops_runtime.worker.warm.guard import receive_listener, waiting_for_answer
-    from modelops_runtime.worker.warm.runner import program
 
-    theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    said_r, said_w = os.pipe()
-    go_r, go_w = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-I", "-c", _ASKS_AFTER_GO, str(program.SOURCE),
-                             str(theirs.fileno()), str(said_w), str(go_r)],
-                            pass_fds=(theirs.fileno(), said_w, go_r))
-    theirs.close()
-    os.close(said_w)
-    os.close(go_r)
+    proc, ours, said_r, go_w = _start_asking_after_go()
     listener = None
     try:
         assert waiting_for_answer(proc.pid) == []
