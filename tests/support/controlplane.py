@@ -173,10 +173,31 @@ current-context: local
 
 @dataclass
 class Running:
+    """A tool of .tools/bin started in a session of its own that dies with this process
+    (also support/keda.py's)."""
+
     name: str
     popen: subprocess.Popen
     proc: psutil.Process  # pid + start time: never confused with a later process on that pid
     log: Path
+
+    @classmethod
+    def spawn(cls, tools: Path, name: str, args: list[str], log: Path, cwd: Path,
+              env: dict[str, str] | None = None) -> Running:
+        with log.open("wb") as out:
+            popen = subprocess.Popen([str(tools / name), *args], stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, cwd=cwd, start_new_session=True,
+                                     preexec_fn=die_with_parent)
+        return cls(name, popen, psutil.Process(popen.pid), log)
+
+    def wait_ready(self, ready, what: str, on_fail, interval: float = 0.1) -> None:
+        """Until ``ready()``; fails with the log's tail if the tool exits first."""
+        wait_for(lambda: self.popen.poll() is not None or ready(), READY_TIMEOUT, what,
+                 interval=interval, on_fail=on_fail)
+        if self.popen.returncode is not None:
+            raise AssertionError(f"{self.name} exited with {self.popen.returncode} before "
+                                 f"{what} answered:\n{tail(self.log, 40)}")
 
 
 @dataclass
@@ -331,22 +352,13 @@ class ControlPlane(StartStop):
 
     def _spawn(self, name: str, args: list[str]) -> Running:
         assert self.root is not None
-        log = self.root / "logs" / f"{name}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen([str(self.tools / name), *args], stdout=out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.root, start_new_session=True,
-                                     preexec_fn=die_with_parent)
-        running = Running(name, popen, psutil.Process(popen.pid), log)
+        running = Running.spawn(self.tools, name, args, self.root / "logs" / f"{name}.log",
+                                self.root)
         self.running.append(running)
         return running
 
     def _wait(self, r: Running, ready, what: str) -> None:
-        wait_for(lambda: r.popen.poll() is not None or ready(), READY_TIMEOUT, what,
-                 interval=0.1, on_fail=self.logs)
-        if r.popen.returncode is not None:
-            raise AssertionError(f"{r.name} exited with {r.popen.returncode} before {what} "
-                                 f"answered:\n{tail(r.log, 40)}")
+        r.wait_ready(ready, what, self.logs)
 
 
 ROOT_PREFIX = "modelops-k8s-"

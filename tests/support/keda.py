@@ -32,7 +32,7 @@ import psutil
 
 from modelops_runtime.local.cluster.supervise import StartStop, terminate_groups
 from support.cluster import tail, wait_for
-from support.controlplane import ControlPlane, die_with_parent, still_running
+from support.controlplane import ControlPlane, Running, still_running
 from support.paths import TOOLS
 from support.ports import hold_ports
 
@@ -119,20 +119,12 @@ def make_certs(directory: Path) -> Path:
 
 
 @dataclass
-class Started:
-    name: str
-    popen: subprocess.Popen
-    proc: psutil.Process
-    log: Path
-
-
-@dataclass
 class Keda(StartStop):
     """KEDA's operator and metrics API server for ``plane`` (state under its root)."""
 
     plane: ControlPlane
     tools: Path = TOOLS
-    running: list[Started] = field(default_factory=list)
+    running: list[Running] = field(default_factory=list)
     root: Path | None = None
 
     def start(self) -> None:
@@ -221,24 +213,15 @@ class Keda(StartStop):
                 return r.log.read_text(errors="replace")
         return ""
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Started:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Running:
         assert self.root is not None
-        log = self.root / f"{name}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen([str(self.tools / name), *args], stdout=out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=self.root, start_new_session=True,
-                                     preexec_fn=die_with_parent)
-        started = Started(name, popen, psutil.Process(popen.pid), log)
+        started = Running.spawn(self.tools, name, args, self.root / f"{name}.log", self.root,
+                                env)
         self.running.append(started)
         return started
 
-    def _wait(self, r: Started, ready, what: str) -> None:
-        wait_for(lambda: r.popen.poll() is not None or ready(), READY_TIMEOUT, what,
-                 interval=0.2, on_fail=self.logs)
-        if r.popen.returncode is not None:
-            raise AssertionError(f"{r.name} exited with {r.popen.returncode} before {what} "
-                                 f"listened:\n{tail(r.log, 40)}")
+    def _wait(self, r: Running, ready, what: str) -> None:
+        r.wait_ready(ready, what, self.logs, interval=0.2)
 
 
 def _listening(proc: psutil.Process, port: int) -> bool:
