@@ -146,6 +146,13 @@ def render(release: str, preset: str, image: str, bundle_repo: Path | str,
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
+def worker_processes(doc: dict) -> int:
+    """The worker processes one pod of the rendered worker Deployment ``doc`` starts (its
+    ``--nworkers``)."""
+    args = pod_spec(doc)["containers"][0]["args"]
+    return int(args[args.index("--nworkers") + 1])
+
+
 def pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]
 
@@ -346,6 +353,19 @@ class Release:
             return False
         wait_for(ready, timeout, f"{url} (readinessProbe of {p.container()}) to answer 200",
                  interval=0.5, on_fail=lambda: self.logs(p))
+
+    @contextlib.contextmanager
+    def client(self, scheduler: Played, workers: int):
+        """A Dask client of the ``scheduler`` pod once ``workers`` worker processes are
+        connected to it (bounded wait; the pods' logs on failure)."""
+        from distributed import Client
+
+        address = f"tcp://{self.ip(scheduler)}:8786"
+        with Client(address, timeout=60) as client:
+            wait_for(lambda: len(client.scheduler_info()["workers"]) == workers, 240,
+                     f"{workers} worker processes at {address}", interval=0.5,
+                     on_fail=self.all_logs)
+            yield client
 
     def down(self) -> list[str]:
         """Remove every pod, container, volume and the network; → what was still left."""

@@ -13,12 +13,11 @@ import ssl
 import time
 
 import pytest
-from distributed import Client, as_completed
+from distributed import as_completed
 
 from modelops_runtime.client import SimTask, aggregate, gather_study, submit
-from podkit import for_podman, pod_spec, podman, readable, render
+from podkit import for_podman, pod_spec, podman, readable, render, worker_processes
 from support.bundles import make_bundle
-from support.cluster import wait_for
 from support.wheels import build_wheel
 
 MODEL = '''
@@ -123,18 +122,14 @@ def test_preset_pods_run_a_study_and_pass_helm_test(preset, images, release, tmp
     repo, ref, values = _bundle_repo(tmp_path, needs_wheel)
     rel = release(lambda name: render(name, preset, image, repo, values))
     worker_doc = rel.find("Deployment", "worker")
-    args = pod_spec(worker_doc)["containers"][0]["args"]
-    nworkers = int(args[args.index("--nworkers") + 1])
+    nworkers = worker_processes(worker_doc)
 
     t0 = time.monotonic()
     scheduler = rel.play(rel.find("Deployment", "scheduler"))
     rel.wait_ready(scheduler)
     worker = rel.play(worker_doc)          # its scheduler Service name → the scheduler pod
     rel.wait_ready(worker)
-    address = f"tcp://{rel.ip(scheduler)}:8786"
-    with Client(address, timeout=60) as client:
-        wait_for(lambda: len(client.scheduler_info()["workers"]) == nworkers, 240,
-                 f"{nworkers} worker processes at {address}", interval=0.5, on_fail=rel.all_logs)
+    with rel.client(scheduler, nworkers) as client:
         tasks = [SimTask(bundle=ref, entrypoint="model:simulate", params={"x": 2.0}, seed=s)
                  for s in range(12)]
         futures = submit(client, tasks, study="ctr_" + preset.replace("-", "_"))

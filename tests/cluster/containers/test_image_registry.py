@@ -17,12 +17,11 @@ import shutil
 import subprocess
 
 import pytest
-from distributed import Client
 
 from modelops_runtime.client import SimTask, gather_study, submit
-from podkit import ImagePullFailed, empty_store, pod_spec, podman, podman_env, readable, render
+from podkit import (ImagePullFailed, empty_store, pod_spec, podman, podman_env, readable, render,
+                    worker_processes)
 from support.bundles import make_bundle
-from support.cluster import wait_for
 from support.paths import MY_VALUES, REPO, TOOLS
 
 REPOSITORY = "modelops-dask"
@@ -100,14 +99,9 @@ def test_pods_pull_the_image_by_digest_from_the_registry_and_run_a_study(
     assert info == ref, info
     rel.wait_ready(scheduler)
     worker_doc = rel.find("Deployment", "worker")
-    args = pod_spec(worker_doc)["containers"][0]["args"]
-    nworkers = int(args[args.index("--nworkers") + 1])
     worker = rel.play(worker_doc)
     rel.wait_ready(worker)
-    address = f"tcp://{rel.ip(scheduler)}:8786"
-    with Client(address, timeout=60) as client:
-        wait_for(lambda: len(client.scheduler_info()["workers"]) == nworkers, 240,
-                 f"{nworkers} worker processes at {address}", interval=0.5, on_fail=rel.all_logs)
+    with rel.client(scheduler, worker_processes(worker_doc)) as client:
         tasks = [SimTask(bundle=bundle, entrypoint="model:simulate", params={"x": 2.0}, seed=s)
                  for s in range(4)]
         study = gather_study(client, submit(client, tasks, study=f"reg_{flavour}"),

@@ -14,14 +14,12 @@ endpoint would run in a cluster, reached by a name the pods resolve.
 from __future__ import annotations
 
 import pytest
-from distributed import Client
 
 from modelops_runtime.bundles import pack
 from modelops_runtime.client import SimTask, gather_study, submit
 from modelops_runtime.errors import BundleNotFound
 from podkit import pod_spec, render
 from support.bundles import write_bundle
-from support.cluster import wait_for
 from support.s3 import WEED, S3Server, unavailable, weed_args
 
 MODEL = '''
@@ -76,9 +74,7 @@ def test_worker_pods_fetch_bundles_from_s3_with_a_secret(images, release, tmp_pa
     rel.wait_ready(scheduler)
     worker = rel.play(worker_doc)
     rel.wait_ready(worker)
-    with Client(f"tcp://{rel.ip(scheduler)}:8786", timeout=60) as client:
-        wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, 240,
-                 "the worker process", interval=0.5, on_fail=rel.all_logs)
+    with rel.client(scheduler, 1) as client:
         tasks = [SimTask(bundle=ref, entrypoint="model:simulate", params={"x": 2.0}, seed=s)
                  for s in range(4)]
         study = gather_study(client, submit(client, tasks, study="ctr_s3"), progress=False)
