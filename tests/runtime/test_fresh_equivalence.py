@@ -243,25 +243,38 @@ def _outputs(ex, ref: str) -> list[dict]:
     return [ex.run(Call(bundle=ref, entrypoint="m:run", args=({}, s))).outputs for s in SEEDS]
 
 
+def _settings(mode: str) -> dict[str, object]:
+    """The warm pool's settings of a fresh mode (the preset's, without prefetching)."""
+    return ({"max_process_reuse": 1} if mode == "fresh-process"
+            else {"force_fresh_venv": "true", "fresh_venvs_ahead": 0})
+
+
+def _unlike_exec(forking, plain, refs: dict[str, str], what: str) -> list[str]:
+    """Every bundle of ``refs`` run by ``forking`` (templates) and by ``plain`` (exec):
+    a line for each that did not observe the same. The same is seed by seed the same
+    outputs, or, for a bundle random per process, both equally nondeterministic (every
+    task its own outputs, none shared between the two ways)."""
+    wrong = []
+    for name, ref in refs.items():
+        forked, execd = _outputs(forking, ref), _outputs(plain, ref)
+        if BUNDLES[name][1]:
+            seen = {repr(o) for o in forked}, {repr(o) for o in execd}
+            alike = len(seen[0]) == len(seen[1]) == len(SEEDS) and not seen[0] & seen[1]
+        else:
+            alike = forked == execd
+        if not alike:
+            wrong.append(f"{name}: {what} {forked} vs exec {execd}")
+    return wrong
+
+
 @pytest.mark.parametrize("mode", ["fresh-process", "diagnose-fresh-venv"])
 def test_every_bundle_observes_from_a_template_what_it_observes_from_exec(tmp_path, warm,
                                                                          mode):
-    settings = ({"max_process_reuse": 1} if mode == "fresh-process"
-                else {"force_fresh_venv": "true", "fresh_venvs_ahead": 0})
+    settings = _settings(mode)
     template = warm(**settings)
     plain = warm(**settings, fresh_process_from="exec")
     refs = _refs(tmp_path)
-    wrong = []
-    for name, ref in refs.items():
-        forked, execd = _outputs(template, ref), _outputs(plain, ref)
-        random_per_process = BUNDLES[name][1]
-        if random_per_process:  # both equally nondeterministic: every task its own outputs
-            ok = (len({repr(o) for o in forked}) == len({repr(o) for o in execd}) == len(SEEDS)
-                  and not {repr(o) for o in forked} & {repr(o) for o in execd})
-        else:
-            ok = forked == execd
-        if not ok:
-            wrong.append(f"{name}: template {forked} vs exec {execd}")
+    wrong = _unlike_exec(template, plain, refs, "template")
     assert not wrong, "\n".join(wrong)
     if NUMPY is None:  # said, not skipped: the other bundles ran
         print(f"not run without real numpy wheels: {sorted(set(BUNDLES) - set(refs))}")
@@ -284,8 +297,7 @@ def test_a_template_started_from_a_stored_plan_observes_what_exec_observes(tmp_p
     observes from exec, seed by seed, and what was excluded stays excluded. With
     FORCE_FRESH_VENV each worker process has its own uv build: the plan is found by what
     is installed in it."""
-    settings = ({"max_process_reuse": 1} if mode == "fresh-process"
-                else {"force_fresh_venv": "true", "fresh_venvs_ahead": 0})
+    settings = _settings(mode)
     first = warm(**settings)
     refs = _refs(tmp_path)
     for ref in refs.values():
@@ -296,16 +308,7 @@ def test_a_template_started_from_a_stored_plan_observes_what_exec_observes(tmp_p
     caplog.set_level("INFO", logger="modelops_runtime.pool")
     second = warm(**settings)
     plain = warm(**settings, fresh_process_from="exec")
-    wrong = []
-    for name, ref in refs.items():
-        forked, execd = _outputs(second, ref), _outputs(plain, ref)
-        if BUNDLES[name][1]:
-            ok = (len({repr(o) for o in forked}) == len({repr(o) for o in execd}) == len(SEEDS)
-                  and not {repr(o) for o in forked} & {repr(o) for o in execd})
-        else:
-            ok = forked == execd
-        if not ok:
-            wrong.append(f"{name}: template from a plan {forked} vs exec {execd}")
+    wrong = _unlike_exec(second, plain, refs, "template from a plan")
     assert not wrong, "\n".join(wrong)
     started = [r.getMessage() for r in caplog.records
                if "starts from the plan of an earlier template" in r.getMessage()]
