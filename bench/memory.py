@@ -13,8 +13,10 @@ import psutil
 
 from common import NOOP_MODEL, Workspace
 
-# imports every module it is given (those that import cleanly), then idles on stdin
-_BARE = r"""
+# imports every module it is given, then idles on stdin. Those it cannot find by name
+# (ImportError: a module loaded from a file, or a platform's refusing import) are listed;
+# anything else a module raises is a bug here: the interpreter exits with its traceback
+BARE = r"""
 import importlib, json, sys
 path, names = json.loads(sys.argv[1])
 sys.path[:0] = [p for p in path if p not in sys.path]
@@ -22,7 +24,7 @@ failed = []
 for name in names:
     try:
         importlib.import_module(name)
-    except Exception:
+    except ImportError:
         failed.append(name)
 print(json.dumps(failed), flush=True)
 sys.stdin.read()
@@ -53,7 +55,7 @@ def run(ws: Workspace, *, smoke: bool) -> dict[str, Any]:
         pid = loaded.pid
         warm_rss = _settled_rss(pid)
         python = str(warm.venvs.get([]).python)
-        bare = subprocess.Popen([python, "-I", "-u", "-c", _BARE,
+        bare = subprocess.Popen([python, "-I", "-u", "-c", BARE,
                                  json.dumps([loaded.outputs["path"], names])],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         failed = json.loads(bare.stdout.readline() or "null")

@@ -234,3 +234,23 @@ def test_a_failing_case_is_reported_and_fails_the_run(tmp_path):
     assert run.failures({"fast": out, "memory": {"warm_rss_bytes": 1}}) == [
         "fast/boom: RuntimeError: a case failed on purpose"]
     assert run.failures({"fast": {"fine": {"wall_s": 1.0}}}) == []
+
+
+def test_the_memory_benchmarks_bare_interpreter_lists_only_modules_it_cannot_find(tmp_path):
+    """bench/memory.py's bare interpreter imports what the warm process holds: a name it
+    cannot find is listed (and measured without), a module that fails at import otherwise
+    ends it with its traceback (before, ``except Exception`` hid it as "not importable")."""
+    memory = _load_bench("memory")
+    (tmp_path / "boom.py").write_text("raise ValueError('a module broken at import')\n")
+
+    def bare(names: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-I", "-c", memory.BARE,
+                               json.dumps([[str(tmp_path)], names])],
+                              input="", capture_output=True, text=True, timeout=60)
+
+    found = bare(["json", "no_such_module_here"])
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout) == ["no_such_module_here"]
+    broken = bare(["json", "boom"])
+    assert broken.returncode == 1 and broken.stdout == "", broken.stdout
+    assert "ValueError: a module broken at import" in broken.stderr
