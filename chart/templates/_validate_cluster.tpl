@@ -40,12 +40,18 @@ the API server answers only "no matches for kind" once helm has rendered everyth
 
 {{/*
 The ScaledObject is a KEDA custom resource: without KEDA's CRDs the API server answers only
-"no matches for kind" once helm has rendered everything, and nothing would scale.
+"no matches for kind" once helm has rendered everything, and nothing would scale. With a
+NetworkPolicy, networkPolicy.autoscalerFrom admits KEDA's operator: a --reuse-values upgrade
+from a chart older than it drops the key (the old defaults), and the rule would silently go.
 */}}
 {{- define "modelops-dask.validate.keda" -}}
 {{- $errors := list -}}
 {{- if and (include "modelops-dask.autoscaling" .) (not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) -}}
 {{- $errors = append $errors "worker.autoscaling.enabled=true needs KEDA (the ScaledObject CRD, keda.sh/v1alpha1), which this cluster does not serve. Install KEDA first (its Helm chart kedacore/keda, or its release manifests), or set worker.autoscaling.enabled=false. (helm template knows no cluster: pass --api-versions keda.sh/v1alpha1/ScaledObject.)" -}}
+{{- end -}}
+{{- $np := .Values.networkPolicy | default dict -}}
+{{- if and (include "modelops-dask.autoscaling" .) $np.enabled (kindIs "invalid" (index $np "autoscalerFrom")) -}}
+{{- $errors = append $errors (printf "networkPolicy.enabled=true and worker.autoscaling.enabled=true but networkPolicy.autoscalerFrom is not set: the NetworkPolicy would keep KEDA's operator from the scheduler's adaptive target (port 8787), and the workers would never scale. Set it (the chart's default: the namespace keda, [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: keda}}}]), or to [] if networkPolicy.clientFrom already admits KEDA's operator. %s" (include "modelops-dask.missingDefaultHint" .)) -}}
 {{- end -}}
 {{- toJson $errors -}}
 {{- end -}}

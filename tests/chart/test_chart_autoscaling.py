@@ -135,6 +135,14 @@ def test_the_network_policy_lets_keda_read_the_target(helm):
         "kubernetes.io/metadata.name": "keda"}}}], "ports": [{"port": 8787, "protocol": "TCP"}]}]
     off = render(helm, sets=("networkPolicy.enabled=true",))
     assert "keda" not in off.stdout
+    # an empty list is the user's choice (clientFrom admits KEDA); without a NetworkPolicy,
+    # or without autoscaling, the missing key matters to nothing
+    empty = render(helm, values="networkPolicy: {enabled: true, autoscalerFrom: [], clientFrom: "
+                   "[{podSelector: {matchLabels: {keda: 'yes'}}}]}", sets=ON, extra=KEDA)
+    assert empty.returncode == 0 and "kubernetes.io/metadata.name: keda" not in empty.stdout
+    for sets in ((*ON,), ("networkPolicy.enabled=true",)):
+        out = render(helm, sets=(*sets, "networkPolicy.autoscalerFrom=null"), extra=KEDA)
+        assert out.returncode == 0, out.stderr
 
 
 def test_the_helm_test_expects_the_pods_the_autoscaler_keeps(helm):
@@ -199,6 +207,14 @@ REFUSALS = {
         "worker.autoscaling.maxReplicas not set: set them (the chart's defaults: minReplicas 1, "
         "maxReplicas 10, pollingInterval 15, cooldownPeriod 300, scaleUpStabilizationSeconds 0, "
         "scaleDownStabilizationSeconds 300). " + MISSING_DEFAULT),
+    "autoscalerFrom dropped by --reuse-values": (
+        (*ON, "networkPolicy.enabled=true", "networkPolicy.autoscalerFrom=null"), KEDA,
+        "networkPolicy.enabled=true and worker.autoscaling.enabled=true but "
+        "networkPolicy.autoscalerFrom is not set: the NetworkPolicy would keep KEDA's operator "
+        "from the scheduler's adaptive target (port 8787), and the workers would never scale. "
+        "Set it (the chart's default: the namespace keda, [{namespaceSelector: {matchLabels: "
+        "{kubernetes.io/metadata.name: keda}}}]), or to [] if networkPolicy.clientFrom "
+        "already admits KEDA's operator. " + MISSING_DEFAULT),
 }
 
 
