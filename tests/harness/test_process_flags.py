@@ -70,10 +70,16 @@ def test_sigint_ignored_by_a_background_start_is_not_passed_on(pytester, plugin,
 
 
 SIGTERM_INNER = """
-import json, os, signal
+import importlib.util, json, os, signal
 from pathlib import Path
 
-from conftest import dask_cluster  # the real fixture of tests/conftest.py
+from support.paths import REPO
+
+# the real fixture of tests/conftest.py (by path: another conftest may be first on sys.path)
+_spec = importlib.util.spec_from_file_location("tests_conftest", REPO / "tests" / "conftest.py")
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+dask_cluster = _conftest.dask_cluster
 
 def test_holds_a_cluster_until_terminated(dask_cluster):
     cluster, client = dask_cluster()
@@ -83,12 +89,13 @@ def test_holds_a_cluster_until_terminated(dask_cluster):
 """
 
 
-@pytest.mark.parametrize("plugin, cleans", [("support.flags", True), (None, False)])
-def test_sigterm_to_pytest_tears_down_the_clusters_its_tests_started(pytester, tmp_path,
-                                                                      plugin, cleans):
-    """A pytest run ended by SIGTERM (CI's timeout, a user's kill) stops the real Dask
-    cluster a test holds through ``dask_cluster``: with the plugin no scheduler, nanny or
-    worker is left (before, all of them were: SIGTERM ended pytest before any teardown)."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_pytest_run_ended_by_a_signal_leaves_no_cluster_behind(pytester, tmp_path, sig):
+    """A pytest run ended from outside stops the real Dask cluster a test holds through
+    ``dask_cluster``. SIGTERM (CI's timeout, a user's kill): the fixtures' teardown runs
+    and has stopped everything when pytest exits, with 143 (support/flags.py). SIGKILL:
+    no teardown; the scheduler and the worker get SIGTERM from the kernel as pytest dies
+    (support/cluster.py) and close. Before, both left scheduler, nanny and worker running."""
     import json
     import os
     import signal
@@ -101,12 +108,14 @@ def test_sigterm_to_pytest_tears_down_the_clusters_its_tests_started(pytester, t
     pytester.makepyfile(test_inner=SIGTERM_INNER)
     pids_file = tmp_path / "pids.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "INNER_PIDS": str(pids_file)}
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s"]
-    if plugin:
-        args += ["-p", plugin]
-    inner = subprocess.Popen(args, cwd=pytester.path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    inner = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "-s", "-p", "support.flags"], cwd=pytester.path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     procs: list[psutil.Process] = []
+
+    def alive() -> list[psutil.Process]:
+        return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
     try:
         wait_for(lambda: pids_file.exists() and pids_file.read_text()
                  or inner.poll() is not None, 120, "the inner test to start its cluster")
@@ -114,15 +123,15 @@ def test_sigterm_to_pytest_tears_down_the_clusters_its_tests_started(pytester, t
         pids = json.loads(pids_file.read_text())
         assert len(pids) >= 3, pids  # scheduler, nanny, worker process
         procs = [psutil.Process(pid) for pid in pids]
-        inner.send_signal(signal.SIGTERM)
+        inner.send_signal(getattr(signal, sig))
         out = inner.communicate(timeout=90)[0]
-        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if cleans:
+        if sig == "SIGTERM":
             assert inner.returncode == 128 + signal.SIGTERM, out[-3000:]
-            assert alive == [], f"left behind: {alive}\n{out[-3000:]}"
+            assert alive() == [], f"left behind when pytest exited: {alive()}\n{out[-3000:]}"
         else:
-            assert inner.returncode == -signal.SIGTERM
-            assert alive, "without the plugin the cluster was expected to be left"
+            assert inner.returncode == -signal.SIGKILL
+            wait_for(lambda: not alive(), 60, "the cluster to end with the SIGKILLed pytest",
+                     on_fail=lambda: f"left behind: {alive()}")
     finally:
         if inner.poll() is None:
             inner.kill()

@@ -1,8 +1,17 @@
 """Real local Dask clusters for tests: `dask scheduler` + `dask worker --preload
-modelops_runtime.preload` processes on 127.0.0.1, torn down completely afterwards."""
+modelops_runtime.preload` processes on 127.0.0.1, torn down completely afterwards.
+
+- covers: also when pytest itself ends without teardown (SIGKILL): the scheduler and each
+  `dask worker` get SIGTERM from the kernel then (PR_SET_PDEATHSIG) and close as on a
+  pod's stop; a SIGTERM to pytest runs the teardown (support/flags.py).
+- does not: reach a worker started through ``wrap`` as another user (a change of
+  credentials clears the parent-death signal); nor clusters started from a thread other
+  than pytest's main one keep that (the signal comes when the starting thread ends).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -17,6 +26,23 @@ import psutil
 
 BIN = Path(sys.executable).parent
 DASK = str(BIN / "dask")
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def ended_with_this_process(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn``: the child gets ``sig`` when the process starting it ends, however
+    it ends (None off Linux). A child whose parent is already gone exits at once. Also the
+    control plane's and the registry's."""
+    if _libc is None:
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:  # in the child, between fork and exec
+        _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return arm
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str,
@@ -80,7 +106,7 @@ class ProcessCluster:
              "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file),
              "--no-show"],
             stdout=log.open("wb"), stderr=subprocess.STDOUT, env=self.env,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=ended_with_this_process())
         self.scheduler = Proc("scheduler", popen, log)
         wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0
                  or popen.poll() is not None, 60, "the scheduler to write its address",
@@ -113,7 +139,8 @@ class ProcessCluster:
         args += list(extra_args)
         full_env = {**self.env, **(env or {})}
         popen = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                                 env=full_env, start_new_session=True)
+                                 env=full_env, start_new_session=True,
+                                 preexec_fn=ended_with_this_process())
         proc = Proc(f"worker-{idx}", popen, log)
         self.workers.append(proc)
         return proc

@@ -15,7 +15,6 @@ the state directory it could not remove is swept at the next session's start
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import ipaddress
 import json
@@ -35,7 +34,7 @@ from pathlib import Path
 import psutil
 
 from modelops_runtime.local.cluster.supervise import StartStop, terminate_groups
-from support.cluster import tail, wait_for
+from support.cluster import ended_with_this_process, tail, wait_for
 from support.ports import hold_ports
 
 from support.paths import TOOLS
@@ -46,8 +45,6 @@ FRONT_PROXY_CLIENT = "front-proxy-client"  # the aggregation layer's client cert
 READY_TIMEOUT = 180  # seconds; a loaded 2-core machine needs far less, but never hangs
 STOP_TIMEOUT = 120  # seconds for stop(): 15 s of grace, then SIGKILL (bounded, even under load)
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 def unavailable(tools: Path = TOOLS) -> str | None:
@@ -66,11 +63,6 @@ def unavailable(tools: Path = TOOLS) -> str | None:
 
 def missing_binaries(tools: Path = TOOLS) -> list[str]:
     return [b for b in BINARIES if not os.access(tools / b, os.X_OK)]
-
-
-def die_with_parent() -> None:  # runs in the child between fork and exec
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # ---- certificates -------------------------------------------------------------------------
@@ -188,7 +180,7 @@ class Running:
             popen = subprocess.Popen([str(tools / name), *args], stdout=out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=cwd, start_new_session=True,
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=ended_with_this_process(signal.SIGKILL))
         return cls(name, popen, psutil.Process(popen.pid), log)
 
     def wait_ready(self, ready, what: str, on_fail, interval: float = 0.1) -> None:

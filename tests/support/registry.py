@@ -16,13 +16,11 @@ storage directory and a config file written here.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -30,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelops_runtime.local.cluster.supervise import StartStop, terminate_groups
-from support.cluster import tail, wait_for
+from support.cluster import ended_with_this_process, tail, wait_for
 from support.controlplane import owner_file, sweep_stale
 from support.paths import TOOLS
 from support.ports import HeldPort
@@ -64,8 +62,6 @@ http:
   addr: 127.0.0.1:{port}
 """
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 def unavailable() -> str | None:
@@ -75,11 +71,6 @@ def unavailable() -> str | None:
         return ("no Go to build the OCI registry (distribution v3) for the registry tests: "
                 "install Go 1.26+ and run `ci/install-tools.sh .tools/bin registry`")
     return None
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -120,7 +111,7 @@ class Registry(StartStop):
                 self.popen = subprocess.Popen(
                     [str(BINARY), "serve", str(config)], stdout=out, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, cwd=self.root, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent)
+                    start_new_session=True, preexec_fn=ended_with_this_process(signal.SIGKILL))
             wait_for(lambda: self.popen.poll() is not None or self._answers(), READY_TIMEOUT,
                      f"the registry at http://{self.host}/v2/", interval=0.1,
                      on_fail=lambda: tail(self.log, 30))
