@@ -53,6 +53,7 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
     # the task processes' own sandbox, all but their scratch: opened once (confine.py)
     prepared = confine.prepare_sandbox(*roots) if roots is not None else None
     baseline = _own_state(())
+    global _modules_at_fork
     while True:
         try:
             order, ancillary, _flags, _addr = sock.recvmsg(1 << 16, space)
@@ -78,6 +79,8 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
                                                  "tainted": moved, "excluded": excluded})
                 os._exit(0)
             plan = list(prewarm.prewarmed)  # for the worker to keep (with the exclusions)
+        if plan is not None or len(sys.modules) != len(_modules_at_fork):
+            _modules_at_fork = frozenset(sys.modules)  # what its task processes start with
         child = _fork_task_process(order, fds, response_fd, worker_pid,
                                    None if roots is None else (roots, prepared), excluded,
                                    places, plan)
@@ -192,8 +195,7 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
             sys.stderr.write(f"modelops runner: no own filesystem sandbox: {unconfined}\n")
     if "--template" in sys.argv[:-1]:  # as a task process's own interpreter has it
         sys.argv[sys.argv.index("--template") + 1] = frames.NO_TEMPLATE
-    global _modules_at_fork, _at_fork
-    _modules_at_fork = frozenset(sys.modules)
+    global _at_fork
     _reseed_numpy_legacy_rng()
     _at_fork = _import_context()
     _adopted(middle)
@@ -221,14 +223,22 @@ def imported_since_fork(bundle_dir: str) -> list:
     """Modules this task process imported from outside the bundle while running, in the
     order it imported them (e.g. ``numpy``, ``numpy.random``), for the template to import
     (once prewarm.py found them clean) before its next forks. The bundle's own modules are
-    never the template's: each task process imports them itself."""
-    new = sys.modules.keys() - _modules_at_fork
-    if not new:
-        return []
+    never the template's: each task process imports them itself. A hint only: the names
+    after the last of the template's modules in sys.modules (a new name lands at its end),
+    so a task that removed one of those may hide some of its own (never a wrong one)."""
+    new = []
+    try:
+        for name in reversed(sys.modules):  # touches only what came after the fork (the
+            if name in _modules_at_fork:  # template's many names stay unwritten, unfaulted)
+                break
+            new.append(name)
+    except RuntimeError:  # a thread of the task imported meanwhile: what was seen
+        pass
     prefix = os.path.join(bundle_dir, "")
     names = []
-    for name, module in list(sys.modules.items()):
-        if name not in new or module is None:
+    for name in reversed(new):
+        module = sys.modules.get(name)
+        if module is None:
             continue
         where = getattr(module, "__file__", None) or ""
         if not where.startswith(prefix) and name not in prewarm.excluded:
@@ -238,8 +248,9 @@ def imported_since_fork(bundle_dir: str) -> list:
 
 def _import_context() -> tuple:
     """What an import may read that bundle code can change first: the environment, the
-    working directory, sys.path and the import hooks."""
-    return (dict(os.environ), os.getcwd(), list(sys.path),
+    working directory, sys.path and the import hooks (copied in C: ``dict(os.environ)``
+    decodes every variable in Python)."""
+    return (os.environ._data.copy(), os.getcwd(), list(sys.path),
             [id(h) for h in (*sys.meta_path, *sys.path_hooks)])
 
 
