@@ -123,8 +123,18 @@ def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = (),
     another task's scratch, another bundle, other venvs or the worker's state. Returns ''
     once applied, else why not (an old kernel or a seccomp profile without the calls:
     the process then runs unconfined, as before). Roots that do not exist are skipped.
-    ``prepared``: more roots, opened beforehand by :func:`prepare_sandbox` (a template's,
-    for the task processes it forks; the caller closes them with :func:`release`)."""
+    ``prepared``: as for :func:`ruleset`."""
+    return enforce(ruleset(writable, readable, prepared))
+
+
+def ruleset(writable: tuple[str, ...], readable: tuple[str, ...] = (),
+            prepared: tuple | None = None):
+    """The Landlock ruleset :func:`sandbox` applies, not applied yet: (its fd, what to say
+    on stderr about roots left out), or why there is none (a str). ``prepared``: more
+    roots, opened beforehand by :func:`prepare_sandbox`. A template makes one per task
+    process before forking it (the rules a task process would make itself, made where
+    its code is warm); the task process applies it with :func:`enforce` and closes the
+    prepared fds with :func:`release`, the template closes its copy (:func:`discard`)."""
     if not sys.platform.startswith("linux"):
         return "not Linux"
     import ctypes
@@ -138,31 +148,57 @@ def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = (),
             return handled
         ready, again = [], []
     attr = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr, first field only
-    ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), 8, 0)
-    if ruleset < 0:
+    fd = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), 8, 0)
+    if fd < 0:
         return f"cannot create a Landlock ruleset ({os.strerror(ctypes.get_errno())})"
+    notes: list = []
     try:
         rules = [(path, handled, True) for path in writable]
         rules += [(path, _LL_READ, False) for path in readable]
         for path, access, loud in (*rules, *again):
-            rule = _rule(path, access, loud)
+            rule = _rule(path, access, notes if loud else None)
             if rule is None:
                 continue
-            fd, encoded = rule
+            root, encoded = rule
             try:
-                if libc.syscall(_SYS_ADD_RULE, ruleset, 1, encoded, 0) < 0:
+                if libc.syscall(_SYS_ADD_RULE, fd, 1, encoded, 0) < 0:
                     return f"cannot add a Landlock rule ({os.strerror(ctypes.get_errno())})"
             finally:
-                os.close(fd)
-        for _fd, encoded in ready:  # opened and encoded once, by the template
-            if libc.syscall(_SYS_ADD_RULE, ruleset, 1, encoded, 0) < 0:
+                os.close(root)
+        for _root, encoded in ready:  # opened and encoded once, by the template
+            if libc.syscall(_SYS_ADD_RULE, fd, 1, encoded, 0) < 0:
                 return f"cannot add a Landlock rule ({os.strerror(ctypes.get_errno())})"
+        made, fd = (fd, notes), -1
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return made
+
+
+def enforce(rules) -> str:
+    """Apply a :func:`ruleset` to this process (its fd closed): '' once applied, else why
+    not (``rules`` itself when it is the reason there is no ruleset)."""
+    if isinstance(rules, str):
+        return rules
+    fd, notes = rules
+    try:
+        for note in notes:
+            sys.stderr.write(note)
+        libc = _libc()
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: required by landlock_restrict_self
-        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) < 0:
+        if libc.syscall(_SYS_RESTRICT_SELF, fd, 0) < 0:
+            import ctypes
+
             return f"cannot enforce the Landlock ruleset ({os.strerror(ctypes.get_errno())})"
     finally:
-        os.close(ruleset)
+        os.close(fd)
     return ""
+
+
+def discard(rules) -> None:
+    """Close a :func:`ruleset` that is not to be applied here (a template's copy)."""
+    if not isinstance(rules, str):
+        os.close(rules[0])
 
 
 def _handled(libc):
@@ -176,16 +212,16 @@ def _handled(libc):
     return handled | (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
 
 
-def _rule(path: str, access: int, loud: bool):
+def _rule(path: str, access: int, notes: list | None):
     """(O_PATH fd, struct landlock_path_beneath_attr) for ``path``; None if it cannot be
-    opened (said on stderr if ``loud``)."""
+    opened (said in ``notes``, if given)."""
     import ctypes
 
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as exc:  # e.g. a configured directory that does not exist
-        if loud:
-            sys.stderr.write(f"modelops runner: {path} stays read-only: {exc}\n")
+        if notes is not None:
+            notes.append(f"modelops runner: {path} stays read-only: {exc}\n")
         return None
     if not os.path.isdir(f"/proc/self/fd/{fd}"):
         access &= _LL_FILE  # a file's rule holds file rights only
@@ -212,7 +248,7 @@ def prepare_sandbox(writable: tuple[str, ...], readable: tuple[str, ...]):
     rules = [(path, handled, True) for path in writable]
     rules += [(path, _LL_READ, False) for path in readable]
     for path, access, loud in rules:
-        rule = _rule(path, access, False)
+        rule = _rule(path, access, None)
         if rule is None:
             again.append((path, access, loud))
         else:

@@ -81,14 +81,20 @@ def serve_forks(sock_fd: int, response_fd: int, lifeline_fd: int, worker_pid: in
             plan = list(prewarm.prewarmed)  # for the worker to keep (with the exclusions)
         if plan is not None or len(sys.modules) != len(_modules_at_fork):
             _modules_at_fork = frozenset(sys.modules)  # what its task processes start with
+        # the task process's own Landlock layer, made here (where its code is warm) for
+        # the task process to apply: its scratch and the prepared roots
+        rules = (None if prepared is None or "scratch" not in order
+                 else confine.ruleset((order["scratch"],), (), prepared))
         child = _fork_task_process(order, fds, response_fd, worker_pid,
-                                   None if roots is None else (roots, prepared), excluded,
-                                   places, plan)
+                                   None if roots is None else (roots, prepared, rules),
+                                   excluded, places, plan)
         if child is not None:  # in the task process: leave the template's loop
             sock.close()
             for fd in (response_fd, lifeline_fd):
                 os.close(fd)
             return child
+        if rules is not None:
+            confine.discard(rules)
 
 
 def _own_state(order_fds) -> dict:
@@ -185,9 +191,9 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
     if tempfile is not None:
         tempfile.tempdir = None  # computed again from TMPDIR, as in a fresh process
     if roots is not None:  # a second Landlock layer: of the template's scratch, only its own
-        (writable, readable), prepared = roots  # (the others' task directories are beneath it)
-        if prepared is not None:  # the roots but its scratch: opened by the template
-            unconfined = confine.sandbox((scratch,), (), prepared)
+        (writable, readable), prepared, rules = roots  # (the others' task directories are
+        if prepared is not None:  # beneath it); made by the template, with its scratch
+            unconfined = confine.enforce(rules)
             confine.release(prepared)
         else:
             unconfined = confine.sandbox((scratch, *writable), readable)
