@@ -159,6 +159,18 @@ def simulate(params, seed):
     # process of a pod shares (each warm process has its own): runs at the same time in
     # direct workers read each other's checkpoints
     "shared_checkpoint": HEAD + CHECKPOINT,
+    # a multiprocessing pool per run: runs in a warm process (its own), fails in a Dask
+    # worker process (a daemon may not have children)
+    "process_pool": HEAD + f'''
+import multiprocessing
+
+def _part(seed):
+    return numlite.total({draws()})
+
+def simulate(params, seed):
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        return {{"total": sum(pool.map(_part, [seed * 10, seed * 10 + 1]))}}
+''',
 }
 
 # planted bug → (exit code, first finding's layer or None, text the evidence must hold)
@@ -182,6 +194,11 @@ EXPECTED = {
     "shared_checkpoint": (3, "concurrency", "direct-one-process (executor=direct, one worker "
                                             "process, one task at a time) agrees with "
                                             "fresh-process"),
+    # failed before: "your model gives other results in the worker's own process ... it
+    # depends on something else of the worker (environment variables, ...)", not a word of
+    # every direct run failing
+    "process_pool": (3, "direct_process", f"{SIMS} of them failed in direct and ran in "
+                                          "fresh-process (first: seed "),
 }
 
 
@@ -322,13 +339,19 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
             "fresh-process from a new interpreter per task (exec), because "), doc["reference"]
     if bug == "import_seed":
         assert "nondeterministic" not in json.dumps(findings), run.output
+    if bug == "process_pool":
+        assert findings[0]["headline"].startswith(
+            "your model fails in the worker's own process (executor=direct)"), run.output
+        assert "daemonic processes are not allowed to have children" in doc["summary"]
+        assert "your mode runs the model in its own process and is not affected" in doc["summary"]
     if bug == "shared_checkpoint":
         assert "worker environment" not in doc["summary"], run.output
     if layer is not None:
         assert doc["next_command"].startswith("modelops-runtime "), doc
 
 
-@pytest.mark.parametrize("case", ["missing-study", "values-do-not-render", "every-sim-fails"])
+@pytest.mark.parametrize("case", ["missing-study", "values-do-not-render", "every-sim-fails",
+                                  "every-sim-writes-a-fixed-tmp-path"])
 def test_bad_input_is_one_error_line_and_nothing_is_left(case, local_cli, numlite_wheels,
                                                         worker_site, shared_state, tmp_path):
     env = env_for(numlite_wheels, worker_site)
@@ -344,6 +367,17 @@ def test_bad_input_is_one_error_line_and_nothing_is_left(case, local_cli, numlit
             "def simulate(params, seed):\n    raise ValueError('broken model')\n")
         expected = (f"error: every one of the {SIMS} sims failed in your mode, so there is "
                     "nothing to compare (first: seed ")
+    elif case == "every-sim-writes-a-fixed-tmp-path":
+        # a modeller's checkpoint at a literal /tmp path: warm processes may not write there,
+        # and the runtime's refusal ends in the value to set, which must be said whole
+        the_study = study(tmp_path, "clean")
+        (the_study / "bundle" / "model.py").write_text(
+            "def simulate(params, seed):\n"
+            "    with open('/tmp/diagnose-test-fixed-path.json', 'w') as fh:\n"
+            "        fh.write(str(seed))\n"
+            "    return {'seed': seed}\n")
+        expected = (f"error: every one of the {SIMS} sims failed in your mode, so there is "
+                    "nothing to compare (first: seed ")
     run = local_cli.run(["-f", vals, "--study", the_study, "--sims", SIMS, "--state-dir",
                          shared_state, "--json"], env, timeout=600, command="diagnose")
     assert run.popen.returncode == 1, run.output
@@ -352,6 +386,13 @@ def test_bad_input_is_one_error_line_and_nothing_is_left(case, local_cli, numlit
     assert "Traceback" not in run.stderr and run.stdout == "", run.output
     if case == "every-sim-fails":
         assert "ValueError: broken model" in errors[0]
+        assert_nothing_left(run)
+    if case == "every-sim-writes-a-fixed-tmp-path":
+        # failed before: the first failure was cut at 300 characters, mid-word
+        # ("... add it to worker.executor.wri); fix the model ...")
+        assert "writing /tmp/diagnose-test-fixed-path.json was refused" in errors[0], errors[0]
+        assert "worker.executor.writablePaths" in errors[0], errors[0]
+        assert not Path("/tmp/diagnose-test-fixed-path.json").exists()
         assert_nothing_left(run)
     assert not run.alive()
 

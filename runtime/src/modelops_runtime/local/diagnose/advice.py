@@ -73,6 +73,20 @@ DIRECT_PROCESS = ("your model gives other results in the worker's own process th
                   "directory, files next to it, other installed packages)")
 
 
+def direct_fails(first_failure: str, user_direct: bool = False) -> str:
+    """``first_failure``: "seed N: Type: message" of the direct step's first failure."""
+    error = first_failure.split(": ", 1)[-1] if first_failure else ""
+    error = error.split(" raised ", 1)[-1]      # the model's own exception, not the wrapper
+    return ("your model fails in the worker's own process (executor=direct) but runs in its "
+            "own venv, with the same versions of its requirements"
+            + (f" ({error})" if error else "")
+            + ": it needs something a Dask worker process does not give it (a worker process "
+            "is a daemon, which may not start a multiprocessing pool; its environment "
+            "variables, working directory, files)"
+            + ("" if user_direct else "; your mode runs the model in its own process and is "
+               "not affected by this"))
+
+
 def worker_env(versions: Sequence[str]) -> str:
     return ("your model gives other results with the worker's own packages than in its own "
             "venv, because the versions of its requirements differ there ("

@@ -183,6 +183,18 @@ def direct_unavailable(study: Study, launch: LaunchPlan) -> str:
             f"install them with `{direct_install_hint(study, missing)}`")
 
 
+FAILURE_CHARS = 1000  # a failure's first line is said whole up to this (it ends in advice)
+
+
+def first_line(message: str, limit: int = FAILURE_CHARS) -> str:
+    """The first line of a failure's message, whole: the runtime's messages end in what to
+    do (a value to set), so a cut is made only past ``limit``, at a word, marked " ..."."""
+    line = (message.splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def _run_id(name: str) -> str:
     # the last part is our pid: the run-directory pruning never touches a live run's
     return f"{datetime.now():%Y%m%d-%H%M%S}-diagnose-{name}-{os.getpid()}"
@@ -321,8 +333,7 @@ def run_step(ctx: Context, step: Step, index: int) -> StepRun:
     sr.total = len(run.sims) + failed
     if run.failures:
         f = run.failures[0]
-        sr.first_failure = (f"seed {f.seed}: {f.error_type}: "
-                            f"{(f.message.splitlines() or [''])[0][:300]}")
+        sr.first_failure = f"seed {f.seed}: {f.error_type}: {first_line(f.message)}"
     ctx.log(f"step {step.name}: {len(run.sims)} ok, {failed} failed, {sr.elapsed_s:.1f} s, "
             f"logs {launch.run_dir / 'logs'}")
     return sr

@@ -87,6 +87,16 @@ def differ_line(c: Comparison, before: str, now: str) -> str:
             f"{now}: {w.labels} {_keys(c.differing)}")
 
 
+def failed_line(c: Comparison, r: Mapping[str, StepRun], before: str, now: str) -> str:
+    """How many differing runs failed in ``now`` while they ran in ``before``, with the
+    first failure ("" when none did): a run that fails is not "other results"."""
+    if not c.failed_now:
+        return ""
+    first = r[now].first_failure if now in r else ""
+    return (f"{len(c.failed_now)} of them failed in {now} and ran in {before}"
+            + (f" (first: {first})" if first else ""))
+
+
 def _reuse_line(c: Comparison, now: str) -> str:
     later, w = c.after_other_tasks("now"), c.words
     agree, firsts = c.first_tasks_agree()
@@ -279,6 +289,14 @@ def _direct(r: Mapping[str, StepRun], facts: Facts, ref: str) -> Finding | None:
                                  f"at a time) agrees with {ref}"],
                        pair=(ref, name))
     evidence = [differ_line(c, ref, name), same]
+    failed = failed_line(c, r, ref, name)
+    if failed and len(c.failed_now) == len(c.differing):
+        # every difference is a failure in the worker's process: say so, not "other results"
+        headline = advice.direct_fails(r[name].first_failure, facts.user_direct)
+        return Finding(layer="direct_process", headline=headline,
+                       evidence=[*evidence, failed], pair=(ref, name))
+    if failed:
+        evidence.append(failed)
     if one is not None:
         evidence.append(f"{one_name} differs from {ref} too: " + differ_line(one, ref, one_name))
     return Finding(layer="direct_process", headline=advice.DIRECT_PROCESS,
