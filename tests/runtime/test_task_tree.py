@@ -72,6 +72,34 @@ def ok(params, seed):
     return {"pid": os.getpid()}
 
 
+def wait(params, seed):
+    """Sleeps until it is killed (a sibling for ``attack``)."""
+    import time
+    time.sleep(300)
+
+
+def attack(params, seed):
+    """Signal the template and a sibling task process; escape its own tree by a clone whose
+    parent is the worker (CLONE_PARENT, as the template forks task processes)."""
+    import ctypes, signal
+    out = {}
+    for name in ("template", "sibling"):
+        if params[name] is None:
+            continue
+        try:
+            os.kill(params[name], signal.SIGTERM)
+            out[name] = "sent"
+        except OSError as exc:
+            out[name] = type(exc).__name__
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
+    pid = libc.syscall(nr, 0x8000 | 17, 0, 0, 0, 0)  # CLONE_PARENT | SIGCHLD
+    if pid == 0:
+        os._exit(0)
+    out["escape"] = [pid if pid < 0 else "forked", ctypes.get_errno()]
+    return out
+
+
 def neighbours(params, seed):
     """List the directory above its scratch: where the other warm processes' scratch
     directories are (or, forked from a template, the template's and its siblings')."""
@@ -128,6 +156,63 @@ def test_a_task_cannot_list_the_scratch_directories_beside_its_own(bundle, warm,
     ex = warm(max_process_reuse=reuse, warm_writable_paths="/dev")
     out = ex.run(_call(bundle, "neighbours")).outputs
     assert out == {"above": "PermissionError", "own": True}
+
+
+@pytest.mark.parametrize("reuse", [1000, 1], ids=["warm", "fresh-from-template"])
+def test_a_task_cannot_signal_its_template_or_a_sibling_nor_clone_out_of_its_tree(
+        bundle, warm, reuse):
+    """Attack: a template clones each task process with the worker as its parent
+    (CLONE_PARENT). The task tries the same, to leave its own tree (uncounted, not ended
+    with it): refused (EPERM) -- before, its clone became the worker's child. It cannot
+    signal the template or a task process forked beside it either."""
+    import threading
+
+    ex = warm(max_process_reuse=reuse)
+    if reuse > 1:  # (signals to other warm processes: test_security.py)
+        out = ex.run(_call(bundle, "attack", template=None, sibling=None)).outputs
+        assert out == {"escape": [-1, 1]}, out
+        return
+    ex.run(_call(bundle, "ok"))  # the template exists
+    me, known = os.getpid(), set(ex.warm_pids())
+    sibling_run = threading.Thread(target=_raised, args=(ex.run, _call(bundle, "wait")))
+    sibling_run.start()
+    try:
+        (sibling,) = wait_for(lambda: _task_processes(me, known), 60,
+                              "the sibling task process to start")
+        template = ex.templates.pids()[0]
+        out = ex.run(_call(bundle, "attack", template=template, sibling=sibling)).outputs
+        assert out == {"template": "PermissionError", "sibling": "PermissionError",
+                       "escape": [-1, 1]}, out
+        assert _state(sibling) not in ("gone", "Z") and _state(template) not in ("gone", "Z")
+    finally:
+        for pid in _task_processes(me, known):
+            os.kill(pid, 9)  # the sibling's run fails (ProcessCrashed)
+        sibling_run.join(60)
+    assert not sibling_run.is_alive()
+
+
+def _task_processes(me: int, known: set) -> list[int]:
+    """The worker's children forked from a template: session leaders not in the pool."""
+    from modelops_runtime.worker.warm.memory import children
+
+    return [p for p in children(me) or () if p not in known
+            and _state(p) not in ("gone", "Z") and _session(p) == p]
+
+
+def _raised(run, *args):
+    try:
+        run(*args)
+    except Exception as exc:  # noqa: BLE001 - the sibling ends killed
+        return exc
+    return None
+
+
+def _session(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def test_a_failing_task_takes_its_processes_with_it(bundle, warm):

@@ -35,7 +35,17 @@ def where(params, seed):
     fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
     return {"cwd": os.getcwd(), "tmpdir": os.environ.get("TMPDIR"), "pid": os.getpid(),
             "token": os.environ.get("%s"), "sid": os.getsid(0), "ppid": os.getppid(),
-            "fds": fds, "pdeathsig": _pdeathsig()}
+            "fds": fds, "pdeathsig": _pdeathsig(), **_thread_of_libc()}
+
+def _thread_of_libc():
+    """What glibc keeps of this thread: its tid (read back from the CPU clock of
+    pthread_self()) and its robust-mutex list as registered with the kernel."""
+    import ctypes, threading
+    clock = time.pthread_getcpuclockid(threading.get_ident())
+    head, size = ctypes.c_void_p(), ctypes.c_size_t()
+    nr = {"x86_64": 274, "aarch64": 100}[os.uname().machine]  # get_robust_list
+    ctypes.CDLL(None).syscall(nr, 0, ctypes.byref(head), ctypes.byref(size))
+    return {"tcb_tid": ~(clock >> 3), "robust_list": bool(head.value)}
 
 def _pdeathsig():
     import ctypes
@@ -122,8 +132,12 @@ def test_a_forked_process_is_its_own_session_with_its_own_pipes_dir_and_mark(tmp
     ref = _bundle(tmp_path)
     first, second = (ex.run(_call(ref, "where")).outputs for _ in range(2))
     assert first["sid"] == first["pid"]            # a session leader: killpg reaches its tree
-    assert first["ppid"] == os.getpid()            # adopted by the worker (a subreaper)
+    assert first["ppid"] == os.getpid()            # the worker's child (CLONE_PARENT)
     assert first["pdeathsig"] == signal.SIGKILL    # armed against the worker's death
+    # glibc's own view of its main thread, as after fork(): its tid, not the template's
+    # (pthread_setaffinity_np(pthread_self()) must not reach the template), and a robust
+    # list registered with the kernel
+    assert first["tcb_tid"] == first["pid"] and first["robust_list"], first
     assert first["cwd"] != second["cwd"] and first["tmpdir"] == first["cwd"]
     assert first["token"] and first["token"] != second["token"]
     # stdin, stdout, stderr and its own request, response and lifeline pipes, plus the
@@ -375,3 +389,70 @@ def test_a_module_starting_a_process_at_import_runs_in_every_mode(tmp_path, warm
                for seed in range(3)]
     assert [(o["at_import"], o["in_task"]) for o in outputs] == [(0, 0)] * 3
     assert len({o["pid"] for o in outputs}) == (1 if reuse > 1 else 3)
+
+
+# Runs a fresh-process executor inside a seccomp profile that refuses clone(CLONE_PARENT)
+# (EPERM), as a stricter profile might: templates then double-fork their task processes.
+_NO_CLONE_PARENT = r'''
+import ctypes, json, logging, os, sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+machine = os.uname().machine
+seccomp, clone = {"x86_64": (317, 56), "aarch64": (277, 220)}[machine]
+prog = [(0x20, 0, 0, 0), (0x15, 0, 3, clone), (0x20, 0, 0, 16), (0x45, 0, 1, 0x8000),
+        (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
+insns = (ctypes.c_uint64 * len(prog))(*(c | jt << 16 | jf << 24 | k << 32
+                                        for c, jt, jf, k in prog))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.syscall(seccomp, 1, 0, ctypes.byref(Prog(len(prog), ctypes.addressof(insns)))) == 0
+
+from modelops_runtime.bundles import BundleStore
+from modelops_runtime.config import RuntimeConfig
+from modelops_runtime.models import Call
+from modelops_runtime.worker.executors.warm import IsolatedWarmExecEnv
+
+records = []
+handler = logging.Handler()
+handler.emit = lambda record: records.append(record.getMessage())
+logging.getLogger("modelops_runtime").addHandler(handler)
+logging.getLogger("modelops_runtime").setLevel(logging.INFO)
+config = RuntimeConfig.from_env(json.loads(sys.argv[1]))
+ex = IsolatedWarmExecEnv(config, BundleStore(config))
+try:
+    out = [ex.run(Call(bundle=sys.argv[2], entrypoint=f"model:{fn}", args=({}, 0))).outputs
+           for fn in ("where", "sim", "where")]
+finally:
+    ex.shutdown()
+print(json.dumps({"out": out, "me": os.getpid(),
+                  "said": [m for m in records if "double-forks" in m]}))
+'''
+
+
+def test_a_template_refused_clone_parent_double_forks_as_before(tmp_path, uv_offline,
+                                                                 scratch_root):
+    """Where clone(CLONE_PARENT) is refused (a stricter seccomp profile), the template
+    falls back to the double fork (a middle process, the worker adopting the task
+    process), says so once, and its task processes are the same: the worker's children,
+    their own sessions, glibc's view of their thread their own."""
+    import json
+    import subprocess
+    import sys
+
+    ref = _bundle(tmp_path)
+    env = {"MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"),
+           "MODELOPS_BUNDLE_CACHE_DIR": str(tmp_path / "bundles"),
+           "MODELOPS_VENVS_DIR": str(tmp_path / "venvs"), "MODELOPS_MAX_PROCESS_REUSE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _NO_CLONE_PARENT, json.dumps(env), ref],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    first, sim, second = result["out"]
+    for where in (first, second):
+        assert where["ppid"] == result["me"] and where["sid"] == where["pid"], where
+        assert where["tcb_tid"] == where["pid"] and where["robust_list"], where
+        assert where["pdeathsig"] == signal.SIGKILL
+    assert sim["count"] == 1 and sim["imported_in"] == sim["pid"]
+    assert len(result["said"]) == 1, result["said"]
+    assert "clone(CLONE_PARENT): Operation not permitted" in result["said"][0]

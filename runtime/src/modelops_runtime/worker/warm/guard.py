@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from .memory import tree_pids
 from .orphans import read_mark
-from .runner.frames import F_SETOWN, GUARD_SYSCALLS
+from .runner.frames import CLONE_PARENT, F_SETOWN, GUARD_SYSCALLS
 
 log = logging.getLogger("modelops_runtime.pool")
 
@@ -54,6 +54,7 @@ class Guarded:
     refused_processes: int = 0  # new processes refused at the limit (since reset)
     forks: int = 0  # new processes let through (since reset): none, no descendant to end
     refused_signals: list[str] = field(default_factory=list)
+    template: bool = False  # a template: it alone may clone with the worker as the parent
 
 
 def receive_listener(sock: socket.socket) -> int | None:
@@ -116,12 +117,12 @@ class Guard:
         return guarded
 
     def expect(self, pid: int, token: str, sock: socket.socket,
-               max_processes: int | None) -> Guarded:
+               max_processes: int | None, *, template: bool = False) -> Guarded:
         """Answer for a starting warm process ``pid`` as soon as its listener arrives on
         ``sock`` (which the guard then owns): its filter is installed before its hello, and
         a new process or a signal it asks before the worker reads that hello must not wait
         for it. :meth:`settle` once the hello came."""
-        guarded = Guarded(pid, token, max_processes, None, pending=sock)
+        guarded = Guarded(pid, token, max_processes, None, pending=sock, template=template)
         with self._lock:
             self._by_pid[pid] = guarded
             self._start()
@@ -268,6 +269,11 @@ class Guard:
             return value - (1 << 32) if value >= 1 << 31 else value
 
         if name in ("clone", "fork", "vfork"):
+            if (name == "clone" and args[0] & CLONE_PARENT
+                    and not (guarded.template and _tgid(asker) == guarded.pid)):
+                # a process whose parent is the worker would leave its tree (uncounted,
+                # not ended with its task): only a template forks its task processes so
+                return errno.EPERM
             limit = guarded.max_processes
             if limit is not None and len(tree_pids(guarded.pid)) - 1 >= limit:
                 guarded.refused_processes += 1

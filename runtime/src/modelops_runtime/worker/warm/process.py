@@ -178,7 +178,7 @@ class WarmProcess:
         # its listener is answered from the moment it arrives, not from its hello: a new
         # process it starts meanwhile must not wait on a worker that is not listening yet
         self.guarded = GUARD.expect(self.pid, token, socket.socket(fileno=guard_w),
-                                    max_processes)
+                                    max_processes, template=template != NO_TEMPLATE)
         try:
             hello = self.exchange(None, timeout=start_timeout, label="the runner's start")
         except Lost as lost:

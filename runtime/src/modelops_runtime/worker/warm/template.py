@@ -107,6 +107,7 @@ class TemplateProcess(WarmProcess):
         self._learned: set[str] = set()  # module names told to the template so far
         self._to_import: list[str] = []  # ... of which not yet sent with an order
         self.excluded: dict[str, str] = {}  # learned names each task process imports itself
+        self._said_double = False  # logged why it double-forks (runner clone.py)
         self.on_excluded: Callable[[dict[str, str]], None] = lambda names: None
         # an earlier template's decisions (plans.py), sent with the first order; told what
         # it has imported (and excluded) whenever that changed, to be kept for the next
@@ -177,6 +178,10 @@ class TemplateProcess(WarmProcess):
         prewarmed = reply.get("prewarmed")
         if isinstance(prewarmed, list) and not reply.get("tainted"):
             self.on_plan(prewarmed[:LEARNED_MAX], dict(self.excluded))
+        if reply.get("double") and not self._said_double:
+            self._said_double = True
+            log.info("the template of %s double-forks its task processes (a middle process "
+                     "each, slower): %s", self.module, reply["double"])
         pid = reply.get("pid") if reply.get("op") == "forked" else 0
         if not pid and reply.get("tainted"):
             _close([req_w, resp_r, life_w, log_r])

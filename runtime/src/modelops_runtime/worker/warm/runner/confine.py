@@ -285,9 +285,10 @@ def cap_data(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
-def start_lifeline(fd: int) -> None:
-    """The lifeline thread (``_thread``: `threading` costs milliseconds per start)."""
-    _thread.start_new_thread(_watch_lifeline, (fd,))
+def start_lifeline(fd: int) -> int:
+    """The lifeline thread (``_thread``: `threading` costs milliseconds per start); returns
+    its ident (its pthread_t)."""
+    return _thread.start_new_thread(_watch_lifeline, (fd,))
 
 
 def _watch_lifeline(fd: int) -> None:

@@ -36,7 +36,7 @@ GUARD_SYSCALLS = {
 }
 F_SETOWN, F_SETOWN_EX = 8, 15  # fcntl commands that aim SIGIO (or any signal) at a pid
 FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902  # ioctls that do the same
-CLONE_THREAD = 0x10000
+CLONE_THREAD, CLONE_PARENT = 0x10000, 0x8000
 PR_SET_CHILD_SUBREAPER = 36  # prctl(this, 0) would let a task's orphans leave its tree
 
 

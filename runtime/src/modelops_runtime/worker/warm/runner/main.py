@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     # is no subreaper (the task processes it forks must be adopted by the worker)
     unguarded = confine.guard_signals(guard_fd, subreaper=template == frames.NO_TEMPLATE,
                                       template=template != frames.NO_TEMPLATE)
-    confine.start_lifeline(lifeline_fd)
+    lifeline = confine.start_lifeline(lifeline_fd)
     faulthandler.enable()  # a segfault's Python stack lands in the log tail
     sys.path.insert(0, bundle_dir)
     if bytecode:  # the bundle's modules compiled once per pod, not in every process
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     forked = None  # in a task process forked from a template: template.py
     if template != frames.NO_TEMPLATE:  # returns only in a forked task process, with its pipes
         forked = _load("template", frames=frames, confine=confine,
-                       prewarm=_load("prewarm", frames=frames))
+                       prewarm=_load("prewarm", frames=frames),
+                       clone=_load("clone").CloneParent(lifeline, lifeline_fd))
         forked.unguarded = unguarded  # the template's; a task process sets its own
         request_fd, response_fd = forked.serve_forks(
             request_fd, response_fd, lifeline_fd, parent_pid, template,

@@ -1,5 +1,6 @@
 """The runner program a warm process starts: runner.py and its sibling files (frames.py,
-confine.py, template.py, prewarm.py), compiled once per venv into one directory."""
+confine.py, template.py, prewarm.py, clone.py, pycache.py), compiled once per venv into
+one directory."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..venvs.store import FINGERPRINT, Venv
 log = logging.getLogger("modelops_runtime.pool")
 
 SOURCE = Path(__file__).parent  # the program's source files: the runner loads its siblings
-FILES = ("main", "frames", "confine", "template", "prewarm", "pycache")  # its directory
+FILES = ("main", "frames", "confine", "template", "prewarm", "pycache", "clone")  # its directory
 RUNNER = SOURCE / "main.py"
 
 

@@ -22,6 +22,7 @@ import sys
 # The runner's siblings this module uses: a program started with -I cannot import them,
 # so runner.py's loader sets these once this file has run (see runner.py ``_load``).
 frames = confine = prewarm = None
+clone = None  # clone.CloneParent of this template (forks with the worker as the parent)
 
 REPARENT_WAIT = 5.0  # s a forked task process waits to be adopted by the worker
 
@@ -140,6 +141,21 @@ def _fork_task_process(order: dict, fds: list, response_fd: int, worker_pid: int
                                          "error": f"got {len(fds)} file descriptors, not 4",
                                          **extra})
         return None
+    if clone is not None and clone.usable():
+        try:
+            pid = clone.fork()
+        except OSError as exc:  # refused (e.g. a sandbox): the double fork from now on
+            clone.why_not = str(exc)
+        else:
+            if pid == 0:
+                return _become_task_process(order, fds, 0, worker_pid, roots, places)
+            for fd in fds:
+                os.close(fd)
+            frames.write_frame(response_fd, {"op": "forked", "pid": pid, "error": "",
+                                             "excluded": excluded, **extra})
+            return None
+    if clone is not None:  # why the double fork (said once in the worker's log)
+        extra["double"] = clone.why_not
     report_r, report_w = os.pipe()
     try:
         middle = os.fork()
@@ -204,7 +220,8 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
     global _at_fork
     _reseed_numpy_legacy_rng()
     _at_fork = _import_context()
-    _adopted(middle)
+    if middle:  # double-forked: wait until the worker adopted us
+        _adopted(middle)
     confine.become_subreaper()  # daemons its task starts stay in its tree
     confine.set_parent_death_signal(worker_pid)
     confine.start_lifeline(lifeline_fd)
