@@ -4,9 +4,10 @@ A template is a warm process (the runner started with ``--template MODULE``) tha
 started the interpreter and imports none of the bundle's modules: only what its task
 processes imported from outside the bundle and the runner's prewarm.py found clean (its
 import does nothing a fork would not reproduce). For each task the worker hands it the
-four pipe ends of a new task process over a socket; it forks one (a double fork: the task
-process is adopted by the worker, a child subreaper, so the worker waits for it, signals
-its process group and reads its exit status as for any process it spawned). The task
+four pipe ends of a new task process over a socket; it forks one whose parent is the
+worker (clone with CLONE_PARENT; a double fork where it cannot, the worker adopting the
+task process as a child subreaper), so the worker waits for it, signals its process group
+and reads its exit status as for any process it spawned. The task
 process runs exactly one task, importing the bundle itself as a new interpreter would.
 
 :class:`TemplateProcess` is the handle of a template; :class:`Templates` keeps one per
@@ -71,8 +72,8 @@ class TemplateTainted(Exception):
 
 
 class _Adopted:
-    """The ``Popen`` part a :class:`WarmProcess` needs, for a process the worker adopted
-    (forked by a template, then reparented to the worker): wait and returncode."""
+    """The ``Popen`` part a :class:`WarmProcess` needs, for a process the worker did not
+    spawn itself (a template forked it as the worker's child): wait and returncode."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid

@@ -6,9 +6,10 @@ so their import-time code runs once per task, as in a new interpreter. It import
 what task processes imported from outside the bundle and prewarm.py found clean (no
 thread, file, handler, RNG or module global a fork would not reproduce). For each task the
 worker sends it, over a socket, the four pipe ends of a new task process, and it forks
-one. The fork is doubled: the middle process exits at once, so the task process is adopted
-by the worker (a child subreaper, see orphans.py), which then waits for it, signals its
-group and reads its exit status like any process it spawned. The task process makes
+one whose parent is the worker (clone.py: CLONE_PARENT), which then waits for it, signals
+its group and reads its exit status like any process it spawned. Where clone.py cannot,
+the fork is doubled: the middle process exits at once, so the task process is adopted by
+the worker (a child subreaper, see orphans.py). The task process makes
 itself a session leader, moves onto its own pipes, scratch directory and mark, reseeds
 numpy's legacy RNG (Python's `random` reseeds itself at fork), arms PR_SET_PDEATHSIG
 against the worker and starts its own lifeline thread, then runs the runner's ordinary
