@@ -53,6 +53,7 @@ class Guarded:
     pending: socket.socket | None = None  # where its listener is still to arrive
     refused_processes: int = 0  # new processes refused at the limit (since reset)
     forks: int = 0  # new processes let through (since reset): none, no descendant to end
+    spawned: bool = False  # any new process let through, ever: none, no orphan to look for
     refused_signals: list[str] = field(default_factory=list)
     template: bool = False  # a template: it alone may clone with the worker as the parent
 
@@ -241,44 +242,49 @@ class Guard:
         ident, asker = struct.unpack_from("=QI", buf, 0)
         nr = struct.unpack_from("=i", buf, 16)[0]
         args = struct.unpack_from("=6Q", buf, 32)
-        error = self._decide(self._owner(guarded, asker), asker, self._names.get(nr, ""),
-                             args)
+        owner, tgid = self._owner(guarded, asker)
+        error = self._decide(owner, asker, self._names.get(nr, ""), args, tgid)
         resp = RESP.pack(ident, 0, -error if error else 0, 0 if error else FLAG_CONTINUE)
         with contextlib.suppress(OSError):  # ENOENT: the asker died meanwhile
             fcntl.ioctl(guarded.listener, NOTIF_SEND, bytearray(resp), True)
 
-    def _owner(self, guarded: Guarded, asker: int) -> Guarded:
-        """The innermost guarded process whose tree ``asker`` is in: a task process forked
-        from a template stacks its own filter on the template's, and a call that one
-        filter lets through may be asked through the other's listener."""
-        walk = _tgid(asker)
+    def _owner(self, guarded: Guarded, asker: int) -> tuple[Guarded, int | None]:
+        """The innermost guarded process whose tree ``asker`` is in, and the asker's
+        process: a task process forked from a template stacks its own filter on the
+        template's, and a call that one filter lets through may be asked through the
+        other's listener."""
+        if asker in self._by_pid:  # the main thread of a guarded process (tids are unique)
+            return self._by_pid[asker], asker
+        tgid = walk = _tgid(asker)
         for _ in range(MAX_DEPTH):
             if walk is None or walk in (0, 1, os.getpid()):
                 break
             if walk in self._by_pid:
-                return self._by_pid[walk]
+                return self._by_pid[walk], tgid
             walk = _ppid(walk)
         # not by its mark: a process chooses its own environment. The listener itself is
         # proof of origin (its filter is inherited, never handed over)
-        return guarded
+        return guarded, tgid
 
-    def _decide(self, guarded: Guarded, asker: int, name: str, args: tuple) -> int:
+    def _decide(self, guarded: Guarded, asker: int, name: str, args: tuple,
+                tgid: int | None = None) -> int:
         """0 to let the call run, else the errno it fails with."""
         def signed(value: int) -> int:
             value &= 0xFFFFFFFF
             return value - (1 << 32) if value >= 1 << 31 else value
 
         if name in ("clone", "fork", "vfork"):
-            if (name == "clone" and args[0] & CLONE_PARENT
-                    and not (guarded.template and _tgid(asker) == guarded.pid)):
+            if name == "clone" and args[0] & CLONE_PARENT:
                 # a process whose parent is the worker would leave its tree (uncounted,
                 # not ended with its task): only a template forks its task processes so
-                return errno.EPERM
+                # (and they are not in its tree: nothing to count)
+                return 0 if guarded.template and tgid == guarded.pid else errno.EPERM
             limit = guarded.max_processes
             if limit is not None and len(tree_pids(guarded.pid)) - 1 >= limit:
                 guarded.refused_processes += 1
                 return errno.EAGAIN
             guarded.forks += 1
+            guarded.spawned = True
             return 0
         if name == "fcntl":
             if args[1] & 0xFFFFFFFF != F_SETOWN:

@@ -418,15 +418,17 @@ class WarmProcess:
             if not self.wait_exit(term_at - time.monotonic()):
                 self.signal_group(signal.SIGTERM)
                 self.wait_exit(term_at + grace - time.monotonic())
+        # guarded, and no new process ever let through: it has no descendant, no orphan
+        alone = self.guarded is not None and not self.guarded.spawned
         with self._reap_lock:
             if not self._stopped:
                 # descendants that left the process group are found by parentage while the
                 # leader lives; once it has exited they belong to init (nothing to scan)
                 try:
-                    tree = [] if self.exited() else self._ps.children(recursive=True)
+                    tree = [] if alone or self.exited() else self._ps.children(recursive=True)
                 except psutil.Error:
                     tree = []
-                adopted = adopted_descendants(self.token, owner=self.pid)
+                adopted = [] if alone else adopted_descendants(self.token, owner=self.pid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.pid, signal.SIGKILL)  # leader not reaped: the id is ours
                 for child in (*tree, *adopted):
