@@ -16,7 +16,7 @@ from modelops_runtime.client.batching import (BATCH_TARGET, MAX_BATCH, RUN_FLOOR
                                               per_run_estimate, plan_batches, quantise)
 from support.bundles import make_bundle
 from support.cluster import direct_env, wait_for
-from support.wheels import offline_uv_env, wheelhouse  # noqa: F401 - fixture
+from support.wheels import build_wheel, offline_uv_env, wheelhouse  # noqa: F401 - fixture
 
 MODEL = '''
 import os, time
@@ -180,6 +180,62 @@ def test_the_same_study_twice_gets_the_same_plan(dask_cluster, tmp_path, wheelho
         assert gather_study(client, sub, progress=False).ok
         slow.append(sub.batching.size)
     assert max(slow) / min(slow) <= 1.2, slow
+
+
+FORKED_MODEL = '''
+import os
+
+def sim(params, seed):
+    import slowlib   # lazily, as numpy.random or scipy: the template learns it
+    if seed == params["crash"]:
+        os.kill(os.getpid(), 9)
+    if seed == params["fail"]:
+        raise ValueError(f"seed {seed} fails")
+    return {"seed": seed, "value": slowlib.VALUE}
+'''
+
+
+def test_fresh_process_studies_are_batched_and_each_run_keeps_its_own_process(
+        dask_cluster, tmp_path):
+    """Session 6: a fresh-process study of SIR ran as 296 Dask tasks for 300 runs. A forked
+    run's time counted the template's one-time work: its start, and its importing what the
+    first task processes imported (learned), so both probe runs of every probe task looked
+    as slow as that and the plan said 1. Here that one-time work is an import of 1.5 s, more
+    than the target of 1 s per task: the plan groups runs all the same. Inside a batch each
+    run still has its own process forked from the template, its own outcome: a run whose
+    process is killed fails alone, typed."""
+    links = tmp_path / "links"
+    links.mkdir()
+    build_wheel(links, "slowlib", "1.0",
+                {"slowlib": "import time\ntime.sleep(1.5)  # a heavy import\nVALUE = 7\n"})
+    repo = tmp_path / "repo"
+    ref = make_bundle(tmp_path, repo, {"model.py": FORKED_MODEL,
+                                       "requirements.txt": "slowlib\n"})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"MODELOPS_BUNDLE_REPO": str(repo), "TMPDIR": str(scratch),
+           "MODELOPS_MAX_PROCESS_REUSE": "1", **offline_uv_env(links)}
+    # two worker processes: each has its own template, each of its probe runs pays its
+    # part (as SIR's 4 probe tasks on 4 workers did)
+    _, client = dask_cluster(env, nworkers=2, nthreads=1)
+    plan = StudyPlan(name="forked", bundle=ref, entrypoint="model:sim",
+                     sets=[ParamSet.of({"crash": 21, "fail": 30}, index=0)],
+                     seeds=Seeds(count=40))
+    sub = submit_study(client, plan, batch_target=1.0)
+    outcomes = {o.seed: o for o in sub}
+    batching = sub.batching
+    assert batching is not None and batching.source == "measured", batching
+    assert batching.size > 1 and sub.tasks < 40, (sub.tasks, batching.describe())
+    assert sorted(outcomes) == list(range(40))
+    failed = {s: o.failure for s, o in outcomes.items() if not o.ok}
+    assert sorted(failed) == [21, 30], failed
+    assert failed[21].error_type == "ProcessCrashed" and "SIGKILL" in failed[21].message
+    assert failed[30].error_type == "SimulationError" and "seed 30 fails" in failed[30].message
+    results = [o.result for o in outcomes.values() if o.ok]
+    assert [r.outputs for r in sorted(results, key=lambda r: r.outputs["seed"])] == \
+        [{"seed": s, "value": 7} for s in range(40) if s not in (21, 30)]
+    assert {r.process_task_count for r in results} == {1}
+    assert len({r.pid for r in results}) == len(results)  # no run reused a process
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -102,7 +102,7 @@ class IsolatedWarmExecEnv(ExecEnv):
     # -- ExecEnv -----------------------------------------------------------------------
 
     def run(self, call: Call) -> SimResult:
-        started = time.perf_counter()
+        started = time.monotonic()
         bundle = self._bundle(call.bundle)
         fresh = self.config.force_fresh_venv
         key = (*bundle.pool_key, call.entrypoint.partition(":")[0], fresh)
@@ -124,6 +124,9 @@ class IsolatedWarmExecEnv(ExecEnv):
                 prepare=lambda: venv.append(self.venvs.get(bundle.requirements)))
         finally:  # our venv lease: a process started in it holds its own copy
             _close_all([v.lease for v in venv if v.lease is not None])
+        # the run's time (docs/studies.md): a process started for it alone counts from its
+        # start; one that runs several tasks from now (its start and venv are shared)
+        started = proc.started if proc.max_tasks == 1 and not reused else time.monotonic()
         try:
             outputs = self._send(proc, call, bundle)
             # read while this thread owns the process: once released, another thread may
@@ -362,6 +365,9 @@ class IsolatedWarmExecEnv(ExecEnv):
         finally:  # our venv lease: the template (and what it forks) holds its own copy
             _close_all([venv.lease] if venv.lease is not None else [])
         self._stats.incr("spawns")
+        # the run's time counts from its own process's start (docs/studies.md): not the
+        # template's start, nor its importing what earlier task processes imported
+        started = proc.started
         try:
             self.pool.track_unpooled(proc)
             with self._lock:
@@ -437,7 +443,7 @@ class IsolatedWarmExecEnv(ExecEnv):
                 started: float, env_digest: str = "") -> SimResult:
         return SimResult(outputs=outputs, executor=self.name, pid=pid,
                          process_task_count=task_count, venv_cache_hit=venv_hit,
-                         duration_s=time.perf_counter() - started, env_digest=env_digest)
+                         duration_s=time.monotonic() - started, env_digest=env_digest)
 
 
 def _close_all(fds: list[int]) -> None:
