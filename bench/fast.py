@@ -128,7 +128,8 @@ def sir(ws: Workspace, smoke: bool) -> dict[str, Any]:
 
 
 LOCAL_MODES = ("prod-warm", "fresh-process", "diagnose-fresh-venv")
-_ELAPSED = re.compile(r"sims: (\d+) ok, (\d+) failed; elapsed ([0-9.]+) s")
+_ELAPSED = re.compile(r"sims: (\d+) ok, (\d+) failed; elapsed ([0-9.]+) s(?:; (\d+) Dask task)?")
+_PLAN = re.compile(r"batch plan: (\d+) run\(s\) per Dask task(.*)")
 
 
 def sir_local(ws: Workspace, smoke: bool) -> dict[str, Any]:
@@ -137,13 +138,15 @@ def sir_local(ws: Workspace, smoke: bool) -> dict[str, Any]:
     PRESET=<mode>`` runs), one state directory per mode kept between runs (its uv cache,
     bundle and venv caches warm after an untimed first run), the modes interleaved round by
     round. Whole command (cluster start and stop included: what the user waits for, as
-    issue #14 measured it) and the study alone (the ``elapsed`` the command prints)."""
+    issue #14 measured it) and the study alone (the ``elapsed`` the command prints), with
+    the Dask tasks and the batch plan of the round whose study was fastest."""
     sims = 10 if smoke else 300
     cli = Path(sys.executable).with_name("modelops-runtime")
     times: dict[str, dict[str, list[float]]] = {m: {"command_s": [], "study_s": []}
                                                 for m in LOCAL_MODES}
+    batching: dict[str, list[dict[str, Any]]] = {m: [] for m in LOCAL_MODES}
 
-    def once(mode: str, n: int) -> tuple[float, float]:
+    def once(mode: str, n: int) -> tuple[float, float, dict[str, Any]]:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [str(cli), "local", "-f", str(REPO / "values-examples" / f"{mode}.yaml"),
@@ -151,24 +154,31 @@ def sir_local(ws: Workspace, smoke: bool) -> dict[str, Any]:
              "--no-progress", "--state-dir", str(ws.root / mode)],
             capture_output=True, text=True, timeout=3600, cwd=REPO)
         wall = time.perf_counter() - t0
-        found = _ELAPSED.search(proc.stdout + proc.stderr)
+        out = proc.stdout + proc.stderr
+        found = _ELAPSED.search(out)
         if proc.returncode != 0 or not found or int(found[1]) != n:
-            out = proc.stdout + proc.stderr
             tail = out if len(out) < 6000 else out[:3000] + "\n...\n" + out[-3000:]
             raise RuntimeError(f"`modelops-runtime local` in {mode} exited {proc.returncode}:"
                                f"\n{tail}")
-        return wall, float(found[3])
+        plan = _PLAN.search(out)
+        return wall, float(found[3]), {
+            "dask_tasks": int(found[4]) if found[4] else None,
+            "runs_per_task": int(plan[1]) if plan else None,
+            "batch_plan": plan[0].removeprefix("batch plan: ") if plan else ""}
 
     for mode in () if smoke else LOCAL_MODES:
         once(mode, 8)  # untimed: builds the cached venv, fills uv's cache
     for _ in range(1 if smoke else 2):
         for mode in LOCAL_MODES:
-            wall, study = once(mode, sims)
+            wall, study, grouped = once(mode, sims)
             times[mode]["command_s"].append(wall)
             times[mode]["study_s"].append(study)
+            batching[mode].append(grouped)
     out: dict[str, Any] = {"sims": sims}
     for mode, t in times.items():
         out[mode] = {k: min(v) for k, v in t.items()}
+        best = t["study_s"].index(out[mode]["study_s"])
+        out[mode].update(batching[mode][best])
     return out
 
 

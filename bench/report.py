@@ -101,7 +101,8 @@ def _sir_local(mode: str, against: str = "prod-warm") -> Callable[[R], tuple[flo
         return other["study_s"] / base["study_s"], (
             f"the study alone {ms(other['study_s'])} / {ms(base['study_s'])}; whole command "
             f"{ms(other['command_s'])} / {ms(base['command_s'])} = "
-            f"{other['command_s'] / base['command_s']:.2f}×")
+            f"{other['command_s'] / base['command_s']:.2f}×; Dask tasks "
+            f"{other.get('dask_tasks', '?')} / {base.get('dask_tasks', '?')}")
     return measure
 
 
@@ -342,17 +343,24 @@ def details(results: R) -> str:
         sl = f.get("sir_local", {})
         if "prod-warm" in sl:
             prod = sl["prod-warm"]
+            modes = ("prod-warm", "fresh-process", "diagnose-fresh-venv")
             lines += [f"SIR example through `modelops-runtime local`, {sl['sims']} sims per "
-                      "run, best of the rounds (the targets compare the whole command, as a "
-                      "user waits for it; the study alone is the `elapsed` it prints):", ""]
+                      "run, best of the rounds (the targets compare the study alone, the "
+                      "`elapsed` it prints; the whole command is what a user waits for, "
+                      "cluster start and stop included). Dask tasks and runs per task: the "
+                      "batch plan of the fastest round (docs/studies.md \"Tiny runs are "
+                      "batched\"):", ""]
             lines += _table(["preset", "whole command", "× prod-warm", "study alone",
-                             "× prod-warm"],
+                             "× prod-warm", "Dask tasks", "runs per task"],
                             [[name, ms(sl[name]["command_s"]),
                               f"{sl[name]['command_s'] / prod['command_s']:.2f}×",
                               ms(sl[name]["study_s"]),
-                              f"{sl[name]['study_s'] / prod['study_s']:.2f}×"]
-                             for name in ("prod-warm", "fresh-process",
-                                          "diagnose-fresh-venv")]) + [""]
+                              f"{sl[name]['study_s'] / prod['study_s']:.2f}×",
+                              str(sl[name].get("dask_tasks", "?")),
+                              str(sl[name].get("runs_per_task", "?"))]
+                             for name in modes]) + [""]
+            lines += [f"- {name}: batch plan {sl[name]['batch_plan']}" for name in modes
+                      if sl[name].get("batch_plan")] + [""]
         b = f.get("batched", {})
         if "noop" in b:
             lines += [f"Batched (local cluster, prod-warm, {b['worker_processes']} worker "
