@@ -87,6 +87,11 @@ def test_batched_runs_give_exactly_the_unbatched_results_and_failures(dask_clust
         assert [s.aggregate.outputs for s in result.sets] == \
             [s.aggregate.outputs for s in unbatched.sets]
     assert fixed.max_in_flight <= 30 and measured.max_in_flight <= 30
+    # a study no bigger than the probe: its plan is still measured, from its own runs
+    small = submit_study(client, _plan(ref, "small", sets[:1], 4))
+    assert gather_study(client, small, progress=False).ok
+    assert small.batching.source == "measured" and small.batching.probe_runs == 2, \
+        small.batching.describe()
 
 
 def test_a_worker_killed_mid_batch_changes_no_run(dask_cluster, tmp_path):

@@ -339,9 +339,6 @@ class StudySubmission:
                 batch = list(itertools.islice(runs, min(self.window, per * slots)))
                 for future, _ in submit(batch, per, grouped=True):
                     probes[future.key] = []
-                if len(batch) == self.total:  # the probe is the study
-                    self.batching = plan_batches(list(probes.values()), left=0, slots=slots,
-                                                 window=self.window, target=self.batch_target)
             else:
                 top_up()
             for finished in done.batches():
