@@ -5,7 +5,7 @@ interpreter is random per process, different in every task in both modes.
 
 Real numpy comes from the tests' locked wheelhouse (tests/support/wheelhouse.py) or, until
 it is on main, a directory of wheels named by MODELOPS_TEST_WHEELS (fetched once by hand);
-without either, the three numpy bundles are left out (the test prints which).
+without either, the four numpy bundles are left out (the test prints which).
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ import numpy as np
 
 def run(params, seed):
     return {"draw": float(np.random.random())}
+'''}, True),
+    "numpy legacy RNG's bit generator spawned": ({"m.py": '''
+import numpy as np
+
+def run(params, seed):
+    return {"spawned": int(np.random.get_bit_generator().spawn(1)[0].random_raw())}
 '''}, True),
     "numpy default_rng from the seed and unseeded": ({"m.py": '''
 import numpy as np

@@ -300,13 +300,22 @@ def doubt() -> str:
 def _reseed_numpy_legacy_rng() -> None:
     """numpy's legacy global RNG (np.random.rand, ...) is seeded from the OS when
     numpy.random is imported: a task process forked from a template that imported it would
-    otherwise start from the template's state, the same in every task process. Seeded
-    from the OS again, it starts as in a fresh interpreter."""
+    otherwise start from the template's state, the same in every task process. Its bit
+    generator is initialised again in place, as the import makes it (a new SeedSequence
+    from the OS, so ``spawn`` works and differs per process, and a new lock shared with
+    the RandomState), so it starts as in a fresh interpreter."""
     random = sys.modules.get("numpy.random")
-    if random is not None:
+    if random is None:
+        return
+    try:
+        legacy = random.mtrand._rand
+        bits = legacy._bit_generator
+        bits.__init__()  # MT19937(): what numpy.random's import makes
+        legacy.__init__(bits)  # RandomState(bits): its lock, no cached gauss
+    except Exception:  # noqa: BLE001 - an older or unusual numpy: seeded from the OS
         try:
             random.seed()
-        except Exception:  # noqa: BLE001 - an unusual numpy: left as the template had it
+        except Exception:  # noqa: BLE001 - left as the template had it
             pass
 
 
