@@ -97,7 +97,6 @@ class WarmProcess:
         self._closed_at = 0.0
         self._stopped = False
         self._reap_lock = threading.Lock()  # killpg and reaping never interleave
-        self._ps = psutil.Process(self.pid)
         try:
             self._pidfd: int | None = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # old kernel / sandbox: fall back to waitid polling
@@ -425,7 +424,9 @@ class WarmProcess:
                 # descendants that left the process group are found by parentage while the
                 # leader lives; once it has exited they belong to init (nothing to scan)
                 try:
-                    tree = [] if alone or self.exited() else self._ps.children(recursive=True)
+                    # (made here, not at start: not reaped yet, its pid is still its own)
+                    tree = [] if alone or self.exited() else \
+                        psutil.Process(self.pid).children(recursive=True)
                 except psutil.Error:
                     tree = []
                 adopted = [] if alone else adopted_descendants(self.token, owner=self.pid)

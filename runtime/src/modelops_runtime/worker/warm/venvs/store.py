@@ -98,6 +98,7 @@ class VenvCache:
         (self.root / ".locks").mkdir(exist_ok=True)
         self._failed: dict[str, tuple[float, EnvironmentBuildError]] = {}  # key → last failure
         self._checked: dict[Path, tuple] = {}  # venv → fingerprint stat that passed validation
+        self._sites: dict[Path, list[str]] = {}  # venv → its site-packages directories
         self.max_bytes = max_bytes
         self.entries = CacheEntries(self.root)
         self.uv_cache = UvCacheGC(self._uv_env, self.root / ".locks", uv_cache_max_bytes)
@@ -278,6 +279,8 @@ class VenvCache:
         fp_path = dest / FINGERPRINT
         try:
             stat = fp_path.stat()
+            if self.validate and self._checked.get(dest) == self._identity(dest, stat):
+                return None  # as it was when it passed (a cache hit: a few stat calls)
             fingerprint = json.loads(fp_path.read_text())
         except FileNotFoundError:
             return "it has no fingerprint (a build that did not finish)"
@@ -297,8 +300,7 @@ class VenvCache:
         # first time this worker process uses the venv, and again whenever a site-packages
         # directory changes (a package installed, upgraded or removed): a cache hit then
         # costs a few stat calls, not one per installed file.
-        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size,
-                    tuple(site.stat().st_mtime_ns for site in site_packages(dest)))
+        identity = self._identity(dest, stat)
         if self._checked.get(dest) == identity:
             return None
         if "installed" in fingerprint and installed_digest(dest) != fingerprint["installed"]:
@@ -308,6 +310,20 @@ class VenvCache:
             return problem
         self._checked[dest] = identity
         return None
+
+    def _identity(self, dest: Path, stat: os.stat_result) -> tuple:
+        """What changes when the fingerprint is rewritten or a package installed, upgraded
+        or removed: the fingerprint's stat and each site-packages directory's mtime (the
+        directories of a venv, found once: an install never adds one)."""
+        sites = self._sites.get(dest)
+        if sites is None:
+            sites = self._sites[dest] = [os.fspath(site) for site in site_packages(dest)]
+        try:
+            mtimes = tuple(os.stat(site).st_mtime_ns for site in sites)
+        except OSError:  # one was removed: never the identity that passed
+            self._sites.pop(dest, None)
+            mtimes = None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size, mtimes)
 
     @staticmethod
     def _interpreter_problem(venv: Path) -> str | None:
