@@ -79,6 +79,22 @@ def hog(params, seed):
 
 def boom(params, seed):
     raise ValueError("bad x")
+
+def chatty(params, seed):
+    """More output than a pipe holds, while running and at exit (atexit)."""
+    import atexit
+
+    def at_exit():
+        print("y" * 200_000, flush=True)
+        if params.get("done"):  # written once all of it went out
+            open(os.path.join(params["done"], str(os.getpid())), "w").close()
+
+    atexit.register(at_exit)
+    for i in range(3000):
+        print(f"line {i} " + "z" * 100)
+    if params.get("fail"):
+        raise ValueError("after the output")
+    return {"pid": os.getpid()}
 ''' % TOKEN_VAR
 
 OTHER = '''
@@ -456,3 +472,19 @@ def test_a_template_refused_clone_parent_double_forks_as_before(tmp_path, uv_off
     assert sim["count"] == 1 and sim["imported_in"] == sim["pid"]
     assert len(result["said"]) == 1, result["said"]
     assert "clone(CLONE_PARENT): Operation not permitted" in result["said"][0]
+
+
+def test_a_forked_process_printing_more_than_a_pipe_holds_is_drained(tmp_path, warm):
+    """Nothing drains a forked task process's output but the thread waiting on it (no
+    thread of its own): 300 KB while it runs and 200 KB in an atexit handler, more than
+    its pipe holds, never block it; the error carries the last of it."""
+    ex = warm(max_process_reuse=1)
+    ref = _bundle(tmp_path)
+    with pytest.raises(SimulationError) as info:
+        ex.run(_call(ref, "chatty", fail=True))
+    assert "line 2999 " in info.value.log_tail and "after the output" in str(info.value)
+    done = tmp_path / "done"  # (the fixture's writable path)
+    done.mkdir()
+    pids = [ex.run(_call(ref, "chatty", done=str(done))).outputs["pid"] for _ in range(3)]
+    wait_for(lambda: sorted(int(p.name) for p in done.iterdir()) == sorted(pids), 60,
+             "each task process's atexit output to be drained (else its print blocks)")

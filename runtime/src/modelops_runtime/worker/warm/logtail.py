@@ -1,5 +1,7 @@
-"""The output (stdout + stderr) of a warm process, drained by a thread into a bounded
-buffer."""
+"""The output (stdout + stderr) of a warm process, drained into a bounded buffer: by a
+thread of its own, or (a task process forked from a template, which lives for one task)
+by whoever waits on the process (process.py polls :meth:`LogTail.polled` beside its
+pipes and its exit)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ TAIL_CHARS = 8000                  # characters of output attached to errors
 
 
 class LogTail:
-    """A warm process's stdout+stderr: one pipe, always drained by a thread into a bounded
-    buffer (a full pipe would block the user's print and hang the task)."""
+    """A warm process's stdout+stderr: one pipe, always drained into a bounded buffer (a
+    full pipe would block the user's print and hang the task). ``threaded``: by a thread;
+    else whoever waits on the process drains it (:meth:`polled`) and closes it."""
 
-    def __init__(self, fd: int, keep: int = LOG_KEEP) -> None:
+    def __init__(self, fd: int, keep: int = LOG_KEEP, *, threaded: bool = True) -> None:
         self._fd = fd
         self._keep = keep
         self._buf = bytearray()
@@ -23,9 +26,24 @@ class LogTail:
         self._eof = False
         self._lock = threading.Lock()
         os.set_blocking(fd, False)
-        self._thread = threading.Thread(target=self._drain, daemon=True,
-                                        name=f"modelops-log-{fd}")
-        self._thread.start()
+        self._thread = None
+        if threaded:
+            self._thread = threading.Thread(target=self._drain, daemon=True,
+                                            name=f"modelops-log-{fd}")
+            self._thread.start()
+
+    def polled(self) -> int | None:
+        """The fd to poll (readable: call :meth:`sync`) while waiting on the process; None
+        when a thread drains it, or at its end."""
+        return None if self._thread is not None or self._eof else self._fd
+
+    def close(self) -> None:
+        """Stop reading (not threaded: once the process and its tree are gone)."""
+        if self._thread is None:
+            with self._lock:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                self._fd, self._eof = -1, True
 
     def _drain(self) -> None:
         poller = select.poll()
@@ -49,6 +67,9 @@ class LogTail:
                     chunk = b""
                 if not chunk:
                     self._eof = True
+                    if self._thread is None:  # no thread polls it: closed here
+                        os.close(self._fd)
+                        self._fd = -1
                     return
                 self._buf += chunk
                 self._total += len(chunk)

@@ -303,8 +303,7 @@ class WarmProcess:
                     "message": str(exc), "traceback": ""}
 
     def _send(self, view: memoryview, watch: "Watch") -> None:
-        poller = select.poll()
-        poller.register(self._req, select.POLLOUT)
+        poller = self._poller(self._req, select.POLLOUT)
         while view:
             try:
                 view = view[os.write(self._req, view):]
@@ -314,20 +313,19 @@ class WarmProcess:
                 pass
             except BrokenPipeError:
                 raise watch.died() from None
-            poller.poll(TICK * 1000)
+            self._wait(poller, TICK)
             watch.check()
 
     def _recv(self, n: int, watch: "Watch") -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         pos = 0
-        poller = select.poll()
-        poller.register(self._resp, select.POLLIN)
+        poller = self._poller(self._resp, select.POLLIN)
         while pos < n:
             try:
                 got = os.readv(self._resp, [view[pos:]])
             except BlockingIOError:
-                poller.poll(TICK * 1000)
+                self._wait(poller, TICK)
                 watch.check()
                 continue
             if got == 0:
@@ -335,6 +333,28 @@ class WarmProcess:
             pos += got
             watch.check(alive=False)
         return buf
+
+    def _poller(self, fd: int | None, events: int) -> select.poll:
+        """A poll of ``fd`` and, when no thread drains it, of the process's output."""
+        poller = select.poll()
+        if fd is not None:
+            poller.register(fd, events)
+        log_fd = self.log.polled()
+        if log_fd is not None:
+            poller.register(log_fd, select.POLLIN)
+        return poller
+
+    def _wait(self, poller: select.poll, timeout: float) -> list[int]:
+        """Poll (up to ``timeout`` s); drain the output if it is what woke us. Returns the
+        other fds that are ready."""
+        log_fd = self.log.polled()
+        ready = [fd for fd, _events in poller.poll(max(0.0, timeout) * 1000)]
+        if log_fd is not None and log_fd in ready:
+            self.log.sync()
+            if self.log.polled() is None:  # its end: closed (its number may be reused)
+                poller.unregister(log_fd)
+            ready.remove(log_fd)
+        return ready
 
     # -- state -----------------------------------------------------------------------
 
@@ -367,16 +387,16 @@ class WarmProcess:
     def wait_exit(self, timeout: float) -> bool:
         if self._stopped:
             return True
-        if self._pidfd is not None:
-            poller = select.poll()
-            poller.register(self._pidfd, select.POLLIN)
-            poller.poll(max(0.0, timeout) * 1000)
-            return self.exited()
         deadline = time.monotonic() + timeout
+        poller = self._poller(self._pidfd, select.POLLIN)  # (and its output, if ours to drain)
         while not self.exited():
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(0.01)
+            if self._pidfd is None and self.log.polled() is None:
+                time.sleep(min(left, 0.01))  # no pidfd: polled by waitid
+            else:
+                self._wait(poller, left if self._pidfd is not None else min(left, 0.01))
         return True
 
     def signal_group(self, sig: int) -> None:
@@ -451,6 +471,7 @@ class WarmProcess:
                     os.close(fd)
             setattr(self, name, -1 if name != "_pidfd" else None)
         self.log.sync()
+        self.log.close()  # (one a thread drains is closed by it)
         self.remove_scratch()
         return describe_exit(self.popen.returncode)[0]
 

@@ -201,7 +201,7 @@ class TemplateProcess(WarmProcess):
         os.set_blocking(req_w, False)
         os.set_blocking(resp_r, False)
         child = WarmProcess(_Adopted(pid), key=self.key, venv=self.venv, request_fd=req_w,
-                            response_fd=resp_r, lifeline_fd=life_w, log=LogTail(log_r),
+                            response_fd=resp_r, lifeline_fd=life_w, log=LogTail(log_r, threaded=False),
                             max_tasks=1, ttl=float("inf"), scratch=scratch)
         child.token, child.sampler = token, sampler
         child.max_processes = self.max_processes
