@@ -553,7 +553,8 @@ def test_runner_rejects_bad_arguments_with_its_usage(args):
     assert "the warm pool starts this program" in proc.stderr
 
 
-@pytest.mark.parametrize("damaged", ["main", "frames", "template", "prewarm", "pycache"])
+@pytest.mark.parametrize("damaged", ["main", "frames", "template", "prewarm", "pycache",
+                                     "clone"])
 def test_damaged_compiled_runner_is_replaced(tmp_path, warm, damaged):
     """The program is compiled into one directory of the venv; any of its files damaged
     (the runner itself, a sibling it loads, one only a template loads) is replaced."""
@@ -563,8 +564,8 @@ def test_damaged_compiled_runner_is_replaced(tmp_path, warm, damaged):
     venv = tmp_path / "venvs" / venv_key([])
     (program,) = venv.glob("modelops-runner-*")
     compiled = sorted(p.name for p in program.iterdir())
-    assert compiled == ["confine.pyc", "frames.pyc", "main.pyc", "prewarm.pyc", "pycache.pyc",
-                        "template.pyc"]
+    assert compiled == ["clone.pyc", "confine.pyc", "frames.pyc", "main.pyc", "prewarm.pyc",
+                        "pycache.pyc", "template.pyc"]
     file = program / f"{damaged}.pyc"
     file.write_bytes(file.read_bytes()[:40])  # truncated, e.g. by a full disk
     again = ex.run(_call(ref))
@@ -580,7 +581,7 @@ import os, sys
 
 def where(params, seed):
     return {"name": __name__, "in_bundle": os.path.dirname(__file__) == sys.path[0]}
-""" for name in ("main", "frames", "confine", "template", "prewarm", "pycache")}
+""" for name in ("main", "frames", "confine", "template", "prewarm", "pycache", "clone")}
 
 
 @pytest.mark.parametrize("settings", [
@@ -591,7 +592,7 @@ def test_bundle_modules_named_like_the_runners_files_are_the_bundles(tmp_path, w
     bundle's modules of the same names are the ones its code imports."""
     ex = warm(**settings)
     ref = _bundle(tmp_path, extra=SHADOWS)
-    for name in ("main", "frames", "confine", "template", "prewarm", "pycache"):
+    for name in ("main", "frames", "confine", "template", "prewarm", "pycache", "clone"):
         out = ex.run(Call(bundle=ref, entrypoint=f"{name}:where", args=({}, 0))).outputs
         assert out == {"name": name, "in_bundle": True}, (name, out)
 
