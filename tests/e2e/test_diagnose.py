@@ -171,6 +171,28 @@ def simulate(params, seed):
     with multiprocessing.get_context("fork").Pool(2) as pool:
         return {{"total": sum(pool.map(_part, [seed * 10, seed * 10 + 1]))}}
 ''',
+    # an atexit handler saves the last total at a fixed path, and a run starts from it when
+    # it is there: a warm process may not write there, a direct worker process does when it
+    # exits, and every step after direct reads it (@LAST_RUN@: a path of this test's own)
+    "atexit_file": HEAD + f'''
+import atexit, json
+PATH = "@LAST_RUN@"
+LAST = {{}}
+
+def _save():
+    with open(PATH, "w") as fh:
+        json.dump(LAST, fh)
+
+atexit.register(_save)
+
+def simulate(params, seed):
+    start = 0.0
+    if os.path.exists(PATH):
+        with open(PATH) as fh:
+            start = json.load(fh)["total"]
+    LAST["total"] = numlite.total({draws()}) + start * 0.5
+    return {{"total": LAST["total"]}}
+''',
 }
 
 # planted bug → (exit code, first finding's layer or None, text the evidence must hold)
@@ -199,6 +221,10 @@ EXPECTED = {
     # every direct run failing
     "process_pool": (3, "direct_process", f"{SIMS} of them failed in direct and ran in "
                                           "fresh-process (first: seed "),
+    # failed before: "your model's results depend on how many threads numerical libraries
+    # use" (native-threads=2 ran after direct, whose worker processes wrote the file)
+    "atexit_file": (3, "outside_state", "fresh-process ran once more after the other steps, "
+                                        "with the same settings"),
 }
 
 
@@ -239,7 +265,8 @@ def env_for(wheels: Path, site: Path) -> dict[str, str]:
 
 def study(tmp_path: Path, name: str) -> Path:
     requirement = "numlite>=1.0" if name == "unpinned" else "numlite==1.0"
-    write_bundle(tmp_path / name / "bundle", {"model.py": PLANTED[name],
+    model = PLANTED[name].replace("@LAST_RUN@", str(tmp_path / "last-run.json"))
+    write_bundle(tmp_path / name / "bundle", {"model.py": model,
                                                "requirements.txt": requirement + "\n"})
     (tmp_path / name / "study.yaml").write_text(
         f"name: {name}\nbundle: bundle\nentrypoint: model:simulate\nsims: {SIMS}\n")
@@ -346,6 +373,11 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
         assert "your mode runs the model in its own process and is not affected" in doc["summary"]
     if bug == "shared_checkpoint":
         assert "worker environment" not in doc["summary"], run.output
+    if bug == "atexit_file":
+        # read against the reference run after every step, no layer of a later step is left
+        assert [f["layer"] for f in findings] == ["outside_state"], run.output
+        assert names[-1] == "fresh-process-after", names
+        assert "compare" in doc["next_command"] and "fresh-process-after" in doc["next_command"]
     if layer is not None:
         assert doc["next_command"].startswith("modelops-runtime "), doc
 

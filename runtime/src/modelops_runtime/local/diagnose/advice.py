@@ -64,6 +64,10 @@ TEMPLATE_FORK = ("your model gives other results in a process forked from a temp
                  "a new interpreter (it does something when it is imported that a fork does "
                  "not repeat, e.g. seeds a random generator): run it with "
                  "worker.executor.freshProcessFrom: exec")
+OUTSIDE_STATE = ("your model's results change from one run of the study to the next, whatever "
+                 "the mode: a run reads something that an earlier run left outside its own "
+                 "process (a file at a fixed path, e.g. in /tmp or your home directory, written "
+                 "by the model or by an atexit handler, a database, an external service)")
 CACHED_VENV = ("your bundle's cached venv gives other results than one freshly built from "
                "the same requirements: the cached one is stale or was modified after its "
                "build, or the requirements resolve differently today")
@@ -125,6 +129,12 @@ def next_step(layer: str, runs: Sequence[StepRun], replay: Replay,
         return ("confirm it: your values in one worker process, one task at a time (then give "
                 "each run its own files, e.g. under tempfile.mkdtemp())",
                 replay("worker.replicas=1", "worker.processes=1", "worker.threads=1"))
+    if layer == "outside_state":
+        compared = _compare(runs, *pair)
+        if compared:
+            return ("see the runs that changed between the two runs of the same step (then "
+                    "look for files your model reads or writes at a fixed path, and give "
+                    "each run its own, e.g. under tempfile.mkdtemp())", compared)
     if layer == "native_threads":
         return ("run with one native thread per task (the default)",
                 replay("worker.executor.nativeThreads=1"))

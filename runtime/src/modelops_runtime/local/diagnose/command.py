@@ -16,11 +16,11 @@ from ...config import ExecutorType, FreshProcessFrom
 from ...exitcodes import EXIT_FAILED
 from ...errors import LocalModeError, ModelOpsError
 from ..compare.runs import compare_outcomes, key_label
-from .steps import (EXEC, FRESH_PROCESS, Context, Step, StepRun, again, describe_mode,
+from .steps import (EXEC, FRESH_PROCESS, Context, Step, StepRun, after, again, describe_mode,
                     direct_one_process, planned_steps, prepare, reference_sample, run_step,
                     venv_sample)
 from .report import as_json, html_page, text
-from .verdict import (Facts, fresh_process_unstable, judge, needs_direct_one_process,
+from .verdict import (Facts, fresh_process_unstable, judge, needs_after, needs_direct_one_process,
                       needs_fresh_process_again, state_explains, unexplained_self_difference)
 from ..cluster.stopping import sigterm_as_interrupt, stopped
 
@@ -134,6 +134,9 @@ def run_steps(ctx: Context, steps: list[Step], skipped: dict[str, str]) -> list[
             ran = by_name(runs).get("one-process")
             if ran is not None:
                 do(again(ran.step))
+    first = needs_after(runs, judge(runs, facts_of(ctx, skipped)))
+    if first is not None:
+        do(after(by_name(runs)[first].step))
     for name, why in skipped.items():
         runs.append(StepRun(step=Step(name, "(not run)"), index=0, skipped=why))
     return runs

@@ -254,6 +254,14 @@ def again(step: Step) -> Step:
                    "deterministic?)", sims=step.sims)
 
 
+def after(step: Step) -> Step:
+    """The same step once more, after every other step: do its outputs still agree with its
+    first run, or did a step leave something behind (a file at a fixed path) that later runs
+    read?"""
+    return replace(step, name=f"{step.name}-after", title=f"{step.name} once more, after the "
+                   "other steps (did a step leave something behind that later runs read?)")
+
+
 def direct_one_process() -> Step:
     return Step("direct-one-process", "the worker's own environment in one worker process, "
                 "one task at a time (do direct's worker processes interfere?)",

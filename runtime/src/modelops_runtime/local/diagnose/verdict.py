@@ -35,7 +35,7 @@ from .steps import StepRun
 class Finding(BaseModel):
     layer: str                 # nondeterministic, concurrency, module_state, process_state,
                                # warm_state, warm_process, template_fork, cached_venv,
-                               # worker_env, direct_process, native_threads
+                               # worker_env, direct_process, native_threads, outside_state
     headline: str              # what the model does, one sentence a modeller understands
     evidence: list[str] = Field(default_factory=list)
     pair: tuple[str, str]      # the two steps whose difference names it
@@ -370,8 +370,61 @@ def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
     return _verdict(findings, all_runs, facts, ref)
 
 
+# layers named from one step against a later, different step (not a step against its own
+# repetition, not the template check): a later step reads what an earlier one left behind
+# just as it would differ by its own setting
+ORDERED_LAYERS = ("module_state", "process_state", "warm_state", "warm_process", "cached_venv",
+                  "worker_env", "direct_process", "native_threads", "concurrency")
+AFTER = "-after"
+
+
+def needs_after(all_runs: Sequence[StepRun], verdict: Verdict) -> str | None:
+    """The step to run once more after the others (None: none): the earlier step of the
+    first finding's pair, when the later step of the pair ran after it and the pair is not
+    a step and its repetition; a difference left behind by the steps between them must not
+    be read as the later step's layer."""
+    if not verdict.findings:
+        return None
+    f = verdict.findings[0]
+    first, later = f.pair
+    order = [s.step.name for s in all_runs if s.ran]
+    if (f.layer not in ORDERED_LAYERS or first not in order or later not in order
+            or later == f"{first}-again" or f"{first}{AFTER}" in order):
+        return None
+    return first if order.index(later) > order.index(first) else None
+
+
+def _left_behind(r: Mapping[str, StepRun], findings: list[Finding]) -> list[Finding]:
+    """When a step ran once more after the others and no longer agrees with its first run,
+    something the steps left behind changed it: that comes first, and a finding stays only
+    if its later step differs from the step's run after the others too."""
+    ran = [name for name in r if name.endswith(AFTER)]
+    if not ran:
+        return findings
+    after = ran[0]
+    first = after[: -len(AFTER)]
+    c = pair(r, first, after)
+    if c is None or not c.differs:
+        return findings
+    later = [f.pair[1] for f in findings if f.pair[0] == first]
+    evidence = [f"{first} ran once more after the other steps, with the same settings: "
+                + differ_line(c, first, after),
+                *(f"so the difference between {first} and {name} is not {name}'s own: the "
+                  f"runs between them left something that later runs read" for name in later[:1])]
+    kept = []
+    for f in findings:
+        if f.pair[0] == first:
+            now = pair(r, after, f.pair[1])
+            if now is None or not now.differs:
+                continue
+        kept.append(f)
+    return [Finding(layer="outside_state", headline=advice.OUTSIDE_STATE, evidence=evidence,
+                    pair=(first, after)), *kept]
+
+
 def _verdict(findings: list[Finding], all_runs: Sequence[StepRun], facts: Facts,
              ref: str) -> Verdict:
+    findings = _left_behind(_runs(all_runs), findings)
     reference_line = (f"{ref}" + (f" from a new interpreter per task (exec), because "
                                   f"{facts.reference_note}" if facts.reference_note else "")
                       + (f"; fresh-venv from a venv built per task and a new interpreter "
