@@ -173,10 +173,10 @@ def simulate(params, seed):
 ''',
     # an atexit handler saves the last total at a fixed path, and a run starts from it when
     # it is there: a warm process may not write there, a direct worker process does when it
-    # exits, and every step after direct reads it (@LAST_RUN@: a path of this test's own)
+    # exits, and every step after direct reads it (@FIXED_PATH@: a path of this test's own)
     "atexit_file": HEAD + f'''
 import atexit, json
-PATH = "@LAST_RUN@"
+PATH = "@FIXED_PATH@"
 LAST = {{}}
 
 def _save():
@@ -193,6 +193,20 @@ def simulate(params, seed):
     LAST["total"] = numlite.total({draws()}) + start * 0.5
     return {{"total": LAST["total"]}}
 ''',
+    # the checkpoint at a literal path (not the temp dir): warm processes may not write there
+    # (every run of the reference fails), direct's worker processes race on it
+    "fixed_path_checkpoint": HEAD + CHECKPOINT.replace(
+        'os.path.join(tempfile.gettempdir(), "model-checkpoint.json")', '"@FIXED_PATH@"'),
+    # iterates over a set of strings: its order follows the interpreter's hash seed, which
+    # Dask fixes in its worker processes (PYTHONHASHSEED) and a new interpreter draws
+    "set_order": HEAD + """
+NAMES = ["susceptible", "exposed", "infectious", "recovered", "dead", "hospital"]
+
+def simulate(params, seed):
+    rng = random.Random(seed)
+    return {"total": numlite.total([(i + 1) * len(n) * rng.random()
+                                    for i, n in enumerate(set(NAMES))])}
+""",
 }
 
 # planted bug → (exit code, first finding's layer or None, text the evidence must hold)
@@ -265,7 +279,7 @@ def env_for(wheels: Path, site: Path) -> dict[str, str]:
 
 def study(tmp_path: Path, name: str) -> Path:
     requirement = "numlite>=1.0" if name == "unpinned" else "numlite==1.0"
-    model = PLANTED[name].replace("@LAST_RUN@", str(tmp_path / "last-run.json"))
+    model = PLANTED[name].replace("@FIXED_PATH@", str(tmp_path / "fixed-path.json"))
     write_bundle(tmp_path / name / "bundle", {"model.py": model,
                                                "requirements.txt": requirement + "\n"})
     (tmp_path / name / "study.yaml").write_text(
@@ -373,6 +387,9 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
         assert "your mode runs the model in its own process and is not affected" in doc["summary"]
     if bug == "shared_checkpoint":
         assert "worker environment" not in doc["summary"], run.output
+    if bug == "native_threads":
+        # failed before: `--set worker.executor.nativeThreads=1`, the value the mode already has
+        assert doc["next_command"].startswith("modelops-runtime compare "), doc["next_command"]
     if bug == "atexit_file":
         # read against the reference run after every step, no layer of a later step is left
         assert [f["layer"] for f in findings] == ["outside_state"], run.output
@@ -483,3 +500,31 @@ def test_a_direct_mode_without_its_requirements_runs_the_warm_steps(local_cli, n
     said = [line for line in lines if line.startswith("your-mode was not run: ")]
     assert len(said) == 1 and "lacks the bundle's numlite==1.0" in said[0], run.output
     assert "pip install -r " in said[0] and said[0].endswith("."), said
+
+
+# from a direct preset: bundle → (first finding's layer, text its evidence must hold)
+DIRECT_MODE = {
+    # failed before: "the model is not deterministic" (one process was stable twice, but
+    # fresh-process, the reference, failed every run: warm processes may not write there)
+    "fixed_path_checkpoint": ("concurrency", "so they could not be compared with it (first: "
+                                             "seed "),
+    # failed before: "your model gives other results in the worker's own process ... it
+    # depends on something else of the worker" (your mode agrees with itself: Dask fixes the
+    # hash seed; a new interpreter per task differed from itself, and was the reference)
+    "set_order": ("nondeterministic", "a new interpreter per task differs from itself: "),
+}
+
+
+@pytest.mark.parametrize("bug", list(DIRECT_MODE))
+def test_planted_bugs_from_a_direct_preset(bug, local_cli, numlite_wheels, worker_site,
+                                           shared_state, tmp_path):
+    layer, evidence = DIRECT_MODE[bug]
+    env = env_for(numlite_wheels, worker_site)
+    run = diagnose(local_cli, ["-f", DEBUG_PARALLEL, "--study", study(tmp_path, bug),
+                               "--sims", SIMS, "--state-dir", shared_state, "--json"], env)
+    assert run.popen.returncode == 3, run.output
+    doc = json.loads(run.stdout)
+    findings = doc["findings"]
+    assert findings and findings[0]["layer"] == layer, run.output
+    assert evidence in " ".join(findings[0]["evidence"]), run.output
+    assert doc["next_command"].startswith("modelops-runtime "), doc

@@ -54,7 +54,8 @@ PROCESS_STATE = ("your model keeps something between runs in one process, even w
                  "is imported afresh for each run: the runs that differ are exactly those that "
                  "were not their process's first, and the state lives outside your modules (a "
                  "library's global random generator, an attribute set on an imported library, "
-                 "builtins, the environment, a thread)")
+                 "builtins, the environment, a thread, or a C library's state: libc's rand(), "
+                 "the floating-point rounding mode)")
 WARM_STATE = ("your model keeps something between runs in one process: the runs that differ "
               "are exactly those that were not their process's first")
 WARM_PROCESS = ("your model gives other results in your mode than in a new process per run, "
@@ -136,6 +137,12 @@ def next_step(layer: str, runs: Sequence[StepRun], replay: Replay,
                     "look for files your model reads or writes at a fixed path, and give "
                     "each run its own, e.g. under tempfile.mkdtemp())", compared)
     if layer == "native_threads":
+        compared = _compare(runs, *pair)
+        if pair[1] == "native-threads=2" and compared:
+            # your mode already has one native thread: setting it again would change nothing
+            return ("your mode already runs one native thread per task (keep it where results "
+                    "are compared); see how large the differences with 2 threads are",
+                    compared)
         return ("run with one native thread per task (the default)",
                 replay("worker.executor.nativeThreads=1"))
     compared = _compare(runs, *pair) if pair[0] else None

@@ -238,6 +238,12 @@ def blame_template(ctx: Context, fork: StepRun, sample: StepRun, what: str, do,
         if itself.differs:
             ctx.say("diagnose: a new interpreter per task differs from itself too: the "
                     "template is not what differs")
+            if not venv:
+                ctx.exec_unstable = (
+                    f"a new interpreter per task differs from itself: {len(itself.differing)} "
+                    f"of {len(itself.common)} {itself.words.counted} differ between "
+                    f"{sample.step.name} and {exec_run.step.name} (both from exec: "
+                    f"{itself.words.labels} {', '.join(map(key_label, itself.differing[:8]))})")
             return True
     note = (f"{len(c.differing)} of {len(c.common)} {c.words.counted} differ between {what} "
             f"and a new interpreter per task ({c.words.labels} "
@@ -263,7 +269,7 @@ def facts_of(ctx: Context, skipped: dict[str, str]) -> Facts:
     return Facts(requirements=ctx.requirements,
                  user_direct=ctx.config.executor_type is ExecutorType.direct,
                  user_template=user_forks(ctx), user_fresh=user_fresh(ctx),
-                 reference_note=ctx.reference_note,
+                 reference_note=ctx.reference_note, exec_unstable=ctx.exec_unstable,
                  venv_note=ctx.venv_note,
                  skipped=skipped, replay=ctx.replay)
 

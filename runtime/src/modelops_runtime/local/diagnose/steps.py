@@ -93,6 +93,7 @@ class Context:
     direct_missing: str = ""      # why direct steps cannot run here ("" : they can)
     fresh_exec: bool = False      # fresh-process steps start a new interpreter per task
     reference_note: str = ""      # how the reference was chosen (said in the verdict)
+    exec_unstable: str = ""       # a new interpreter per task differed from itself (how)
     template_agreed: str = ""     # the forked step found equal to a new interpreter per task
     venv_note: str = ""           # why fresh-venv ran from exec (said in the verdict)
     study_path: Path | None = None

@@ -12,6 +12,7 @@
 | direct vs the reference, same versions; direct in one process agrees      | concurrency between direct's worker processes |
 | fresh-process vs native-threads=N                                         | native threads |
 | fresh-process vs one-process                                              | concurrency between processes |
+| a step vs itself rerun after the other steps (`-after`)                  | state left outside the run |
 | none                                                                      | not reproduced |
 
 The reference is fresh-process (in a new interpreter per task when the template fork was
@@ -61,6 +62,7 @@ class Facts:
     user_fresh: bool = False               # your mode is fresh-process (a new process per
                                            # task in the cached venv): that step is not run
     reference_note: str = ""               # "exec, because ..." when the check switched it
+    exec_unstable: str = ""                # a new interpreter per task differed from itself
     venv_note: str = ""                    # the same for fresh-venv
     skipped: Mapping[str, str] = field(default_factory=dict)   # step → why not run
     replay: advice.Replay = advice.placeholder
@@ -204,10 +206,20 @@ def unstable(all_runs: Sequence[StepRun], facts: Facts) -> Finding | None:
     ref = reference(r)
     one_vs_ref = (pair(r, ref, "one-process")
                   if ref not in (None, "one-process") else None)
-    if one is not None and not one.differs and not (one_vs_ref and one_vs_ref.differs):
+    # runs the reference could not run (it failed where one process ran, e.g. a write the
+    # warm processes may not make) are no evidence against one process being stable
+    ref_failed = bool(one_vs_ref and one_vs_ref.differs
+                      and set(one_vs_ref.differing) <= set(one_vs_ref.failed_before))
+    if one is not None and not one.differs and not (one_vs_ref and one_vs_ref.differs
+                                                    and not ref_failed):
         evidence.append(f"one worker process, one task at a time, gives the same outputs "
                         f"twice ({len(one.common)} {one.words.counted})"
-                        + (f" and agrees with {ref}" if one_vs_ref is not None else ""))
+                        + (f" and agrees with {ref}" if one_vs_ref is not None
+                           and not ref_failed else ""))
+        if ref_failed:
+            evidence.append(f"{ref} failed in {len(one_vs_ref.failed_before)} of them, so "
+                            f"they could not be compared with it (first: "
+                            f"{r[ref].first_failure})")
         return Finding(layer="concurrency", headline=advice.CONCURRENCY, evidence=evidence,
                        pair=(name, f"{name}-again"))
     if one is not None:
@@ -226,6 +238,22 @@ def unstable(all_runs: Sequence[StepRun], facts: Facts) -> Finding | None:
         evidence.append("process reuse does not explain it")
     return Finding(layer="nondeterministic", headline=advice.NONDETERMINISTIC,
                    evidence=evidence, pair=(name, f"{name}-again"))
+
+
+def _exec_unstable(r: Mapping[str, StepRun], facts: Facts) -> Finding:
+    """A new interpreter per task gave other outputs for the same seeds in its two runs
+    (the reference check's sample and the reference): the reference is not deterministic,
+    so no layer can be read against it."""
+    evidence = [facts.exec_unstable]
+    mine = pair(r, "your-mode", "your-mode-again")
+    if mine is not None and not mine.differs:
+        evidence.append(f"your mode agrees with itself ({len(mine.common)} "
+                        f"{mine.words.counted}): something the model depends on is fixed "
+                        "there and varies between new interpreters (Dask's worker processes "
+                        "fix PYTHONHASHSEED, for instance, so a set of strings is iterated in "
+                        "the same order there, and in another order in each new interpreter)")
+    return Finding(layer="nondeterministic", headline=advice.NONDETERMINISTIC,
+                   evidence=evidence, pair=("fresh-process-exec", "fresh-process"))
 
 
 def _state(r: Mapping[str, StepRun], all_runs: Sequence[StepRun], facts: Facts,
@@ -314,6 +342,8 @@ def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
     first = unstable(all_runs, facts)
     if first is not None:
         return _verdict([first], all_runs, facts, ref)
+    if facts.exec_unstable:
+        return _verdict([_exec_unstable(r, facts)], all_runs, facts, ref)
     findings: list[Finding] = []
     template = bool(facts.reference_note and facts.user_template)
     if template:
