@@ -35,8 +35,8 @@ NOT_THREADS = ("the runtime never runs two tasks in one Python process at once (
 
 NONDETERMINISTIC = ("your model gives other results for the same seed even when each run is "
                     "alone in its process: something in it ignores the seed (an unseeded "
-                    "random generator, the time, os.urandom, the order of a set, an external "
-                    "service)")
+                    "random generator, the time, os.urandom, the order of a set, a file it "
+                    "reads at a fixed path that runs also write, an external service)")
 CONCURRENCY = ("your model's runs disturb each other when several run at the same time in "
                "different processes, while one at a time they give the same results every "
                "time: they share something outside their own run, such as a file at a fixed "
