@@ -114,7 +114,7 @@ SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin
 
 
 def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = (),
-            prepared: tuple | None = None) -> str:
+            prepared: "Prepared | None" = None) -> str:
     """Confine this process (and everything it starts) with Landlock: it may create,
     write, truncate, rename or remove files only beneath ``writable`` (its scratch
     directory and /dev), and read, list or execute only beneath ``writable`` and
@@ -127,47 +127,81 @@ def sandbox(writable: tuple[str, ...], readable: tuple[str, ...] = (),
     return enforce(ruleset(writable, readable, prepared))
 
 
+class Prepared:
+    """Roots of a sandbox opened and encoded once (:func:`prepare_sandbox`), with the
+    calls that make a ruleset of them: each rule a 12-byte struct in one buffer, the
+    syscalls typed, so that making a ruleset touches few objects (a template makes one per
+    fork, right after the previous fork made its pages copy-on-write)."""
+
+    def __init__(self, libc, handled: int):
+        import ctypes
+
+        self.handled = handled
+        self.attr = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr, first field
+        self.attr_at = ctypes.addressof(self.attr)
+        self.create = libc["syscall"]  # a function object of its own: typed here only
+        self.create.restype = ctypes.c_long
+        self.create.argtypes = (ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t,
+                                ctypes.c_long)
+        self.add = libc["syscall"]
+        self.add.restype = ctypes.c_long
+        self.add.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                             ctypes.c_long)
+        self.one = ctypes.create_string_buffer(12)  # a rule opened when a ruleset is made
+        self.one_at = ctypes.addressof(self.one)
+        self.fds: list = []  # O_PATH fds of the roots encoded in ``rules``
+        self.rules = ctypes.create_string_buffer(0)
+        self.rules_at = ctypes.addressof(self.rules)
+        self.again: list = []  # (path, access, loud): opened each time a ruleset is made
+
+    def encode(self, roots: list) -> None:
+        import ctypes
+
+        encoded = b""
+        for path, access, loud in roots:
+            fd, access = _open_root(path, access, None)
+            if fd is None:
+                self.again.append((path, access, loud))
+            else:
+                self.fds.append(fd)
+                encoded += _path_beneath(access, fd)
+        self.rules = ctypes.create_string_buffer(encoded, len(encoded))
+        self.rules_at = ctypes.addressof(self.rules)
+
+
 def ruleset(writable: tuple[str, ...], readable: tuple[str, ...] = (),
-            prepared: tuple | None = None):
+            prepared: Prepared | None = None):
     """The Landlock ruleset :func:`sandbox` applies, not applied yet: (its fd, what to say
     on stderr about roots left out), or why there is none (a str). ``prepared``: more
     roots, opened beforehand by :func:`prepare_sandbox`. A template makes one per task
     process before forking it (the rules a task process would make itself, made where
     its code is warm); the task process applies it with :func:`enforce` and closes the
     prepared fds with :func:`release`, the template closes its copy (:func:`discard`)."""
-    if not sys.platform.startswith("linux"):
-        return "not Linux"
-    import ctypes
-
-    if prepared is not None:
-        libc, handled, ready, again = prepared
-    else:
-        libc = _libc()
-        handled = _handled(libc)
-        if isinstance(handled, str):
-            return handled
-        ready, again = [], []
-    attr = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr, first field only
-    fd = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), 8, 0)
+    if prepared is None:
+        prepared = _prepare([])
+        if isinstance(prepared, str):
+            return prepared
+    p = prepared
+    fd = p.create(_SYS_CREATE_RULESET, p.attr_at, 8, 0)
     if fd < 0:
-        return f"cannot create a Landlock ruleset ({os.strerror(ctypes.get_errno())})"
+        return f"cannot create a Landlock ruleset ({_errno()})"
     notes: list = []
     try:
-        rules = [(path, handled, True) for path in writable]
+        for offset in range(0, len(p.fds) * 12, 12):  # opened and encoded once
+            if p.add(_SYS_ADD_RULE, fd, 1, p.rules_at + offset, 0) < 0:
+                return f"cannot add a Landlock rule ({_errno()})"
+        rules = [(path, p.handled, True) for path in writable]
         rules += [(path, _LL_READ, False) for path in readable]
-        for path, access, loud in (*rules, *again):
-            rule = _rule(path, access, notes if loud else None)
-            if rule is None:
+        for path, access, loud in (*rules, *p.again):
+            root, access = _open_root(path, access, notes if loud else None)
+            if root is None:
                 continue
-            root, encoded = rule
             try:
-                if libc.syscall(_SYS_ADD_RULE, fd, 1, encoded, 0) < 0:
-                    return f"cannot add a Landlock rule ({os.strerror(ctypes.get_errno())})"
+                p.one.raw = _path_beneath(access, root)
+                if p.add(_SYS_ADD_RULE, fd, 1, p.one_at, 0) < 0:
+                    return f"cannot add a Landlock rule ({_errno()})"
             finally:
                 os.close(root)
-        for _root, encoded in ready:  # opened and encoded once, by the template
-            if libc.syscall(_SYS_ADD_RULE, fd, 1, encoded, 0) < 0:
-                return f"cannot add a Landlock rule ({os.strerror(ctypes.get_errno())})"
         made, fd = (fd, notes), -1
     finally:
         if fd >= 0:
@@ -187,9 +221,7 @@ def enforce(rules) -> str:
         libc = _libc()
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: required by landlock_restrict_self
         if libc.syscall(_SYS_RESTRICT_SELF, fd, 0) < 0:
-            import ctypes
-
-            return f"cannot enforce the Landlock ruleset ({os.strerror(ctypes.get_errno())})"
+            return f"cannot enforce the Landlock ruleset ({_errno()})"
     finally:
         os.close(fd)
     return ""
@@ -201,64 +233,70 @@ def discard(rules) -> None:
         os.close(rules[0])
 
 
-def _handled(libc):
-    """The access rights a ruleset handles on this kernel, or why there is none."""
+def _errno() -> str:
     import ctypes
 
+    return os.strerror(ctypes.get_errno())
+
+
+def _handled(libc):
+    """The access rights a ruleset handles on this kernel, or why there is none."""
     abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, 1)  # 1 = LANDLOCK_CREATE_RULESET_VERSION
     if abi < 1:
-        return f"Landlock is not available ({os.strerror(ctypes.get_errno())})"
+        return f"Landlock is not available ({_errno()})"
     handled = _LL_WRITE_FILE | _LL_REMOVE | _LL_MAKE | _LL_READ
     return handled | (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
 
 
-def _rule(path: str, access: int, notes: list | None):
-    """(O_PATH fd, struct landlock_path_beneath_attr) for ``path``; None if it cannot be
-    opened (said in ``notes``, if given)."""
-    import ctypes
-
+def _open_root(path: str, access: int, notes: list | None) -> tuple:
+    """(O_PATH fd of ``path`` or None if it cannot be opened (said in ``notes``, if
+    given), the rights a rule on it may hold: a file's rule holds file rights only)."""
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as exc:  # e.g. a configured directory that does not exist
         if notes is not None:
             notes.append(f"modelops runner: {path} stays read-only: {exc}\n")
-        return None
-    if not os.path.isdir(f"/proc/self/fd/{fd}"):
-        access &= _LL_FILE  # a file's rule holds file rights only
-    # struct landlock_path_beneath_attr (packed): u64 allowed_access, s32 parent_fd
-    return fd, ctypes.create_string_buffer(
-        access.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder), 12)
+        return None, access
+    if os.fstat(fd).st_mode & 0o170000 != 0o040000:  # not a directory (S_IFDIR)
+        access &= _LL_FILE
+    return fd, access
+
+
+def _path_beneath(access: int, fd: int) -> bytes:
+    """struct landlock_path_beneath_attr (packed): u64 allowed_access, s32 parent_fd."""
+    return access.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder, signed=True)
+
+
+def _prepare(roots: list):
+    """A :class:`Prepared` of ``roots`` ((path, access, loud) each), or why Landlock
+    cannot be used here (a str)."""
+    if not sys.platform.startswith("linux"):
+        return "not Linux"
+    libc = _libc()
+    handled = _handled(libc)
+    if isinstance(handled, str):
+        return handled
+    prepared = Prepared(libc, handled)
+    prepared.encode([(path, handled if access is None else access, loud)
+                     for path, access, loud in roots])
+    return prepared
 
 
 def prepare_sandbox(writable: tuple[str, ...], readable: tuple[str, ...]):
     """In a template: the roots of its task processes' own sandbox that are the same for
-    every task (all but its scratch directory), opened and encoded once; each task process
-    it forks inherits the open fds (same numbers) and passes the result to :func:`sandbox`
-    with its scratch directory, then closes them (:func:`release`), so the rules are the
-    ones :func:`sandbox` would make and no fd is left to bundle code. A root that cannot be
-    opened now is tried again in each task process. None where Landlock is unavailable
-    (:func:`sandbox` then says why)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = _libc()
-    handled = _handled(libc)
-    if isinstance(handled, str):
-        return None
-    ready, again = [], []
-    rules = [(path, handled, True) for path in writable]
-    rules += [(path, _LL_READ, False) for path in readable]
-    for path, access, loud in rules:
-        rule = _rule(path, access, None)
-        if rule is None:
-            again.append((path, access, loud))
-        else:
-            ready.append(rule)
-    return libc, handled, ready, again
+    every task (all but its scratch directory), opened and encoded once (the template
+    makes each task process's ruleset of them with :func:`ruleset`; the task process
+    inherits the open fds and closes them with :func:`release` once sandboxed, so no fd
+    is left to bundle code). A root that cannot be opened now is tried again for each
+    ruleset. None where Landlock is unavailable (:func:`sandbox` then says why)."""
+    prepared = _prepare([(path, None, True) for path in writable]
+                        + [(path, _LL_READ, False) for path in readable])
+    return None if isinstance(prepared, str) else prepared
 
 
 def release(prepared) -> None:
     """Close the fds of :func:`prepare_sandbox` (in a task process, once sandboxed)."""
-    for fd, _encoded in prepared[2] if prepared is not None else ():
+    for fd in prepared.fds if prepared is not None else ():
         try:
             os.close(fd)
         except OSError:
