@@ -79,8 +79,8 @@ class IsolatedWarmExecEnv(ExecEnv):
         self.compile_caches = CompileCaches()  # numba's, per (venv, bundle): scratch.py
         # what templates' probes decided, for the next template of the same inputs
         self.plans = Plans(config.venvs_dir / PLANS_DIRECTORY)
-        # MAX_PROCESS_REUSE=1 (and FORCE_FRESH_VENV: in the worker process's own pristine uv
-        # build of the venv): fork each task's process from a template (template.py)
+        # MAX_PROCESS_REUSE=1 (and FORCE_FRESH_VENV: in the pod's pristine uv build of the
+        # venv, venvs/pristine.py): fork each task's process from a template (template.py)
         self.templates: Templates | None = None
         self._template_wanted = ((config.max_process_reuse == 1 or config.force_fresh_venv)
                                  and config.fresh_process_from is FreshProcessFrom.template)
@@ -326,9 +326,10 @@ class IsolatedWarmExecEnv(ExecEnv):
                     key: tuple) -> SimResult:
         """A process forked for this task alone from the template of (bundle, venv,
         entrypoint module), stopped after it. The venv is the cached one, or with
-        FORCE_FRESH_VENV this worker process's own pristine uv build (never a task's before,
-        never the cache's; task processes cannot write into it). Falls back to the plain
-        path for good when the template or the task's own code raises a doubt."""
+        FORCE_FRESH_VENV the pod's pristine uv build (never a task's before its worker
+        processes started, never the cache's; task processes cannot write into it). Falls
+        back to the plain path for good when the template or the task's own code raises a
+        doubt."""
         if key[-1]:
             self._stats.incr("venv_misses")
             venv = self.fresh_venvs.pristine(bundle.requirements)

@@ -2,7 +2,8 @@
 
 - covers: ``store`` (the cache, fingerprints, generations), ``keys`` (cache keys and
   directory names), ``uv`` (running uv in a session of its own), ``uvcache`` (uv's cache
-  within its budget), ``clones`` (fresh venvs as clones of a pristine build), ``prefetch``
-  (fresh venvs built ahead).
+  within its budget), ``pristine`` (FORCE_FRESH_VENV's one uv build per dependency set
+  and host), ``clones`` (fresh venvs as clones of it), ``prefetch`` (fresh venvs built
+  ahead).
 - does not: start warm processes (``warm/process``).
 """

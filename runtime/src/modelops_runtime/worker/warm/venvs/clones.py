@@ -1,11 +1,11 @@
 """Fresh venvs (FORCE_FRESH_VENV) as clones of a pristine build.
 
 Each task still gets a venv directory no task has used before, but uv runs once per
-dependency set and worker process: it builds a *pristine* venv (resolution, install from
-uv's cache, bytecode compiled, read-only) that no task ever runs in, and every task's venv
-is a hard-link clone of it. A clone costs a directory walk and a link per file (tens of
-milliseconds for numpy) instead of a uv build (about a second with bytecode); and because
-the bytecode is compiled once, a task process imports from .pyc files instead of
+dependency set and host: it builds a *pristine* venv (resolution, install from uv's cache,
+bytecode compiled, read-only; pristine.py) that no exec'd task runs in, and every such
+task's venv is a hard-link clone of it. A clone costs a directory walk and a link per file
+(tens of milliseconds for numpy) instead of a uv build (about a second with bytecode); and
+because the bytecode is compiled once, a task process imports from .pyc files instead of
 compiling every module in memory.
 
 What a clone shares with the pristine venv is what a uv build already shares with uv's
@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
-from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from ....bundles import remove_tree
 
 
 def clone_tree(source: Path, dest: Path) -> None:
@@ -52,46 +48,4 @@ def clone_tree(source: Path, dest: Path) -> None:
         os.chmod(path, 0o555)
 
 
-class Pristines:
-    """One pristine venv per dependency set, built on first use by ``build(path, key,
-    requirements)`` into ``name(key)``; thread-safe. A failed build is not remembered (the
-    next fresh venv tries again, as a build per task did)."""
-
-    def __init__(self, build: Callable[[Path, str, Sequence[str]], None],
-                 name: Callable[[str], Path]) -> None:
-        self._build = build
-        self._name = name
-        self._lock = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._paths: dict[str, Path] = {}
-
-    def get(self, key: str, requirements: Sequence[str]) -> Path:
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            path = self._paths.get(key)
-            if path is not None and path.is_dir():
-                return path
-            path = self._name(key)
-            try:
-                self._build(path, key, requirements)
-            except BaseException:
-                remove_tree(path)
-                raise
-            self._paths[key] = path
-            return path
-
-    def paths(self) -> list[Path]:
-        with self._lock:
-            return list(self._paths.values())
-
-    def close(self) -> None:
-        """Remove every pristine venv (the worker is stopping; clones are removed by their
-        users: they are links, not dependent on the pristine one)."""
-        with self._lock:
-            paths, self._paths = list(self._paths.values()), {}
-        for path in paths:
-            remove_tree(path)
-
-
-__all__ = ["Pristines", "clone_tree"]
+__all__ = ["clone_tree"]

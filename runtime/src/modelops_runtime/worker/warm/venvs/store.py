@@ -39,7 +39,8 @@ from ....errors import EnvironmentBuildError
 from ....locks import file_lock
 from ...packages import installed_digest, site_packages
 from ...counters import StatsRecorder
-from .clones import Pristines, clone_tree
+from .clones import clone_tree
+from .pristine import Pristines
 from ...limits import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
 from .uvcache import UvCacheGC
 from .uv import UvAbort, uv_bin, run_uv, stopped, uv_env, uv_failed
@@ -103,10 +104,10 @@ class VenvCache:
         self.entries = CacheEntries(self.root)
         self.uv_cache = UvCacheGC(self._uv_env, self.root / ".locks", uv_cache_max_bytes)
         self._aborts = threading.local()  # .current: the UvAbort of this thread's fresh build
+        # FORCE_FRESH_VENV: one uv build per dependency set and host (pristine.py), run in
+        # by templates' task processes, cloned per task for exec'd ones (clones.py)
+        self.pristines = Pristines(self.root, self._build, FINGERPRINT)
         self._remove_dead_leftovers()
-        # FORCE_FRESH_VENV: one uv build per dependency set, cloned per task (clones.py)
-        self.pristines = Pristines(self._build, lambda key: self.root / (
-            f"{_FRESH_PREFIX}{owner_tag()}-p{uuid.uuid4().hex[:12]}"))
 
     # -- public ---------------------------------------------------------------------
 
@@ -236,7 +237,7 @@ class VenvCache:
             abort.path = path
         self._aborts.current = abort  # the pristine build's uv, if this task starts it
         try:
-            clone_tree(self.pristines.get(key, requirements), path)
+            clone_tree(self.pristines.get(key, requirements, abort), path)
             if abort is not None and abort.aborted:
                 raise stopped(requirements)
         except OSError as exc:
@@ -250,17 +251,19 @@ class VenvCache:
         return Venv(path, key, cache_hit=False, fresh=True)
 
     def pristine(self, requirements: Sequence[str], abort: UvAbort | None = None) -> Venv:
-        """This worker process's own uv build of the set (FORCE_FRESH_VENV from a template):
-        never taken from the cache, never run in by a task before this worker process
-        started; task processes cannot write into it (read-only files, Landlock), so each
-        observes it as just built. Removed by ``pristines.close()``."""
+        """The host's pristine uv build of the set (FORCE_FRESH_VENV from a template,
+        pristine.py): never taken from the cache, never run in by a task before the worker
+        processes sharing it started; task processes cannot write into it (read-only
+        files, Landlock), so each observes it as just built. Leased (close ``lease``; a
+        process started in it inherits it); removed by ``pristines.close()`` of its last
+        user."""
         key = venv_key(requirements)
         self._aborts.current = abort
         try:
-            return Venv(self.pristines.get(key, requirements), key, cache_hit=False,
-                        fresh=True)
+            path = self.pristines.get(key, requirements, abort)
         finally:
             self._aborts.current = None
+        return Venv(path, key, cache_hit=False, fresh=True, lease=self.pristines.lease(key))
 
     def remove(self, venv: Venv) -> None:
         remove_tree(venv.path)
@@ -444,7 +447,9 @@ class VenvCache:
 
     def _remove_dead_leftovers(self) -> None:
         """Fresh venvs and temporary builds left by dead worker processes of this host
-        (unlocked, at start: another host's are left alone, see the module docstring)."""
+        (unlocked, at start: another host's are left alone, see the module docstring), and
+        pristine venvs no worker process holds."""
+        self.pristines.sweep()
         for entry in self.root.iterdir():
             if entry.name.startswith(_FRESH_PREFIX):
                 tagged = entry.name[len(_FRESH_PREFIX):]

@@ -70,14 +70,20 @@ class UvAbort:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
+        self._event = threading.Event()
         self.aborted = False
         self.path: Path | None = None
 
     def abort(self) -> None:
         with self._lock:
             self.aborted = True
+            self._event.set()
             for proc in self._running:
                 _kill_group(proc)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for :meth:`abort`; True if it was called."""
+        return self._event.wait(timeout)
 
     def _started(self, proc: subprocess.Popen) -> None:
         with self._lock:
