@@ -121,6 +121,8 @@ def simulate(params, seed):
 ''',
     # 5. the cached venv modified after its build (numlite 2.0 installed into it)
     "modified_venv": CLEAN,
+    # a file of the cached venv edited after its build, its size kept (validateDeps on)
+    "edited_venv": CLEAN,
     # 6. unpinned: the worker environment has 1.0, the bundle's venv resolves 2.0
     "unpinned": CLEAN,
     # a C library's global state (libc's rand() through ctypes, never seeded): the n-th run
@@ -217,6 +219,9 @@ EXPECTED = {
     "thread_buffer": (0, None, "never runs two tasks in one Python process at once"),
     "modified_venv": (3, "cached_venv", "numlite 2.0 (fresh-process, bundle venv) vs 1.0 "
                                         "(fresh-venv, bundle venv)"),
+    # failed before: also named native threads and concurrency (their steps use the edited
+    # venv, and were read against fresh-venv), and advised the validateDeps the mode has
+    "edited_venv": (3, "cached_venv", "validateDeps is on in your mode and did not catch it"),
     "c_state": (3, "process_state", "direct differs from fresh-process too"),
     "unpinned": (3, "worker_env", "numlite 2.0 (fresh-process, bundle venv) vs 1.0 (direct, "
                                   "worker environment)"),
@@ -300,6 +305,24 @@ def diagnose(local_cli, args: list, env: dict, timeout: float = 900):
     return run
 
 
+def edit_cached_venv(state: Path) -> None:
+    """Edit numlite's module in the venv the first run cached, keeping its size (as a hand
+    edit of a constant would): 1.0's ``* 1.0`` becomes ``* 2.0``."""
+    files = list(state.glob("volumes/**/site-packages/numlite/__init__.py"))
+    assert len(files) == 1, files
+    text = files[0].read_text()
+    assert "sum(values) * 1.0" in text
+    folder = files[0].parent
+    mode = folder.stat().st_mode          # venv folders are read-only once published
+    folder.chmod(mode | 0o200)
+    try:
+        edited = files[0].with_name("edited.tmp")
+        edited.write_text(text.replace("sum(values) * 1.0", "sum(values) * 2.0"))
+        os.replace(edited, files[0])
+    finally:
+        folder.chmod(mode)
+
+
 def modify_cached_venv(state: Path, wheels: Path) -> None:
     """Install numlite 2.0 into the venv the first run cached (as a `pip install` into it
     would)."""
@@ -320,13 +343,16 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
     state = shared_state
     vals = values(tmp_path, threads=2 if bug == "thread_buffer" else 1,
                   validate_deps=bug != "modified_venv")
-    if bug == "modified_venv":
+    if bug in ("modified_venv", "edited_venv"):
         # the user's own run built and cached the venv; then it was modified
         state = tmp_path / "state"
         run = local_cli.run(["-f", vals, "--study", study(tmp_path, bug), "--sims", 2,
                              "--state-dir", state, "--no-progress"], env)
         assert run.popen.returncode == 0, run.output
-        modify_cached_venv(state, numlite_wheels)
+        if bug == "edited_venv":
+            edit_cached_venv(state)
+        else:
+            modify_cached_venv(state, numlite_wheels)
     report = tmp_path / "report.html"
     run = diagnose(local_cli, ["-f", vals, "--study", study(tmp_path, bug), "--sims", SIMS,
                                "--state-dir", state, "--json", "--report", report], env)
@@ -387,6 +413,8 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
         assert "your mode runs the model in its own process and is not affected" in doc["summary"]
     if bug == "shared_checkpoint":
         assert "worker environment" not in doc["summary"], run.output
+    if bug == "edited_venv":
+        assert [f["layer"] for f in findings] == ["cached_venv"], run.output
     if bug == "native_threads":
         # failed before: `--set worker.executor.nativeThreads=1`, the value the mode already has
         assert doc["next_command"].startswith("modelops-runtime compare "), doc["next_command"]

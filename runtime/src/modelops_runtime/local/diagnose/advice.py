@@ -92,6 +92,21 @@ def direct_fails(first_failure: str, user_direct: bool = False) -> str:
                "not affected by this"))
 
 
+def validate_deps(on: bool, versions_differ: bool) -> str:
+    """What worker.executor.validateDeps does about a cached venv at fault."""
+    if not on:
+        return ("set worker.executor.validateDeps: true (it rebuilds a cached venv whose "
+                "installed packages or files changed)")
+    if versions_differ:
+        return ("worker.executor.validateDeps is on in your mode: it rebuilds a cached venv "
+                "whose installed packages changed since its build, not one whose requirements "
+                "resolve to other versions today than then (pin them)")
+    return ("worker.executor.validateDeps is on in your mode and did not catch it: it checks "
+            "the installed packages and their files' sizes, and an edit that keeps a file's "
+            "size passes; delete the cached venv (under the worker's venv cache directory) so "
+            "it is rebuilt from the requirements")
+
+
 def worker_env(versions: Sequence[str]) -> str:
     return ("your model gives other results with the worker's own packages than in its own "
             "venv, because the versions of its requirements differ there ("

@@ -270,6 +270,7 @@ def facts_of(ctx: Context, skipped: dict[str, str]) -> Facts:
                  user_direct=ctx.config.executor_type is ExecutorType.direct,
                  user_template=user_forks(ctx), user_fresh=user_fresh(ctx),
                  reference_note=ctx.reference_note, exec_unstable=ctx.exec_unstable,
+                 validate_deps=ctx.config.validate_deps,
                  venv_note=ctx.venv_note,
                  skipped=skipped, replay=ctx.replay)
 

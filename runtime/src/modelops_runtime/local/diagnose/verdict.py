@@ -63,6 +63,7 @@ class Facts:
                                            # task in the cached venv): that step is not run
     reference_note: str = ""               # "exec, because ..." when the check switched it
     exec_unstable: str = ""                # a new interpreter per task differed from itself
+    validate_deps: bool = True             # your mode checks a cached venv before reuse
     venv_note: str = ""                    # the same for fresh-venv
     skipped: Mapping[str, str] = field(default_factory=dict)   # step → why not run
     replay: advice.Replay = advice.placeholder
@@ -364,6 +365,9 @@ def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
                                 pair=("fresh-process", "your-mode")))
     # your mode may be fresh-process itself (then that step is not run)
     fresh = "fresh-process" if "fresh-process" in r or not facts.user_fresh else "your-mode"
+    # native-threads=N and one-process run in the cached venv, as the reference before a
+    # venv fault does: a cached venv at fault must not read as their layers too
+    cached = ref
     venv = pair(r, fresh, "fresh-venv")
     if venv is not None and venv.differs:
         packages = package_differences(r[fresh].view, r["fresh-venv"].view)
@@ -373,8 +377,7 @@ def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
                       *(["packages: " + "; ".join(packages)] if packages else
                         ["the package versions are the same: a file inside the cached venv "
                          "differs (modified or deleted after the build)"]),
-                      "keep worker.executor.validateDeps: true (it rebuilds a venv whose "
-                      "installed files changed)"],
+                      advice.validate_deps(facts.validate_deps, bool(packages))],
             pair=(fresh, "fresh-venv")))
         ref = "fresh-venv"
     if state is None:
@@ -383,7 +386,7 @@ def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
             findings.append(direct)
     for name in r:
         if name.startswith("native-threads=") and not name.endswith("-again"):
-            base = "your-mode" if r[name].step.direct else ref
+            base = "your-mode" if r[name].step.direct else cached
             c = pair(r, base, name)
             if c is not None and c.differs:
                 findings.append(Finding(
@@ -392,11 +395,11 @@ def judge(all_runs: Sequence[StepRun], facts: Facts | None = None) -> Verdict:
                               "set worker.executor.nativeThreads to the value you validated "
                               "with (1 is the default)"],
                     pair=(base, name)))
-    c = pair(r, ref, "one-process")
+    c = pair(r, cached, "one-process")
     if c is not None and c.differs and not facts.user_direct:
         findings.append(Finding(layer="concurrency", headline=advice.CONCURRENCY,
-                                evidence=[differ_line(c, ref, "one-process")],
-                                pair=(ref, "one-process")))
+                                evidence=[differ_line(c, cached, "one-process")],
+                                pair=(cached, "one-process")))
     return _verdict(findings, all_runs, facts, ref)
 
 
