@@ -320,6 +320,27 @@ def test_the_template_imports_what_task_processes_imported_but_not_bundle_module
                                                 "no_subreaper": 0}
 
 
+def test_a_worker_process_with_its_own_tmpdir_starts_from_an_earlier_plan(
+        tmp_path, warm, monkeypatch):
+    """`local` gives each worker process of each run its own TMPDIR, which was part of a
+    template plan's key (plans.py): no template of a later study found its plan, and each
+    paid its probes again (fresh-process SIR: ~0.7 s of CPU per worker process). The probes'
+    verdicts do not depend on TMPDIR (the two probes differ in it), so it counts as this
+    worker process's own place, like its compile caches."""
+    ref = make_bundle(tmp_path / "src", tmp_path / "repo",
+                      {"lazy.py": LAZY, "lazyhelper.py": "X = 1\n", "requirements.txt": ""},
+                      name="lazy")
+    first = warm(max_process_reuse=1)
+    runs = [first.run(_call(ref, "run", seed=s, module="lazy")).outputs for s in range(2)]
+    assert [r["before"]["colorsys"] for r in runs] == [False, True]  # learned, plan stored
+    other = tmp_path / "other-tmp"
+    other.mkdir()
+    monkeypatch.setenv("TMPDIR", str(other))  # what the next worker process's templates get
+    second = warm(max_process_reuse=1)
+    out = second.run(_call(ref, "run", seed=0, module="lazy")).outputs
+    assert out["before"] == {"colorsys": True, "lazyhelper": False}  # from the plan
+
+
 def test_a_learned_name_that_cannot_be_imported_leaves_the_template_working(tmp_path, warm):
     """A task process reports what is in its sys.modules, including names a model put there
     by hand; the template tries such a name once and goes on forking."""

@@ -258,7 +258,11 @@ class IsolatedWarmExecEnv(ExecEnv):
             fingerprint = (venv.path / FINGERPRINT).read_bytes()
         except OSError:
             return None
-        per_process = [str(self.compile_caches.root or "")]
+        env = self._env(bundle, venv, False)
+        # this worker process's own places: its compile caches, its TMPDIR (`local` gives
+        # each worker process of each run its own); the probes' verdicts never depend on
+        # them (the two probes differ in TMPDIR: a module reading it is excluded)
+        per_process = [str(self.compile_caches.root or ""), env.get("TMPDIR", "")]
         if venv.fresh:
             try:
                 built = json.loads(fingerprint)
@@ -270,7 +274,7 @@ class IsolatedWarmExecEnv(ExecEnv):
         return plan_key(venv_path=Path("<this worker process's venv>") if venv.fresh
                         else venv.path, fingerprint=fingerprint, bundle_ref=bundle.ref,
                         module=module, runner=program_dir(venv.path).name,
-                        env=self._env(bundle, venv, False), per_process=per_process)
+                        env=env, per_process=per_process)
 
     def _spawn(self, bundle: _Bundle, venv: Venv, *, fresh: bool = False,
                template: str | None = None) -> WarmProcess:

@@ -10,8 +10,8 @@
   of one dependency set, and its fingerprint's bytes), the bundle, the entrypoint module,
   the runner program (its compiled directory names the digest of its sources) and the
   template's environment, with the paths that only name one worker process's own
-  directories (its compile cache) replaced by a placeholder. Another venv, bundle, module,
-  runner or environment never reads it.
+  directories (its compile cache, its TMPDIR) replaced by a placeholder. Another venv,
+  bundle, module, runner or environment never reads it.
 - does not: decide anything (the template still checks its own state after importing, and
   names learned later are probed as before); remove plans of venvs that were collected
   (a few hundred bytes each, never read again).
