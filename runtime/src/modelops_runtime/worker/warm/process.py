@@ -478,7 +478,10 @@ class WarmProcess:
     def remove_scratch(self) -> None:
         """Remove the working directory (once the process tree is gone)."""
         if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            try:  # most tasks leave it empty: one call
+                os.rmdir(self.scratch)
+            except OSError:
+                shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _zombie(pid: int) -> bool:
