@@ -1,7 +1,6 @@
 """The output (stdout + stderr) of a warm process, drained into a bounded buffer: by a
 thread of its own, or (a task process forked from a template, which lives for one task)
-by whoever waits on the process (process.py polls :meth:`LogTail.polled` beside its
-pipes and its exit)."""
+by whoever waits on the process (:class:`OutputPoll`, beside its pipes and its exit)."""
 
 from __future__ import annotations
 
@@ -90,3 +89,26 @@ class LogTail:
             data = bytes(self._buf[len(self._buf) - size:]) if size > 0 else b""
         text = data.decode(errors="replace")
         return text[-chars:]
+
+
+class OutputPoll:
+    """A poll of one fd of a process (None: none) and, when no thread drains its output,
+    of its output, drained whenever it is what woke the poll."""
+
+    def __init__(self, log: LogTail, fd: int | None, events: int) -> None:
+        self._log = log
+        self._poller = select.poll()
+        if fd is not None:
+            self._poller.register(fd, events)
+        self._log_fd = log.polled()
+        if self._log_fd is not None:
+            self._poller.register(self._log_fd, select.POLLIN)
+
+    def wait(self, timeout: float) -> None:
+        """Poll up to ``timeout`` s."""
+        ready = self._poller.poll(max(0.0, timeout) * 1000)
+        if self._log_fd is not None and any(fd == self._log_fd for fd, _ in ready):
+            self._log.sync()
+            if self._log.polled() is None:  # its end (closed: its number may be reused,
+                self._poller.unregister(self._log_fd)  # also when another thread saw it)
+                self._log_fd = None

@@ -25,7 +25,7 @@ from ...errors import ProcessCrashed
 from ..counters import RemovalReason
 from .failures import Lost, describe_exit, start_error
 from .runner.frames import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
-from .logtail import LogTail
+from .logtail import LogTail, OutputPoll
 from .memory import MemorySampler, tree_pids
 from .guard import GUARD, Guarded, warn_unguarded
 from .orphans import adopted_descendants, reap, wait_gone
@@ -303,7 +303,7 @@ class WarmProcess:
                     "message": str(exc), "traceback": ""}
 
     def _send(self, view: memoryview, watch: "Watch") -> None:
-        poller = self._poller(self._req, select.POLLOUT)
+        poller = OutputPoll(self.log, self._req, select.POLLOUT)
         while view:
             try:
                 view = view[os.write(self._req, view):]
@@ -313,19 +313,19 @@ class WarmProcess:
                 pass
             except BrokenPipeError:
                 raise watch.died() from None
-            self._wait(poller, TICK)
+            poller.wait(TICK)
             watch.check()
 
     def _recv(self, n: int, watch: "Watch") -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         pos = 0
-        poller = self._poller(self._resp, select.POLLIN)
+        poller = OutputPoll(self.log, self._resp, select.POLLIN)
         while pos < n:
             try:
                 got = os.readv(self._resp, [view[pos:]])
             except BlockingIOError:
-                self._wait(poller, TICK)
+                poller.wait(TICK)
                 watch.check()
                 continue
             if got == 0:
@@ -333,28 +333,6 @@ class WarmProcess:
             pos += got
             watch.check(alive=False)
         return buf
-
-    def _poller(self, fd: int | None, events: int) -> select.poll:
-        """A poll of ``fd`` and, when no thread drains it, of the process's output."""
-        poller = select.poll()
-        if fd is not None:
-            poller.register(fd, events)
-        log_fd = self.log.polled()
-        if log_fd is not None:
-            poller.register(log_fd, select.POLLIN)
-        return poller
-
-    def _wait(self, poller: select.poll, timeout: float) -> list[int]:
-        """Poll (up to ``timeout`` s); drain the output if it is what woke us. Returns the
-        other fds that are ready."""
-        log_fd = self.log.polled()
-        ready = [fd for fd, _events in poller.poll(max(0.0, timeout) * 1000)]
-        if log_fd is not None and log_fd in ready:
-            self.log.sync()
-            if self.log.polled() is None:  # its end: closed (its number may be reused)
-                poller.unregister(log_fd)
-            ready.remove(log_fd)
-        return ready
 
     # -- state -----------------------------------------------------------------------
 
@@ -388,7 +366,7 @@ class WarmProcess:
         if self._stopped:
             return True
         deadline = time.monotonic() + timeout
-        poller = self._poller(self._pidfd, select.POLLIN)  # (and its output, if ours to drain)
+        poller = OutputPoll(self.log, self._pidfd, select.POLLIN)  # (and what it prints)
         while not self.exited():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -396,7 +374,7 @@ class WarmProcess:
             if self._pidfd is None and self.log.polled() is None:
                 time.sleep(min(left, 0.01))  # no pidfd: polled by waitid
             else:
-                self._wait(poller, left if self._pidfd is not None else min(left, 0.01))
+                poller.wait(left if self._pidfd is not None else min(left, 0.01))
         return True
 
     def signal_group(self, sig: int) -> None:
