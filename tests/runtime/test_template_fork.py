@@ -3,8 +3,10 @@ driven directly in this process: real venvs, real templates, real forks and sign
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import tempfile
 
 import pytest
 
@@ -320,25 +322,47 @@ def test_the_template_imports_what_task_processes_imported_but_not_bundle_module
                                                 "no_subreaper": 0}
 
 
-def test_a_worker_process_with_its_own_tmpdir_starts_from_an_earlier_plan(
-        tmp_path, warm, monkeypatch):
-    """`local` gives each worker process of each run its own TMPDIR, which was part of a
-    template plan's key (plans.py): no template of a later study found its plan, and each
-    paid its probes again (fresh-process SIR: ~0.7 s of CPU per worker process). The probes'
-    verdicts do not depend on TMPDIR (the two probes differ in it), so it counts as this
-    worker process's own place, like its compile caches."""
+@pytest.mark.parametrize("venv", ["cached", "pristine"])
+def test_a_worker_process_of_a_later_run_starts_from_an_earlier_plan(
+        tmp_path, warm, monkeypatch, caplog, venv):
+    """A template plan's key (plans.py) is every input a probe's verdict depends on, with
+    a worker process's own places replaced: `local` gives each worker process of each run
+    its own TMPDIR (<run>/tmp/worker-<i>, local/cluster/launch.py), its compile caches
+    beneath it, and with FORCE_FRESH_VENV (diagnose-fresh-venv) its own pristine build (a
+    new name, a new build time). Each was once in the key: no template of a later study
+    found its plan, and each worker process paid its probes again (fresh-process SIR: ~0.7
+    s of CPU per worker process). Two worker processes of two runs, one after the other,
+    share one plan."""
     ref = make_bundle(tmp_path / "src", tmp_path / "repo",
                       {"lazy.py": LAZY, "lazyhelper.py": "X = 1\n", "requirements.txt": ""},
                       name="lazy")
-    first = warm(max_process_reuse=1)
+    settings = {"max_process_reuse": 1}
+    if venv == "pristine":
+        settings.update(force_fresh_venv="true", fresh_venvs_ahead=0)
+    plans = tmp_path / "venvs" / ".template-plans"
+
+    def worker_process_of_run(run: str):
+        own = tmp_path / "runs" / run / "tmp" / "worker-0"  # as `local` gives it
+        own.mkdir(parents=True)
+        monkeypatch.setenv("TMPDIR", str(own))  # what its templates get
+        monkeypatch.setattr(tempfile, "tempdir", str(own))  # its compile caches' parent
+        return warm(**settings)
+
+    first = worker_process_of_run("one")
     runs = [first.run(_call(ref, "run", seed=s, module="lazy")).outputs for s in range(2)]
     assert [r["before"]["colorsys"] for r in runs] == [False, True]  # learned, plan stored
-    other = tmp_path / "other-tmp"
-    other.mkdir()
-    monkeypatch.setenv("TMPDIR", str(other))  # what the next worker process's templates get
-    second = warm(max_process_reuse=1)
-    out = second.run(_call(ref, "run", seed=0, module="lazy")).outputs
-    assert out["before"] == {"colorsys": True, "lazyhelper": False}  # from the plan
+    pristine = first.venvs.pristines.paths() if venv == "pristine" else []
+    first.shutdown()  # its pristine venv goes with it: the next run builds its own
+    assert len(list(plans.glob("*.json"))) == 1, "the first run stored no plan"
+    second = worker_process_of_run("two")
+    with caplog.at_level(logging.INFO, logger="modelops_runtime.pool"):
+        outs = [second.run(_call(ref, "run", seed=s, module="lazy")).outputs
+                for s in range(2)]
+    if venv == "pristine":
+        assert second.venvs.pristines.paths() != pristine, "the pristine venv was not rebuilt"
+    assert "starts from the plan of an earlier template" in caplog.text
+    assert [o["before"] for o in outs] == [{"colorsys": True, "lazyhelper": False}] * 2
+    assert len(list(plans.glob("*.json"))) == 1, "the later run stored its own plan"
 
 
 def test_a_learned_name_that_cannot_be_imported_leaves_the_template_working(tmp_path, warm):
