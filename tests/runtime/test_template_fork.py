@@ -7,12 +7,14 @@ import logging
 import os
 import signal
 import tempfile
+from pathlib import Path
 
 import pytest
 
 from modelops_runtime.errors import (MemoryLimitExceeded, ProcessCrashed, SimulationError,
                                      TaskTimeout)
 from modelops_runtime.models import Call
+from modelops_runtime.worker.warm.plans import plan_key
 from modelops_runtime.worker.warm.runner.frames import TOKEN_VAR
 from modelops_runtime.worker.warm.venvs.store import FINGERPRINT
 from support.bundles import make_bundle
@@ -363,6 +365,27 @@ def test_a_worker_process_of_a_later_run_starts_from_an_earlier_plan(
     assert "starts from the plan of an earlier template" in caplog.text
     assert [o["before"] for o in outs] == [{"colorsys": True, "lazyhelper": False}] * 2
     assert len(list(plans.glob("*.json"))) == 1, "the later run stored its own plan"
+
+
+def test_a_plan_key_replaces_a_worker_process_s_own_places_only_as_whole_paths():
+    """Two worker processes' own places (TMPDIR, compile caches) are one placeholder in the
+    key wherever they start a path (alone, in PATH-like lists, after "="); inside another
+    name they are not theirs: /tmp/ab is no more worker /tmp/a's than /tmp/xb is /tmp/x's,
+    and the two keys must differ (one shared them)."""
+    def key(own: list[str], env: dict[str, str]) -> str:
+        return plan_key(venv_path=Path("/venvs/v"), fingerprint=b"{}", bundle_ref="sha256:b",
+                        module="m", runner="r", env=env, per_process=own)
+
+    def env(own: str) -> dict[str, str]:
+        return {"TMPDIR": own, "NUMBA_CACHE_DIR": f"{own}/caches/v-b/numba",
+                "PATH": f"/venvs/v/bin:{own}/bin:/usr/bin", "FLAGS": f"-Dtmp={own}/x",
+                "WRITABLE": f"/marks,{own}/caches/v-b/numba"}
+
+    assert key(["/tmp/a"], {"F": "/tmp/ab"}) != key(["/tmp/x"], {"F": "/tmp/xb"})
+    assert key(["/tmp/a"], {"F": "/data/tmp/a"}) != key(["/tmp/x"], {"F": "/data/tmp/x"})
+    assert key(["/tmp/a", "/tmp/a/caches"], env("/tmp/a")) == key(
+        ["/tmp/x/", "/tmp/x/caches"], env("/tmp/x"))
+    assert key(["", "/"], {"F": "/tmp"}) == key([], {"F": "/tmp"})
 
 
 def test_a_learned_name_that_cannot_be_imported_leaves_the_template_working(tmp_path, warm):

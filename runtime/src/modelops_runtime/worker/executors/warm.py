@@ -270,7 +270,10 @@ class IsolatedWarmExecEnv(ExecEnv):
             except (ValueError, AttributeError):
                 return None
             fingerprint = json.dumps(built, sort_keys=True).encode()
-            per_process += [str(venv.path), venv.path.name]  # (its compile cache's name)
+            # and its compile cache, named after it (unless one was passed through)
+            cache = env.get("NUMBA_CACHE_DIR", "")
+            own = bool(per_process[0]) and cache.startswith(per_process[0] + os.sep)
+            per_process += [str(venv.path), cache if own else ""]
         return plan_key(venv_path=Path("<this worker process's venv>") if venv.fresh
                         else venv.path, fingerprint=fingerprint, bundle_ref=bundle.ref,
                         module=module, runner=program_dir(venv.path).name,

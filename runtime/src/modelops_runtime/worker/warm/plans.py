@@ -10,8 +10,9 @@
   of one dependency set, and its fingerprint's bytes), the bundle, the entrypoint module,
   the runner program (its compiled directory names the digest of its sources) and the
   template's environment, with the paths that only name one worker process's own
-  directories (its compile cache, its TMPDIR) replaced by a placeholder. Another venv,
-  bundle, module, runner or environment never reads it.
+  directories (its compile cache, its TMPDIR) replaced by a placeholder where they are a
+  whole path or its start (never inside another name). Another venv, bundle, module,
+  runner or environment never reads it.
 - does not: decide anything (the template still checks its own state after importing, and
   names learned later are probed as before); remove plans of venvs that were collected
   (a few hundred bytes each, never read again).
@@ -25,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -41,12 +43,15 @@ def plan_key(*, venv_path: Path, fingerprint: bytes, bundle_ref: str, module: st
              runner: str, env: Mapping[str, str], per_process: Iterable[str] = ()) -> str:
     """The key of a template's plan (see the module docstring). ``per_process``: paths of
     this worker process's own directories, replaced in ``env``'s values."""
-    places = sorted((p for p in per_process if p), key=len, reverse=True)
+    places = sorted({p.rstrip("/") for p in per_process if p.strip("/")}, key=len,
+                    reverse=True)
+    # a place counts only as a whole path (alone, or an item of a list, or after "="),
+    # optionally followed by more of the path: /tmp/a is not in /tmp/ab
+    own = re.compile(rf"(?<![^\s:,=])(?:{'|'.join(map(re.escape, places))})(?![^\s/:,])"
+                     ) if places else None
 
     def same_everywhere(value: str) -> str:
-        for place in places:
-            value = value.replace(place, PER_PROCESS)
-        return value
+        return value if own is None else own.sub(PER_PROCESS, value)
 
     blob = json.dumps({"format": FORMAT, "venv": str(venv_path),
                        "fingerprint": hashlib.sha256(fingerprint).hexdigest(),
