@@ -1,9 +1,12 @@
 """Isolation without the wait (issue #14): fresh processes from a template, batched tiny sims.
 
-* heavy import — a bundle whose module takes 0.5 s to import (a sleep at import, as a real
-  agent-based framework takes seconds): per-task time of a warm hit (prod-warm), a fresh
-  process forked from the template (fresh-process, the default) and one exec'd (the old
-  path, ``freshProcessFrom: exec``); the fresh-process overhead is template − warm hit.
+* heavy import — a bundle whose dependency (a wheel installed in its venv by uv) takes 0.5 s
+  to import (a sleep at import, as a real framework takes seconds): per-task time of a warm
+  hit (prod-warm), a fresh process forked from the template (fresh-process, the default:
+  the template imports the dependency once its probes find it clean) and one exec'd
+  (``freshProcessFrom: exec``); the fresh-process overhead is template − warm hit. A
+  bundle's *own* modules are imported by every task process (as by a new interpreter), so
+  a slow import inside the bundle is paid per task by design (docs/modes.md).
 * SIR — the example model (numpy, from PyPI through uv) through executors as a Dask worker
   process builds them, 2 task threads each (the machine's cores): prod-warm, fresh-process
   (template) and diagnose-fresh-venv, per sim; the fresh-venv case runs fewer sims (a venv
@@ -40,13 +43,18 @@ from modelops_runtime.models import Call
 from common import NOOP_MODEL, Workspace, side_by_side
 from endtoend import PRESET, _as_main_function, _quiet
 from shared import write_bundle
+from support.wheels import build_wheel, offline_uv_env
 
 REPO = Path(__file__).resolve().parents[1]
 SIR = REPO / "runtime" / "examples" / "sir" / "bundle"
 
-HEAVY_MODEL = '''
+HEAVY_LIB = '''
 import time
 time.sleep(0.5)   # what importing a heavy framework costs
+'''
+
+HEAVY_MODEL = '''
+import heavylib  # noqa: F401 - a dependency that takes 0.5 s to import
 
 
 def noop(params, seed):
@@ -72,8 +80,24 @@ def busy(params, seed):
 
 
 def heavy_import(ws: Workspace, smoke: bool) -> dict[str, Any]:
-    ref, _ = ws.bundle("heavy", {"model.py": HEAVY_MODEL})
+    wheels = ws.root / "heavy-wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    build_wheel(wheels, "heavylib", "1.0", {"heavylib.py": HEAVY_LIB})
+    ref, _ = ws.bundle("heavy", {"model.py": HEAVY_MODEL, "requirements.txt": "heavylib==1.0\n"})
     call = Call(bundle=ref, entrypoint="model:noop", args=({}, 0))
+    saved = {k: os.environ.get(k) for k in offline_uv_env(wheels)}
+    os.environ.update(offline_uv_env(wheels))  # uv installs heavylib from the wheel only
+    try:
+        return _heavy_import(ws, call, smoke)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _heavy_import(ws: Workspace, call: Call, smoke: bool) -> dict[str, Any]:
     warm = ws.executor(executor_type="isolated_warm")
     template = ws.executor(executor_type="isolated_warm", max_process_reuse=1)
     exec_ = ws.executor(executor_type="isolated_warm", max_process_reuse=1,

@@ -181,7 +181,7 @@ TARGETS = [
     Target("SIR, 300 sims through `local`, study alone: diagnose-fresh-venv ≤ 2× "
            "fresh-process", "fast", "≤ 2×",
            _guarded(_sir_local("diagnose-fresh-venv", "fresh-process")), lambda v: v <= 2),
-    Target("0.5 s import: fresh-process per-task overhead ≤ 20 ms", "fast", "≤ 20 ms",
+    Target("0.5 s import of a dependency: fresh-process per-task overhead ≤ 20 ms", "fast", "≤ 20 ms",
            _guarded(_template_overhead), lambda v: v <= 20),
     Target("10,000 no-op sims: batched ≥ 5× plain client.map", "fast", "≥ 5×",
            _guarded(_batched), lambda v: v >= 5),
@@ -325,7 +325,7 @@ def details(results: R) -> str:
                   f"end {tuple(round(x, 1) for x in f['load_at_end'])}.", ""]
         h = f.get("heavy_import", {})
         if "warm hit" in h:
-            lines += _table(["0.5 s import: how the task runs", "median", "p90", "n"],
+            lines += _table(["0.5 s import of a dependency: how the task runs", "median", "p90", "n"],
                             [[name, ms(h[name]["median_s"]), ms(h[name]["p90_s"]),
                               str(h[name]["n"])] for name in
                              ("warm hit", "fresh process from the template",
