@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in report.evaluate(results):
         print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['target']}: {t['shown']}")
     in_readme = (report.summary(about, results, smoke=False, elapsed_s=elapsed, level=3)
-                 + "\nEvery benchmark's own table: [bench/results.md](bench/results.md).\n")
+                 + "\nEvery benchmark's own table: `bench/results.md`.\n")
     if failed := failures(results):
         print(f"\nbench: {len(failed)} case(s) failed (shown in the table; their "
               "tracebacks above):", file=sys.stderr)
