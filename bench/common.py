@@ -8,9 +8,11 @@ even when absolute times do not.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,3 +126,19 @@ def ms(seconds: float) -> str:
 def mb(n: float) -> str:
     """Bytes in MB (10^6), the unit the memory target is set in."""
     return f"{n / 1e6:.1f} MB"
+
+
+@contextlib.contextmanager
+def environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set ``values`` in this process's environment for the block (uv reads its settings from
+    the worker's environment, so a benchmark sets them there), then restore it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -40,7 +40,7 @@ from modelops_runtime.local.cluster.render import render_cluster
 from modelops_runtime.local.cluster.supervise import LocalCluster
 from modelops_runtime.models import Call
 
-from common import NOOP_MODEL, Workspace, side_by_side
+from common import NOOP_MODEL, Workspace, environ, side_by_side
 from endtoend import PRESET, _as_main_function, _quiet
 from shared import write_bundle
 from support.wheels import build_wheel, offline_uv_env
@@ -85,16 +85,8 @@ def heavy_import(ws: Workspace, smoke: bool) -> dict[str, Any]:
     build_wheel(wheels, "heavylib", "1.0", {"heavylib.py": HEAVY_LIB})
     ref, _ = ws.bundle("heavy", {"model.py": HEAVY_MODEL, "requirements.txt": "heavylib==1.0\n"})
     call = Call(bundle=ref, entrypoint="model:noop", args=({}, 0))
-    saved = {k: os.environ.get(k) for k in offline_uv_env(wheels)}
-    os.environ.update(offline_uv_env(wheels))  # uv installs heavylib from the wheel only
-    try:
+    with environ(offline_uv_env(wheels)):  # uv installs heavylib from the wheel only
         return _heavy_import(ws, call, smoke)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _heavy_import(ws: Workspace, call: Call, smoke: bool) -> dict[str, Any]:

@@ -8,39 +8,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from modelops_runtime.worker.warm.venvs.store import VenvCache
 
-from common import Samples, Workspace, side_by_side
+from common import Samples, Workspace, environ, side_by_side
 from wheels import wheelhouse
 
 PACKAGES = ["pydantic", "pyyaml", "tqdm", "fsspec", "psutil"]  # + their requirements
 SMOKE_PACKAGES = ["tqdm"]
 CHECK_IMPORT = {"pydantic": "pydantic", "pyyaml": "yaml", "tqdm": "tqdm", "fsspec": "fsspec",
                 "psutil": "psutil"}
-
-
-@contextlib.contextmanager
-def environ(values: Mapping[str, str]) -> Iterator[None]:
-    """uv reads its settings from the worker's environment, so set them there."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _imports_work(python: Path, packages: list[str]) -> None:

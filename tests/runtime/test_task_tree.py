@@ -13,6 +13,7 @@ from modelops_runtime.errors import ProcessLimitExceeded
 from modelops_runtime.models import Call
 from support.bundles import make_bundle
 from support.cluster import wait_for
+from support.seccomp import EXECUTOR, PRELUDE
 
 MODEL = '''
 import os, subprocess, sys
@@ -250,32 +251,10 @@ def _children_of(pid: int) -> list[int]:
 
 # Runs a warm executor inside a seccomp profile that refuses seccomp(2) itself (as a
 # stricter profile than RuntimeDefault might): the runner cannot install the signal guard.
-_WITHOUT_SECCOMP = r'''
-import ctypes, json, logging, os, struct, sys
-from pathlib import Path
-
-libc = ctypes.CDLL(None, use_errno=True)
-nr = {"x86_64": 317, "aarch64": 277}[os.uname().machine]
-prog = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | 38),
-        (0x06, 0, 0, 0x7FFF0000)]  # ld nr; seccomp? ERRNO(ENOSYS) : ALLOW
-insns = (ctypes.c_uint64 * len(prog))(*(c | jt << 16 | jf << 24 | k << 32
-                                        for c, jt, jf, k in prog))
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-assert libc.prctl(38, 1, 0, 0, 0) == 0
-assert libc.syscall(nr, 1, 0, ctypes.byref(Prog(len(prog), ctypes.addressof(insns)))) == 0
-
-from modelops_runtime.bundles import BundleStore
-from modelops_runtime.config import RuntimeConfig
-from modelops_runtime.models import Call
-from modelops_runtime.worker.executors.warm import IsolatedWarmExecEnv
-
-records = []
-handler = logging.Handler()
-handler.emit = lambda record: records.append(record.getMessage())
-logging.getLogger("modelops_runtime").addHandler(handler)
-config = RuntimeConfig.from_env(json.loads(sys.argv[1]))
-ex = IsolatedWarmExecEnv(config, BundleStore(config))
+_WITHOUT_SECCOMP = PRELUDE + r'''
+install_filter([(0x20, 0, 0, 0), (0x15, 0, 1, SECCOMP_NR), (0x06, 0, 0, 0x00050000 | 38),
+                (0x06, 0, 0, 0x7FFF0000)])  # ld nr; seccomp? ERRNO(ENOSYS) : ALLOW
+''' + EXECUTOR + r'''
 try:
     out = [ex.run(Call(bundle=ref, entrypoint="model:ok", args=({}, 0))).outputs
            for ref in sys.argv[2:]]

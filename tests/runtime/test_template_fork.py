@@ -19,6 +19,7 @@ from modelops_runtime.worker.warm.runner.frames import TOKEN_VAR
 from modelops_runtime.worker.warm.venvs.store import FINGERPRINT
 from support.bundles import make_bundle
 from support.cluster import wait_for
+from support.seccomp import EXECUTOR, PRELUDE
 
 MODEL = '''
 import os, random, sys, time
@@ -477,33 +478,12 @@ def test_a_module_starting_a_process_at_import_runs_in_every_mode(tmp_path, warm
 
 # Runs a fresh-process executor inside a seccomp profile that refuses clone(CLONE_PARENT)
 # (EPERM), as a stricter profile might: templates then double-fork their task processes.
-_NO_CLONE_PARENT = r'''
-import ctypes, json, logging, os, sys
-
-libc = ctypes.CDLL(None, use_errno=True)
-machine = os.uname().machine
-seccomp, clone = {"x86_64": (317, 56), "aarch64": (277, 220)}[machine]
-prog = [(0x20, 0, 0, 0), (0x15, 0, 3, clone), (0x20, 0, 0, 16), (0x45, 0, 1, 0x8000),
-        (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
-insns = (ctypes.c_uint64 * len(prog))(*(c | jt << 16 | jf << 24 | k << 32
-                                        for c, jt, jf, k in prog))
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-assert libc.prctl(38, 1, 0, 0, 0) == 0
-assert libc.syscall(seccomp, 1, 0, ctypes.byref(Prog(len(prog), ctypes.addressof(insns)))) == 0
-
-from modelops_runtime.bundles import BundleStore
-from modelops_runtime.config import RuntimeConfig
-from modelops_runtime.models import Call
-from modelops_runtime.worker.executors.warm import IsolatedWarmExecEnv
-
-records = []
-handler = logging.Handler()
-handler.emit = lambda record: records.append(record.getMessage())
-logging.getLogger("modelops_runtime").addHandler(handler)
+_NO_CLONE_PARENT = PRELUDE + r'''
+clone = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
+install_filter([(0x20, 0, 0, 0), (0x15, 0, 3, clone), (0x20, 0, 0, 16), (0x45, 0, 1, 0x8000),
+                (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)])
+''' + EXECUTOR + r'''
 logging.getLogger("modelops_runtime").setLevel(logging.INFO)
-config = RuntimeConfig.from_env(json.loads(sys.argv[1]))
-ex = IsolatedWarmExecEnv(config, BundleStore(config))
 try:
     out = [ex.run(Call(bundle=sys.argv[2], entrypoint=f"model:{fn}", args=({}, 0))).outputs
            for fn in ("where", "sim", "where")]
