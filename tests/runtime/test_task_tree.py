@@ -175,6 +175,7 @@ def test_a_task_cannot_signal_its_template_or_a_sibling_nor_clone_out_of_its_tre
         return
     ex.run(_call(bundle, "ok"))  # the template exists
     me, known = os.getpid(), set(ex.warm_pids())
+    known |= set(_task_processes(me, known))  # the "ok" task process may still be exiting
     sibling_run = threading.Thread(target=_raised, args=(ex.run, _call(bundle, "wait")))
     sibling_run.start()
     try:
