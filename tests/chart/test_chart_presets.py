@@ -176,6 +176,16 @@ bundles:
     assert worker["resources"]["limits"] == {"cpu": "4", "memory": "18944Mi"}
 
 
+@pytest.mark.parametrize("given, rendered", [("{/tmp}", "/tmp"),
+                                             ("{/tmp,/data/out}", "/tmp,/data/out")])
+def test_writable_paths_given_with_set_render_as_the_list(helm, given, rendered):
+    """`--set worker.executor.writablePaths={/tmp}` (what the refused-write message
+    advises) renders the list into MODELOPS_WARM_WRITABLE_PATHS, paths as given."""
+    worker = render(helm, "prod-warm", sets=(f"worker.executor.writablePaths={given}",))
+    env = {e["name"]: e.get("value") for e in worker.container("worker")["env"]}
+    assert env["MODELOPS_WARM_WRITABLE_PATHS"] == rendered
+
+
 def test_bundle_credentials_render_into_the_worker_only(helm):
     """bundles.credentials: the Secret as the first envFrom source (before
     worker.extraEnvFrom), the endpoint and region as AWS_* variables, the Secret's name as

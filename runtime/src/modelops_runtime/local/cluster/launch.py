@@ -29,6 +29,8 @@ from .render import DEFAULT_RELEASE, HELM_ENV, Container, RenderedCluster
 LOCALHOST = "127.0.0.1"
 SCHEDULER_TOKEN = "{scheduler_address}"   # replaced by the local scheduler's address at start
 KEEP_RUNS = 5                             # run dirs (logs) kept under <state>/runs
+WRITABLE_ENV = PREFIX + "WARM_WRITABLE_PATHS"
+CACHE_ENV = (PREFIX + "BUNDLE_CACHE_DIR", PREFIX + "VENVS_DIR")
 
 
 
@@ -119,6 +121,30 @@ class _Rewriter:
                 return str(local).rstrip("/")
         return value
 
+    def writable(self, value: str, state_dir: Path, caches: Sequence[str]) -> str:
+        """MODELOPS_WARM_WRITABLE_PATHS for a local worker: each path of the list as the
+        model reaches it here. A pod volume's path is both its local directory (what a
+        rewritten variable such as TMPDIR or MY_CACHE points to) and the path itself (what
+        a model opening e.g. ``/tmp/x`` reaches on this machine: there is no mount
+        namespace). A path that would hold the state directory, or hold or lie in the
+        bundle or venv cache (``caches``), is refused: tasks never write those."""
+        granted: list[str] = []
+        for path in (p for p in value.split(",") if p):
+            for one in (self.path(path), path):
+                here = Path(os.path.realpath(one))
+                held = [str(c) for c in (state_dir, *map(Path, caches))
+                        if c == here or here in c.parents
+                        or (c != state_dir and c in here.parents)]
+                if held:
+                    raise LocalModeError(
+                        f"worker.executor.writablePaths has {path}, which on this machine "
+                        f"is or holds {held[0]} (the state directory, its bundle and venv "
+                        "caches: never writable by tasks, bundles are immutable once "
+                        f"published); pass --state-dir outside {path} or drop it")
+                if one not in granted:
+                    granted.append(one)
+        return ",".join(granted)
+
 
 def _quantity(text: str) -> float | None:
     """Bytes of a ``--memory-limit`` value (Kubernetes or Dask units); None for 'auto',
@@ -166,6 +192,11 @@ def plan(rendered: RenderedCluster, state_dir: Path, *,
             env[name] = fields.get(path, "")
         for name, value in c.env.items():
             env[name] = rw.path(expand_refs(value, env))
+        if WRITABLE_ENV in c.env:  # a list of paths, each path also as itself (_Rewriter)
+            caches = [where for v in CACHE_ENV  # as in the pod, and here
+                      for where in (c.env.get(v), env.get(v)) if where]
+            env[WRITABLE_ENV] = rw.writable(expand_refs(c.env[WRITABLE_ENV], env),
+                                            state_dir, caches)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
