@@ -81,6 +81,13 @@
 {{- if and (eq $x.type "direct") $x.forceFreshVenv -}}
 {{- $errors = append $errors "worker.executor.forceFreshVenv=true needs worker.executor.type=isolated_warm: the direct executor runs tasks inside the Dask worker process and builds no venvs. Use the diagnose-fresh-venv preset, or set forceFreshVenv: false." -}}
 {{- end -}}
+{{- $caches := include "modelops-dask.cacheRoot" . -}}
+{{- range $x.writablePaths -}}
+{{- $p := clean . -}}
+{{- if or (eq $p $caches) (hasPrefix (printf "%s/" (trimSuffix "/" $p)) (printf "%s/" $caches)) (hasPrefix (printf "%s/" $caches) $p) -}}
+{{- $errors = append $errors (printf "worker.executor.writablePaths has %s, which is, holds or lies in the worker's caches (%s: the unpacked bundles and the venvs, read-only by design: they never change once published). Remove it; tasks write in their working directory (TMPDIR, HOME) and in the other writablePaths." . $caches) -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq $x.type "isolated_warm") $x.memLimitPerProcess -}}
 {{- $limit := include "modelops-dask.mebibytes" $x.memLimitPerProcess | atoi -}}
 {{- $pool := include "modelops-dask.mebibytes" $x.poolMemoryPerProcess | atoi -}}

@@ -284,6 +284,18 @@ CASES = {
         "worker: {extraArgs: ['--no-dashboard']}", (),
         ["worker.extraArgs contains --no-dashboard, which the chart does not allow: the "
          "dashboard serves the probes' /health and the scraped /metrics"]),
+    "a writable path holding the caches": (
+        "worker: {executor: {writablePaths: [/tmp, /var/cache]}}", (),
+        ["worker.executor.writablePaths has /var/cache, which is, holds or lies in the "
+         "worker's caches (/var/cache/modelops: the unpacked bundles and the venvs, "
+         "read-only by design"]),
+    "a writable path inside the bundle cache": (
+        "worker: {executor: {writablePaths: [/var/cache/modelops/bundles/x/]}}", (),
+        ["worker.executor.writablePaths has /var/cache/modelops/bundles/x/, which is, holds "
+         "or lies in the worker's caches"]),
+    "the root as a writable path": (
+        "worker: {executor: {writablePaths: [/]}}", (),
+        ["worker.executor.writablePaths has /, which is, holds or lies in the worker's caches"]),
     "fresh venv with the direct executor": (
         "worker: {executor: {type: direct, forceFreshVenv: true}}", (),
         ["worker.executor.forceFreshVenv=true needs worker.executor.type=isolated_warm"]),

@@ -1,7 +1,7 @@
 """The trust boundary, attacked the way bundle code would (docs/security.md).
 
-One real cluster runs the worker unprivileged: as the tests' own uid when that is not root;
-as root, ``setpriv`` makes it ``nobody``, or — when this interpreter lives where nobody
+One real cluster runs the worker unprivileged (support/unprivileged.py): as the tests'
+own uid when that is not root; as root, ``setpriv`` makes it ``nobody``, or — when this interpreter lives where nobody
 cannot run it (e.g. a pyenv under /root) — root without a single capability (no
 CAP_SYS_PTRACE, no CAP_DAC_OVERRIDE: what a uid of its own would take away here). Bundle code in its warm processes tries
 to read the worker's and the nanny's environment through /proc, to change another bundle
@@ -17,8 +17,6 @@ import importlib.util
 import itertools
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -29,8 +27,8 @@ from modelops_runtime.errors import SimulationError
 from modelops_runtime.models import SimTask
 from support.bundles import make_bundle
 from support.cluster import ProcessCluster, base_env
+from support.unprivileged import unprivileged_wrap
 
-NOBODY = 65534
 SECRET = "worker-secret-" + hashlib.sha256(os.urandom(8)).hexdigest()[:16]
 
 ATTACKS = '''
@@ -260,30 +258,11 @@ def write_outside(params, seed):
 VICTIM = {"model.py": "def ok(params, seed):\n    return {'victim': seed}\n"}
 
 
-def _unprivileged() -> tuple[list[str], int]:
-    """(command prefix, uid): how the worker runs without privileges (see the docstring)."""
-    if os.geteuid() != 0:
-        return [], os.geteuid()  # already unprivileged
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv (util-linux): cannot start the worker "
-                    "without privileges")
-    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
-    # the same interpreter must start for nobody, also as a child (dask spawns processes)
-    probe = subprocess.run(
-        [*as_nobody, sys.executable, "-c",
-         f"import sys, subprocess; assert sys.version_info[:3] == {tuple(sys.version_info[:3])}; "
-         "subprocess.run([sys.executable, '-c', 'import modelops_runtime'], check=True)"],
-        capture_output=True, timeout=120, cwd="/")
-    if probe.returncode == 0:
-        return as_nobody, NOBODY
-    return ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"], 0
-
-
 @pytest.fixture(scope="module")
 def unprivileged():
     """(cluster, client, root): one `dask worker` (nanny + 1 worker process) running as
     ``nobody`` with SECRET in its environment; caches and TMPDIR under ``root``."""
-    wrap, uid = _unprivileged()
+    wrap, uid = unprivileged_wrap()
     root = Path(tempfile.mkdtemp(prefix="modelops-security-"))  # /tmp: nobody can reach it
     cluster = client = None
     try:
@@ -505,19 +484,38 @@ def test_the_runtime_places_are_writable_and_no_other_tasks(unprivileged):
 
 
 def test_a_refused_write_reads_as_one_line_naming_the_path_and_the_value(unprivileged):
-    """A model writing next to another bundle (outside every writable place): the error's
-    first line names the path and worker.executor.writablePaths, not only a traceback."""
+    """A model writing outside every writable place: the error's first line names the path
+    and worker.executor.writablePaths, not only a traceback."""
+    cluster, client, root, uid = unprivileged
+    elsewhere = root / "elsewhere"  # readable by mode, outside the sandbox's roots
+    elsewhere.mkdir(exist_ok=True)
+    ref = _bundle(root, "outside", {"attacks.py": ATTACKS})
+    with pytest.raises(SimulationError) as info:
+        _run(client, ref, "write_outside", path=str(elsewhere))
+    first = str(info.value).splitlines()[0]
+    assert first.startswith(f"attacks:write_outside failed: writing {elsewhere}/figure.png "
+                            "was refused (PermissionError: "), first
+    assert "add it to worker.executor.writablePaths" in first, first
+    assert not (elsewhere / "figure.png").exists()
+
+
+def test_a_refused_write_into_the_bundle_cache_says_it_is_read_only_by_design(unprivileged):
+    """A model writing next to another bundle, in the bundle cache: the first line names the
+    bundle cache as read-only by design, and never advises writablePaths (which must never
+    hold the bundle cache). Before, it advised adding the bundle's directory to it."""
     cluster, client, root, uid = unprivileged
     victim_ref = _bundle(root, "victim", VICTIM)
     (future,) = submit(client, [SimTask(bundle=victim_ref, entrypoint="model:ok", params={},
                                         seed=5)], study=f"security{next(_studies)}")
     future.result(timeout=300)
-    victim_dir = root / "cache" / "bundles" / victim_ref.split(":", 1)[1]
+    cache = root / "cache" / "bundles"
+    victim_dir = cache / victim_ref.split(":", 1)[1]
     ref = _bundle(root, "outside", {"attacks.py": ATTACKS})
     with pytest.raises(SimulationError) as info:
         _run(client, ref, "write_outside", path=str(victim_dir))
     first = str(info.value).splitlines()[0]
     assert first.startswith(f"attacks:write_outside failed: writing {victim_dir}/figure.png "
                             "was refused (PermissionError: "), first
-    assert "add it to worker.executor.writablePaths" in first, first
+    assert f"it is in the bundle cache ({cache}), read-only by design" in first, first
+    assert "add it to" not in first, first
     assert not (victim_dir / "figure.png").exists()

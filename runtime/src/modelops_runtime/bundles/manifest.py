@@ -2,7 +2,8 @@
 verified archive, kept beside the bundle cache (never inside the bundle: bundle code sees
 exactly the archive's files), and the check of a tree against it.
 
-- covers: writing a manifest, naming the first difference between a tree and its manifest.
+- covers: writing a manifest, naming the first difference between a tree and its manifest
+  (a write bit given back by a ``chmod`` counts), a cheap stat snapshot of a tree.
 - does not: decide what to do about a difference (store.py re-unpacks the bundle).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -50,6 +52,25 @@ def _walk(tree: Path) -> tuple[dict[str, Path], list[str]]:
     return files, sorted(dirs)
 
 
+_ANY_WRITE = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def snapshot(tree: Path) -> tuple:
+    """Every entry's (path, inode, mode, size, mtime, ctime), ``tree`` itself included: any
+    write, ``chmod``, rename, removal or addition changes it, and a process without
+    privileges cannot set a ctime back. Stats only (no reads): cheap enough per task."""
+    entries = []
+    for root, subdirs, names in os.walk(tree):
+        for name in (".", *subdirs, *names):
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                st = None
+            entries.append((root, name) + ((st.st_ino, st.st_mode, st.st_size,
+                                            st.st_mtime_ns, st.st_ctime_ns) if st else ()))
+    return tuple(entries)
+
+
 def write_manifest(tree: Path, dest: Path) -> None:
     """Record ``tree`` (just unpacked from a verified archive) into ``dest``, atomically."""
     files, dirs = _walk(tree)
@@ -81,6 +102,10 @@ def tree_problem(tree: Path, manifest: Path) -> str | None:
                     f"missing: {missing[:5]})")
         if dirs != doc.get("dirs", dirs):
             return "its directories differ from the archive's"
+        writable = [key for key in (".", *dirs, *files)
+                    if os.lstat(tree / key).st_mode & _ANY_WRITE]
+        if writable:
+            return f"{writable[0]} is writable again (bundles are read-only once unpacked)"
         for key, (size, digest) in expected.items():
             path = files[key]
             if path.is_symlink() or not path.is_file() or path.stat().st_size != size:

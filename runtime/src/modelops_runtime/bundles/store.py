@@ -1,6 +1,7 @@
 """Fetching, verifying and unpacking bundles into the pod's bundle cache; an unpacked bundle
-is checked against its manifest (manifest.py) the first time a worker process uses it, and
-unpacked again if it changed on disk."""
+is checked against its manifest (manifest.py) the first time a worker process uses it (and,
+asked with ``recheck``, again whenever its stat snapshot changed since), and unpacked again
+if it changed on disk."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .access import credentials_source, diagnose, is_object_store, protocol
 from .pack import ARCHIVE_SUFFIX, FORMAT_KEY, FORMAT_VERSION, archive_path, repo_fs
 from .cache import CacheEntries, Collected
 from .bytecode import bytecode_dir, compile_bundle, remove_bytecode
-from .manifest import tree_problem, write_manifest
+from .manifest import snapshot, tree_problem, write_manifest
 from .readonly import make_read_only, remove_tree
 
 if TYPE_CHECKING:
@@ -82,10 +83,13 @@ class BundleStore:
         self.max_bytes = config.bundles_max_bytes
         self.entries = CacheEntries(self.cache_dir)
         self.on_collect: Callable[[Collected], None] | None = None  # e.g. counting in stats
-        self._verified: set[str] = set()  # bundles this process checked against their manifest
+        # bundles this process checked against their manifest → their stat snapshot then
+        self._verified: dict[str, tuple] = {}
 
-    def path(self, ref: str) -> Path:
-        """The unpacked directory of bundle ``ref`` (fetched and verified on first use)."""
+    def path(self, ref: str, recheck: bool = False) -> Path:
+        """The unpacked directory of bundle ``ref`` (fetched and verified on first use).
+        ``recheck``: verified again if anything of it changed on disk since (executor
+        direct: bundle code runs with the worker's own rights, which can ``chmod``)."""
         if not isinstance(ref, str) or not BUNDLE_REF.fullmatch(ref):
             raise BundleError(
                 f"bundle reference {ref!r} is not of the form 'sha256:<64 lowercase hex>'; "
@@ -94,16 +98,21 @@ class BundleStore:
         final = self.cache_dir / hexdigest
         if final.is_dir():  # complete: only ever created by an atomic rename
             if hexdigest in self._verified:
-                return final
-            if self._intact(final, hexdigest) is None:
-                compile_bundle(final, final)  # unpacked by an older runtime: none yet
-                self._verified.add(hexdigest)
-                return final
+                if not recheck or snapshot(final) == self._verified[hexdigest]:
+                    return final
+                del self._verified[hexdigest]  # changed since: checked under the lock
+            else:
+                seen = snapshot(final)  # before the check: a change during it shows later
+                if self._intact(final, hexdigest) is None:
+                    compile_bundle(final, final)  # unpacked by an older runtime: none yet
+                    self._verified[hexdigest] = seen
+                    return final
         with self._file_lock(hexdigest):
             if final.is_dir():
+                seen = snapshot(final)
                 problem = self._intact(final, hexdigest)
                 if problem is None:
-                    self._verified.add(hexdigest)
+                    self._verified[hexdigest] = seen
                     return final
                 log.warning("unpacked bundle %s is not used: %s; unpacking it again from the "
                             "repository", ref, problem)
@@ -112,7 +121,7 @@ class BundleStore:
                 remove_tree(junk)
                 remove_bytecode(final)
             self._fetch_and_unpack(ref, hexdigest, final)
-            self._verified.add(hexdigest)
+            self._verified[hexdigest] = snapshot(final)
         self.collect(keep=hexdigest)  # never the one just fetched for our caller
         return final
 
@@ -123,11 +132,12 @@ class BundleStore:
         """None if ``final`` holds exactly the archive's files, else what differs."""
         return tree_problem(final, self._manifest(hexdigest))
 
-    def lease(self, ref: str) -> tuple[Path, int]:
-        """The unpacked directory of ``ref`` and an open fd holding a shared lock on it:
-        until the fd is closed, garbage collection never removes the bundle."""
+    def lease(self, ref: str, recheck: bool = False) -> tuple[Path, int]:
+        """The unpacked directory of ``ref`` (``recheck``: as :meth:`path`) and an open fd
+        holding a shared lock on it: until the fd is closed, garbage collection never
+        removes the bundle."""
         for _ in range(5):  # collected between path() and the lock: fetch it again
-            final = self.path(ref)
+            final = self.path(ref, recheck)
             fd = self.entries.lease(final.name)
             if fd is not None:
                 return final, fd

@@ -138,9 +138,9 @@ class _Rewriter:
                 if held:
                     raise LocalModeError(
                         f"worker.executor.writablePaths has {path}, which on this machine "
-                        f"is or holds {held[0]} (the state directory, its bundle and venv "
-                        "caches: never writable by tasks, bundles are immutable once "
-                        f"published); pass --state-dir outside {path} or drop it")
+                        f"is, holds or lies in {held[0]} (the state directory, its bundle "
+                        "and venv caches: never writable by tasks, bundles are immutable "
+                        f"once published); pass --state-dir outside {path} or drop it")
                 if one not in granted:
                     granted.append(one)
         return ",".join(granted)

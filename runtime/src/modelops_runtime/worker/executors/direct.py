@@ -15,6 +15,12 @@ see those files. It is not changed per task because it is process-global (Dask's
 threads keep running meanwhile); isolated_warm gives every warm process its own scratch
 directory instead.
 
+The unpacked bundle is read-only by mode, and bundle code here has the worker's own rights
+(it can ``chmod``): before every call its stat snapshot is compared with the one taken when
+this process verified it, and a changed bundle is checked against its manifest and unpacked
+again (bundles/store.py), so every task runs the published files. Python writes no
+``__pycache__`` into it (as under a pod's uid, also when the worker runs as root).
+
 A model calling ``sys.exit()`` or raising ``KeyboardInterrupt`` fails its task with a
 SimulationError, as under isolated_warm; the worker goes on.
 
@@ -95,7 +101,8 @@ class DirectExecEnv(ExecEnv):
             check_entrypoint(call.entrypoint)
         except ValueError as exc:
             raise EntrypointError(str(exc), entrypoint=call.entrypoint) from None
-        bundle_dir, lease = self.bundles.lease(call.bundle)  # not collected while it runs
+        # not collected while it runs; checked again if a task changed it (module docstring)
+        bundle_dir, lease = self.bundles.lease(call.bundle, recheck=True)
         try:
             with _PROCESS_LOCK:
                 self._own_caches()
@@ -144,6 +151,7 @@ class DirectExecEnv(ExecEnv):
         module_name, func_name = call.entrypoint.split(":", 1)
         sys.path.insert(0, root)
         importlib.invalidate_caches()
+        bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # not into the bundle
         try:
             func = self._load(call, module_name, func_name, root)
             try:
@@ -156,6 +164,7 @@ class DirectExecEnv(ExecEnv):
                 raise _simulation_error(f"{call.kind} {call.entrypoint} of bundle "
                                         f"{call.bundle} raised", exc) from None
         finally:
+            sys.dont_write_bytecode = bytecode
             while root in sys.path:
                 sys.path.remove(root)
             sys.path_importer_cache.pop(root, None)

@@ -1,21 +1,25 @@
 """The typed error for a failure a warm process's runner reported (its reply's ``kind``).
 
 - Covers: entrypoint, bundle module, missing dependency, request, result, a refused
-  write (the sandbox), and the model's own exception; the process stays warm.
+  write (the sandbox: into the bundle or venv cache, read-only by design, or elsewhere,
+  allowed by writablePaths), and the model's own exception; the process stays warm.
 - Does not: crashes, timeouts, memory limits (the pool's, see warm/failures.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 from ...errors import (BundleError, EntrypointError, MissingDependencyError, ModelOpsError,
                        SimulationError)
 from ...models import Call
 
 
-def user_error(reply: dict, call: Call, requirements: Sequence[str], log_tail: str) -> ModelOpsError:
-    """The typed error for a failure reported by the runner (the process stays warm)."""
+def user_error(reply: dict, call: Call, requirements: Sequence[str], log_tail: str,
+               caches: Mapping[str, str] | None = None) -> ModelOpsError:
+    """The typed error for a failure reported by the runner (the process stays warm).
+    ``caches``: directory → what it is (the bundle and venv caches), never writable."""
     kind = reply.get("kind")
     remote = {"remote_type": reply.get("type", ""), "remote_message": reply.get("message", ""),
               "remote_traceback": reply.get("traceback", ""), "log_tail": log_tail}
@@ -61,6 +65,14 @@ def user_error(reply: dict, call: Call, requirements: Sequence[str], log_tail: s
         return SimulationError(
             f"{call.entrypoint} returned outputs that cannot travel back to the worker "
             f"({what}). Return plain data: dicts, lists, numbers, strings, bytes.", **remote)
+    cache = _cache_of(reply.get("refused"), caches)
+    if cache:
+        return SimulationError(
+            f"{call.entrypoint} failed: writing {reply['refused']} was refused ({what}): it is "
+            f"in {cache}, read-only by design (bundles and venvs never change once "
+            "published; writablePaths cannot allow it). Write in the task's working directory "
+            f"(also TMPDIR and HOME) instead.\n\nRemote traceback:\n{reply.get('traceback', '')}",
+            **remote)
     if reply.get("refused"):
         return SimulationError(
             f"{call.entrypoint} failed: writing {reply['refused']} was refused ({what}). Tasks "
@@ -71,6 +83,18 @@ def user_error(reply: dict, call: Call, requirements: Sequence[str], log_tail: s
     return SimulationError(
         f"{call.entrypoint} raised {what}{_exit_hint(reply.get('type', ''))}\n\n"
         f"Remote traceback:\n{reply.get('traceback', '')}", **remote)
+
+
+def _cache_of(path: str | None, caches: Mapping[str, str] | None) -> str | None:
+    """``what (directory)`` of the cache ``path`` is in, or None."""
+    if not path or not caches:
+        return None
+    here = os.path.realpath(path)
+    for root, what in caches.items():
+        real = os.path.realpath(root)
+        if here == real or here.startswith(real.rstrip("/") + "/"):
+            return f"{what} ({root})"
+    return None
 
 
 def _module_file(name: str) -> str:

@@ -445,7 +445,9 @@ class IsolatedWarmExecEnv(ExecEnv):
                 f"warm process (pid {proc.pid}) was killed and will be replaced. Reduce the "
                 "model's memory use or raise the limit.", limit_bytes=limit,
                 peak_bytes=None, pid=proc.pid, log_tail=proc.log.tail(mark))
-        raise user_error(reply, call, bundle.requirements, proc.log.tail(mark))
+        raise user_error(reply, call, bundle.requirements, proc.log.tail(mark),
+                         {str(self.config.bundle_cache_dir): "the bundle cache",
+                          str(self.config.venvs_dir): "the venv cache"})
 
     def _result(self, outputs: Any, pid: int, task_count: int, venv_hit: bool,
                 started: float, env_digest: str = "") -> SimResult:
