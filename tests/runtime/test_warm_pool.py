@@ -301,6 +301,49 @@ def test_validate_deps_rebuilds_a_venv_whose_installed_distributions_changed(
     assert again.venv_cache_hit is True and validating.stats()["venv_invalid"] == 1
 
 
+@pytest.mark.parametrize("mtime", ["moved", "restored"])
+def test_validate_deps_rebuilds_a_venv_with_a_file_edited_in_place_at_its_size(
+        tmp_path, warm, caplog, mtime):
+    """An edit that keeps a file's size (a stray write, an editor saving in place), even
+    with its mtime set back (``utime``; a ctime cannot be set back), fails validation once
+    and the task runs in a venv rebuilt as uv builds it. The edited file is also uv's
+    cache's (a hard link): the rebuild must not link it again."""
+    ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
+    trusting = warm(validate_deps="false", max_process_reuse=1, fresh_process_from="exec")
+    assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
+    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    module = next(venv.glob("lib/python*/site-packages/tinylib/__init__.py"))
+    before = module.stat()
+    os.chmod(module, 0o644)  # as its owner would (root needs no write bit)
+    with open(module, "r+b") as fh:
+        source = fh.read()
+        fh.seek(0)
+        fh.write(source.replace(b"1.0", b"6.6"))
+    os.chmod(module, 0o444)
+    # the mtime set back, or moved on by seconds (a .pyc records its source's mtime in
+    # whole seconds: an edit within the build's second would not be imported)
+    os.utime(module, ns=(before.st_atime_ns,
+                         before.st_mtime_ns + (0 if mtime == "restored" else 5 * 10**9)))
+    if mtime == "moved":  # the edit is live (set back, only its stale .pyc hides it)
+        assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "6.6"}
+    assert module.stat().st_size == before.st_size and b"6.6" in module.read_bytes()
+
+    caplog.set_level("WARNING", logger="modelops_runtime.venvs")
+    validating = warm(max_process_reuse=1)
+    result = validating.run(_call(ref, "imports_tinylib"))
+    assert result.outputs == {"version": "1.0"} and result.venv_cache_hit is False
+    stats = validating.stats()
+    assert stats["venv_builds"] == 1 and stats["venv_invalid"] == 1, stats
+    said = [r.getMessage() for r in caplog.records if "is not reused" in r.getMessage()]
+    assert len(said) == 1 and "tinylib/__init__.py changed after it was built (same size, " \
+        "other content); rebuilding it" in said[0], said
+    rebuilt = next(venv.glob("lib/python*/site-packages/tinylib/__init__.py"))
+    assert rebuilt.read_bytes() == source
+    again = validating.run(_call(ref, "imports_tinylib"))
+    assert again.venv_cache_hit is True and again.outputs == {"version": "1.0"}
+    assert validating.stats()["venv_invalid"] == 1
+
+
 def test_lru_eviction_and_waiting_when_all_busy(tmp_path, warm, procs, waits_in):
     ex = warm(max_warm_processes=1)
     a, b = _bundle(tmp_path, "a"), _bundle(tmp_path, "b", extra={"other.py": "X = 1\n"})

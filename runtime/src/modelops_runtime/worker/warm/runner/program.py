@@ -18,6 +18,7 @@ import threading
 import types
 from pathlib import Path
 
+from ..venvs.record import PROGRAM_PREFIX
 from ..venvs.store import FINGERPRINT, Venv
 
 log = logging.getLogger("modelops_runtime.pool")
@@ -39,7 +40,7 @@ def _digest() -> str:
 def program_dir(venv_dir: Path) -> Path:
     """Where the program is compiled in a venv: named by the digest of all its sources,
     so a changed file makes a new directory (and an old runtime's stays valid)."""
-    return venv_dir / f"modelops-runner-{_digest()}"
+    return venv_dir / f"{PROGRAM_PREFIX}{_digest()}"
 
 
 _good_programs: dict[Path, tuple] = {}  # compiled program dir → its files' stats when checked

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-FORMAT = 2  # bump when the venv layout or fingerprint changes: old venvs are rebuilt
+FORMAT = 3  # bump when the venv layout or fingerprint changes: old venvs are rebuilt
 
 
 def python_identity() -> dict[str, str]:

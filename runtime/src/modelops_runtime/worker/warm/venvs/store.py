@@ -41,6 +41,7 @@ from ...packages import installed_digest, site_packages
 from ...counters import StatsRecorder
 from .clones import clone_tree
 from .pristine import Pristines
+from .record import record_problem, write_record
 from ...limits import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
 from .uvcache import UvCacheGC
 from .uv import UvAbort, uv_bin, run_uv, stopped, uv_env, uv_failed
@@ -169,14 +170,17 @@ class VenvCache:
         """Build a new generation of ``key`` and publish it (we hold the key's lock)."""
         self.stats.incr("venv_misses")
         current = self._current_name(key)
-        if current and (self.root / current / FINGERPRINT).exists():
+        invalid = bool(current and (self.root / current / FINGERPRINT).exists())
+        if invalid:
             self.stats.incr("venv_invalid")  # a complete venv failed validation
         self._remove_stale_builds(key)
         name = f"{key}@{uuid.uuid4().hex[:12]}"
         tmp = self.root / f"{_TMP_PREFIX}{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         try:
             try:
-                self._build(tmp, key, requirements)
+                # a venv may have been changed through uv's cache (its files are hard
+                # links of the cache's): the rebuild reads the packages again
+                self._build(tmp, key, requirements, refresh=invalid)
             except EnvironmentBuildError as exc:
                 if not (getattr(exc, "transient", None) or getattr(exc, "timed_out", False)):
                     self._failed[key] = (time.monotonic(), exc)
@@ -299,16 +303,18 @@ class VenvCache:
             if fingerprint.get(field) != value:
                 return (f"its fingerprint's {field} is {fingerprint.get(field)!r}, "
                         f"expected {value!r}")
-        # The full check (every installed file's size, the interpreter starting) runs the
-        # first time this worker process uses the venv, and again whenever a site-packages
-        # directory changes (a package installed, upgraded or removed): a cache hit then
-        # costs a few stat calls, not one per installed file.
+        # The full check (every file against the build's record, record.py; the interpreter
+        # starting) runs the first time this worker process uses the venv, and again
+        # whenever the fingerprint or a site-packages directory changes (a package
+        # installed, upgraded or removed): a cache hit then costs a few stat calls, not one
+        # per installed file.
         identity = self._identity(dest, stat)
         if self._checked.get(dest) == identity:
             return None
-        if "installed" in fingerprint and installed_digest(dest) != fingerprint["installed"]:
-            return ("its installed distributions changed after it was built (a package "
-                    "installed, upgraded or removed in it, or an installed file deleted)")
+        if not isinstance(fingerprint.get("files"), str):
+            return "its fingerprint names no file record"
+        if problem := record_problem(dest, FINGERPRINT, fingerprint["files"]):
+            return problem
         if problem := self._interpreter_problem(dest):
             return problem
         self._checked[dest] = identity
@@ -348,12 +354,15 @@ class VenvCache:
 
     # -- building -------------------------------------------------------------------
 
-    def _build(self, path: Path, key: str, requirements: Sequence[str]) -> None:
+    def _build(self, path: Path, key: str, requirements: Sequence[str], *,
+               refresh: bool = False) -> None:
         """Build into ``path``, retrying a transient failure (a killed uv, a full disk, the
-        network) after each of BUILD_RETRY_DELAYS; a permanent one is raised at once."""
+        network) after each of BUILD_RETRY_DELAYS; a permanent one is raised at once.
+        ``refresh``: uv reads every package again (a cache of its own for this build)
+        instead of linking what the shared uv cache holds."""
         for attempt, delay in enumerate((*BUILD_RETRY_DELAYS, None), start=1):
             try:
-                return self._build_once(path, key, requirements)
+                return self._build_once(path, key, requirements, refresh)
             except EnvironmentBuildError as exc:
                 cause = getattr(exc, "transient", None)
                 if not cause:
@@ -370,7 +379,8 @@ class VenvCache:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _build_once(self, path: Path, key: str, requirements: Sequence[str]) -> None:
+    def _build_once(self, path: Path, key: str, requirements: Sequence[str],
+                    refresh: bool = False) -> None:
         started = time.monotonic()
         log.info("building venv %s for [%s] with uv", key,
                  ", ".join(requirements) or "no dependencies")
@@ -382,17 +392,23 @@ class VenvCache:
             # wheels only unless sdists are allowed: building one runs its build backend
             # (bundle-chosen code); bytecode compiled now, the venv is read-only after
             build = [] if self.allow_sdist_builds else ["--no-build"]
+            if refresh:
+                build.append("--no-cache")
             self._uv(["pip", "install", "--python", str(venv_python(path)), *build,
                       "--compile-bytecode", "-r", str(req_file)], requirements)
         fingerprint = {"key": key, "format": FORMAT, "requirements": sorted(requirements),
                        "python": python_identity(), "built_at": time.time(),
                        "installed": installed_digest(path)}
-        tmp_fp = path / (FINGERPRINT + ".tmp")
-        tmp_fp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
         if self.prepare is not None:
             self.prepare(path)
+        make_read_only(path, include_root=False)  # warm processes may run it, never change it
+        # recorded once nothing in it changes any more (a chmod moves a file's ctime)
+        fingerprint["files"] = write_record(path, FINGERPRINT)
+        tmp_fp = path / (FINGERPRINT + ".tmp")
+        tmp_fp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+        os.chmod(tmp_fp, 0o444)
         os.replace(tmp_fp, path / FINGERPRINT)  # written last: its presence means "complete"
-        make_read_only(path)  # warm processes may run it, never change it
+        os.chmod(path, 0o555)
         seconds = time.monotonic() - started
         self.stats.venv_built(seconds)
         log.info("built venv %s in %.1fs", key, seconds)
