@@ -121,8 +121,10 @@ def simulate(params, seed):
 ''',
     # 5. the cached venv modified after its build (numlite 2.0 installed into it)
     "modified_venv": CLEAN,
-    # a file of the cached venv edited after its build, its size kept (validateDeps on)
+    # a file of the cached venv edited after its build, its size kept (validateDeps on,
+    # which rebuilds it; and off, which reuses it as it is)
     "edited_venv": CLEAN,
+    "edited_venv_unchecked": CLEAN,
     # 6. unpinned: the worker environment has 1.0, the bundle's venv resolves 2.0
     "unpinned": CLEAN,
     # a C library's global state (libc's rand() through ctypes, never seeded): the n-th run
@@ -219,9 +221,12 @@ EXPECTED = {
     "thread_buffer": (0, None, "never runs two tasks in one Python process at once"),
     "modified_venv": (3, "cached_venv", "numlite 2.0 (fresh-process, bundle venv) vs 1.0 "
                                         "(fresh-venv, bundle venv)"),
+    # failed before: "validateDeps is on in your mode and did not catch it" (it compared
+    # the files' sizes only); now every worker process of the mode rebuilt the venv
+    "edited_venv": (0, None, "not reproduced in any mode"),
     # failed before: also named native threads and concurrency (their steps use the edited
-    # venv, and were read against fresh-venv), and advised the validateDeps the mode has
-    "edited_venv": (3, "cached_venv", "validateDeps is on in your mode and did not catch it"),
+    # venv, and were read against fresh-venv)
+    "edited_venv_unchecked": (3, "cached_venv", "set worker.executor.validateDeps: true"),
     "c_state": (3, "process_state", "direct differs from fresh-process too"),
     "unpinned": (3, "worker_env", "numlite 2.0 (fresh-process, bundle venv) vs 1.0 (direct, "
                                   "worker environment)"),
@@ -342,14 +347,14 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
     env = env_for(numlite_wheels, worker_site)
     state = shared_state
     vals = values(tmp_path, threads=2 if bug == "thread_buffer" else 1,
-                  validate_deps=bug != "modified_venv")
-    if bug in ("modified_venv", "edited_venv"):
+                  validate_deps=bug not in ("modified_venv", "edited_venv_unchecked"))
+    if bug in ("modified_venv", "edited_venv", "edited_venv_unchecked"):
         # the user's own run built and cached the venv; then it was modified
         state = tmp_path / "state"
         run = local_cli.run(["-f", vals, "--study", study(tmp_path, bug), "--sims", 2,
                              "--state-dir", state, "--no-progress"], env)
         assert run.popen.returncode == 0, run.output
-        if bug == "edited_venv":
+        if bug.startswith("edited_venv"):
             edit_cached_venv(state)
         else:
             modify_cached_venv(state, numlite_wheels)
@@ -413,7 +418,7 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
         assert "your mode runs the model in its own process and is not affected" in doc["summary"]
     if bug == "shared_checkpoint":
         assert "worker environment" not in doc["summary"], run.output
-    if bug == "edited_venv":
+    if bug == "edited_venv_unchecked":
         assert [f["layer"] for f in findings] == ["cached_venv"], run.output
     if bug == "native_threads":
         # failed before: `--set worker.executor.nativeThreads=1`, the value the mode already has

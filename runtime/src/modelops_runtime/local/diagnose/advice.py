@@ -102,9 +102,10 @@ def validate_deps(on: bool, versions_differ: bool) -> str:
                 "whose installed packages changed since its build, not one whose requirements "
                 "resolve to other versions today than then (pin them)")
     return ("worker.executor.validateDeps is on in your mode and did not catch it: it checks "
-            "the installed packages and their files' sizes, and an edit that keeps a file's "
-            "size passes; delete the cached venv (under the worker's venv cache directory) so "
-            "it is rebuilt from the requirements")
+            "every file of a cached venv when a worker process first uses it, so a change "
+            "made while a worker process runs passes until the next one starts; delete the "
+            "cached venv (under the worker's venv cache directory) so it is rebuilt from the "
+            "requirements")
 
 
 def worker_env(versions: Sequence[str]) -> str:

@@ -253,7 +253,7 @@ class IsolatedWarmExecEnv(ExecEnv):
         (plans.py); None if the venv's fingerprint cannot be read. A cached venv is named
         by its path (one generation) and its fingerprint; a worker process's own pristine
         build (FORCE_FRESH_VENV) by what is installed in it (its fingerprint but the build
-        time), its path being this worker process's own."""
+        time and file record), its path being this worker process's own."""
         try:
             fingerprint = (venv.path / FINGERPRINT).read_bytes()
         except OSError:
@@ -267,6 +267,7 @@ class IsolatedWarmExecEnv(ExecEnv):
             try:
                 built = json.loads(fingerprint)
                 built.pop("built_at", None)
+                built.pop("files", None)  # its file record: this build's times (record.py)
             except (ValueError, AttributeError):
                 return None
             fingerprint = json.dumps(built, sort_keys=True).encode()
