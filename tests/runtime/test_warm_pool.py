@@ -344,6 +344,36 @@ def test_validate_deps_rebuilds_a_venv_with_a_file_edited_in_place_at_its_size(
     assert validating.stats()["venv_invalid"] == 1
 
 
+def test_validate_deps_reuses_a_venv_whose_files_only_gained_links(tmp_path, warm):
+    """uv links the same wheel file from its cache into every venv that installs it, which
+    moves the file's ctime in the venvs built before: the check reads such a file and
+    reuses the venv (no rebuild), and still refuses one added file."""
+    first = _bundle(tmp_path, "first", requirements="tinylib==1.0\n")
+    other = _bundle(tmp_path, "other", requirements="tinylib==1.0\ntinydep==0.1\n")
+    builder = warm(max_process_reuse=1, fresh_process_from="exec")
+    assert builder.run(_call(first, "imports_tinylib")).outputs == {"version": "1.0"}
+    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    module = next(venv.glob("lib/python*/site-packages/tinylib/__init__.py"))
+    ctime = module.stat().st_ctime_ns
+    assert builder.run(_call(other, "imports_tinylib")).outputs == {"version": "1.0"}
+    assert module.stat().st_ctime_ns != ctime and module.stat().st_nlink >= 3, \
+        "the second build did not link tinylib's file from uv's cache: nothing is tested"
+
+    validating = warm(max_process_reuse=1, fresh_process_from="exec")  # a new worker process
+    reused = validating.run(_call(first, "imports_tinylib"))
+    assert reused.venv_cache_hit is True and validating.stats()["venv_invalid"] == 0
+
+    site = module.parent.parent
+    os.chmod(site, 0o755)
+    (site / "planted.pth").write_text("import os\n")  # run by every interpreter start
+    os.chmod(site, 0o555)
+    checking = warm(max_process_reuse=1, fresh_process_from="exec")
+    rebuilt = checking.run(_call(first, "imports_tinylib"))
+    assert rebuilt.venv_cache_hit is False and checking.stats()["venv_invalid"] == 1
+    rebuilt_site = next(venv.glob("lib/python*/site-packages"))
+    assert not (rebuilt_site / "planted.pth").exists()
+
+
 def test_lru_eviction_and_waiting_when_all_busy(tmp_path, warm, procs, waits_in):
     ex = warm(max_warm_processes=1)
     a, b = _bundle(tmp_path, "a"), _bundle(tmp_path, "b", extra={"other.py": "X = 1\n"})

@@ -105,7 +105,7 @@ class RuntimeConfig(BaseSettings):
         False, description="give every task a venv no task used before (a hard-link clone "
         "of one uv build per worker process that no task runs in) and remove it after")
     validate_deps: bool = Field(
-        True, description="verify a cached venv's fingerprint before reuse")
+        True, description="verify a cached venv (fingerprint, every file) before reuse")
     max_process_reuse: int = Field(
         1000, ge=1, description="tasks a warm process runs before retirement (1 = fresh process per task)")
     fresh_venvs_ahead: int = Field(
