@@ -11,6 +11,9 @@
   process builds them, 2 task threads each (the machine's cores): prod-warm, fresh-process
   (template) and diagnose-fresh-venv, per sim; the fresh-venv case runs fewer sims (a venv
   build per sim) and is compared per sim.
+* fork floor — SIR's marginal CPU per sim at the executor, one task at a time, for
+  fresh-process and prod-warm against a bare fork server (forkfloor.py): what a fresh
+  process per sim costs this machine at the least, and how much of fresh-process is ours.
 * SIR through ``modelops-runtime local`` — 300 sims of the example as a new user runs it
   (``make run PRESET=...``) in prod-warm, fresh-process and diagnose-fresh-venv: the whole
   command's wall time (what the targets compare, as issue #14 measured) and the study's.
@@ -40,6 +43,7 @@ from modelops_runtime.local.cluster.render import render_cluster
 from modelops_runtime.local.cluster.supervise import LocalCluster
 from modelops_runtime.models import Call
 
+import forkfloor
 from common import NOOP_MODEL, Workspace, environ, side_by_side
 from endtoend import PRESET, _as_main_function, _quiet
 from shared import write_bundle
@@ -184,7 +188,7 @@ def sir_local(ws: Workspace, smoke: bool) -> dict[str, Any]:
 
     for mode in () if smoke else LOCAL_MODES:
         once(mode, 8)  # untimed: builds the cached venv, fills uv's cache
-    for _ in range(1 if smoke else 2):
+    for _ in range(1 if smoke else 3):
         for mode in LOCAL_MODES:
             wall, study, grouped = once(mode, sims)
             times[mode]["command_s"].append(wall)
@@ -251,8 +255,16 @@ def batched(ws: Workspace, smoke: bool) -> dict[str, Any]:
     return out
 
 
+def fork_floor(ws: Workspace, smoke: bool) -> dict[str, Any]:
+    """SIR's marginal CPU per sim at the executor, one task at a time: fresh-process and
+    prod-warm against the bare fork floor (forkfloor.py)."""
+    if smoke:
+        return forkfloor.marginal(ws.root, small=2, big=6, rounds=1)
+    return forkfloor.marginal(ws.root, small=100, big=600, rounds=2)
+
+
 CASES = (("heavy_import", heavy_import), ("batched", batched), ("sir", sir),
-         ("sir_local", sir_local))
+         ("fork_floor", fork_floor), ("sir_local", sir_local))
 
 
 def run(ws: Workspace, *, smoke: bool, cases=CASES) -> dict[str, Any]:

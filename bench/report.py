@@ -102,8 +102,18 @@ def _sir_local(mode: str, against: str = "prod-warm") -> Callable[[R], tuple[flo
             f"the study alone {ms(other['study_s'])} / {ms(base['study_s'])}; whole command "
             f"{ms(other['command_s'])} / {ms(base['command_s'])} = "
             f"{other['command_s'] / base['command_s']:.2f}×; Dask tasks "
-            f"{other.get('dask_tasks', '?')} / {base.get('dask_tasks', '?')}")
+            f"{other.get('dask_tasks', '?')} / {base.get('dask_tasks', '?')}"
+            + (_floor_note(r["fast"].get("fork_floor", {})) if mode == "fresh-process" else ""))
     return measure
+
+
+def _floor_note(f: R) -> str:
+    """Where fresh-process stands against a bare fork per sim (fork floor, if measured)."""
+    if "floor" not in f:
+        return ""
+    return (f"; CPU per sim at the executor: fresh-process "
+            f"{ms(f['fresh-process']['cpu_per_sim_s'])}, bare fork floor "
+            f"{ms(f['floor']['cpu_per_sim_s'])}, prod-warm {ms(f['prod-warm']['cpu_per_sim_s'])}")
 
 
 def _template_overhead(r: R) -> tuple[float, str]:
@@ -340,6 +350,22 @@ def details(results: R) -> str:
                               ms(s_[name]["per_sim_s"])]
                              for name in ("prod-warm", "fresh-process",
                                           "diagnose-fresh-venv")]) + [""]
+        ff = f.get("fork_floor", {})
+        if "floor" in ff:
+            lines += ["SIR's marginal CPU per sim at the executor, one task at a time "
+                      f"(CPU of {ff['big']} sims − CPU of {ff['small']}, whole process trees, "
+                      f"best of {ff['rounds']} rounds, load {ff['load']:.1f}; bench/forkfloor.py). "
+                      "The bare fork floor is a Python with numpy imported forking a child per "
+                      "sim that imports the model from its pyc, runs it, pickles the result "
+                      "into a pipe and exits: no sandbox, no protocol, no reseeding, no "
+                      "Dask. What fresh-process costs above it is ours:", ""]
+            lines += _table(["how each sim runs", "CPU per sim"],
+                            [["prod-warm (a warm process reused)",
+                              ms(ff["prod-warm"]["cpu_per_sim_s"])],
+                             ["bare fork floor", ms(ff["floor"]["cpu_per_sim_s"])],
+                             ["fresh-process (template, sandbox, guard, reseed)",
+                              ms(ff["fresh-process"]["cpu_per_sim_s"])],
+                             ["fresh-process above the floor", ms(ff["above_floor_s"])]]) + [""]
         sl = f.get("sir_local", {})
         if "prod-warm" in sl:
             prod = sl["prod-warm"]

@@ -96,6 +96,13 @@ def test_smoke_run_writes_the_table(tmp_path):
     assert "error" not in data["results"]["fast"]["sir"], data["results"]["fast"]["sir"]
     assert all(local[m]["study_s"] > 0 for m in ("prod-warm", "fresh-process",
                                                  "diagnose-fresh-venv"))
+    # fresh-process's CPU per sim measured against the bare fork floor, whole process trees
+    floor = data["results"]["fast"]["fork_floor"]
+    assert "error" not in floor, floor
+    # (smoke sizes are below the clock tick: the values are numbers, not measurements)
+    assert all(isinstance(floor[w]["cpu_per_sim_s"], float)
+               for w in ("floor", "fresh-process", "prod-warm"))
+    assert "bare fork floor" in md
     # the end-to-end sims really ran through warm processes on every worker process
     pools = data["results"]["e2e"]["pools"]
     assert len(pools) == data["results"]["e2e"]["worker_processes"]

@@ -129,13 +129,19 @@ def headline(message: str) -> str:
     return first
 
 
+def _seconds(value: float) -> str:
+    """A duration for the counts line: two decimals under 10 s (a short study's ratio to
+    another mode must not hide in rounding: 0.45 s and 0.54 s are not both "0.5 s")."""
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
 def report_failures(run: StudyRun, echo: Echo, results_named: bool = False) -> None:
     """The counts, then each distinct error once (type and first line of its message) with
     how many runs it hit and which: an error every run hits is one line, not one per run."""
     several = len(run.param_sets) > 1
     what = "runs" if several else "sims"
     echo(f"{what}: {len(run.sims)} ok, {len(run.failures)} failed; "
-         f"elapsed {run.elapsed_s:.1f} s; {run.dask_tasks} Dask task(s)")
+         f"elapsed {_seconds(run.elapsed_s)}; {run.dask_tasks} Dask task(s)")
     if run.batch_plan:
         echo(f"batch plan: {run.batch_plan}")
     names = {s.id: s.name for s in run.param_sets}
