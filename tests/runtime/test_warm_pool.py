@@ -344,6 +344,45 @@ def test_validate_deps_rebuilds_a_venv_with_a_file_edited_in_place_at_its_size(
     assert validating.stats()["venv_invalid"] == 1
 
 
+@pytest.mark.parametrize("later", ["other-set", "fresh-venv"])
+def test_a_file_edited_in_place_in_one_venv_reaches_no_later_build(tmp_path, warm, caplog,
+                                                                   later):
+    """A cached venv's files are hard links of uv's cache's: an edit in place changes the
+    cache too. A later build that links the file (another dependency set with the same
+    package, or diagnose-fresh-venv's pristine build of the same set, which must be as if
+    just built) finds it not as its package's RECORD says, removes the package from uv's
+    cache and builds again from the packages."""
+    ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
+    trusting = warm(validate_deps="false", max_process_reuse=1, fresh_process_from="exec")
+    assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
+    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    module = next(venv.glob("lib/python*/site-packages/tinylib/__init__.py"))
+    before = module.stat()
+    os.chmod(module, 0o644)
+    with open(module, "r+b") as fh:  # in place: the inode uv's cache shares
+        source = fh.read()
+        fh.seek(0)
+        fh.write(source.replace(b"1.0", b"6.6"))
+    os.chmod(module, 0o444)
+    os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 5 * 10**9))
+    assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "6.6"}
+
+    caplog.set_level("WARNING", logger="modelops_runtime.venvs")
+    if later == "other-set":
+        ref = _bundle(tmp_path, "other", requirements="tinylib==1.0\ntinydep==0.1\n")
+        ex = warm(max_process_reuse=1, fresh_process_from="exec")
+    else:
+        ex = warm(max_process_reuse=1, force_fresh_venv="true")
+    assert ex.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
+    said = [r.getMessage() for r in caplog.records if "uv's cache holds" in r.getMessage()]
+    assert len(said) == 1 and "changed files of tinylib" in said[0], said
+    # the cache was healed: the build after that links tinylib as packaged again
+    third = _bundle(tmp_path, "third", requirements="tinylib==1.0\ntinydep\n")
+    assert warm(max_process_reuse=1).run(_call(third, "imports_tinylib")).outputs == \
+        {"version": "1.0"}
+    assert len([r for r in caplog.records if "uv's cache holds" in r.getMessage()]) == 1
+
+
 def test_validate_deps_reuses_a_venv_whose_files_only_gained_links(tmp_path, warm):
     """uv links the same wheel file from its cache into every venv that installs it, which
     moves the file's ctime in the venvs built before: the check reads such a file and

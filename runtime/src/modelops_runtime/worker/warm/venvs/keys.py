@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 
+FINGERPRINT = "modelops-venv.json"  # in a venv: written last by its build (store.py)
 FORMAT = 3  # bump when the venv layout or fingerprint changes: old venvs are rebuilt
 
 

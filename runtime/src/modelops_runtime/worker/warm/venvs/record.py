@@ -2,7 +2,10 @@
 the venv still holds exactly that (MODELOPS_VALIDATE_DEPS).
 
 - covers: writing the record as the last step of a build (every regular file's size,
-  mtime, ctime and sha256; every symbolic link's target) and checking a venv against it.
+  mtime, ctime and sha256; every symbolic link's target) and checking a venv against it;
+  at the build, comparing each installed file with the sha256 its distribution's RECORD
+  lists (a venv's files are hard links of uv's cache's, so an edit in place of one venv
+  changes the cache, and every later build would link the edited file).
   A file whose size, mtime and ctime are as recorded is unchanged without being read: a
   write sets the ctime, and no unprivileged process can set a ctime back (``utime`` sets
   atime and mtime only). A file whose times moved but whose size did not is read and
@@ -10,7 +13,7 @@ the venv still holds exactly that (MODELOPS_VALIDATE_DEPS).
   into another venv, its cache collected) moves the ctime of an unchanged file, so only
   the content decides. Any other difference (size, a file added, deleted, or a link
   retargeted) fails at once.
-- does not: decide when to check (store.py: once per worker process per venv, and again
+- does not: decide when to check (check.py: once per worker process per venv, and again
   when its fingerprint or a site-packages directory changes); guard against root, who
   can set the clock (the check is about mistakes and stray writes, docs/modes.md).
 - skips: the fingerprint and this record (written after the scan), the runner program
@@ -22,9 +25,12 @@ the venv still holds exactly that (MODELOPS_VALIDATE_DEPS).
 
 from __future__ import annotations
 
+import base64
+import csv
 import hashlib
 import json
 import os
+import posixpath
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,9 +66,9 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def write_record(venv: Path, fingerprint: str) -> str:
-    """Record what ``venv`` holds now (call it once nothing more changes: after the build
-    made its files read-only); returns the record's sha256 for the fingerprint."""
+def scan(venv: Path, fingerprint: str) -> dict:
+    """What ``venv`` holds now, to be written by :func:`write_record` (call it once nothing
+    more changes: after the build made its files read-only)."""
     files: dict[str, list] = {}
     links: dict[str, str] = {}
     for rel, st, path in _entries(venv, fingerprint):
@@ -72,8 +78,48 @@ def write_record(venv: Path, fingerprint: str) -> str:
             files[rel] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, _sha256(path)]
         else:
             links[rel] = f"<special file {stat.S_IFMT(st.st_mode):o}>"
-    blob = json.dumps({"files": files, "links": links}, sort_keys=True,
-                      separators=(",", ":")).encode()
+    return {"files": files, "links": links}
+
+
+class PackagesChanged(Exception):
+    """Files a build installed differ from their packages (``changed``: distribution name →
+    files): uv linked them from a cache that was changed through another venv's links."""
+
+    def __init__(self, changed: dict[str, list[str]]) -> None:
+        super().__init__(changed)
+        self.changed = changed
+
+
+def not_as_packaged(venv: Path, record: dict) -> dict[str, list[str]]:
+    """The files of ``record`` (:func:`scan`) whose sha256 is not the one their
+    distribution's RECORD lists, by distribution name (empty: all as packaged)."""
+    changed: dict[str, list[str]] = {}
+    files = record["files"]
+    for site in sorted(Path(venv).glob("lib/python*/site-packages")):
+        site_rel = site.relative_to(venv).as_posix()
+        for info in sorted(site.glob("*.dist-info")):
+            try:
+                with open(info / "RECORD", newline="", encoding="utf-8") as fh:
+                    rows = list(csv.reader(fh))
+            except (OSError, UnicodeDecodeError, csv.Error):
+                continue  # nothing to compare with (the record still covers its files)
+            for row in rows:
+                if len(row) < 2 or not row[1].startswith("sha256="):
+                    continue
+                rel = posixpath.normpath(f"{site_rel}/{row[0]}")
+                entry = files.get(rel)
+                if entry is None:
+                    continue  # not installed as a regular file (the record has what is)
+                want = base64.urlsafe_b64decode(row[1][7:] + "=" * (-len(row[1][7:]) % 4))
+                if bytes.fromhex(entry[3]) != want:
+                    changed.setdefault(info.name.split("-")[0], []).append(rel)
+    return changed
+
+
+def write_record(venv: Path, record: dict) -> str:
+    """Write ``record`` (:func:`scan`) into ``venv``; returns its sha256 for the
+    fingerprint."""
+    blob = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
     target = Path(venv) / RECORD
     target.write_bytes(blob)
     os.chmod(target, 0o444)
@@ -130,4 +176,5 @@ def _entry_problem(rel: str, st: os.stat_result, path: str, files: dict,
     return f"a file {rel} was added to it after it was built"
 
 
-__all__ = ["PROGRAM_PREFIX", "RECORD", "record_problem", "write_record"]
+__all__ = ["PROGRAM_PREFIX", "RECORD", "PackagesChanged", "not_as_packaged", "record_problem",
+           "scan", "write_record"]

@@ -37,20 +37,20 @@ from ....bundles import make_read_only, remove_tree
 from ....bundles.cache import CacheEntries
 from ....errors import EnvironmentBuildError
 from ....locks import file_lock
-from ...packages import installed_digest, site_packages
+from ...packages import installed_digest
 from ...counters import StatsRecorder
 from .clones import clone_tree
 from .pristine import Pristines
-from .record import record_problem, write_record
-from ...limits import LIMIT_ERRNOS, VENV_ERRNOS, limit_error
+from .check import VenvCheck
+from .record import PackagesChanged, not_as_packaged, scan, write_record
+from ...limits import LIMIT_ERRNOS, limit_error
 from .uvcache import UvCacheGC
 from .uv import UvAbort, uv_bin, run_uv, stopped, uv_env, uv_failed
-from .keys import (FORMAT, left_by_dead_local_process, owner_tag, python_identity,
-                       venv_key, venv_python)
+from .keys import (FINGERPRINT, FORMAT, left_by_dead_local_process, owner_tag,
+                   python_identity, venv_key, venv_python)
 
 log = logging.getLogger("modelops_runtime.venvs")
 
-FINGERPRINT = "modelops-venv.json"
 _TMP_PREFIX = ".tmp-"
 _FRESH_PREFIX = ".fresh-"
 _TRASH_PREFIX = ".trash-"
@@ -90,7 +90,7 @@ class VenvCache:
                  prepare: Callable[[Path], None] | None = None,
                  max_bytes: int | None = None, uv_cache_max_bytes: int | None = None) -> None:
         self.root = Path(root)
-        self.validate = validate
+        self.check = VenvCheck(validate)
         self.passthrough = tuple(passthrough)
         self.allow_sdist_builds = allow_sdist_builds
         self.prepare = prepare  # called on a finished build before it is made read-only
@@ -99,8 +99,6 @@ class VenvCache:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / ".locks").mkdir(exist_ok=True)
         self._failed: dict[str, tuple[float, EnvironmentBuildError]] = {}  # key → last failure
-        self._checked: dict[Path, tuple] = {}  # venv → fingerprint stat that passed validation
-        self._sites: dict[Path, list[str]] = {}  # venv → its site-packages directories
         self.max_bytes = max_bytes
         self.entries = CacheEntries(self.root)
         self.uv_cache = UvCacheGC(self._uv_env, self.root / ".locks", uv_cache_max_bytes)
@@ -276,81 +274,10 @@ class VenvCache:
 
     def _usable(self, dest: Path, key: str, requirements: Sequence[str],
                 log_reason: bool = False) -> bool:
-        problem = self._problem(dest, key, requirements)
+        problem = self.check.problem(dest, key, requirements)
         if problem and log_reason and dest.exists():
             log.warning("cached venv %s is not reused: %s; rebuilding it", dest, problem)
         return problem is None
-
-    def _problem(self, dest: Path, key: str, requirements: Sequence[str]) -> str | None:
-        """Why ``dest`` cannot be reused, or None if it can."""
-        fp_path = dest / FINGERPRINT
-        try:
-            stat = fp_path.stat()
-            if self.validate and self._checked.get(dest) == self._identity(dest, stat):
-                return None  # as it was when it passed (a cache hit: a few stat calls)
-            fingerprint = json.loads(fp_path.read_text())
-        except FileNotFoundError:
-            return "it has no fingerprint (a build that did not finish)"
-        except (OSError, ValueError) as exc:
-            return f"its fingerprint is unreadable ({exc})"
-        if not isinstance(fingerprint, dict) or fingerprint.get("key") != key:
-            return "its fingerprint belongs to another dependency set"
-        if not self.validate:
-            return None
-        expected = {"requirements": sorted(requirements), "python": python_identity(),
-                    "format": FORMAT}
-        for field, value in expected.items():
-            if fingerprint.get(field) != value:
-                return (f"its fingerprint's {field} is {fingerprint.get(field)!r}, "
-                        f"expected {value!r}")
-        # The full check (every file against the build's record, record.py; the interpreter
-        # starting) runs the first time this worker process uses the venv, and again
-        # whenever the fingerprint or a site-packages directory changes (a package
-        # installed, upgraded or removed): a cache hit then costs a few stat calls, not one
-        # per installed file.
-        identity = self._identity(dest, stat)
-        if self._checked.get(dest) == identity:
-            return None
-        if not isinstance(fingerprint.get("files"), str):
-            return "its fingerprint names no file record"
-        if problem := record_problem(dest, FINGERPRINT, fingerprint["files"]):
-            return problem
-        if problem := self._interpreter_problem(dest):
-            return problem
-        self._checked[dest] = identity
-        return None
-
-    def _identity(self, dest: Path, stat: os.stat_result) -> tuple:
-        """What changes when the fingerprint is rewritten or a package installed, upgraded
-        or removed: the fingerprint's stat and each site-packages directory's mtime (the
-        directories of a venv, found once: an install never adds one)."""
-        sites = self._sites.get(dest)
-        if sites is None:
-            sites = self._sites[dest] = [os.fspath(site) for site in site_packages(dest)]
-        try:
-            mtimes = tuple(os.stat(site).st_mtime_ns for site in sites)
-        except OSError:  # one was removed: never the identity that passed
-            self._sites.pop(dest, None)
-            mtimes = None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size, mtimes)
-
-    @staticmethod
-    def _interpreter_problem(venv: Path) -> str | None:
-        python = venv_python(venv)
-        try:
-            proc = subprocess.run([str(python), "-I", "-c", "pass"],
-                                  capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            return f"its interpreter does not start ({exc})"
-        except OSError as exc:
-            if exc.errno in VENV_ERRNOS and exc.filename == str(python):
-                return f"its interpreter does not start ({exc})"
-            # e.g. EMFILE: the worker is at a limit; rebuilding a good venv would not help
-            raise limit_error(exc, f"checking the venv {venv}") from exc
-        if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip()[-500:]
-            return f"its interpreter exits with {proc.returncode} ({err})"
-        return None
 
     # -- building -------------------------------------------------------------------
 
@@ -359,7 +286,21 @@ class VenvCache:
         """Build into ``path``, retrying a transient failure (a killed uv, a full disk, the
         network) after each of BUILD_RETRY_DELAYS; a permanent one is raised at once.
         ``refresh``: uv reads every package again (a cache of its own for this build)
-        instead of linking what the shared uv cache holds."""
+        instead of linking what the shared uv cache holds; a build that finds files of uv's
+        cache changed does so too, after removing their packages from the cache."""
+        try:
+            return self._build_retrying(path, key, requirements, refresh)
+        except PackagesChanged as exc:  # e.g. a cached venv's file edited in place
+            names = sorted(exc.changed)
+            log.warning("uv's cache holds changed files of %s (%s is not as its RECORD says): "
+                        "removing them from uv's cache and building venv %s again from the "
+                        "packages", ", ".join(names), exc.changed[names[0]][0], key)
+            remove_tree(path)
+            self.uv_cache.forget(names)
+            return self._build_retrying(path, key, requirements, True)
+
+    def _build_retrying(self, path: Path, key: str, requirements: Sequence[str],
+                        refresh: bool) -> None:
         for attempt, delay in enumerate((*BUILD_RETRY_DELAYS, None), start=1):
             try:
                 return self._build_once(path, key, requirements, refresh)
@@ -403,7 +344,14 @@ class VenvCache:
             self.prepare(path)
         make_read_only(path, include_root=False)  # warm processes may run it, never change it
         # recorded once nothing in it changes any more (a chmod moves a file's ctime)
-        fingerprint["files"] = write_record(path, FINGERPRINT)
+        record = scan(path, FINGERPRINT)
+        if changed := not_as_packaged(path, record):
+            if not refresh:
+                raise PackagesChanged(changed)
+            log.warning("venv %s: files of %s differ from their RECORD even read from the "
+                        "packages (the packages' own inconsistency); kept as installed", key,
+                        ", ".join(sorted(changed)))
+        fingerprint["files"] = write_record(path, record)
         tmp_fp = path / (FINGERPRINT + ".tmp")
         tmp_fp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
         os.chmod(tmp_fp, 0o444)

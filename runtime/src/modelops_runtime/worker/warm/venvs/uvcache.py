@@ -3,7 +3,8 @@
 uv never shrinks its cache by itself, and a pod that builds many dependency sets would grow
 it until the kubelet evicts the pod for its volume's sizeLimit. After each venv build the
 store calls :meth:`UvCacheGC.collect`: if the cache is above its budget, ``uv cache prune``
-(unused entries), then, if still above, ``uv cache clean`` (everything).
+(unused entries), then, if still above, ``uv cache clean`` (everything). A build that finds
+files of the cache changed (record.py) removes their packages from it (:meth:`forget`).
 
 What is counted is what cleaning frees: the bytes only the cache holds. uv links a venv's
 files from its cache (hard links, UV_LINK_MODE=hardlink), so a file that is also in a venv
@@ -80,6 +81,15 @@ class UvCacheGC:
             log.warning("uv cache not collected: %s", exc)
             return None
 
+    def forget(self, packages: list[str]) -> bool:
+        """``uv cache clean <packages>``: their next install reads them again (a build found
+        files of theirs in the cache changed, record.py). Waits LOCK_TIMEOUT at most for a
+        running uv; False (warned) if it did not run."""
+        env = self.env()
+        root = Path(env["UV_CACHE_DIR"])
+        return self._run("clean", root, {**env, "UV_LOCK_TIMEOUT": str(LOCK_TIMEOUT)},
+                         packages)
+
     def _collect(self) -> tuple[int, int] | None:
         env = self.env()
         root = Path(env["UV_CACHE_DIR"])
@@ -117,9 +127,10 @@ class UvCacheGC:
             return before, after
         return None
 
-    def _run(self, command: str, root: Path, env: dict[str, str]) -> bool:
+    def _run(self, command: str, root: Path, env: dict[str, str],
+             packages: list[str] = ()) -> bool:
         try:
-            proc = run_uv([uv_bin(), "cache", command], env=env, cwd=root.parent,
+            proc = run_uv([uv_bin(), "cache", command, *packages], env=env, cwd=root.parent,
                           timeout=RUN_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("uv cache %s of %s did not run: %s", command, root, exc)
