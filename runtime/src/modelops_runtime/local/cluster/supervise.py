@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -69,13 +70,24 @@ class ProcessRecord:
         return out
 
     def wait_gone(self, timeout: float) -> None:
-        """Until every recorded process has exited and been reaped, for at most ``timeout``."""
+        """Until every recorded process has exited, for at most ``timeout``: a child of
+        ours is reaped; another's exit is read from a pidfd, which is readable once the
+        process has ended -- an orphan's zombie waits for init, which may reap it only
+        a second later (this VM's init does), and has nothing left to stop."""
         deadline = time.monotonic() + timeout
         for pid, created in self.seen().items():
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error, OSError):
                 proc = psutil.Process(pid)
-                if proc.create_time() == created:
-                    proc.wait(max(0.1, deadline - time.monotonic()))
+                if proc.ppid() == os.getpid():
+                    if proc.create_time() == created:
+                        proc.wait(max(0.1, deadline - time.monotonic()))
+                    continue
+                pidfd = os.pidfd_open(pid)
+                try:
+                    if proc.create_time() == created:  # the pidfd is of that process
+                        select.select([pidfd], [], [], max(0.1, deadline - time.monotonic()))
+                finally:
+                    os.close(pidfd)
 
 
 class StartStop:

@@ -4,8 +4,8 @@ drained, a spot node reclaimed), instead of the `dask worker` command's plain cl
 - covers: in the launcher (nanny preload), one SIGTERM handler for all its nannies: the
   scheduler stops sending them tasks and takes their results (``retire_workers`` without
   closing), running tasks get up to MODELOPS_TASK_TIMEOUT (else RUNNING_GRACE) seconds to
-  finish, then ``retire_workers`` hands over what finished meanwhile and closes them (a
-  task still running is rescheduled by the scheduler). The chart's
+  finish, then ``retire_workers`` hands over what finished meanwhile and each nanny closes
+  its worker process (a task still running is rescheduled by the scheduler). The chart's
   terminationGracePeriodSeconds is that wait plus HANDOVER_GRACE.
 - does not: touch SIGINT (Ctrl-C stays the quick stop); a second SIGTERM, or a scheduler
   that does not answer, falls back to the plain close.
@@ -77,12 +77,18 @@ async def _retire(wait: float) -> None:
         while time.monotonic() < deadline and await _executing(nannies[0], addresses):
             await asyncio.sleep(0.2)
         await asyncio.wait_for(scheduler.retire_workers(
-            workers=addresses, close_workers=True, remove=True,
-            stimulus_id=f"{stimulus}-close"), HANDOVER_GRACE)
+            workers=addresses, close_workers=False, remove=False,
+            stimulus_id=f"{stimulus}-handover"), HANDOVER_GRACE)
         log.info("modelops runtime: retired %s; results handed over", ", ".join(addresses))
-        # the scheduler closes them (and their nannies): wait for that, not a second close
-        await asyncio.wait_for(asyncio.gather(*(n.finished() for n in nannies)),
-                               CLOSE_GRACE)
+        # each nanny closes its worker through the worker process's stop queue, as `dask
+        # worker` does on a plain SIGTERM: a worker closed by the scheduler instead ends
+        # without that message, and its process waits 2 s for it and logs "Worker process
+        # died unexpectedly" (distributed's nanny.py)
+        results = await asyncio.wait_for(asyncio.gather(
+            *(n.close(timeout=CLOSE_GRACE, reason="modelops-retired") for n in nannies),
+            return_exceptions=True), CLOSE_GRACE + 5)
+        if errors := [r for r in results if isinstance(r, BaseException)]:
+            raise errors[0]
         return
     except Exception as exc:  # noqa: BLE001 - the plain close below still runs
         log.warning("modelops runtime: graceful retirement failed (%s: %s); closing the "
