@@ -10,7 +10,8 @@ handed to the reaper); stopping → gone (only the reaper, once the process tree
 A stopping process keeps its slot until it is gone (MAX_WARM_PROCESSES bounds live
 processes) and stays in :meth:`pids` and in :meth:`shutdown`'s reach. Only the reaper stops
 processes: a task evicting an idle process of another bundle waits for the reaper too.
-Threads: the reaper (a few: one slow exit never holds another slot), the housekeeper (TTL,
+Threads: the reaper (a few: one slow exit never holds another slot), the exit watch (one:
+graceful stops of processes that end by themselves, finished as they exit), the housekeeper (TTL,
 deaths, exited orphans, memory budget; every second), the spawner (forks from one
 long-lived thread: PR_SET_PDEATHSIG fires when the forking *thread* ends).
 """
@@ -18,6 +19,7 @@ long-lived thread: PR_SET_PDEATHSIG fires when the forking *thread* ends).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import random
 import signal
@@ -32,6 +34,7 @@ from typing import Any
 
 from ...errors import WorkerStopping
 from ..counters import RemovalReason, StatsRecorder, WarmStats
+from .exits import ExitWatch
 from .memory import MemorySampler, mb
 from .orphans import become_subreaper, sweep
 from .process import WarmProcess
@@ -112,6 +115,10 @@ class WarmPool:
         self._closed = False
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="modelops-spawn")
         self._reaper = ThreadPoolExecutor(REAPER_THREADS, thread_name_prefix="modelops-reaper")
+        # graceful stops of processes that end by themselves: finished as they exit, from
+        # one thread (exits.py); one alive after its TERM would be due goes to a reaper
+        self._exits = ExitWatch(min(stop_grace, 1.0), on_exit=self._exited,
+                                on_late=self._to_reaper)
         self._stop_event = threading.Event()
         self._housekeeper = threading.Thread(target=self._housekeep, args=(housekeeping_period,),
                                              daemon=True, name="modelops-pool-housekeeper")
@@ -135,12 +142,37 @@ class WarmPool:
             entry.reason = reason
             self.stats.removed(reason)
             self._stopping += 1
-            try:
-                self._reaper.submit(self._reap, entry)
-            except RuntimeError:  # after shutdown's deadline: a thread of its own
-                threading.Thread(target=self._reap, args=(entry,), daemon=True,
-                                 name="modelops-late-reaper").start()
+            if not (reason in GRACEFUL and self._watch_exit(entry.proc, entry)):
+                self._to_reaper(entry)
         self._cond.notify_all()
+
+    def _watch_exit(self, proc: Any, entry: _Entry) -> bool:
+        """A graceful stop of a process that has nothing but itself to end: its request
+        pipe closed now (the runner returns), its exit awaited by the exit watch, which
+        finishes it (exits.py) without a reaper thread."""
+        exit_fd = getattr(proc, "exit_fd", None)  # (a test's stand-in may have none)
+        fd = exit_fd() if exit_fd is not None and proc.alone else None
+        if fd is None:
+            return False
+        log_fd = proc.log.polled()  # drained by whoever waits (forked task processes)
+        proc.close_requests()
+        return self._exits.watch(fd, entry, None if log_fd is None else
+                                 (log_fd, functools.partial(_drain, proc.log)))
+
+    def _exited(self, entry: _Entry) -> None:
+        """The exit watch's thread: ``entry``'s process exited; finish its stop here
+        unless it started a process meanwhile (then the stop may wait on that: a reaper)."""
+        if entry.proc.alone:
+            self._reap(entry)
+        else:
+            self._to_reaper(entry)
+
+    def _to_reaper(self, entry: _Entry) -> None:
+        try:
+            self._reaper.submit(self._reap, entry)
+        except RuntimeError:  # after shutdown's deadline: a thread of its own
+            threading.Thread(target=self._reap, args=(entry,), daemon=True,
+                             name="modelops-late-reaper").start()
 
     def _reap(self, entry: _Entry) -> None:
         """Reaper thread: stop the process tree, then free its slot."""
@@ -391,11 +423,18 @@ class WarmPool:
                               "%gs: %s", len(self._entries), timeout, sorted(self.pids()))
                     break
                 self._cond.wait(left)
+        self._exits.close()  # (what it still watches goes to a reaper, or a thread)
         self._reaper.shutdown(wait=False)
         self._spawner.shutdown(wait=False)
         self.sampler.close()
         if self._housekeeper is not threading.current_thread():
             self._housekeeper.join(5)
+
+
+def _drain(log: Any) -> bool:
+    """Read a process's output pipe (the exit watch's); False at its end."""
+    log.sync()
+    return log.polled() is not None
 
 
 __all__ = ["WarmPool", "State", "jittered_reuse", "jittered_ttl"]

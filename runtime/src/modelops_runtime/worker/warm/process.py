@@ -402,7 +402,8 @@ class WarmProcess:
         """End the process and everything it started; return how it ended. Graceful: EOF on
         the request pipe (the runner returns; counted from :meth:`close_requests` if that
         came first), TERM after up to 1 s, KILL after ``grace`` more. Only the pool's reaper
-        calls this (it closes the pipes), or :meth:`spawn` before the pool has the process.
+        (or its exit watch) calls this (it closes the pipes), or :meth:`spawn` before the
+        pool has the process.
 
         Descendants: those still in its tree are found by parentage while it lives; those
         orphaned (it died first, or they were double-forked) were adopted by the worker
@@ -415,8 +416,7 @@ class WarmProcess:
             if not self.wait_exit(term_at - time.monotonic()):
                 self.signal_group(signal.SIGTERM)
                 self.wait_exit(term_at + grace - time.monotonic())
-        # guarded, and no new process ever let through: it has no descendant, no orphan
-        alone = self.guarded is not None and not self.guarded.spawned
+        alone = self.alone
         with self._reap_lock:
             if not self._stopped:
                 # descendants that left the process group are found by parentage while the
@@ -452,6 +452,17 @@ class WarmProcess:
         self.log.close()  # (one a thread drains is closed by it)
         self.remove_scratch()
         return describe_exit(self.popen.returncode)[0]
+
+    @property
+    def alone(self) -> bool:
+        """Guarded, and no new process ever let through: it has no descendant, no orphan
+        (stopping it waits for nothing but itself)."""
+        return self.guarded is not None and not self.guarded.spawned
+
+    def exit_fd(self) -> int | None:
+        """An fd readable once the process has exited (its pidfd; None: none, or it is
+        stopped). Not to be closed: :meth:`stop` closes it."""
+        return None if self._stopped else self._pidfd
 
     def remove_scratch(self) -> None:
         """Remove the working directory (once the process tree is gone)."""
