@@ -153,15 +153,18 @@ class Prepared:
         self.rules = ctypes.create_string_buffer(0)
         self.rules_at = ctypes.addressof(self.rules)
         self.again: list = []  # (path, access, loud): opened each time a ruleset is made
+        # (writable roots that did not exist when prepared; a missing readable one is left
+        # out: the system's /lib32 does not appear while a template lives)
 
     def encode(self, roots: list) -> None:
         import ctypes
 
         encoded = b""
-        for path, access, loud in roots:
+        for path, access, loud in _distinct(roots):
             fd, access = _open_root(path, access, None)
             if fd is None:
-                self.again.append((path, access, loud))
+                if loud:  # a writable root: a configured directory made later
+                    self.again.append((path, access, loud))
             else:
                 self.fds.append(fd)
                 encoded += _path_beneath(access, fd)
@@ -267,6 +270,24 @@ def _path_beneath(access: int, fd: int) -> bytes:
     return access.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder, signed=True)
 
 
+def _distinct(roots: list) -> list:
+    """``roots`` ((path, access, loud) each) without those another existing directory
+    among them grants already: beneath it once symlinks are resolved (a rule covers its
+    whole tree), with its rights among that one's; e.g. /lib (-> usr/lib) beneath /usr,
+    the interpreter beneath its prefix, a prefix given twice. The same sandbox with fewer
+    rules for a template to add for every task process."""
+    real = [(os.path.realpath(path), access, os.path.isdir(path))
+            for path, access, _loud in roots]
+    kept = []
+    for i, root in enumerate(roots):
+        mine, access, _ = real[i]
+        if not any(j != i and isdir and more & access == access and (
+                   (mine == other and j < i) or mine.startswith(os.path.join(other, "")))
+                   for j, (other, more, isdir) in enumerate(real)):
+            kept.append(root)
+    return kept
+
+
 def _prepare(roots: list):
     """A :class:`Prepared` of ``roots`` ((path, access, loud) each), or why Landlock
     cannot be used here (a str)."""
@@ -287,8 +308,9 @@ def prepare_sandbox(writable: tuple[str, ...], readable: tuple[str, ...]):
     every task (all but its scratch directory), opened and encoded once (the template
     makes each task process's ruleset of them with :func:`ruleset`; the task process
     inherits the open fds and closes them with :func:`release` once sandboxed, so no fd
-    is left to bundle code). A root that cannot be opened now is tried again for each
-    ruleset. None where Landlock is unavailable (:func:`sandbox` then says why)."""
+    is left to bundle code). Roots another one covers are left out (:func:`_distinct`);
+    a writable root that cannot be opened now is tried again for each ruleset, a readable
+    one is left out. None where Landlock is unavailable (:func:`sandbox` then says why)."""
     prepared = _prepare([(path, None, True) for path in writable]
                         + [(path, _LL_READ, False) for path in readable])
     return None if isinstance(prepared, str) else prepared
