@@ -356,6 +356,12 @@ def test_each_planted_bug_gets_its_verdict(bug, local_cli, numlite_wheels, worke
         assert run.popen.returncode == 0, run.output
         if bug.startswith("edited_venv"):
             edit_cached_venv(state)
+        if bug == "edited_venv":  # the user's next run rebuilds it and says so
+            again = local_cli.run(["-f", vals, "--study", study(tmp_path, bug), "--sims", 2,
+                                   "--state-dir", state, "--no-progress"], env)
+            assert again.popen.returncode == 0, again.output
+            assert ("cached venvs rebuilt because they had changed since their build: 1"
+                    in again.stdout), again.output
         else:
             modify_cached_venv(state, numlite_wheels)
     report = tmp_path / "report.html"

@@ -189,6 +189,9 @@ def format_pool_stats(stats: Mapping[str, Any]) -> str:
                  f"reuses={pool['reuses']} venv builds={pool['venv_builds']} "
                  f"({pool['venv_build_seconds']:.1f} s) alive={pool['size']} "
                  f"rss={pool['rss_bytes'] / 2**20:.0f} MiB; removals: {removals}")
+        if pool.get("venv_invalid"):
+            line += (f"; cached venvs rebuilt because they had changed since their build: "
+                     f"{pool['venv_invalid']} (the worker log names what changed)")
         fallbacks = {k: v for k, v in pool.get("template_fallbacks", {}).items() if v}
         if fallbacks:
             line += ("; template fallbacks (exec'd instead of forked): "
