@@ -97,7 +97,10 @@ class FakeSampler:
     def __init__(self):
         self.memory: dict = {}
 
+    measured = 0  # calls
+
     def measure(self, procs):
+        self.measured += 1
         return {p: self.memory.get(p.pid, 0) for p in procs}
 
     def close(self):
@@ -204,6 +207,22 @@ def test_memory_budget_evicts_idle_lru(make_pool):
     pool.housekeep()
     wait_for(lambda: not a.alive, 10, "the least recently used process to be evicted")
     assert b.alive and c.alive and pool.stats.snapshot().removals.memory_budget == 1
+
+
+def test_the_budget_reads_no_memory_while_nothing_could_be_evicted(make_pool):
+    """Every process busy (or unpooled: fresh processes, templates): the housekeeper
+    reads no tree's PSS (a walk of its page tables), as it could evict nothing anyway."""
+    sampler = FakeSampler()
+    pool = make_pool(max_processes=3, memory_budget=250, sampler=sampler)
+    w = World(pool)
+    busy, _ = pool.acquire("a", w.spawner("a"))
+    sampler.memory = {busy.pid: 1000}
+    pool.housekeep()
+    assert sampler.measured == 0 and busy.alive
+    pool.release(busy)  # idle now: measured, and evicted over the budget
+    pool.housekeep()
+    assert sampler.measured == 1
+    wait_for(lambda: not busy.alive, 10, "the idle process over the budget to be evicted")
 
 
 def test_a_dead_idle_process_is_replaced(make_pool):

@@ -358,9 +358,10 @@ class WarmPool:
                 elif now >= proc.expires_at:
                     self._move(self._entries[proc], State.stopping, RemovalReason.ttl)
             procs, everyone = self._alive(), list(self._entries)
+            evictable = bool(self._idle)
         sweep(everyone)  # orphans of warm processes that exited by themselves (orphans.py)
-        if self.memory_budget is None:
-            return
+        if self.memory_budget is None or not evictable:
+            return  # (no idle process: nothing to evict, no need to read every tree's PSS)
         used = self.sampler.measure(procs)
         total = sum(used.values())
         with self._cond:
