@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 
 from ...errors import LocalModeError
+from ...worker.warm.memory import tree_pids
 from ..console import Echo, echo
 from .launch import KEEP_RUNS, SCHEDULER_TOKEN, LaunchPlan, ProcessSpec
 from .state import read_state
@@ -42,18 +43,20 @@ class ProcessRecord:
         self._lock = threading.Lock()
 
     def add_tree(self, pid: int, *, include_root: bool = True) -> None:
-        """Record the live descendants of ``pid`` (and ``pid`` itself, by default)."""
-        try:
-            top = psutil.Process(pid)
-            procs = [top] if include_root else []
-            procs += top.children(recursive=True)
-        except psutil.Error:
-            return
-        for proc in procs:
+        """Record the live descendants of ``pid`` (and ``pid`` itself, by default). The
+        tree is read from its members' /proc children lists (as many reads as members,
+        where psutil's ``children`` reads every process of the host); a pid recorded
+        already keeps the start time it was recorded with, so it is not read again."""
+        members = tree_pids(pid)
+        if not include_root:
+            members = members[1:]
+        with self._lock:
+            new = [member for member in members if member not in self._seen]
+        for member in new:
             with contextlib.suppress(psutil.Error):
-                created = proc.create_time()
+                created = psutil.Process(member).create_time()
                 with self._lock:
-                    self._seen.setdefault(proc.pid, created)
+                    self._seen.setdefault(member, created)
 
     def seen(self) -> dict[int, float]:
         with self._lock:
