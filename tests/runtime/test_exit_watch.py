@@ -59,9 +59,14 @@ def made():
         proc.end()
 
 
-def _watch(wait: float):
+def _watch(wait: float, linger: float = 0.05):
     exited, late = queue.Queue(), queue.Queue()
-    return ExitWatch(wait, on_exit=exited.put, on_late=late.put), exited, late
+    return (ExitWatch(wait, on_exit=lambda item: exited.put((item, threading.current_thread())),
+                      on_late=late.put, linger=linger), exited, late)
+
+
+def _got(q: queue.Queue, timeout: float = 60):
+    return q.get(timeout=timeout)[0]
 
 
 def test_exits_are_handed_on_and_a_lingering_process_goes_late(made):
@@ -70,7 +75,7 @@ def test_exits_are_handed_on_and_a_lingering_process_goes_late(made):
     lingering = made("import time; time.sleep(600)")
     assert watch.watch(quick.pidfd, "quick") and watch.watch(lingering.pidfd, "lingering")
     quick.popen.stdin.close()
-    assert exited.get(timeout=60) == "quick" and quick.popen.wait(30) == 0
+    assert _got(exited) == "quick" and quick.popen.wait(30) == 0
     assert late.get(timeout=60) == "lingering"  # its deadline came: the late path's
     assert lingering.popen.poll() is None and exited.empty()
     watch.close()
@@ -83,14 +88,40 @@ def test_output_is_drained_until_the_process_exits(made):
     chatty = made("import sys; sys.stdout.write('x' * 300_000); sys.stdout.flush()",
                   output=True)
     assert watch.watch(chatty.pidfd, "chatty", (chatty.popen.stdout.fileno(), chatty.drain))
-    assert exited.get(timeout=60) == "chatty" and late.empty()
+    assert _got(exited) == "chatty" and late.empty()
     if not chatty.popen.stdout.closed:  # what came after the last wakeup, if anything
         chatty.drain()
     assert sum(map(len, chatty.read)) == 300_000
     # the epoll holds nothing stale: a new process on the freed fd numbers is watched
     again = made("pass")
     assert watch.watch(again.pidfd, "again")
-    assert exited.get(timeout=60) == "again"
+    assert _got(exited) == "again"
+    watch.close()
+
+
+def test_the_next_collect_finishes_an_exited_process_in_its_own_thread(made):
+    """No thread wakes for a process that exits before the next collect (a task thread's,
+    at its task's end): the collecting thread finishes it."""
+    watch, exited, late = _watch(wait=60.0, linger=60.0)
+    quick = made("pass")
+    assert watch.watch(quick.pidfd, "quick")
+    quick.popen.wait(30)  # exited (a zombie: its pidfd is readable)
+    watch.collect()
+    item, thread = exited.get_nowait()  # (collect returns after finishing it)
+    assert item == "quick" and thread is threading.current_thread() and late.empty()
+    watch.close()
+
+
+def test_hurry_has_the_thread_finish_quiet_processes_as_they_exit(made):
+    """Someone waits for a handed-over process (a slot, its venv's removal, shutdown): the
+    thread finishes it as it exits, not after the linger."""
+    watch, exited, late = _watch(wait=60.0, linger=60.0)
+    quick = made("import sys; sys.stdin.read()")
+    assert watch.watch(quick.pidfd, "quick")
+    watch.hurry()
+    quick.popen.stdin.close()
+    item, thread = exited.get(timeout=30)  # (well before the 60 s linger)
+    assert item == "quick" and thread is not threading.current_thread()
     watch.close()
 
 

@@ -11,7 +11,8 @@ A stopping process keeps its slot until it is gone (MAX_WARM_PROCESSES bounds li
 processes) and stays in :meth:`pids` and in :meth:`shutdown`'s reach. Only the reaper stops
 processes: a task evicting an idle process of another bundle waits for the reaper too.
 Threads: the reaper (a few: one slow exit never holds another slot), the exit watch (one:
-graceful stops of processes that end by themselves, finished as they exit), the housekeeper (TTL,
+graceful stops of processes that end by themselves, finished as they exit when no task
+thread did it first), the housekeeper (TTL,
 deaths, exited orphans, memory budget; every second), the spawner (forks from one
 long-lived thread: PR_SET_PDEATHSIG fires when the forking *thread* ends).
 """
@@ -160,8 +161,9 @@ class WarmPool:
                                  (log_fd, functools.partial(_drain, proc.log)))
 
     def _exited(self, entry: _Entry) -> None:
-        """The exit watch's thread: ``entry``'s process exited; finish its stop here
-        unless it started a process meanwhile (then the stop may wait on that: a reaper)."""
+        """The exit watch (its thread, or a task thread's collect): ``entry``'s process
+        exited; finish its stop here unless it started a process meanwhile (then the stop
+        may wait on that: a reaper)."""
         if entry.proc.alone:
             self._reap(entry)
         else:
@@ -229,6 +231,7 @@ class WarmPool:
         while True:
             with self._cond:
                 while (entry := self._checkout(key, prepared)) is _WAIT:
+                    self._exits.hurry()  # a stopping process's slot: finished as it exits
                     self._cond.wait()  # for a slot (an evicted process's, or any)
             if entry is None:  # no idle process: prepare outside the lock, then look again
                 prepare()
@@ -301,6 +304,7 @@ class WarmPool:
                 self._move(entry, State.idle)
             else:
                 self._move(entry, State.stopping, reason)
+        self._exits.collect()  # earlier retirees that have exited meanwhile: finished here
 
     def track_unpooled(self, proc: Any) -> None:
         """A single-use process (FORCE_FRESH_VENV, or forked from a template) or a template:
@@ -323,9 +327,11 @@ class WarmPool:
             reason = (RemovalReason.shutdown if proc.worker_stopping
                       else proc.lost or reason)
             self._move(entry, State.stopping, reason)
+        self._exits.collect()  # the last task's process, exited meanwhile: finished here
 
     def wait_gone(self, proc: Any, timeout: float) -> bool:
         """Wait until the reaper has finished ``proc`` (e.g. before removing its venv)."""
+        self._exits.hurry()
         with self._cond:
             return self._cond.wait_for(lambda: proc not in self._entries, timeout)
 
@@ -415,6 +421,7 @@ class WarmPool:
             proc.wait_exit(max(0.0, deadline - time.monotonic()))
         for proc in procs:
             proc.signal_group(signal.SIGKILL)
+        self._exits.hurry()
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._entries or self._reserved:
