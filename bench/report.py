@@ -3,6 +3,7 @@ a miss explained by the measured numbers), and one table per benchmark."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -103,17 +104,24 @@ def _sir_local(mode: str, against: str = "prod-warm") -> Callable[[R], tuple[flo
             f"{ms(other['command_s'])} / {ms(base['command_s'])} = "
             f"{other['command_s'] / base['command_s']:.2f}×; Dask tasks "
             f"{other.get('dask_tasks', '?')} / {base.get('dask_tasks', '?')}"
-            + (_floor_note(r["fast"].get("fork_floor", {})) if mode == "fresh-process" else ""))
+            + (_floor_note(r["fast"].get("fork_floor", {}), s) if mode == "fresh-process"
+               else ""))
     return measure
 
 
-def _floor_note(f: R) -> str:
-    """Where fresh-process stands against a bare fork per sim (fork floor, if measured)."""
+def _floor_note(f: R, local: R) -> str:
+    """Where fresh-process stands against a bare fork per sim (fork floor, if measured):
+    the study alone if fresh-process cost exactly the floor per sim (its study minus what
+    is ours above the floor, spread over the machine's cores: the runs are CPU-bound)."""
     if "floor" not in f:
         return ""
+    sims, cores = local["sims"], os.cpu_count() or 1
+    at_floor = local["fresh-process"]["study_s"] - sims * f["above_floor_s"] / cores
     return (f"; CPU per sim at the executor: fresh-process "
             f"{ms(f['fresh-process']['cpu_per_sim_s'])}, bare fork floor "
-            f"{ms(f['floor']['cpu_per_sim_s'])}, prod-warm {ms(f['prod-warm']['cpu_per_sim_s'])}")
+            f"{ms(f['floor']['cpu_per_sim_s'])}, prod-warm {ms(f['prod-warm']['cpu_per_sim_s'])}: "
+            f"at the floor the study would take ≈ {ms(max(at_floor, 0.0))} = "
+            f"{max(at_floor, 0.0) / local['prod-warm']['study_s']:.2f}× prod-warm")
 
 
 def _template_overhead(r: R) -> tuple[float, str]:
