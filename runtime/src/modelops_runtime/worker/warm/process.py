@@ -75,6 +75,9 @@ class WarmProcess:
         self.key = key
         self.venv = venv
         self.scratch = scratch  # its working directory, removed by stop()
+        # ... or handed here instead (a template's task directories, scratch.TaskDirs) if
+        # no process but itself ever ran in it
+        self.scratch_done: Callable[[Path], None] | None = None
         self.worker_stopping = False  # set by WarmPool.shutdown before it signals us
         self.log = log
         self.max_tasks = max_tasks
@@ -439,6 +442,7 @@ class WarmProcess:
                 # ours now (adopted, or reparented when their parent died): reap them
                 reap([*tree, *adopted], timeout=10)
                 self._stopped = True
+        alone = self.alone  # (nothing but itself ever ran in its scratch)
         if self.guarded is not None:
             GUARD.remove(self.guarded)
             self.guarded = None
@@ -450,7 +454,7 @@ class WarmProcess:
             setattr(self, name, -1 if name != "_pidfd" else None)
         self.log.sync()
         self.log.close()  # (one a thread drains is closed by it)
-        self.remove_scratch()
+        self.remove_scratch(alone)
         return describe_exit(self.popen.returncode)[0]
 
     @property
@@ -464,9 +468,12 @@ class WarmProcess:
         stopped). Not to be closed: :meth:`stop` closes it."""
         return None if self._stopped else self._pidfd
 
-    def remove_scratch(self) -> None:
-        """Remove the working directory (once the process tree is gone)."""
-        if self.scratch is not None:
+    def remove_scratch(self, alone: bool = False) -> None:
+        """Remove the working directory (once the process tree is gone), or hand it to
+        ``scratch_done`` if the process was ``alone`` (nothing else ever ran in it)."""
+        if self.scratch is not None and self.scratch_done is not None and alone:
+            self.scratch_done(self.scratch)
+        elif self.scratch is not None:
             try:  # most tasks leave it empty: one call
                 os.rmdir(self.scratch)
             except OSError:

@@ -43,6 +43,7 @@ from .logtail import LogTail
 from .memory import MemorySampler
 from .runner.frames import LEARNED_MAX
 from .process import PIPE_SIZE, WarmProcess
+from .scratch import TaskDirs
 from .venvs.store import FINGERPRINT, Venv
 
 
@@ -111,6 +112,7 @@ class TemplateProcess(WarmProcess):
         self.on_excluded: Callable[[dict[str, str]], None] = lambda names: None
         # an earlier template's decisions (plans.py), sent with the first order; told what
         # it has imported (and excluded) whenever that changed, to be kept for the next
+        self.task_dirs: TaskDirs | None = None  # its task processes' scratch directories
         self.plan: dict | None = None
         self.on_plan: Callable[[list, dict[str, str]], None] = lambda names, excluded: None
 
@@ -139,10 +141,9 @@ class TemplateProcess(WarmProcess):
         scratch = None
         try:
             # beneath the template's scratch: its filesystem sandbox allows writes there
-            # (a random name, as mkdtemp would draw, for a tenth of its cost)
-            path = self.scratch / f"task-{uuid.uuid4().hex[:16]}"
-            os.mkdir(path, 0o700)
-            scratch = path
+            if self.task_dirs is None:
+                self.task_dirs = TaskDirs(self.scratch)
+            scratch = self.task_dirs.make()
             for _ in range(4):
                 fds.extend(os.pipe())
         except OSError as exc:
@@ -205,6 +206,7 @@ class TemplateProcess(WarmProcess):
                             max_tasks=1, ttl=float("inf"), scratch=scratch)
         child.token, child.sampler = token, sampler
         child.max_processes = self.max_processes
+        child.scratch_done = self.task_dirs.done  # (only once it and its tree are gone)
         try:
             hello = child.exchange(None, timeout=start_timeout, label="a forked start")
         except Lost:
