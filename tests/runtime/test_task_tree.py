@@ -73,6 +73,18 @@ def ok(params, seed):
     return {"pid": os.getpid()}
 
 
+def hold(params, seed):
+    """A child in its own group, its pids and thread count written down, then busy until
+    it is killed (in C, holding the GIL: no Python-level watcher could act meanwhile)."""
+    child = subprocess.Popen(["sleep", "300"])
+    threads = len(os.listdir("/proc/self/task"))
+    with open(params["mark"] + ".tmp", "w") as fh:
+        fh.write(f"{os.getpid()} {child.pid} {threads}")
+    os.rename(params["mark"] + ".tmp", params["mark"])
+    import re
+    re.match(r"(a+)+b", "a" * 40)  # catastrophic backtracking: minutes in one C call
+
+
 def wait(params, seed):
     """Sleeps until it is killed (a sibling for ``attack``)."""
     import time
@@ -454,3 +466,59 @@ def test_a_process_waiting_for_an_unanswered_guard_call_is_named():
         for fd in (said_r, go_w) + ((listener,) if listener is not None else ()):
             os.close(fd)
         ours.close()
+
+
+_WORKER_DIES = PRELUDE + EXECUTOR + """  # (no filter of its own installed)
+ref, mark = sys.argv[2], sys.argv[3]
+ex.run(Call(bundle=ref, entrypoint="model:hold", args=({"mark": mark}, 0)))
+"""
+
+
+@pytest.mark.parametrize("settings", [
+    {"max_process_reuse": 1000}, {"max_process_reuse": 1},
+    {"max_process_reuse": 1, "fresh_process_from": "exec"}],
+    ids=["warm", "fresh-from-template", "fresh-exec"])
+def test_a_busy_task_ends_when_its_worker_is_killed_and_sees_one_thread(
+        tmp_path, uv_offline, bundle, procs, settings):
+    """The worker is SIGKILLed while a task runs (busy in one C call, holding the GIL): the
+    task process ends, in every mode (the kernel's lifeline: the worker armed the read end
+    of its lifeline pipe with O_ASYNC, F_SETSIG SIGKILL and F_SETOWN its group; and
+    PR_SET_PDEATHSIG). A task process sees one thread, its own (no watcher thread), in
+    every mode alike."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    env = {"MODELOPS_BUNDLE_REPO": str(tmp_path / "repo"),
+           "MODELOPS_BUNDLE_CACHE_DIR": str(tmp_path / "bundles"),
+           "MODELOPS_VENVS_DIR": str(tmp_path / "venvs"),
+           "MODELOPS_WARM_WRITABLE_PATHS": str(tmp_path)}
+    env.update({f"MODELOPS_{k.upper()}": str(v) for k, v in settings.items()})
+    mark = tmp_path / "held"
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER_DIES, json.dumps(env), bundle,
+                               str(mark)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    started = []
+    try:
+        wait_for(lambda: mark.exists() or worker.poll() is not None, 300,
+                 "the task to start its child")
+        assert mark.exists(), worker.communicate()[1][-3000:]
+        task, child, threads = (int(x) for x in mark.read_text().split())
+        started = [procs.track(task), procs.track(child)]
+        assert threads == 1
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+        procs.wait_gone(started[:1], 30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+        for proc in procs.running(started):  # its child, if the parent-death signal came
+            proc.kill()  # before the lifeline broke (the worker's threads end one by one)
+        import glob
+        import shutil
+        # what only the killed worker would have removed (its next start does in a pod)
+        tmp = os.environ.get("TMPDIR", "/tmp")
+        for left in glob.glob(os.path.join(tmp, f"modelops-*-{worker.pid}-*")):
+            shutil.rmtree(left, ignore_errors=True)

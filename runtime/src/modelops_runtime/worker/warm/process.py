@@ -54,6 +54,25 @@ def data_cap(mem_limit: int | None) -> int:
     return 0 if mem_limit is None else 2 * mem_limit + (256 << 20)
 
 
+def arm_lifeline(read_fd: int) -> None:
+    """Have the kernel watch a lifeline pipe for the process given its read end: O_ASYNC
+    and F_SETSIG SIGKILL on that end (shared with the process: one open file), so that
+    once :func:`aim_lifeline` names the process's group, the last close of the write end
+    (the worker closing it, or dying) sends SIGKILL to that group. The runner then starts
+    no thread to watch it (runner confine.py ``kernel_watched``). Best effort: if it
+    fails, the runner starts its thread."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(read_fd, fcntl.F_SETSIG, signal.SIGKILL)
+        fcntl.fcntl(read_fd, fcntl.F_SETFL, fcntl.fcntl(read_fd, fcntl.F_GETFL) | os.O_ASYNC)
+
+
+def aim_lifeline(read_fd: int, pid: int) -> None:
+    """The group the kernel kills when an armed lifeline breaks: the process's own (it is
+    a session leader: its group id is its pid, once it made itself one)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(read_fd, fcntl.F_SETOWN, -pid)
+
+
 def warm_env(venv: Venv, passthrough: Iterable[str] = ()) -> dict[str, str]:
     """The allow-listed environment of a warm process: the worker's secrets stay out."""
     allowed = set(BASE_ENV) | set(NUMERIC_ENV) | set(passthrough)
@@ -146,6 +165,8 @@ class WarmProcess:
                    "--lifeline-fd", str(life_r), "--parent-pid", str(os.getpid()),
                    "--data-limit", str(data_cap(mem_limit)), "--bundle-dir", str(bundle_dir),
                    "--template", template, "--guard-fd", str(guard_r)]
+            if template == NO_TEMPLATE:  # a template's own lifeline is a thread (clone.py)
+                arm_lifeline(life_r)
             # the bundle is only on sys.path (-I keeps the cwd off it); the cwd is private
             proc = popen(lambda: subprocess.Popen(
                 cmd, pass_fds=(req_r, resp_w, life_r, guard_r, *venv.hold_fds), stdin=subprocess.DEVNULL,
@@ -159,6 +180,7 @@ class WarmProcess:
             if isinstance(exc, OSError):
                 raise start_error(exc, venv, step) from exc
             raise
+        aim_lifeline(life_r, proc.pid)  # (no-op unless armed)
         for fd in (req_r, resp_w, life_r, log_w, guard_r):  # the child's ends
             os.close(fd)
         os.set_blocking(req_w, False)

@@ -42,7 +42,7 @@ from .guard import GUARD
 from .logtail import LogTail
 from .memory import MemorySampler
 from .runner.frames import LEARNED_MAX
-from .process import PIPE_SIZE, WarmProcess
+from .process import PIPE_SIZE, WarmProcess, aim_lifeline, arm_lifeline
 from .scratch import TaskDirs
 from .venvs.store import FINGERPRINT, Venv
 
@@ -155,6 +155,7 @@ class TemplateProcess(WarmProcess):
         for fd in (req_w, resp_r):
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        arm_lifeline(life_r)  # aimed at the task process once its pid is known
         try:
             with self._fork_lock:
                 imports = self._to_import[:ORDER_IMPORTS]
@@ -167,9 +168,13 @@ class TemplateProcess(WarmProcess):
                     del fields["plan"]
                     order = marshal.dumps(fields)
                 self._order(order, [req_r, resp_w, life_r, log_w])
-                _close([req_r, resp_w, life_r, log_w])  # the task process has them now
+                _close([req_r, resp_w, log_w])  # the task process has them now
                 reply = self.exchange(None, timeout=start_timeout,
                                       label=f"a fork of the template of {self.module}")
+                pid = reply.get("pid") if reply.get("op") == "forked" else 0
+                if pid:
+                    aim_lifeline(life_r, pid)
+                _close([life_r])
         except BaseException as exc:
             _close(fds)
             shutil.rmtree(scratch, ignore_errors=True)

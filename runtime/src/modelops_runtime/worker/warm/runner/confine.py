@@ -345,10 +345,33 @@ def cap_data(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
-def start_lifeline(fd: int) -> int:
-    """The lifeline thread (``_thread``: `threading` costs milliseconds per start); returns
-    its ident (its pthread_t)."""
+def start_lifeline(fd: int, thread: bool = True) -> int | None:
+    """Watch the lifeline pipe: returns None when the kernel already watches it for us
+    (the worker armed its read end: :func:`kernel_watched`), else starts the lifeline
+    thread (``_thread``: `threading` costs milliseconds per start; always with
+    ``thread``) and returns its ident (its pthread_t)."""
+    if not thread and kernel_watched(fd):
+        return None
     return _thread.start_new_thread(_watch_lifeline, (fd,))
+
+
+def kernel_watched(fd: int) -> bool:
+    """The worker set O_ASYNC and F_SETSIG SIGKILL on the lifeline's read end (and aims it
+    at our process group with F_SETOWN): when the worker closes the write end or dies, the
+    kernel itself sends SIGKILL to our group, as :func:`die_with_group` would, and a
+    thread watching it is not needed (each thread costs a task process ~0.4 ms of CPU
+    here: its start, the GIL handed to it, its end). docs/design.md "The runner program"."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = _libc()
+        return (libc.fcntl(fd, _F_GETSIG, 0) == SIGKILL
+                and libc.fcntl(fd, _F_GETFL, 0) & _O_ASYNC != 0)
+    except Exception:  # noqa: BLE001 - then a thread watches it
+        return False
+
+
+_F_GETFL, _F_GETSIG, _O_ASYNC = 3, 11, 0o20000
 
 
 def _watch_lifeline(fd: int) -> None:

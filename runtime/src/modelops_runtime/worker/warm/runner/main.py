@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     # is no subreaper (the task processes it forks must be adopted by the worker)
     unguarded = confine.guard_signals(guard_fd, subreaper=template == frames.NO_TEMPLATE,
                                       template=template != frames.NO_TEMPLATE)
-    lifeline = confine.start_lifeline(lifeline_fd)
+    # a template's own is a thread (clone.py checks it); others' the kernel's, if armed
+    lifeline = confine.start_lifeline(lifeline_fd, thread=template != frames.NO_TEMPLATE)
     faulthandler.enable()  # a segfault's Python stack lands in the log tail
     sys.path.insert(0, bundle_dir)
     if bytecode:  # the bundle's modules compiled once per pod, not in every process

@@ -12,8 +12,8 @@ the fork is doubled: the middle process exits at once, so the task process is ad
 the worker (a child subreaper, see orphans.py). The task process makes
 itself a session leader, moves onto its own pipes, scratch directory and mark, reseeds
 numpy's legacy RNG (Python's `random` reseeds itself at fork), arms PR_SET_PDEATHSIG
-against the worker and starts its own lifeline thread, then runs the runner's ordinary
-loop. What fork does not renew is in docs/modes.md ("fresh-process from a template").
+against the worker and has its own lifeline (the kernel's, which the worker arms on its
+pipe, as for an exec'd process), then runs the runner's ordinary loop. What fork does not renew is in docs/modes.md ("fresh-process from a template").
 """
 
 import marshal
@@ -225,7 +225,7 @@ def _become_task_process(order: dict, fds: list, middle: int, worker_pid: int,
         _adopted(middle)
     confine.become_subreaper()  # daemons its task starts stay in its tree
     confine.set_parent_death_signal(worker_pid)
-    confine.start_lifeline(lifeline_fd)
+    confine.start_lifeline(lifeline_fd, thread=False)  # none if the kernel watches it
     return request_fd, response_fd
 
 
