@@ -28,6 +28,7 @@ from .runner.frames import HEADER_SIZE, NO_TEMPLATE, TOKEN_VAR, encode, header
 from .logtail import LogTail, OutputPoll
 from .memory import MemorySampler, tree_pids
 from .guard import GUARD, Guarded, warn_unguarded
+from .lifeline import aim_lifeline, arm_lifeline
 from .orphans import adopted_descendants, reap, wait_gone
 from .runner.program import runner_program
 from .decode import decode_reply
@@ -52,25 +53,6 @@ def data_cap(mem_limit: int | None) -> int:
     256 MiB, because the cap counts address space reserved but never touched (thread
     stacks, BLAS buffers), which the sampler rightly does not."""
     return 0 if mem_limit is None else 2 * mem_limit + (256 << 20)
-
-
-def arm_lifeline(read_fd: int) -> None:
-    """Have the kernel watch a lifeline pipe for the process given its read end: O_ASYNC
-    and F_SETSIG SIGKILL on that end (shared with the process: one open file), so that
-    once :func:`aim_lifeline` names the process's group, the last close of the write end
-    (the worker closing it, or dying) sends SIGKILL to that group. The runner then starts
-    no thread to watch it (runner confine.py ``kernel_watched``). Best effort: if it
-    fails, the runner starts its thread."""
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(read_fd, fcntl.F_SETSIG, signal.SIGKILL)
-        fcntl.fcntl(read_fd, fcntl.F_SETFL, fcntl.fcntl(read_fd, fcntl.F_GETFL) | os.O_ASYNC)
-
-
-def aim_lifeline(read_fd: int, pid: int) -> None:
-    """The group the kernel kills when an armed lifeline breaks: the process's own (it is
-    a session leader: its group id is its pid, once it made itself one)."""
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(read_fd, fcntl.F_SETOWN, -pid)
 
 
 def warm_env(venv: Venv, passthrough: Iterable[str] = ()) -> dict[str, str]:

@@ -42,7 +42,8 @@ from .guard import GUARD
 from .logtail import LogTail
 from .memory import MemorySampler
 from .runner.frames import LEARNED_MAX
-from .process import PIPE_SIZE, WarmProcess, aim_lifeline, arm_lifeline
+from .lifeline import aim_lifeline, arm_lifeline
+from .process import PIPE_SIZE, WarmProcess
 from .scratch import TaskDirs
 from .venvs.store import FINGERPRINT, Venv
 

@@ -152,9 +152,7 @@ class Prepared:
         self.fds: list = []  # O_PATH fds of the roots encoded in ``rules``
         self.rules = ctypes.create_string_buffer(0)
         self.rules_at = ctypes.addressof(self.rules)
-        self.again: list = []  # (path, access, loud): opened each time a ruleset is made
-        # (writable roots that did not exist when prepared; a missing readable one is left
-        # out: the system's /lib32 does not appear while a template lives)
+        self.again: list = []  # (path, access, loud): missing writable roots, tried again
 
     def encode(self, roots: list) -> None:
         import ctypes
@@ -272,10 +270,8 @@ def _path_beneath(access: int, fd: int) -> bytes:
 
 def _distinct(roots: list) -> list:
     """``roots`` ((path, access, loud) each) without those another existing directory
-    among them grants already: beneath it once symlinks are resolved (a rule covers its
-    whole tree), with its rights among that one's; e.g. /lib (-> usr/lib) beneath /usr,
-    the interpreter beneath its prefix, a prefix given twice. The same sandbox with fewer
-    rules for a template to add for every task process."""
+    among them covers (beneath it once symlinks are resolved, its rights among that one's:
+    /lib -> usr/lib beneath /usr, a prefix given twice): fewer rules per task process."""
     real = [(os.path.realpath(path), access, os.path.isdir(path))
             for path, access, _loud in roots]
     kept = []
@@ -346,23 +342,17 @@ def cap_data(limit: int) -> None:
 
 
 def start_lifeline(fd: int, thread: bool = True) -> int | None:
-    """Watch the lifeline pipe: returns None when the kernel already watches it for us
-    (the worker armed its read end: :func:`kernel_watched`), else starts the lifeline
-    thread (``_thread``: `threading` costs milliseconds per start; always with
-    ``thread``) and returns its ident (its pthread_t)."""
+    """The lifeline thread's ident (``_thread``: `threading` costs ms per start), or None
+    (unless ``thread``) when the kernel watches the pipe for us (:func:`kernel_watched`)."""
     if not thread and kernel_watched(fd):
         return None
     return _thread.start_new_thread(_watch_lifeline, (fd,))
 
 
 def kernel_watched(fd: int) -> bool:
-    """The worker set O_ASYNC and F_SETSIG SIGKILL on the lifeline's read end (and aims it
-    at our process group with F_SETOWN): when the worker closes the write end or dies, the
-    kernel itself sends SIGKILL to our group, as :func:`die_with_group` would, and a
-    thread watching it is not needed (each thread costs a task process ~0.4 ms of CPU
-    here: its start, the GIL handed to it, its end). docs/design.md "The runner program"."""
-    if not sys.platform.startswith("linux"):
-        return False
+    """The worker armed the lifeline's read end (worker/warm/lifeline.py): O_ASYNC and
+    F_SETSIG SIGKILL, aimed at our group, so the kernel kills it as :func:`die_with_group`
+    would when the write end's last copy closes; no thread need watch it."""
     try:
         libc = _libc()
         return (libc.fcntl(fd, _F_GETSIG, 0) == SIGKILL
