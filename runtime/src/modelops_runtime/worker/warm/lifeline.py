@@ -16,13 +16,15 @@ import os
 import signal
 
 
-def arm_lifeline(read_fd: int) -> None:
+def arm_lifeline(read_fd: int, armed: bool = True) -> None:
     """Have the kernel watch a lifeline pipe for the process given its read end: O_ASYNC
     and F_SETSIG SIGKILL on that end (shared with the process: one open file), so that
     once :func:`aim_lifeline` names the process's group, the last close of the write end
     (the worker closing it, or dying) sends SIGKILL to that group. The runner then starts
     no thread to watch it (runner confine.py ``kernel_watched``). Best effort: if it
-    fails, the runner starts its thread."""
+    fails (or not ``armed``), the runner starts its thread."""
+    if not armed:
+        return
     with contextlib.suppress(OSError):
         fcntl.fcntl(read_fd, fcntl.F_SETSIG, signal.SIGKILL)
         fcntl.fcntl(read_fd, fcntl.F_SETFL, fcntl.fcntl(read_fd, fcntl.F_GETFL) | os.O_ASYNC)

@@ -147,8 +147,7 @@ class WarmProcess:
                    "--lifeline-fd", str(life_r), "--parent-pid", str(os.getpid()),
                    "--data-limit", str(data_cap(mem_limit)), "--bundle-dir", str(bundle_dir),
                    "--template", template, "--guard-fd", str(guard_r)]
-            if template == NO_TEMPLATE:  # a template's own lifeline is a thread (clone.py)
-                arm_lifeline(life_r)
+            arm_lifeline(life_r, template == NO_TEMPLATE)  # a template's is a thread (clone.py)
             # the bundle is only on sys.path (-I keeps the cwd off it); the cwd is private
             proc = popen(lambda: subprocess.Popen(
                 cmd, pass_fds=(req_r, resp_w, life_r, guard_r, *venv.hold_fds), stdin=subprocess.DEVNULL,
