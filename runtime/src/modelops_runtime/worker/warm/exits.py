@@ -4,8 +4,9 @@ thread waking for them.
 - covers: :class:`ExitWatch`: the pool hands it a process whose graceful stop has begun
   (its request pipe closed: the runner returns) with an fd that becomes readable when it
   exits (its pidfd) and, if no thread drains its output, that output's fd. The pool's
-  next call of :meth:`ExitWatch.collect` (a task thread, at the end of its task) finishes
-  those that have exited, in that thread: no wakeup at all, where a reaper thread took a
+  next call of :meth:`ExitWatch.collect` (a task thread, at the end of its task) hands
+  those that have exited to ``on_collect`` (the pool finishes the quick ones in that
+  thread): no wakeup at all, where a reaper thread took a
   hand-over, a wait and the GIL fights of both (~6 context switches per task). Until then
   it is *quiet*: no thread waits on it. One not collected within ``linger`` (no next task,
   or :meth:`hurry`: someone waits for it) is waited for by the watch's own thread in an
@@ -47,10 +48,12 @@ class ExitWatch:
     (started with the first hand-over) once they have exited."""
 
     def __init__(self, wait: float, on_exit: Callable[[Any], None],
-                 on_late: Callable[[Any], None], linger: float = LINGER) -> None:
+                 on_late: Callable[[Any], None], linger: float = LINGER,
+                 on_collect: Callable[[Any], None] | None = None) -> None:
         self.wait = wait
         self.linger = min(linger, wait)
         self._on_exit = on_exit
+        self._on_collect = on_collect or on_exit  # (what collect() found exited)
         self._on_late = on_late
         self._lock = threading.Lock()
         self._epoll = select.epoll()  # what the thread waits on
@@ -101,7 +104,7 @@ class ExitWatch:
             return
         with self._lock:
             done = [self._forget(fd) for fd in self._ready(self._quiet.poll(0))]
-        self._hand(self._on_exit, done)
+        self._hand(self._on_collect, done)
 
     def hurry(self) -> None:
         """Someone waits for a handed-over process to be finished: from now on the thread

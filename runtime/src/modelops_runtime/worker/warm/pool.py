@@ -41,7 +41,7 @@ from .orphans import become_subreaper, sweep
 from .process import WarmProcess
 from .runner.frames import NO_TEMPLATE
 from .template import TemplateProcess
-from .scratch import remove_dead_scratch
+from .scratch import empty_dir, remove_dead_scratch
 from .venvs.store import Venv
 
 log = logging.getLogger("modelops_runtime.pool")
@@ -119,7 +119,7 @@ class WarmPool:
         # graceful stops of processes that end by themselves: finished as they exit, from
         # one thread (exits.py); one alive after its TERM would be due goes to a reaper
         self._exits = ExitWatch(min(stop_grace, 1.0), on_exit=self._exited,
-                                on_late=self._to_reaper)
+                                on_late=self._to_reaper, on_collect=self._collected)
         self._stop_event = threading.Event()
         self._housekeeper = threading.Thread(target=self._housekeep, args=(housekeeping_period,),
                                              daemon=True, name="modelops-pool-housekeeper")
@@ -165,6 +165,18 @@ class WarmPool:
         exited; finish its stop here unless it started a process meanwhile (then the stop
         may wait on that: a reaper)."""
         if entry.proc.alone:
+            self._reap(entry)
+        else:
+            self._to_reaper(entry)
+
+    def _collected(self, entry: _Entry) -> None:
+        """A task thread's collect: ``entry``'s process exited. Finished in that thread
+        only if that is quick (a forked task process whose directory is empty: nothing to
+        remove or renamed for the next one); else by a reaper, as the task thread's
+        result waits meanwhile (a directory of many files, a warm process's caches)."""
+        proc = entry.proc
+        if getattr(proc, "scratch_done", None) is not None and proc.alone \
+                and empty_dir(proc.scratch):
             self._reap(entry)
         else:
             self._to_reaper(entry)

@@ -94,6 +94,14 @@ class TaskDirs:
         return False
 
 
+def empty_dir(path: Path | None) -> bool:
+    """``path`` is a directory holding nothing (False if it cannot be read)."""
+    try:
+        return path is not None and not os.listdir(path)
+    except OSError:
+        return False
+
+
 def _remove(path: Path) -> None:
     try:  # most tasks leave it empty: one call
         os.rmdir(path)
