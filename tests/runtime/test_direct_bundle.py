@@ -8,20 +8,14 @@ bundle, the next task (same process, the worst case) runs the published files.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from modelops_runtime.client import submit
 from modelops_runtime.models import SimTask
 from support.bundles import make_bundle
-from support.cluster import ProcessCluster, base_env
-from support.unprivileged import unprivileged_wrap
+from support.unprivileged import unprivileged_cluster
 
 MODEL = '''
 import os, pathlib, stat
@@ -71,31 +65,9 @@ _studies = itertools.count()
 def direct_worker():
     """(client, root, uid): one `dask worker` (nanny + 1 worker process, 1 thread) with
     executor=direct, unprivileged; caches and TMPDIR under ``root``."""
-    wrap, uid = unprivileged_wrap()
-    root = Path(tempfile.mkdtemp(prefix="modelops-direct-bundle-"))
-    cluster = client = None
-    try:
-        os.chmod(root, 0o755)
-        for sub in ("tmp", "repo", "cache", "dask-worker-space-0"):
-            (root / sub).mkdir()
-        for sub in ("tmp", "cache", "dask-worker-space-0"):
-            os.chown(root / sub, uid, uid)
-        env = base_env(root / "cache", {
-            "MODELOPS_BUNDLE_REPO": str(root / "repo"), "MODELOPS_EXECUTOR_TYPE": "direct",
-            "TMPDIR": str(root / "tmp"), "HOME": str(root / "tmp")})
-        cluster = ProcessCluster(root=root, env=env)
-        cluster.start_scheduler()
-        cluster.start_worker(nworkers=1, nthreads=1, wrap=wrap)
-        client = cluster.client()
-        cluster.wait_for_workers(client, 1)
-        yield cluster, client, root, uid
-    finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close(timeout=10)
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with unprivileged_cluster("modelops-direct-bundle-", {"MODELOPS_EXECUTOR_TYPE": "direct"},
+                              nthreads=1) as started:
+        yield started
 
 
 def _run(client, ref, fn):

@@ -11,13 +11,10 @@ must fail with a clear error, and the worker must keep serving.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import itertools
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,8 +23,7 @@ from modelops_runtime.client import submit
 from modelops_runtime.errors import SimulationError
 from modelops_runtime.models import SimTask
 from support.bundles import make_bundle
-from support.cluster import ProcessCluster, base_env
-from support.unprivileged import unprivileged_wrap
+from support.unprivileged import unprivileged_cluster
 
 SECRET = "worker-secret-" + hashlib.sha256(os.urandom(8)).hexdigest()[:16]
 
@@ -262,32 +258,10 @@ VICTIM = {"model.py": "def ok(params, seed):\n    return {'victim': seed}\n"}
 def unprivileged():
     """(cluster, client, root): one `dask worker` (nanny + 1 worker process) running as
     ``nobody`` with SECRET in its environment; caches and TMPDIR under ``root``."""
-    wrap, uid = unprivileged_wrap()
-    root = Path(tempfile.mkdtemp(prefix="modelops-security-"))  # /tmp: nobody can reach it
-    cluster = client = None
-    try:
-        os.chmod(root, 0o755)
-        for sub in ("tmp", "repo", "cache", "dask-worker-space-0"):
-            (root / sub).mkdir()
-        for sub in ("tmp", "cache", "dask-worker-space-0"):
-            os.chown(root / sub, uid, uid)
-        env = base_env(root / "cache", {
-            "MODELOPS_BUNDLE_REPO": str(root / "repo"), "TMPDIR": str(root / "tmp"),
-            "UV_OFFLINE": "1", "MY_SECRET_TOKEN": SECRET,
-            "HOME": str(root / "tmp")})
-        cluster = ProcessCluster(root=root, env=env)
-        cluster.start_scheduler()
-        cluster.start_worker(nworkers=1, nthreads=2, wrap=wrap)
-        client = cluster.client()
-        cluster.wait_for_workers(client, 1)
-        yield cluster, client, root, uid
-    finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close(timeout=10)
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with unprivileged_cluster("modelops-security-", {"UV_OFFLINE": "1",
+                                                     "MY_SECRET_TOKEN": SECRET},
+                              nthreads=2) as started:
+        yield started
 
 
 _studies = itertools.count()

@@ -301,6 +301,29 @@ def test_validate_deps_rebuilds_a_venv_whose_installed_distributions_changed(
     assert again.venv_cache_hit is True and validating.stats()["venv_invalid"] == 1
 
 
+def _tinylib_built(tmp_path: Path, warm):
+    """(bundle, executor, venv, tinylib's module file): a bundle needing tinylib run once by
+    an executor that does not validate cached venvs (so an edit stays for the next)."""
+    ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
+    trusting = warm(validate_deps="false", max_process_reuse=1, fresh_process_from="exec")
+    assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
+    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
+    return ref, trusting, venv, next(venv.glob("lib/python*/site-packages/tinylib/__init__.py"))
+
+
+def _edit_in_place(path: Path, old: bytes, new: bytes) -> bytes:
+    """Rewrite ``path`` in place (its inode, which uv's cache shares), ``old`` → ``new`` of
+    the same length, with the write bit given and taken back as its owner would (root
+    needs none); returns the content before."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as fh:
+        source = fh.read()
+        fh.seek(0)
+        fh.write(source.replace(old, new))
+    os.chmod(path, 0o444)
+    return source
+
+
 @pytest.mark.parametrize("mtime", ["moved", "restored"])
 def test_validate_deps_rebuilds_a_venv_with_a_file_edited_in_place_at_its_size(
         tmp_path, warm, caplog, mtime):
@@ -308,18 +331,9 @@ def test_validate_deps_rebuilds_a_venv_with_a_file_edited_in_place_at_its_size(
     with its mtime set back (``utime``; a ctime cannot be set back), fails validation once
     and the task runs in a venv rebuilt as uv builds it. The edited file is also uv's
     cache's (a hard link): the rebuild must not link it again."""
-    ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
-    trusting = warm(validate_deps="false", max_process_reuse=1, fresh_process_from="exec")
-    assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
-    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
-    module = next(venv.glob("lib/python*/site-packages/tinylib/__init__.py"))
+    ref, trusting, venv, module = _tinylib_built(tmp_path, warm)
     before = module.stat()
-    os.chmod(module, 0o644)  # as its owner would (root needs no write bit)
-    with open(module, "r+b") as fh:
-        source = fh.read()
-        fh.seek(0)
-        fh.write(source.replace(b"1.0", b"6.6"))
-    os.chmod(module, 0o444)
+    source = _edit_in_place(module, b"1.0", b"6.6")
     # the mtime set back, or moved on by seconds (a .pyc records its source's mtime in
     # whole seconds: an edit within the build's second would not be imported)
     os.utime(module, ns=(before.st_atime_ns,
@@ -352,18 +366,9 @@ def test_a_file_edited_in_place_in_one_venv_reaches_no_later_build(tmp_path, war
     package, or diagnose-fresh-venv's pristine build of the same set, which must be as if
     just built) finds it not as its package's RECORD says, removes the package from uv's
     cache and builds again from the packages."""
-    ref = _bundle(tmp_path, requirements="tinylib==1.0\n")
-    trusting = warm(validate_deps="false", max_process_reuse=1, fresh_process_from="exec")
-    assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "1.0"}
-    venv = tmp_path / "venvs" / venv_key(["tinylib==1.0"])
-    module = next(venv.glob("lib/python*/site-packages/tinylib/__init__.py"))
+    ref, trusting, venv, module = _tinylib_built(tmp_path, warm)
     before = module.stat()
-    os.chmod(module, 0o644)
-    with open(module, "r+b") as fh:  # in place: the inode uv's cache shares
-        source = fh.read()
-        fh.seek(0)
-        fh.write(source.replace(b"1.0", b"6.6"))
-    os.chmod(module, 0o444)
+    _edit_in_place(module, b"1.0", b"6.6")
     os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 5 * 10**9))
     assert trusting.run(_call(ref, "imports_tinylib")).outputs == {"version": "6.6"}
 
