@@ -103,6 +103,10 @@ def test_smoke_run_writes_the_table(tmp_path):
     assert all(isinstance(floor[w]["cpu_per_sim_s"], float)
                for w in ("floor", "fresh-process", "prod-warm"))
     assert "bare fork floor" in md
+    assert floor["above_floor_s"] == (floor["fresh-process"]["cpu_per_sim_s"]
+                                      - floor["floor"]["cpu_per_sim_s"])
+    # the target's miss (or hit) says what the study would take at the floor
+    assert "at the floor the study would take" in targets, targets
     # the end-to-end sims really ran through warm processes on every worker process
     pools = data["results"]["e2e"]["pools"]
     assert len(pools) == data["results"]["e2e"]["worker_processes"]
